@@ -1,0 +1,511 @@
+//! The pipeline file: one YAML document describing one pipeline.
+//!
+//! Loading runs in four steps, each reporting every problem it finds with its file, line
+//! and column: YAML parsing with `${VAR}` interpolation (`yaml`, `interpolate`), structural
+//! checks against the JSON Schema of the format (`validate`), serde deserialisation into the
+//! structs below, and semantic checks that span several keys. Relative paths in the file
+//! resolve against the directory of the file itself, so a pipeline runs the same from any
+//! working directory.
+
+pub mod diagnostic;
+pub mod interpolate;
+pub mod validate;
+pub mod yaml;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::dead_letter::DeadLetterConfig;
+use crate::decode::Format;
+use crate::decode::table::{TableSpec, UnknownColumns};
+use crate::decode::types::{ColumnDef, DECLARED_TYPE_NAMES, parse_declared};
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
+pub use diagnostic::{ConfigError, Diagnostic, Mark};
+use yaml::{Node, PathSegment, render_path};
+
+/// A weir pipeline: a source of change events, the table they describe, and the sink that
+/// applies them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "weir pipeline")]
+pub struct PipelineConfig {
+    /// Name of the pipeline. Checkpoints are stored under this name, so a renamed pipeline
+    /// starts from the beginning of its source.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Where change events come from.
+    pub source: SourceConfig,
+    /// The table the change events describe.
+    pub table: TableConfig,
+    /// Where changes are applied.
+    pub sink: SinkConfig,
+    /// Where records that cannot be processed go, with the reason. Defaults to a file
+    /// `<name>.dead-letters.jsonl` beside the pipeline file.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// How events are grouped into batches.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// The table a pipeline's change events describe.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Table name, used for the target table unless the sink names another.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Primary key columns. Changes are applied by this key.
+    #[schemars(length(min = 1))]
+    pub primary_key: Vec<String>,
+    /// Column types, as `name: type`, for streams whose events carry no schema block.
+    /// Types: boolean, int8, int16, int32, int64, float32, float64, string, bytes,
+    /// decimal(p,s), date, time_millis, time_micros, time_nanos, timestamp_millis,
+    /// timestamp_micros, timestamp_nanos, timestamptz, timestamptz_nanos, timetz, json, uuid.
+    #[serde(default)]
+    pub columns: IndexMap<String, DeclaredType>,
+    /// Match column names in events to the table's columns ignoring case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// What to do with a column the table does not have yet.
+    #[serde(default)]
+    pub unknown_columns: UnknownColumns,
+}
+
+/// A declared column type, e.g. `int64` or `decimal(10,3)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredType(pub ColumnDef);
+
+impl<'de> Deserialize<'de> for DeclaredType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_declared(&text)
+            .map(DeclaredType)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for DeclaredType {
+    fn schema_name() -> Cow<'static, str> {
+        "ColumnType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "weir-column-type",
+            "description": format!("A column type: {DECLARED_TYPE_NAMES}."),
+        })
+    }
+}
+
+/// A duration written the human way: `500ms`, `10s`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "duration",
+            "description": "A duration such as `500ms`, `10s` or `5m`.",
+        })
+    }
+}
+
+/// How events are grouped into batches. A batch is applied in one sink transaction.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one batch.
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1))]
+    pub max_events: usize,
+    /// Most input bytes in one batch.
+    #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: usize,
+    /// Longest time a partly filled batch waits for more events before it is applied.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: HumanDuration,
+}
+
+fn default_max_events() -> usize {
+    8192
+}
+
+fn default_max_bytes() -> usize {
+    64 << 20
+}
+
+fn default_max_wait() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+/// A pipeline file, checked and deserialised.
+#[derive(Debug, Clone)]
+pub struct LoadedPipeline {
+    pub config: PipelineConfig,
+    /// The pipeline file as given.
+    pub file: PathBuf,
+    /// Directory that relative paths in the file resolve against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedPipeline {
+    /// Resolves a path from the pipeline file against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn table_spec(&self) -> TableSpec {
+        let table = &self.config.table;
+        TableSpec {
+            name: table.name.clone(),
+            primary_key: table.primary_key.clone(),
+            declared: table
+                .columns
+                .iter()
+                .map(|(name, ty)| {
+                    let mut def = ty.0.clone();
+                    def.name = name.clone();
+                    def
+                })
+                .collect(),
+            case_insensitive: table.case_insensitive,
+            unknown_columns: table.unknown_columns,
+            target_types: Vec::new(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.config.source.format()
+    }
+
+    /// The dead-letter file, with the default applied.
+    pub fn dead_letter(&self) -> DeadLetterConfig {
+        self.config.dead_letter.clone().unwrap_or_else(|| {
+            DeadLetterConfig::file(format!("{}.dead-letters.jsonl", self.config.name))
+        })
+    }
+}
+
+/// The JSON Schema of the pipeline format (printed by `weir schema`).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PipelineConfig)).expect("schema serialises")
+}
+
+/// Checks string formats the schema names (`duration`, `weir-column-type`).
+fn check_format(format: &str, value: &str) -> Option<Result<(), (String, Option<String>)>> {
+    match format {
+        "duration" => Some(humantime::parse_duration(value).map(|_| ()).map_err(|e| {
+            (
+                format!("`{value}` is not a duration: {e}"),
+                Some("write a number with a unit, e.g. `500ms`, `10s`, `5m`".into()),
+            )
+        })),
+        "weir-column-type" => Some(parse_declared(value).map(|_| ()).map_err(|e| {
+            let hint = if value.contains('(') && !value.contains(')') {
+                // `{price: decimal(10,2)}`: in a flow mapping the comma ends the value.
+                format!(
+                    "quote the type, e.g. '{value},…)': in a `{{…}}` mapping a comma ends the value"
+                )
+            } else {
+                format!("known types: {DECLARED_TYPE_NAMES}")
+            };
+            (e, Some(hint))
+        })),
+        _ => None,
+    }
+}
+
+/// Reads and checks a pipeline file, taking `${VAR}` values from the process environment.
+pub fn load(path: &Path) -> Result<LoadedPipeline, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(
+            path.to_path_buf(),
+            format!("cannot read the pipeline file: {e}"),
+            Some("check the path; relative paths are taken from the current directory".into()),
+        )
+    })?;
+    load_str(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Checks a pipeline given as text. `file` names it in messages and anchors relative paths.
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LoadedPipeline, ConfigError> {
+    let fail = |diagnostics: Vec<Diagnostic>| ConfigError {
+        file: file.to_path_buf(),
+        source_text: text.to_string(),
+        diagnostics,
+    };
+    let root = yaml::parse(text, env).map_err(fail)?;
+    if !matches!(root.value, yaml::Value::Map(_)) {
+        return Err(fail(vec![Diagnostic::new(
+            Some(root.mark),
+            "",
+            "a pipeline file must be a YAML mapping with `name`, `source`, `table` and `sink`",
+            Some("see docs/pipeline.md for a complete example".into()),
+        )]));
+    }
+    let diagnostics = validate::validate(&root, &json_schema(), check_format);
+    if !diagnostics.is_empty() {
+        return Err(fail(diagnostics));
+    }
+    let config: PipelineConfig = serde_path_to_error::deserialize(root.to_json()).map_err(|e| {
+        let path = serde_path(e.path());
+        fail(vec![Diagnostic::new(
+            Some(root.locate(&path)),
+            &render_path(&path),
+            e.inner().to_string(),
+            None,
+        )])
+    })?;
+    let diagnostics = semantic_checks(&config, &root);
+    if !diagnostics.is_empty() {
+        return Err(fail(diagnostics));
+    }
+    let base_dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(LoadedPipeline {
+        config,
+        file: file.to_path_buf(),
+        base_dir,
+    })
+}
+
+fn serde_path(path: &serde_path_to_error::Path) -> Vec<PathSegment> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(PathSegment::Index(*index)),
+            Segment::Map { key } => Some(PathSegment::Key(key.clone())),
+            Segment::Enum { variant } => Some(PathSegment::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// Checks that span several keys, which a schema cannot express.
+fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut report = |path: Vec<PathSegment>, message: String, hint: Option<String>| {
+        diagnostics.push(Diagnostic::new(
+            Some(root.locate(&path)),
+            &render_path(&path),
+            message,
+            hint,
+        ));
+    };
+    let key = |parts: &[&str]| -> Vec<PathSegment> {
+        parts
+            .iter()
+            .map(|p| PathSegment::Key(p.to_string()))
+            .collect()
+    };
+    let table = &config.table;
+    let same = |a: &str, b: &str| {
+        if table.case_insensitive {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    for (i, column) in table.primary_key.iter().enumerate() {
+        let mut path = key(&["table", "primary_key"]);
+        path.push(PathSegment::Index(i));
+        if table.primary_key[..i].iter().any(|c| same(c, column)) {
+            report(
+                path.clone(),
+                format!("`{column}` is listed twice in the primary key"),
+                None,
+            );
+        }
+        if !table.columns.is_empty() && !table.columns.keys().any(|c| same(c, column)) {
+            report(
+                path,
+                format!("primary key column `{column}` is not in `table.columns`"),
+                diagnostic::did_you_mean(column, table.columns.keys().map(String::as_str))
+                    .map(|c| format!("did you mean `{c}`?")),
+            );
+        }
+    }
+    diagnostics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+name: orders
+source:
+  type: file
+  path: events.jsonl
+  format: debezium-json
+table:
+  name: orders
+  primary_key: [id]
+sink:
+  type: sqlite
+  path: target.db
+  table: orders
+  create: true
+dead_letter:
+  type: file
+  path: dead-letters.jsonl
+";
+
+    fn load(text: &str) -> Result<LoadedPipeline, ConfigError> {
+        load_str(text, Path::new("pipelines/p.yaml"), &|name| match name {
+            "DB_PASSWORD" => Some("hunter2".into()),
+            "DIR" => Some("data".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_minimal_pipeline_loads() {
+        let p = load(MINIMAL).unwrap();
+        assert_eq!(p.config.name, "orders");
+        assert_eq!(
+            p.resolve(Path::new("target.db")),
+            Path::new("pipelines/target.db")
+        );
+        assert_eq!(p.config.batch.max_events, 8192);
+    }
+
+    #[test]
+    fn many_problems_are_reported_together() {
+        let text = MINIMAL
+            .replace("  path: events.jsonl", "  pth: events.jsonl")
+            .replace("create: true", "create: yes")
+            .replace("type: sqlite", "type: sqllite");
+        let err = load(&text).unwrap_err();
+        let rendered = err.to_string();
+        assert!(
+            rendered.contains("unknown key `pth` in `source`"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("did you mean `path`?"), "{rendered}");
+        assert!(
+            rendered.contains("missing required key `path` in `source`"),
+            "{rendered}"
+        );
+        assert!(rendered.contains("sink.type"), "{rendered}");
+        assert!(rendered.contains("did you mean `sqlite`?"), "{rendered}");
+        assert!(rendered.contains("--> pipelines/p.yaml:4:3"), "{rendered}");
+    }
+
+    #[test]
+    fn column_types_and_durations_are_checked_with_positions() {
+        let text = MINIMAL.replace(
+            "  primary_key: [id]\n",
+            "  primary_key: [id]\n  columns:\n    id: int65\n    price: decimal(10,2)\n",
+        ) + "batch:\n  max_wait: soon\n";
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 2, "{err}");
+        assert_eq!(err.diagnostics[0].path, "table.columns.id");
+        assert!(
+            err.diagnostics[0]
+                .message
+                .contains("`int65` is not a column type")
+        );
+        assert_eq!(err.diagnostics[0].mark, Some(Mark { line: 10, col: 9 }));
+        assert_eq!(err.diagnostics[1].path, "batch.max_wait");
+    }
+
+    #[test]
+    fn primary_key_must_be_declared_when_columns_are() {
+        let text = MINIMAL.replace(
+            "  primary_key: [id]\n",
+            "  primary_key: [idd]\n  columns:\n    id: int64\n",
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1, "{err}");
+        assert_eq!(
+            err.diagnostics[0].hint.as_deref(),
+            Some("did you mean `id`?")
+        );
+    }
+
+    #[test]
+    fn variables_interpolate_and_secrets_stay_hidden() {
+        let text = MINIMAL.replace("path: target.db", "path: ${DIR}/target.db");
+        let p = load(&text).unwrap();
+        let crate::sink::SinkConfig::Sqlite(sqlite) = &p.config.sink else {
+            panic!()
+        };
+        assert_eq!(sqlite.path, Path::new("data/target.db"));
+
+        let text = MINIMAL.replace("create: true", "create: ${DB_PASSWORD}");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("a string (from the environment)"), "{err}");
+
+        let text = MINIMAL.replace("path: target.db", "path: ${MISSING}/target.db");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("environment variable `MISSING` is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_schema_describes_every_section() {
+        let schema = json_schema();
+        let text = schema.to_string();
+        for key in [
+            "source",
+            "table",
+            "sink",
+            "dead_letter",
+            "batch",
+            "primary_key",
+            "sqlite",
+            "parquet",
+            "jsonl",
+        ] {
+            assert!(text.contains(key), "schema lacks {key}");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! ISO-8601 dates, times and timestamps as Debezium writes them (`ZonedTimestamp`,
+//! `ZonedTime`, and strings in schemaless streams), to and from Arrow's integer encodings.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+
+pub const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+fn epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+}
+
+/// `2020-07-17` to days since 1970-01-01.
+pub fn parse_date(s: &str) -> Option<i32> {
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    i32::try_from((date - epoch()).num_days()).ok()
+}
+
+/// A timestamp with an offset (`Z`, `+02:00`) to nanoseconds since the epoch in UTC. Without
+/// an offset, the value is read as UTC when `assume_utc`, else rejected.
+pub fn parse_timestamp_nanos(s: &str, assume_utc: bool) -> Option<i128> {
+    let s = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp() as i128 * 1_000_000_000 + dt.timestamp_subsec_nanos() as i128);
+    }
+    // Debezium and databases also write a space instead of `T`, and offsets without colons.
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(s, format) {
+            return Some(
+                dt.timestamp() as i128 * 1_000_000_000 + dt.timestamp_subsec_nanos() as i128,
+            );
+        }
+    }
+    if assume_utc {
+        for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+            if let Ok(dt) = NaiveDateTime::parse_from_str(s, format) {
+                let utc = dt.and_utc();
+                return Some(
+                    utc.timestamp() as i128 * 1_000_000_000 + utc.timestamp_subsec_nanos() as i128,
+                );
+            }
+        }
+    }
+    None
+}
+
+/// `18:00:22.123456Z` or `10:15:30+01:00` to nanoseconds since midnight UTC (a `ZonedTime`);
+/// `18:00:22` without an offset is read as is.
+pub fn parse_time_nanos(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (clock, offset_seconds) = split_offset(s)?;
+    let time = NaiveTime::parse_from_str(clock, "%H:%M:%S%.f")
+        .or_else(|_| NaiveTime::parse_from_str(clock, "%H:%M"))
+        .ok()?;
+    let nanos = time.num_seconds_from_midnight() as i64 * 1_000_000_000 + time.nanosecond() as i64;
+    Some((nanos - offset_seconds * 1_000_000_000).rem_euclid(NANOS_PER_DAY))
+}
+
+fn split_offset(s: &str) -> Option<(&str, i64)> {
+    if let Some(clock) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        return Some((clock, 0));
+    }
+    // An offset starts at the last '+' or '-' (times have no other sign).
+    match s.rfind(['+', '-']) {
+        Some(i) => {
+            let (clock, offset) = s.split_at(i);
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let digits: String = offset[1..].chars().filter(|c| *c != ':').collect();
+            if digits.len() != 4 && digits.len() != 2 {
+                return None;
+            }
+            let hours: i64 = digits[..2].parse().ok()?;
+            let minutes: i64 = if digits.len() == 4 {
+                digits[2..].parse().ok()?
+            } else {
+                0
+            };
+            Some((clock, sign * (hours * 3600 + minutes * 60)))
+        }
+        None => Some((s, 0)),
+    }
+}
+
+pub fn format_date(days: i32) -> String {
+    match epoch().checked_add_signed(chrono::TimeDelta::days(days as i64)) {
+        Some(d) => d.format("%Y-%m-%d").to_string(),
+        None => days.to_string(),
+    }
+}
+
+/// Formats nanoseconds since the epoch as ISO-8601; with a `Z` when the value is UTC.
+pub fn format_timestamp_nanos(nanos: i128, utc: bool) -> String {
+    let secs = nanos.div_euclid(1_000_000_000) as i64;
+    let sub = nanos.rem_euclid(1_000_000_000) as u32;
+    match DateTime::from_timestamp(secs, sub) {
+        Some(dt) => {
+            let naive = dt.naive_utc();
+            let mut out = naive.format("%Y-%m-%dT%H:%M:%S").to_string();
+            push_fraction(&mut out, sub);
+            if utc {
+                out.push('Z');
+            }
+            out
+        }
+        None => nanos.to_string(),
+    }
+}
+
+pub fn format_time_nanos(nanos: i64) -> String {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let sub = nanos.rem_euclid(1_000_000_000) as u32;
+    let mut out = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    push_fraction(&mut out, sub);
+    out
+}
+
+/// Appends `.ffffff` with trailing zeros removed in groups of three (milli/micro/nano).
+fn push_fraction(out: &mut String, nanos: u32) {
+    if nanos == 0 {
+        return;
+    }
+    if nanos.is_multiple_of(1_000_000) {
+        out.push_str(&format!(".{:03}", nanos / 1_000_000));
+    } else if nanos.is_multiple_of(1_000) {
+        out.push_str(&format!(".{:06}", nanos / 1_000));
+    } else {
+        out.push_str(&format!(".{nanos:09}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2020-07-17"), Some(18460));
+        assert_eq!(parse_date("0001-01-01"), Some(-719162));
+        assert_eq!(parse_date("2020-13-01"), None);
+        assert_eq!(format_date(18460), "2020-07-17");
+        assert_eq!(format_date(-719162), "0001-01-01");
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = parse_timestamp_nanos("2020-07-17T18:00:22Z", false).unwrap();
+        assert_eq!(t, 1_595_008_822_000_000_000);
+        let t2 = parse_timestamp_nanos("2020-07-17T20:00:22.123456+02:00", false).unwrap();
+        assert_eq!(t2, 1_595_008_822_123_456_000);
+        assert_eq!(parse_timestamp_nanos("2020-07-17 18:00:22", false), None);
+        assert_eq!(
+            parse_timestamp_nanos("2020-07-17 18:00:22", true),
+            Some(1_595_008_822_000_000_000)
+        );
+        assert_eq!(
+            format_timestamp_nanos(t2, true),
+            "2020-07-17T18:00:22.123456Z"
+        );
+        assert_eq!(format_timestamp_nanos(t, false), "2020-07-17T18:00:22");
+        let far = parse_timestamp_nanos("9999-12-31T23:59:59Z", false).unwrap();
+        assert_eq!(format_timestamp_nanos(far, true), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_nanos("00:00:01Z"), Some(1_000_000_000));
+        assert_eq!(
+            parse_time_nanos("10:15:30.5+01:00"),
+            Some((9 * 3600 + 15 * 60 + 30) * 1_000_000_000 + 500_000_000)
+        );
+        assert_eq!(
+            parse_time_nanos("00:30:00+01:00"),
+            Some(23 * 3600 * 1_000_000_000 + 30 * 60 * 1_000_000_000)
+        );
+        assert_eq!(parse_time_nanos("18:00"), Some(18 * 3600 * 1_000_000_000));
+        assert_eq!(parse_time_nanos("nope"), None);
+        assert_eq!(format_time_nanos(64_822_000_000_000), "18:00:22");
+        assert_eq!(format_time_nanos(1_500_000), "00:00:00.001500");
+    }
+}

@@ -1,0 +1,18 @@
+//! The weir host runtime: pipeline configuration, sources, Debezium decoding into Arrow
+//! change batches, sinks with checkpoints, dead letters and the pipeline runner.
+//!
+//! Data flows one way: source → decode → sink → checkpoint. Each stage has one home:
+//! `source`, `decode`, `sink`; `envelope` is the contract between them.
+
+pub mod bench;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod encode;
+pub mod envelope;
+pub mod metrics;
+pub mod pipeline;
+pub mod position;
+pub mod redact;
+pub mod sink;
+pub mod source;

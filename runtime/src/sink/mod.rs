@@ -1,0 +1,111 @@
+//! Sinks apply change batches. Adding a sink is one module here plus one variant in
+//! [`SinkConfig`] and one arm in [`build`].
+//!
+//! The contract: `apply` makes a batch durable or buffers it, and reports which checkpoint
+//! is durable now. A sink that can (SQLite, and PostgreSQL later) stores the checkpoint in
+//! the same transaction as the data, so `committed` after a crash says exactly where the data
+//! stops. The pipeline never moves a checkpoint past data the sink has not made durable.
+
+pub mod compact;
+pub mod jsonl;
+pub mod parquet;
+pub mod sqlite;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::config::LoadedPipeline;
+use crate::decode::types::ColumnType;
+use crate::envelope::ChangeBatch;
+use crate::position::Checkpoint;
+
+/// Where changes are applied.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SinkConfig {
+    /// A SQLite database: rows are upserted by primary key and deleted, with the source
+    /// position stored in the same transaction.
+    Sqlite(sqlite::SqliteSinkConfig),
+    /// Parquet files holding the change log (every change, with its envelope).
+    Parquet(parquet::ParquetSinkConfig),
+    /// A JSON Lines file with the change log, or the final rows.
+    Jsonl(jsonl::JsonlSinkConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{sink}: {message}")]
+pub struct SinkError {
+    pub sink: String,
+    pub message: String,
+    /// A later attempt may succeed (a lost connection), as opposed to a setup error.
+    pub retryable: bool,
+}
+
+impl SinkError {
+    pub fn new(sink: impl Into<String>, message: impl Into<String>) -> Self {
+        SinkError {
+            sink: sink.into(),
+            message: crate::redact::redact(&message.into()).into_owned(),
+            retryable: false,
+        }
+    }
+}
+
+/// What one `apply` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The checkpoint that is durable now (this batch's, or an earlier one's).
+    pub durable: Option<Checkpoint>,
+    /// Rows written or upserted.
+    pub upserts: u64,
+    pub deletes: u64,
+    pub truncates: u64,
+}
+
+pub trait Sink: Send {
+    /// The checkpoint stored with the data, if this sink keeps one.
+    fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError>;
+    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError>;
+    /// Makes everything applied so far durable and returns its checkpoint.
+    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError>;
+    /// The column types the target already holds, so a restarted pipeline still notices an
+    /// incompatible change (empty when the sink cannot tell).
+    fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
+        Ok(Vec::new())
+    }
+    /// A short description for logs (never secrets).
+    fn describe(&self) -> String;
+}
+
+/// Builds the pipeline's sink.
+pub fn build(pipeline: &LoadedPipeline) -> Result<Box<dyn Sink>, SinkError> {
+    match &pipeline.config.sink {
+        SinkConfig::Sqlite(config) => Ok(Box::new(sqlite::SqliteSink::open(pipeline, config)?)),
+        SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
+        SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
+/// directory. Readers see the old or the new content, never a mix.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+pub(crate) fn sync_dir(path: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,506 @@
+//! The SQLite sink: upserts by primary key, deletes, and the source position in the same
+//! transaction.
+//!
+//! Each batch is one `BEGIN IMMEDIATE … COMMIT`: compacted upserts
+//! (`INSERT … ON CONFLICT (pk) DO UPDATE`), deletes, and the checkpoint row in
+//! `_weir_checkpoints`. A run killed at any moment leaves the table and the checkpoint in
+//! agreement, so the restarted run neither loses nor repeats a change. The database runs
+//! in WAL mode with `synchronous=FULL`, so a committed batch survives power loss.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::compact::compact;
+use super::{Applied, Sink, SinkError};
+use crate::config::LoadedPipeline;
+use crate::decode::types::{ColumnType, from_sql_declaration};
+use crate::encode;
+use crate::envelope::ChangeBatch;
+use crate::position::{Checkpoint, ResumePoint};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSinkConfig {
+    /// Path of the database file; created if missing. Relative paths resolve against the
+    /// pipeline file's directory.
+    pub path: PathBuf,
+    /// Target table. Defaults to `table.name`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Create the table if it does not exist, and add columns that new events bring
+    /// (weir then owns the table's DDL).
+    #[serde(default)]
+    pub create: bool,
+}
+
+pub struct SqliteSink {
+    conn: Connection,
+    path: PathBuf,
+    table: String,
+    pipeline: String,
+    create: bool,
+    /// Columns the target table has, as last read.
+    columns: Vec<String>,
+    checked: bool,
+}
+
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The declared SQLite type for an Arrow type. Affinity matters: decimals are bound as
+/// exact text into NUMERIC-affinity columns (SQLite keeps the text when a REAL would lose
+/// digits), temporal values are ISO-8601 text, nested values are JSON text.
+pub fn sqlite_type(data_type: &DataType) -> Cow<'static, str> {
+    match data_type {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "INTEGER".into(),
+        DataType::Float32 | DataType::Float64 => "REAL".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            format!("DECIMAL({p},{s})").into()
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::FixedSizeBinary(_) => "BLOB".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Duration(_) => "INTEGER".into(),
+        _ => "TEXT".into(),
+    }
+}
+
+/// One value bound to a statement, borrowing from the Arrow arrays where it can.
+enum SqlValue<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Cow<'a, str>),
+    Blob(&'a [u8]),
+}
+
+impl ToSql for SqlValue<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(i) => ValueRef::Integer(*i),
+            SqlValue::Real(f) => ValueRef::Real(*f),
+            SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+            SqlValue::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn sql_value(array: &dyn Array, row: usize) -> SqlValue<'_> {
+    if array.is_null(row) {
+        return SqlValue::Null;
+    }
+    match array.data_type() {
+        DataType::Boolean => SqlValue::Integer(array.as_boolean().value(row) as i64),
+        DataType::Int8 => SqlValue::Integer(array.as_primitive::<Int8Type>().value(row) as i64),
+        DataType::Int16 => SqlValue::Integer(array.as_primitive::<Int16Type>().value(row) as i64),
+        DataType::Int32 => SqlValue::Integer(array.as_primitive::<Int32Type>().value(row) as i64),
+        DataType::Int64 => SqlValue::Integer(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Duration(TimeUnit::Microsecond) => SqlValue::Integer(
+            array
+                .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
+                .value(row),
+        ),
+        DataType::Duration(TimeUnit::Nanosecond) => SqlValue::Integer(
+            array
+                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
+                .value(row),
+        ),
+        DataType::Float32 => SqlValue::Real(encode::f32_as_f64(
+            array.as_primitive::<Float32Type>().value(row),
+        )),
+        DataType::Float64 => SqlValue::Real(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Binary => SqlValue::Blob(array.as_binary::<i32>().value(row)),
+        _ => match encode::text(array, row) {
+            Some(text) => SqlValue::Text(text),
+            None => SqlValue::Null,
+        },
+    }
+}
+
+impl SqliteSink {
+    pub fn open(pipeline: &LoadedPipeline, config: &SqliteSinkConfig) -> Result<Self, SinkError> {
+        let path = pipeline.resolve(&config.path);
+        let name = format!("sqlite sink {}", path.display());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                SinkError::new(&name, format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|e| SinkError::new(&name, e.to_string()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=10000;
+             CREATE TABLE IF NOT EXISTS _weir_checkpoints (
+                 pipeline TEXT NOT NULL,
+                 stream TEXT NOT NULL,
+                 next INTEGER NOT NULL,
+                 line INTEGER NOT NULL,
+                 updated_at TEXT NOT NULL,
+                 PRIMARY KEY (pipeline, stream)
+             );",
+        )
+        .map_err(|e| SinkError::new(&name, format!("cannot prepare the database: {e}")))?;
+        Ok(SqliteSink {
+            conn,
+            path,
+            table: config
+                .table
+                .clone()
+                .unwrap_or_else(|| pipeline.config.table.name.clone()),
+            pipeline: pipeline.config.name.clone(),
+            create: config.create,
+            columns: Vec::new(),
+            checked: false,
+        })
+    }
+
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError::new(self.describe(), message)
+    }
+
+    /// `(name, declared type)` of every column of the target table.
+    fn read_declarations(&self) -> rusqlite::Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA table_info({})", quote(&self.table)))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        rows.collect()
+    }
+
+    fn read_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, bool)>> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({})", quote(table)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(1)?, r.get::<_, i64>(5)? > 0))
+        })?;
+        rows.collect()
+    }
+
+    /// Makes sure the table exists with every column of the batch and a key to upsert on.
+    fn ensure_table(&mut self, batch: &ChangeBatch) -> Result<(), SinkError> {
+        let fields = batch.row_fields();
+        let wanted: Vec<&Field> = fields.iter().map(|f| f.as_ref()).collect();
+        if self.checked
+            && wanted
+                .iter()
+                .all(|f| self.columns.iter().any(|c| c == f.name()))
+        {
+            return Ok(());
+        }
+        let existing =
+            Self::read_columns(&self.conn, &self.table).map_err(|e| self.error(e.to_string()))?;
+        let key = &batch.table.primary_key;
+        if existing.is_empty() {
+            if !self.create {
+                return Err(self.error(format!(
+                    "table {} does not exist; create it, or set `create: true` on the sink",
+                    quote(&self.table)
+                )));
+            }
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let columns: Vec<String> = wanted
+                .iter()
+                .map(|f| format!("{} {}", quote(f.name()), sqlite_type(f.data_type())))
+                .collect();
+            let key_list: Vec<String> = key.iter().map(|k| quote(k)).collect();
+            let ddl = format!(
+                "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
+                quote(&self.table),
+                columns.join(", "),
+                key_list.join(", ")
+            );
+            self.conn
+                .execute_batch(&ddl)
+                .map_err(|e| self.error(format!("cannot create the table: {e}")))?;
+        } else {
+            for field in &wanted {
+                if existing.iter().any(|(name, _)| name == field.name()) {
+                    continue;
+                }
+                if !self.create {
+                    return Err(self.error(format!(
+                        "the events have a column {} that table {} lacks; add it, or set \
+                         `create: true` to let weir add new columns",
+                        quote(field.name()),
+                        quote(&self.table)
+                    )));
+                }
+                let ddl = format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    quote(&self.table),
+                    quote(field.name()),
+                    sqlite_type(field.data_type())
+                );
+                self.conn
+                    .execute_batch(&ddl)
+                    .map_err(|e| self.error(format!("cannot add a column: {e}")))?;
+                tracing::info!(table = %self.table, column = %field.name(), "added column");
+            }
+            if !self.checked {
+                self.check_key(&existing, key)?;
+            }
+        }
+        self.columns = Self::read_columns(&self.conn, &self.table)
+            .map_err(|e| self.error(e.to_string()))?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        self.checked = true;
+        Ok(())
+    }
+
+    /// `ON CONFLICT (key)` needs the key to be the primary key or a unique index.
+    fn check_key(&self, existing: &[(String, bool)], key: &[String]) -> Result<(), SinkError> {
+        let conn = &self.conn;
+        let mut pk: Vec<&str> = existing
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        pk.sort();
+        let mut wanted: Vec<&str> = key.iter().map(String::as_str).collect();
+        wanted.sort();
+        if pk == wanted {
+            return Ok(());
+        }
+        let unique = (|| -> rusqlite::Result<bool> {
+            let mut indexes =
+                conn.prepare(&format!("PRAGMA index_list({})", quote(&self.table)))?;
+            let names: Vec<(String, bool)> = indexes
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)? == 1))
+                })?
+                .collect::<Result<_, _>>()?;
+            for (index, is_unique) in names.into_iter().filter(|(_, u)| *u) {
+                let _ = is_unique;
+                let mut info = conn.prepare(&format!("PRAGMA index_info({})", quote(&index)))?;
+                let mut columns: Vec<String> = info
+                    .query_map([], |r| r.get::<_, String>(2))?
+                    .collect::<Result<_, _>>()?;
+                columns.sort();
+                if columns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(wanted.iter().copied())
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })()
+        .map_err(|e| self.error(e.to_string()))?;
+        if unique {
+            Ok(())
+        } else {
+            Err(self.error(format!(
+                "table {} has no primary key or unique index on ({}); weir applies changes \
+                 by that key",
+                quote(&self.table),
+                key.join(", ")
+            )))
+        }
+    }
+
+    fn store_checkpoint(&self, checkpoint: &Checkpoint) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO _weir_checkpoints (pipeline, stream, next, line, updated_at)
+             VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             ON CONFLICT (pipeline, stream) DO UPDATE SET
+                 next = excluded.next, line = excluded.line, updated_at = excluded.updated_at",
+        )?;
+        for (stream, resume) in &checkpoint.streams {
+            stmt.execute(params![
+                self.pipeline,
+                stream,
+                resume.next,
+                resume.line as i64
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn apply_rows(&self, batch: &ChangeBatch, applied: &mut Applied) -> Result<(), SinkError> {
+        let tx = &self.conn;
+        let segments = compact(batch).map_err(|e| self.error(e))?;
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let fields = batch.row_fields();
+        let key = &batch.table.primary_key;
+        let table = quote(&self.table);
+        let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = fields
+            .iter()
+            .filter(|f| !key.contains(f.name()))
+            .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
+            .collect();
+        let key_list: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let upsert_sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO {}",
+            names.join(", "),
+            placeholders.join(", "),
+            key_list.join(", "),
+            if updates.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", updates.join(", "))
+            }
+        );
+        let conditions: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = ?{}", quote(k), i + 1))
+            .collect();
+        let delete_sql = format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "));
+        let after = batch.after();
+        let before = batch.before();
+        let key_before: Vec<&dyn Array> = key
+            .iter()
+            .map(|k| before.column_by_name(k).map(|c| c.as_ref()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| self.error("the batch lacks a primary key column"))?;
+        let sql_error = |e: rusqlite::Error| self.error(e.to_string());
+        for segment in segments {
+            if segment.truncate_first {
+                tx.execute(&format!("DELETE FROM {table}"), [])
+                    .map_err(sql_error)?;
+                applied.truncates += 1;
+            }
+            let mut delete = tx.prepare_cached(&delete_sql).map_err(sql_error)?;
+            for &row in &segment.deletes {
+                for (i, column) in key_before.iter().enumerate() {
+                    delete
+                        .raw_bind_parameter(i + 1, sql_value(*column, row))
+                        .map_err(sql_error)?;
+                }
+                delete.raw_execute().map_err(sql_error)?;
+                applied.deletes += 1;
+            }
+            let mut upsert = tx.prepare_cached(&upsert_sql).map_err(sql_error)?;
+            for &row in &segment.upserts {
+                for (i, column) in after.columns().iter().enumerate() {
+                    upsert
+                        .raw_bind_parameter(i + 1, sql_value(column.as_ref(), row))
+                        .map_err(sql_error)?;
+                }
+                upsert.raw_execute().map_err(sql_error)?;
+                applied.upserts += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SqliteSink {
+    fn apply_in_transaction(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+        let mut applied = Applied::default();
+        if batch.num_rows() > 0 {
+            self.ensure_table(batch)?;
+            self.apply_rows(batch, &mut applied)?;
+        }
+        self.store_checkpoint(&batch.checkpoint)
+            .map_err(|e| self.error(format!("cannot store the checkpoint: {e}")))?;
+        Ok(applied)
+    }
+}
+
+impl Sink for SqliteSink {
+    fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT stream, next, line FROM _weir_checkpoints WHERE pipeline = ?1")
+            .map_err(|e| self.error(e.to_string()))?;
+        let rows = stmt
+            .query_map([&self.pipeline], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    ResumePoint {
+                        next: r.get(1)?,
+                        line: r.get::<_, i64>(2)? as u64,
+                    },
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                SinkError::new(
+                    format!("sqlite sink {}", self.path.display()),
+                    e.to_string(),
+                )
+            })?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Checkpoint {
+            streams: rows.into_iter().collect(),
+        }))
+    }
+
+    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+        // IMMEDIATE takes the write lock up front, so the batch cannot fail half-way on a
+        // lock another writer holds.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.error(format!("cannot begin a transaction: {e}")))?;
+        match self.apply_in_transaction(batch) {
+            Ok(mut applied) => {
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| self.error(format!("commit failed: {e}")))?;
+                applied.durable = Some(batch.checkpoint.clone());
+                Ok(applied)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        self.committed()
+    }
+
+    fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
+        let declarations = self
+            .read_declarations()
+            .map_err(|e| self.error(e.to_string()))?;
+        Ok(declarations
+            .into_iter()
+            .filter_map(|(name, declared)| from_sql_declaration(&declared).map(|t| (name, t)))
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite sink {} table {}", self.path.display(), self.table)
+    }
+}
+
+/// The checkpoint for `pipeline` in a SQLite database, if it has one (used by tests and
+/// `weir status`).
+pub fn read_checkpoint(path: &std::path::Path, pipeline: &str) -> rusqlite::Result<Option<i64>> {
+    let conn = Connection::open(path)?;
+    conn.query_row(
+        "SELECT max(next) FROM _weir_checkpoints WHERE pipeline = ?1",
+        [pipeline],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(Option::flatten)
+}

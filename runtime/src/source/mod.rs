@@ -1,0 +1,141 @@
+//! Sources of change events. A source delivers raw records (key, value, position) in
+//! batches; decoding is a separate stage. Adding a source is one module here plus one
+//! variant in [`SourceConfig`] and one arm in [`build`].
+
+pub mod file;
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::config::LoadedPipeline;
+use crate::decode::{Format, RawRecord};
+use crate::position::{Checkpoint, Position};
+
+/// Where change events come from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SourceConfig {
+    /// Debezium change events, one JSON document per line, from a local file.
+    File(file::FileSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn format(&self) -> Format {
+        match self {
+            SourceConfig::File(f) => f.format,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct SourceError {
+    pub source_name: String,
+    pub message: String,
+    /// A later attempt may succeed (a broker that is down), as opposed to a setup error.
+    pub retryable: bool,
+}
+
+/// Records read by one poll, in one buffer.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    buf: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Option<(usize, usize)>,
+    value: Option<(usize, usize)>,
+    position: Position,
+}
+
+impl RawBatch {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn store(&mut self, bytes: Option<&[u8]>) -> Option<(usize, usize)> {
+        bytes.map(|b| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(b);
+            (start, self.buf.len())
+        })
+    }
+
+    pub fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, position: Position) {
+        let key = self.store(key);
+        let value = self.store(value);
+        self.entries.push(Entry {
+            key,
+            value,
+            position,
+        });
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (RawRecord<'_>, &Position)> {
+        self.entries.iter().map(|e| {
+            let slice = |r: Option<(usize, usize)>| r.map(|(a, b)| &self.buf[a..b]);
+            (
+                RawRecord {
+                    key: slice(e.key),
+                    value: slice(e.value),
+                },
+                &e.position,
+            )
+        })
+    }
+}
+
+/// How much one poll may return, and how long it may wait for the first record.
+#[derive(Debug, Clone, Copy)]
+pub struct PollLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollStatus {
+    /// Records were added to the batch.
+    Records,
+    /// Nothing arrived within `max_wait`; the source may have more later.
+    Idle,
+    /// A finite source is exhausted.
+    End,
+}
+
+pub trait Source: Send {
+    /// Positions the source just after `checkpoint` (at the start for streams it lacks).
+    fn seek(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError>;
+    /// Appends up to the limits to `batch`.
+    fn poll(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+    ) -> Result<PollStatus, SourceError>;
+    /// A short description for logs (never secrets).
+    fn describe(&self) -> String;
+}
+
+/// Builds the pipeline's source.
+pub fn build(pipeline: &LoadedPipeline) -> Result<Box<dyn Source>, SourceError> {
+    match &pipeline.config.source {
+        SourceConfig::File(config) => Ok(Box::new(file::FileSource::open(pipeline, config)?)),
+    }
+}

@@ -1,0 +1,240 @@
+//! The `weir` command line.
+
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weir_runtime::config;
+use weir_runtime::metrics::Metrics;
+use weir_runtime::pipeline::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Change-data pipelines: Debezium streams to Arrow, applied idempotently, with checkpoints and dead letters",
+    long_about = None
+)]
+struct Cli {
+    /// Log detail on standard error: -v for info, -vv for debug. RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its source ends (or, for a stream, until stopped).
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Exit 0 once the source has been idle this long and everything read is applied
+        /// (e.g. `10s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stop_when_idle: Option<Duration>,
+        /// Print the summary as JSON on standard output.
+        #[arg(long)]
+        json: bool,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Check pipeline files without running them; every problem is reported with its
+    /// file, line and column.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the pipeline format (for editor completion and checks).
+    Schema,
+    /// Measure weir's own performance.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Debezium JSON decoding into Arrow, against arrow-json's reader on the same rows'
+    /// after-images, on one thread.
+    Decode {
+        /// Events per variant.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Timed rounds per side; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 8192)]
+        batch: usize,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Run {
+            pipeline,
+            stop_when_idle,
+            json,
+            quiet,
+        } => run(pipeline, stop_when_idle, json, quiet),
+        Command::Validate { pipelines } => validate(&pipelines),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::json_schema()).expect("schema serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Bench {
+            bench:
+                Bench::Decode {
+                    events,
+                    repeat,
+                    batch,
+                },
+        } => {
+            bench_decode(events, repeat, batch);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for path in paths {
+        match config::load(path) {
+            Ok(p) => println!("{}: ok (pipeline `{}`)", path.display(), p.config.name),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool) -> ExitCode {
+    let pipeline = match config::load(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal exits at once; the first asks for a clean stop.
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone());
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    let metrics = Arc::new(Metrics::default());
+    let display =
+        (!quiet && !json).then(|| progress::Display::start(&pipeline.config.name, metrics.clone()));
+    let options = RunOptions { stop_when_idle };
+    let result = pipeline::run(&pipeline, &options, metrics.clone(), stop);
+    if let Some(display) = display {
+        display.finish();
+    }
+    let snapshot = metrics.snapshot();
+    let weir_runtime::dead_letter::DeadLetterConfig::File(letters) = pipeline.dead_letter();
+    let dead_letters = pipeline.resolve(&letters.path);
+    match result {
+        Ok(summary) => {
+            if json {
+                println!(
+                    "{}",
+                    progress::summary_json(
+                        &pipeline.config.name,
+                        &summary,
+                        &snapshot,
+                        &dead_letters
+                    )
+                );
+            } else {
+                print!(
+                    "{}",
+                    progress::summary_text(
+                        &pipeline.config.name,
+                        &summary,
+                        &snapshot,
+                        &dead_letters
+                    )
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: pipeline `{}` stopped: {e}\n  applied before stopping: {} rows, {} dead letters",
+                pipeline.config.name, snapshot.rows_applied, snapshot.dead_letters
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_decode(events: usize, repeat: usize, batch: usize) {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this is a debug build; run `cargo run --release -- bench decode` for real figures"
+        );
+    }
+    println!(
+        "decode benchmark: {events} events per variant, {batch}-row batches, one thread, median of {repeat}"
+    );
+    println!(
+        "{:<16} {:>9} {:>11} {:>13} {:>16} {:>13} {:>7}",
+        "variant",
+        "input MB",
+        "weir MB/s",
+        "weir events/s",
+        "arrow-json MB/s",
+        "arrow rows/s",
+        "ratio"
+    );
+    for m in weir_runtime::bench::run_decode_bench(events, repeat, batch) {
+        println!(
+            "{:<16} {:>9.1} {:>11.1} {:>13.0} {:>16.1} {:>13.0} {:>6.2}x",
+            m.variant,
+            m.input_bytes as f64 / 1e6,
+            m.weir_mb_s(),
+            m.weir_events_s(),
+            m.baseline_mb_s(),
+            m.baseline_rows_s(),
+            m.ratio()
+        );
+    }
+    println!(
+        "ratio = weir MB/s over the full Debezium events / arrow-json MB/s over the same events' after-images"
+    );
+}

@@ -1,0 +1,153 @@
+//! Progress on a terminal while a pipeline runs, and the summary when it ends.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use weir_runtime::metrics::{Metrics, Snapshot};
+use weir_runtime::pipeline::RunSummary;
+use weir_runtime::position::Checkpoint;
+
+pub struct Display {
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Display {
+    /// Shows a live status line on standard error when it is a terminal; otherwise nothing.
+    pub fn start(name: &str, metrics: Arc<Metrics>) -> Display {
+        let done = Arc::new(AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return Display { done, thread: None };
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg}").expect("valid template"),
+        );
+        bar.set_prefix(name.to_string());
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut last = (Instant::now(), 0u64);
+            let mut rate = 0.0;
+            while !flag.load(Ordering::Relaxed) {
+                let s = metrics.snapshot();
+                let now = Instant::now();
+                let dt = now.duration_since(last.0).as_secs_f64();
+                if dt >= 0.5 {
+                    rate = (s.events_read - last.1) as f64 / dt;
+                    last = (now, s.events_read);
+                }
+                bar.set_message(format!(
+                    "{} events in, {} rows applied, {} dead letters, {:.0} events/s, {:.0}s",
+                    s.events_read,
+                    s.rows_applied,
+                    s.dead_letters,
+                    rate,
+                    started.elapsed().as_secs_f64()
+                ));
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            bar.finish_and_clear();
+        });
+        Display {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn describe_checkpoint(checkpoint: &Option<Checkpoint>) -> String {
+    match checkpoint {
+        None => "none".into(),
+        Some(c) => c
+            .streams
+            .iter()
+            .map(|(stream, resume)| {
+                if let Some(file) = stream.strip_prefix("file:") {
+                    format!("{file} after line {}", resume.line)
+                } else {
+                    format!("{stream} at offset {}", resume.next)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &Path) -> String {
+    let secs = summary.elapsed.as_secs_f64();
+    let mut out = format!(
+        "weir: pipeline `{name}` {} in {secs:.2}s\n",
+        if summary.interrupted {
+            "stopped"
+        } else {
+            "finished"
+        }
+    );
+    if let Some(from) = &summary.resumed_from {
+        out += &format!(
+            "  resumed from  {}\n",
+            describe_checkpoint(&Some(from.clone()))
+        );
+    }
+    out += &format!(
+        "  read          {} events ({:.1} MB), {:.0} events/s\n",
+        s.events_read,
+        s.bytes_read as f64 / 1e6,
+        s.events_read as f64 / secs.max(1e-9)
+    );
+    out += &format!(
+        "  applied       {} changes: {} upserts, {} deletes, {} truncates (after compaction)\n",
+        s.rows_applied, s.upserts, s.deletes, s.truncates
+    );
+    out += &format!(
+        "  skipped       {} tombstones, {} schema-change events, {} other\n",
+        s.tombstones, s.schema_changes, s.ignored
+    );
+    out += &format!("  dead letters  {}", s.dead_letters);
+    if s.dead_letters > 0 {
+        out += &format!(" -> {}", dead_letters.display());
+    }
+    out += "\n";
+    out += &format!(
+        "  checkpoint    {}\n",
+        describe_checkpoint(&summary.checkpoint)
+    );
+    out
+}
+
+pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &Path) -> String {
+    serde_json::json!({
+        "pipeline": name,
+        "interrupted": summary.interrupted,
+        "elapsed_seconds": summary.elapsed.as_secs_f64(),
+        "resumed_from": summary.resumed_from,
+        "checkpoint": summary.checkpoint,
+        "events_read": s.events_read,
+        "bytes_read": s.bytes_read,
+        "rows_decoded": s.rows_decoded,
+        "rows_applied": s.rows_applied,
+        "upserts": s.upserts,
+        "deletes": s.deletes,
+        "truncates": s.truncates,
+        "tombstones": s.tombstones,
+        "schema_changes": s.schema_changes,
+        "ignored": s.ignored,
+        "dead_letters": s.dead_letters,
+        "dead_letter_file": dead_letters,
+    })
+    .to_string()
+}

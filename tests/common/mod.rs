@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests: finding the shared fixtures, writing pipeline
+//! files, running the real `weir` binary, and reading SQLite targets back.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The shared third-party Debezium fixtures. They live beside the repository (they are
+/// used from there, never copied in): `WEIR_FIXTURES` if set, else `shared/fixtures/debezium`
+/// next to an ancestor of this checkout, else next to the repository it was cloned from.
+pub fn fixtures() -> PathBuf {
+    if let Ok(dir) = std::env::var("WEIR_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut candidates: Vec<PathBuf> = root.ancestors().map(Path::to_path_buf).collect();
+    if let Ok(out) = Command::new("git")
+        .args(["config", "--get", "remote.origin.url"])
+        .current_dir(root)
+        .output()
+    {
+        let origin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let origin = origin.strip_prefix("file://").unwrap_or(&origin);
+        if Path::new(origin).is_absolute() {
+            candidates.extend(Path::new(origin).ancestors().map(Path::to_path_buf));
+        }
+    }
+    for base in candidates {
+        let dir = base.join("shared/fixtures/debezium");
+        if dir.join("README.md").is_file() {
+            return dir;
+        }
+    }
+    panic!(
+        "the shared Debezium fixtures were not found beside this checkout \
+         (shared/fixtures/debezium in an ancestor directory); set WEIR_FIXTURES to their path"
+    );
+}
+
+pub fn fixture(relative: &str) -> PathBuf {
+    fixtures().join(relative)
+}
+
+/// The lines of a fixture that parse as JSON, the way the origin harnesses send them
+/// (Paimon's files start with a license comment).
+pub fn json_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pretty-printed JSON fixture (possibly after a `/* … */` header), compacted to one line.
+pub fn compact_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let body = match text.find("*/") {
+        Some(end) if text.trim_start().starts_with("/*") => &text[end + 2..],
+        _ => &text,
+    };
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A scratch directory for one test's pipeline, events and target.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub output: Output,
+    pub summary: serde_json::Value,
+}
+
+impl Run {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Workspace {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    pub fn append_lines(&self, name: &str, lines: &[String]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(name))
+            .expect("open");
+        for line in lines {
+            writeln!(file, "{line}").expect("append");
+        }
+    }
+
+    /// A file-to-SQLite pipeline over `events.jsonl` into `target.db`, with extra `table`
+    /// settings (YAML lines indented under `table:`).
+    pub fn sqlite_pipeline(&self, table: &str, primary_key: &str, table_extra: &str) -> PathBuf {
+        let yaml = format!(
+            "name: conformance\n\
+             source:\n  type: file\n  path: events.jsonl\n  format: debezium-json\n\
+             table:\n  name: {table}\n  primary_key: [{primary_key}]\n{table_extra}\
+             sink:\n  type: sqlite\n  path: target.db\n  table: {table}\n  create: true\n\
+             dead_letter:\n  type: file\n  path: dead-letters.jsonl\n"
+        );
+        self.write("pipeline.yaml", &yaml)
+    }
+
+    pub fn run(&self, pipeline: &Path, extra: &[&str]) -> Run {
+        let output = weir()
+            .args(["run", "--json"])
+            .args(extra)
+            .arg(pipeline)
+            .output()
+            .expect("run weir");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let summary = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+        Run { output, summary }
+    }
+
+    /// Runs and insists on success.
+    pub fn run_ok(&self, pipeline: &Path) -> serde_json::Value {
+        let run = self.run(pipeline, &[]);
+        assert!(
+            run.output.status.success(),
+            "weir run failed: {}\n{}",
+            run.stderr(),
+            String::from_utf8_lossy(&run.output.stdout)
+        );
+        run.summary
+    }
+
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        match std::fs::read_to_string(self.path("dead-letters.jsonl")) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("dead letter is JSON"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+pub fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// Every row of a query, each value rendered as text: NULL, integers, reals in their
+/// shortest form, text as is.
+pub fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(db).expect("open target");
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let columns = stmt.column_count();
+    stmt.query_map([], |row| {
+        (0..columns)
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+                })
+            })
+            .collect()
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}

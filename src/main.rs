@@ -75,6 +75,9 @@ enum Bench {
         /// Rows per batch.
         #[arg(long, default_value_t = 8192)]
         batch: usize,
+        /// Which event shapes: `with-schema`, `without-schema` or `both`.
+        #[arg(long, default_value = "both", value_parser = ["both", "with-schema", "without-schema"])]
+        variant: String,
     },
 }
 
@@ -117,9 +120,15 @@ fn main() -> ExitCode {
                     events,
                     repeat,
                     batch,
+                    variant,
                 },
         } => {
-            bench_decode(events, repeat, batch);
+            let variant = match variant.as_str() {
+                "with-schema" => weir_runtime::bench::Variant::WithSchema,
+                "without-schema" => weir_runtime::bench::Variant::WithoutSchema,
+                _ => weir_runtime::bench::Variant::Both,
+            };
+            bench_decode(events, repeat, batch, variant);
             ExitCode::SUCCESS
         }
     }
@@ -203,7 +212,7 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
     }
 }
 
-fn bench_decode(events: usize, repeat: usize, batch: usize) {
+fn bench_decode(events: usize, repeat: usize, batch: usize, variant: weir_runtime::bench::Variant) {
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release -- bench decode` for real figures"
@@ -222,7 +231,7 @@ fn bench_decode(events: usize, repeat: usize, batch: usize) {
         "arrow rows/s",
         "ratio"
     );
-    for m in weir_runtime::bench::run_decode_bench(events, repeat, batch) {
+    for m in weir_runtime::bench::run_decode_bench(events, repeat, batch, variant) {
         println!(
             "{:<16} {:>9.1} {:>11.1} {:>13.0} {:>16.1} {:>13.0} {:>6.2}x",
             m.variant,

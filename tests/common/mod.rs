@@ -183,3 +183,69 @@ pub fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
     .collect::<Result<_, _>>()
     .expect("rows")
 }
+
+/// A synthetic change stream over `keys` keys: inserts, updates (with a version that
+/// grows per key) and deletes, as bare Debezium payloads; plus the final table an
+/// independent oracle computes (last change per key wins, deletes remove).
+pub struct Stream {
+    pub lines: Vec<String>,
+    /// id -> (name, price text, version)
+    pub final_rows: std::collections::BTreeMap<i64, (String, String, i64)>,
+}
+
+pub fn change_stream(events: usize, keys: i64, seed: u64) -> Stream {
+    let mut state = seed | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut rows: std::collections::BTreeMap<i64, (String, String, i64)> = Default::default();
+    let mut versions: std::collections::HashMap<i64, i64> = Default::default();
+    let mut lines = Vec::with_capacity(events);
+    for i in 0..events {
+        let id = (next() % keys as u64) as i64;
+        let version = {
+            let v = versions.entry(id).or_insert(0);
+            *v += 1;
+            *v
+        };
+        // Built by hand so the price stays an exact JSON number.
+        let row = |name: &str, price: &str, version: i64| {
+            format!(
+                r#"{{"id":{id},"name":{},"price":{price},"version":{version}}}"#,
+                serde_json::to_string(name).unwrap()
+            )
+        };
+        let exists = rows.contains_key(&id);
+        let roll = next() % 10;
+        let line = if exists && roll == 0 {
+            let (name, price, v) = rows.remove(&id).unwrap();
+            format!(
+                r#"{{"op":"d","before":{},"after":null,"ts_ms":{i}}}"#,
+                row(&name, &price, v)
+            )
+        } else {
+            let name = format!("item-{id}-{version} \"quoted\" ünïcode");
+            let price = format!("{}.{:02}", next() % 100_000, next() % 100);
+            let before = rows.get(&id).map(|(n, p, v)| row(n, p, *v));
+            let op = if before.is_some() { "u" } else { "c" };
+            let after = row(&name, &price, version);
+            rows.insert(id, (name, price, version));
+            format!(
+                r#"{{"op":"{op}","before":{},"after":{after},"ts_ms":{i}}}"#,
+                before.unwrap_or_else(|| "null".into())
+            )
+        };
+        lines.push(line);
+    }
+    Stream {
+        lines,
+        final_rows: rows,
+    }
+}
+
+/// The declared columns for [`change_stream`] events.
+pub const STREAM_COLUMNS: &str =
+    "  columns:\n    id: int64\n    name: string\n    price: decimal(12,2)\n    version: int64\n";

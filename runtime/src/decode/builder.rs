@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
+use super::json::{Json, JsonError, Token, key_string};
 use arrow::array::ArrayData;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, make_array};
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, i256};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use jiter::{Jiter, Peek};
 
 use super::decimal::{self, Rescale};
 use super::temporal;
@@ -22,8 +22,8 @@ use super::types::{ColumnDef, ColumnType, Unit};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueError(pub String);
 
-impl From<jiter::JiterError> for ValueError {
-    fn from(e: jiter::JiterError) -> Self {
+impl From<JsonError> for ValueError {
+    fn from(e: JsonError) -> Self {
         ValueError(format!("invalid JSON: {e}"))
     }
 }
@@ -64,24 +64,17 @@ pub struct ColumnBuilder {
     data: Data,
 }
 
-fn kind(peek: Peek) -> &'static str {
-    match peek {
-        Peek::Null => "null",
-        Peek::True | Peek::False => "a boolean",
-        Peek::String => "a string",
-        Peek::Array => "a list",
-        Peek::Object => "an object",
-        _ => "a number",
-    }
+fn kind(peek: Token) -> &'static str {
+    peek.describe()
 }
 
-fn wrong(expected: &str, peek: Peek) -> ValueError {
+fn wrong(expected: &str, peek: Token) -> ValueError {
     ValueError(format!("expected {expected}, found {}", kind(peek)))
 }
 
 impl ColumnBuilder {
     pub fn new(def: ColumnDef) -> Self {
-        let data = Self::empty_data(&def.ty);
+        let data = Self::empty_data(&def.ty, 0, 0);
         ColumnBuilder {
             def,
             valid: Vec::new(),
@@ -89,32 +82,40 @@ impl ColumnBuilder {
         }
     }
 
-    fn empty_data(ty: &ColumnType) -> Data {
+    /// Empty storage for `ty`, with room for `rows` values and `bytes` bytes of text (the
+    /// size of the previous batch, so a steady stream does not regrow its vectors).
+    fn empty_data(ty: &ColumnType, rows: usize, bytes: usize) -> Data {
         match ty {
             ColumnType::Null => Data::Null,
-            ColumnType::Boolean => Data::Bool(Vec::new()),
-            ColumnType::Int8 => Data::I8(Vec::new()),
-            ColumnType::Int16 => Data::I16(Vec::new()),
+            ColumnType::Boolean => Data::Bool(Vec::with_capacity(rows)),
+            ColumnType::Int8 => Data::I8(Vec::with_capacity(rows)),
+            ColumnType::Int16 => Data::I16(Vec::with_capacity(rows)),
             ColumnType::Int32 | ColumnType::Date | ColumnType::Time(Unit::Millis) => {
-                Data::I32(Vec::new())
+                Data::I32(Vec::with_capacity(rows))
             }
             ColumnType::Int64
             | ColumnType::Time(_)
             | ColumnType::Timestamp { .. }
             | ColumnType::ZonedTimestamp { .. }
             | ColumnType::ZonedTime
-            | ColumnType::Duration(_) => Data::I64(Vec::new()),
-            ColumnType::Float32 => Data::F32(Vec::new()),
-            ColumnType::Float64 => Data::F64(Vec::new()),
-            ColumnType::Decimal { precision, .. } if *precision <= 38 => Data::I128(Vec::new()),
-            ColumnType::Decimal { .. } => Data::I256(Vec::new()),
+            | ColumnType::Duration(_) => Data::I64(Vec::with_capacity(rows)),
+            ColumnType::Float32 => Data::F32(Vec::with_capacity(rows)),
+            ColumnType::Float64 => Data::F64(Vec::with_capacity(rows)),
+            ColumnType::Decimal { precision, .. } if *precision <= 38 => {
+                Data::I128(Vec::with_capacity(rows))
+            }
+            ColumnType::Decimal { .. } => Data::I256(Vec::with_capacity(rows)),
             ColumnType::String
             | ColumnType::Bytes
             | ColumnType::VariableScaleDecimal
-            | ColumnType::JsonText => Data::Bytes {
-                offsets: vec![0],
-                values: Vec::new(),
-            },
+            | ColumnType::JsonText => {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                Data::Bytes {
+                    offsets,
+                    values: Vec::with_capacity(bytes),
+                }
+            }
             ColumnType::Struct(fields) => {
                 Data::Struct(fields.iter().cloned().map(ColumnBuilder::new).collect())
             }
@@ -246,27 +247,27 @@ impl ColumnBuilder {
     /// column after evolution, or differ in decimal scale.
     pub fn append_json(
         &mut self,
-        j: &mut Jiter,
-        peek: Peek,
+        j: &mut Json,
+        peek: Token,
         source: &ColumnType,
     ) -> Result<(), ValueError> {
-        if peek == Peek::Null {
-            j.known_null()?;
+        if peek == Token::Null {
+            j.null()?;
             self.append_null();
             return Ok(());
         }
         let ty = &self.def.ty;
         match ty {
             ColumnType::Null => {
-                j.known_skip(peek)?;
+                j.skip()?;
                 return Err(ValueError(
                     "internal: a value reached a column of unknown type".into(),
                 ));
             }
             ColumnType::Boolean => {
                 let b = match peek {
-                    Peek::True | Peek::False => j.known_bool(peek)?,
-                    _ if peek.is_num() => match read_i64(j, peek)? {
+                    Token::True | Token::False => j.boolean()?,
+                    _ if (peek == Token::Number) => match read_i64(j, peek)? {
                         0 => false,
                         1 => true,
                         _ => return Err(ValueError("expected a boolean, 0 or 1".into())),
@@ -280,7 +281,7 @@ impl ColumnBuilder {
                 self.valid.push(true);
             }
             ColumnType::Int8 | ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64 => {
-                if !peek.is_num() {
+                if !(peek == Token::Number) {
                     return Err(wrong("an integer", peek));
                 }
                 let i = read_i64(j, peek)?;
@@ -295,10 +296,10 @@ impl ColumnBuilder {
                 self.valid.push(true);
             }
             ColumnType::Float32 | ColumnType::Float64 => {
-                let f = if peek.is_num() {
-                    j.known_float(peek)?
-                } else if peek == Peek::String {
-                    match j.known_str()? {
+                let f = if peek == Token::Number {
+                    j.float()?
+                } else if peek == Token::String {
+                    match &*j.str()? {
                         "NaN" => f64::NAN,
                         "Infinity" => f64::INFINITY,
                         "-Infinity" => f64::NEG_INFINITY,
@@ -316,8 +317,9 @@ impl ColumnBuilder {
             }
             ColumnType::String => {
                 match peek {
-                    Peek::String => {
-                        let s = j.known_str()?;
+                    Token::String => {
+                        let s = j.str()?;
+                        let s: &str = &s;
                         // `s` borrows the parser; copy before the next call.
                         let Data::Bytes { offsets, values } = &mut self.data else {
                             unreachable!()
@@ -330,9 +332,7 @@ impl ColumnBuilder {
                     }
                     _ => {
                         // Numbers, booleans and JSON documents are kept as their JSON text.
-                        let start = j.current_index();
-                        j.known_skip(peek)?;
-                        let raw = j.slice_to_current(start);
+                        let raw = j.skip_slice()?;
                         let text = std::str::from_utf8(raw)
                             .map_err(|_| ValueError("the value is not valid UTF-8".into()))?;
                         self.push_bytes(text.trim().as_bytes())?;
@@ -340,18 +340,16 @@ impl ColumnBuilder {
                 }
             }
             ColumnType::JsonText => {
-                let start = j.current_index();
-                j.known_skip(peek)?;
-                let raw = j.slice_to_current(start);
+                let raw = j.skip_slice()?;
                 let text = std::str::from_utf8(raw)
                     .map_err(|_| ValueError("the value is not valid UTF-8".into()))?;
                 self.push_bytes(text.trim().as_bytes())?;
             }
             ColumnType::Bytes => {
-                if peek != Peek::String {
+                if peek != Token::String {
                     return Err(wrong("base64 text", peek));
                 }
-                let text = j.known_bytes()?;
+                let text = &j.str_bytes()?;
                 let decoded = BASE64
                     .decode(text)
                     .map_err(|_| ValueError("the value is not valid base64".into()))?;
@@ -364,15 +362,34 @@ impl ColumnBuilder {
                 } else {
                     Rescale::Exact
                 };
-                let value = if peek == Peek::String {
-                    let raw = decimal::from_base64(j.known_bytes()?)?;
+                if (peek == Token::Number) && precision <= 38 {
+                    // The common case, without a big integer or an allocation.
+                    let raw = j.number()?;
+                    let value = match decimal::from_text_fast(raw, scale) {
+                        Some(v) => v,
+                        None => decimal::from_text(raw, scale, rescale_mode)?.as_i128(),
+                    };
+                    decimal::check_precision_i128(
+                        value,
+                        precision,
+                        decimal::POW10[precision as usize],
+                    )?;
+                    let Data::I128(v) = &mut self.data else {
+                        unreachable!()
+                    };
+                    v.push(value);
+                    self.valid.push(true);
+                    return Ok(());
+                }
+                let value = if peek == Token::String {
+                    let raw = decimal::from_base64(&j.str_bytes()?)?;
                     let source_scale = match source {
                         ColumnType::Decimal { scale, .. } => *scale,
                         _ => scale,
                     };
                     decimal::rescale(raw, source_scale, scale, rescale_mode)?
-                } else if peek.is_num() {
-                    decimal::from_text(j.known_number_bytes(peek)?, scale, rescale_mode)?
+                } else if peek == Token::Number {
+                    decimal::from_text(j.number()?, scale, rescale_mode)?
                 } else {
                     return Err(wrong("a decimal (base64 or a number)", peek));
                 };
@@ -385,7 +402,7 @@ impl ColumnBuilder {
                 self.valid.push(true);
             }
             ColumnType::VariableScaleDecimal => {
-                if peek != Peek::Object {
+                if peek != Token::Object {
                     return Err(wrong("an object with scale and value", peek));
                 }
                 let text = read_variable_scale_decimal(j)?;
@@ -393,13 +410,14 @@ impl ColumnBuilder {
             }
             ColumnType::Date => {
                 let days = match peek {
-                    Peek::String => {
-                        let s = j.known_str()?;
+                    Token::String => {
+                        let s = j.str()?;
+                        let s: &str = &s;
                         temporal::parse_date(s).ok_or_else(|| {
                             ValueError(format!("`{s}` is not a date (YYYY-MM-DD)"))
                         })?
                     }
-                    _ if peek.is_num() => {
+                    _ if (peek == Token::Number) => {
                         let i = read_i64(j, peek)?;
                         i32::try_from(i)
                             .map_err(|_| ValueError(format!("{i} days is out of range")))?
@@ -411,13 +429,14 @@ impl ColumnBuilder {
             ColumnType::Time(unit) => {
                 let unit = *unit;
                 let value = match peek {
-                    Peek::String => {
-                        let s = j.known_str()?;
+                    Token::String => {
+                        let s = j.str()?;
+                        let s: &str = &s;
                         let nanos = temporal::parse_time_nanos(s)
                             .ok_or_else(|| ValueError(format!("`{s}` is not a time of day")))?;
                         nanos_to_unit(nanos as i128, unit)?
                     }
-                    _ if peek.is_num() => {
+                    _ if (peek == Token::Number) => {
                         let i = read_i64(j, peek)?;
                         convert_unit(i, unit_of(source).unwrap_or(unit), unit)?
                     }
@@ -432,10 +451,11 @@ impl ColumnBuilder {
                 }
             }
             ColumnType::ZonedTime => {
-                if peek != Peek::String {
+                if peek != Token::String {
                     return Err(wrong("a time with offset", peek));
                 }
-                let s = j.known_str()?;
+                let s = j.str()?;
+                let s: &str = &s;
                 let nanos = temporal::parse_time_nanos(s)
                     .ok_or_else(|| ValueError(format!("`{s}` is not a time of day")))?;
                 self.push_i64(nanos);
@@ -443,14 +463,15 @@ impl ColumnBuilder {
             ColumnType::Timestamp { unit, .. } | ColumnType::ZonedTimestamp { unit } => {
                 let unit = *unit;
                 let value = match peek {
-                    Peek::String => {
-                        let s = j.known_str()?;
+                    Token::String => {
+                        let s = j.str()?;
+                        let s: &str = &s;
                         let nanos = temporal::parse_timestamp_nanos(s, true).ok_or_else(|| {
                             ValueError(format!("`{s}` is not an ISO-8601 timestamp"))
                         })?;
                         nanos_to_unit(nanos, unit)?
                     }
-                    _ if peek.is_num() => {
+                    _ if (peek == Token::Number) => {
                         let i = read_i64(j, peek)?;
                         convert_unit(i, unit_of(source).unwrap_or(unit), unit)?
                     }
@@ -459,7 +480,7 @@ impl ColumnBuilder {
                 self.push_i64(value);
             }
             ColumnType::Duration(unit) => {
-                if !peek.is_num() {
+                if !(peek == Token::Number) {
                     return Err(wrong("an integer duration", peek));
                 }
                 let unit = *unit;
@@ -468,7 +489,7 @@ impl ColumnBuilder {
                 self.push_i64(value);
             }
             ColumnType::Struct(_) => {
-                if peek != Peek::Object {
+                if peek != Token::Object {
                     return Err(wrong("an object", peek));
                 }
                 let source_fields = match source {
@@ -478,7 +499,7 @@ impl ColumnBuilder {
                 self.append_object(j, source_fields.as_deref())?;
             }
             ColumnType::List(_) => {
-                if peek != Peek::Array {
+                if peek != Token::Array {
                     return Err(wrong("a list", peek));
                 }
                 let source_item = match source {
@@ -488,10 +509,10 @@ impl ColumnBuilder {
                 let Data::List { offsets, child } = &mut self.data else {
                     unreachable!()
                 };
-                let mut next = j.known_array()?;
+                let mut next = j.array_first()?;
                 while let Some(item_peek) = next {
                     child.append_json(j, item_peek, &source_item)?;
-                    next = j.array_step()?;
+                    next = j.array_next()?;
                 }
                 offsets.push(child.len() as i32);
                 self.valid.push(true);
@@ -503,14 +524,14 @@ impl ColumnBuilder {
     /// Reads a nested JSON object into this struct column. Fields it lacks become null.
     fn append_object(
         &mut self,
-        j: &mut Jiter,
+        j: &mut Json,
         source: Option<&[ColumnDef]>,
     ) -> Result<(), ValueError> {
         let Data::Struct(children) = &mut self.data else {
             unreachable!()
         };
         let row = self.valid.len();
-        let mut key = j.known_object()?.map(str::to_owned);
+        let mut key = j.object_first()?.map(key_string);
         while let Some(name) = key {
             let Some(child) = children.iter_mut().find(|c| c.def.name == name) else {
                 return Err(ValueError(format!(
@@ -528,7 +549,7 @@ impl ColumnBuilder {
             child
                 .append_json(j, peek, &source_ty)
                 .map_err(|e| ValueError(format!("field `{name}`: {}", e.0)))?;
-            key = j.next_key()?.map(str::to_owned);
+            key = j.object_next()?.map(key_string);
         }
         for child in children.iter_mut() {
             if child.len() == row {
@@ -623,14 +644,18 @@ impl ColumnBuilder {
     /// Builds the Arrow array and empties the builder.
     pub fn finish(&mut self) -> ArrayRef {
         let len = self.valid.len();
-        let valid = std::mem::take(&mut self.valid);
+        let valid = std::mem::replace(&mut self.valid, Vec::with_capacity(len));
         let nulls = if valid.iter().all(|v| *v) {
             None
         } else {
             Some(NullBuffer::from(valid))
         };
         let data_type = self.def.ty.arrow_type();
-        let data = std::mem::replace(&mut self.data, Self::empty_data(&self.def.ty));
+        let bytes = match &self.data {
+            Data::Bytes { values, .. } => values.len(),
+            _ => 0,
+        };
+        let data = std::mem::replace(&mut self.data, Self::empty_data(&self.def.ty, len, bytes));
         fn primitive<T: arrow::datatypes::ArrowNativeType>(
             data_type: DataType,
             len: usize,
@@ -699,15 +724,14 @@ impl ColumnBuilder {
     }
 }
 
-/// Reads an integer that must fit 64 bits. Parsed from the number's text: jiter's own
-/// integer path needs a bigint for anything over 18 digits, and Debezium's `ts_ns` has 19.
-pub fn read_i64(j: &mut Jiter, peek: Peek) -> Result<i64, ValueError> {
-    if !peek.is_num() {
+/// Reads an integer that must fit 64 bits, from the number's text.
+pub fn read_i64(j: &mut Json, peek: Token) -> Result<i64, ValueError> {
+    if !(peek == Token::Number) {
         return Err(wrong("an integer", peek));
     }
-    let raw = j.known_number_bytes(peek)?;
-    let text = std::str::from_utf8(raw).unwrap_or_default();
-    text.parse::<i64>().map_err(|_| {
+    let raw = j.number()?;
+    parse_i64(raw).ok_or_else(|| {
+        let text = String::from_utf8_lossy(raw);
         if raw.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
             ValueError(format!("expected an integer, found {text}"))
         } else {
@@ -716,6 +740,34 @@ pub fn read_i64(j: &mut Jiter, peek: Peek) -> Result<i64, ValueError> {
             ))
         }
     })
+}
+
+/// Decimal digits with an optional minus sign, checked for overflow; `None` otherwise.
+#[inline]
+fn parse_i64(raw: &[u8]) -> Option<i64> {
+    let (negative, digits) = match raw.first() {
+        Some(b'-') => (true, &raw[1..]),
+        _ => (false, raw),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut magnitude: u64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        magnitude = magnitude.checked_mul(10)?.checked_add((b - b'0') as u64)?;
+    }
+    if negative {
+        if magnitude <= i64::MAX as u64 + 1 {
+            Some((magnitude as i64).wrapping_neg())
+        } else {
+            None
+        }
+    } else {
+        i64::try_from(magnitude).ok()
+    }
 }
 
 /// The values of a primitive array (widening is rare, so a copy is fine).
@@ -766,10 +818,10 @@ fn nanos_to_unit(nanos: i128, unit: Unit) -> Result<i64, ValueError> {
 }
 
 /// `{"scale": 2, "value": "AeI="}` to `4.82`.
-fn read_variable_scale_decimal(j: &mut Jiter) -> Result<String, ValueError> {
+fn read_variable_scale_decimal(j: &mut Json) -> Result<String, ValueError> {
     let mut scale: Option<i64> = None;
     let mut unscaled: Option<i256> = None;
-    let mut key = j.known_object()?.map(str::to_owned);
+    let mut key = j.object_first()?.map(key_string);
     while let Some(k) = key {
         match k.as_str() {
             "scale" => {
@@ -777,10 +829,10 @@ fn read_variable_scale_decimal(j: &mut Jiter) -> Result<String, ValueError> {
                 let s = read_i64(j, peek)?;
                 scale = Some(s);
             }
-            "value" => unscaled = Some(decimal::from_base64(j.next_bytes()?)?),
-            _ => j.next_skip()?,
+            "value" => unscaled = Some(decimal::from_base64(&j.str_bytes()?)?),
+            _ => j.skip()?,
         }
-        key = j.next_key()?.map(str::to_owned);
+        key = j.object_next()?.map(key_string);
     }
     match (scale, unscaled) {
         (Some(s), Some(v)) if (-128..=127).contains(&s) => Ok(decimal::format(v, s as i8)),
@@ -796,10 +848,24 @@ mod tests {
     use arrow::array::{Decimal128Array, Int64Array, StringArray};
 
     fn feed(builder: &mut ColumnBuilder, json: &str) -> Result<(), ValueError> {
-        let mut j = Jiter::new(json.as_bytes());
+        let mut j = Json::new(json.as_bytes());
         let peek = j.peek().unwrap();
         let source = builder.def.ty.clone();
         builder.append_json(&mut j, peek, &source)
+    }
+
+    #[test]
+    fn integers_parse_exactly() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(
+            parse_i64(b"1596010986047123456"),
+            Some(1_596_010_986_047_123_456)
+        );
+        assert_eq!(parse_i64(b"1.5"), None);
+        assert_eq!(parse_i64(b"-"), None);
     }
 
     #[test]
@@ -887,7 +953,7 @@ mod tests {
             utc: false,
         };
         let mut b = ColumnBuilder::new(ColumnDef::new("t", ty));
-        let mut j = Jiter::new(b"1595008822123");
+        let mut j = Json::new(b"1595008822123");
         let peek = j.peek().unwrap();
         b.append_json(
             &mut j,

@@ -64,6 +64,53 @@ pub fn from_twos_complement(bytes: &[u8]) -> Result<i256, DecimalError> {
     Ok(i256::from_be_bytes(full))
 }
 
+/// Powers of ten that fit an i128 (10^0 to 10^38).
+pub const POW10: [i128; 39] = {
+    let mut table = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// The common case of [`from_text`] without allocating: plain digits with at most `scale`
+/// fractional digits and at most 36 digits in all. `None` means "use the general path",
+/// not "invalid".
+#[inline]
+pub fn from_text_fast(text: &[u8], scale: i8) -> Option<i128> {
+    let (negative, digits) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
+    };
+    let mut value: i128 = 0;
+    let mut count = 0;
+    let mut fraction: i32 = -1;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                value = value * 10 + (b - b'0') as i128;
+                count += 1;
+                if fraction >= 0 {
+                    fraction += 1;
+                }
+                if count > 36 {
+                    return None;
+                }
+            }
+            b'.' if fraction < 0 => fraction = 0,
+            _ => return None,
+        }
+    }
+    let fraction = fraction.max(0);
+    if count == 0 || fraction > scale as i32 || scale > 38 {
+        return None;
+    }
+    let value = value.checked_mul(POW10[(scale as i32 - fraction) as usize])?;
+    Some(if negative { -value } else { value })
+}
+
 /// Parses JSON number text (`-12.5`, `1e-7`, `3.140000104904175`) exactly and rescales it
 /// to `scale`.
 pub fn from_text(text: &[u8], scale: i8, rescale: Rescale) -> Result<i256, DecimalError> {
@@ -180,10 +227,23 @@ pub fn rescale(value: i256, from: i8, to: i8, rescale: Rescale) -> Result<i256, 
 
 /// Checks that `value` has at most `precision` digits.
 pub fn check_precision(value: i256, precision: u8) -> Result<(), DecimalError> {
+    if let (Some(v), Some(limit)) = (value.to_i128(), POW10.get(precision as usize)) {
+        return check_precision_i128(v, precision, *limit);
+    }
     let limit = i256::from_i128(10).checked_pow(precision as u32);
     match limit {
         Some(limit) if value.wrapping_abs() >= limit => Err(DecimalError::Overflow { precision }),
         _ => Ok(()),
+    }
+}
+
+/// [`check_precision`] for a value that fits an i128 and a precision of at most 38.
+#[inline]
+pub fn check_precision_i128(value: i128, precision: u8, limit: i128) -> Result<(), DecimalError> {
+    if value.unsigned_abs() < limit as u128 {
+        Ok(())
+    } else {
+        Err(DecimalError::Overflow { precision })
     }
 }
 
@@ -283,6 +343,32 @@ mod tests {
         assert_eq!(rounded("999.9995", 3), "1000.000");
         assert_eq!(rounded("5e-10", 3), "0.000");
         assert_eq!(rounded("5e-1", 0), "1");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_general_one() {
+        for (text, scale) in [
+            ("123.4567", 4),
+            ("123.45", 4),
+            ("-0.5", 1),
+            ("7", 2),
+            ("0.00", 2),
+            ("99999999.99", 2),
+        ] {
+            let fast = from_text_fast(text.as_bytes(), scale).unwrap();
+            let general = from_text(text.as_bytes(), scale, Rescale::Exact).unwrap();
+            assert_eq!(i256::from_i128(fast), general, "{text}");
+        }
+        for text in [
+            "1e3",
+            "1.234",
+            "",
+            "-",
+            "1.2.3",
+            "12345678901234567890123456789012345678",
+        ] {
+            assert_eq!(from_text_fast(text.as_bytes(), 2), None, "{text}");
+        }
     }
 
     #[test]

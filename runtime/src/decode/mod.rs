@@ -1,6 +1,6 @@
 //! Debezium JSON change events into change batches.
 //!
-//! One pass with a pull parser (`jiter`) over each event writes values straight into Arrow
+//! One pass with a pull scanner (`json`) over each event writes values straight into Arrow
 //! column builders; there is no intermediate JSON tree. The `schema` block, when present, is
 //! parsed once per distinct schema (events of one table repeat it byte for byte) and
 //! skipped otherwise. Column types come from that block, else from `table.columns`, else by
@@ -12,6 +12,7 @@
 
 pub mod builder;
 pub mod decimal;
+pub mod json;
 pub mod table;
 pub mod temporal;
 pub mod types;
@@ -20,10 +21,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use jiter::{Jiter, Peek};
+use json::{Json, JsonError, Token, key_string};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value as Json;
+use serde_json::Value as JsonValue;
 
 use crate::envelope::{self, ChangeBatch, Op, SOURCE_TEXT_COLUMNS, TableInfo};
 use crate::position::{Checkpoint, Position};
@@ -91,8 +92,8 @@ impl From<ValueError> for DecodeError {
     }
 }
 
-impl From<jiter::JiterError> for DecodeError {
-    fn from(e: jiter::JiterError) -> Self {
+impl From<JsonError> for DecodeError {
+    fn from(e: JsonError) -> Self {
         DecodeError::Record(RecordError {
             message: format!("invalid JSON: {e}"),
         })
@@ -218,21 +219,23 @@ enum Key {
 }
 
 impl Key {
-    fn of(name: &str) -> Key {
+    /// Classifies a raw key. Keys with escapes never match, which is right: Debezium's
+    /// envelope keys have none.
+    fn of(name: &[u8]) -> Key {
         match name {
-            "schema" => Key::Schema,
-            "payload" => Key::Payload,
-            "op" => Key::Op,
-            "before" => Key::Before,
-            "after" => Key::After,
-            "source" => Key::Source,
-            "ts_ms" => Key::TsMs,
-            "ts_us" => Key::TsUs,
-            "ts_ns" => Key::TsNs,
-            "transaction" => Key::Transaction,
-            "historyRecord" => Key::HistoryRecord,
-            "ddl" => Key::Ddl,
-            "tableChanges" => Key::TableChanges,
+            b"schema" => Key::Schema,
+            b"payload" => Key::Payload,
+            b"op" => Key::Op,
+            b"before" => Key::Before,
+            b"after" => Key::After,
+            b"source" => Key::Source,
+            b"ts_ms" => Key::TsMs,
+            b"ts_us" => Key::TsUs,
+            b"ts_ns" => Key::TsNs,
+            b"transaction" => Key::Transaction,
+            b"historyRecord" => Key::HistoryRecord,
+            b"ddl" => Key::Ddl,
+            b"tableChanges" => Key::TableChanges,
             _ => Key::Other,
         }
     }
@@ -248,19 +251,19 @@ enum SourceKey {
 }
 
 impl SourceKey {
-    fn of(name: &str) -> SourceKey {
+    fn of(name: &[u8]) -> SourceKey {
         match name {
-            "connector" => SourceKey::Text(TEXT_CONNECTOR),
-            "name" => SourceKey::Text(TEXT_NAME),
-            "db" => SourceKey::Text(TEXT_DB),
-            "schema" => SourceKey::Text(TEXT_SCHEMA),
-            "table" => SourceKey::Text(TEXT_TABLE),
-            "snapshot" => SourceKey::Text(TEXT_SNAPSHOT),
-            "txId" => SourceKey::Text(TEXT_TXID),
-            "ts_ms" => SourceKey::Time(Key::TsMs),
-            "ts_us" => SourceKey::Time(Key::TsUs),
-            "ts_ns" => SourceKey::Time(Key::TsNs),
-            _ => match POSITION_KEYS.iter().find(|k| **k == name) {
+            b"connector" => SourceKey::Text(TEXT_CONNECTOR),
+            b"name" => SourceKey::Text(TEXT_NAME),
+            b"db" => SourceKey::Text(TEXT_DB),
+            b"schema" => SourceKey::Text(TEXT_SCHEMA),
+            b"table" => SourceKey::Text(TEXT_TABLE),
+            b"snapshot" => SourceKey::Text(TEXT_SNAPSHOT),
+            b"txId" => SourceKey::Text(TEXT_TXID),
+            b"ts_ms" => SourceKey::Time(Key::TsMs),
+            b"ts_us" => SourceKey::Time(Key::TsUs),
+            b"ts_ns" => SourceKey::Time(Key::TsNs),
+            _ => match POSITION_KEYS.iter().find(|k| k.as_bytes() == name) {
                 Some(k) => SourceKey::Position(k),
                 None => SourceKey::Other,
             },
@@ -445,51 +448,47 @@ impl Decoder {
         bytes: &[u8],
         key: Option<&[u8]>,
     ) -> Result<Outcome, DecodeError> {
-        let mut j = Jiter::new(bytes);
+        let mut j = Json::new(bytes);
         let peek = j.peek()?;
-        if peek != Peek::Object {
+        if peek != Token::Object {
             return Err(reject(format!(
                 "expected a JSON object for a Debezium event, found {}",
-                peek_name(peek)
+                peek.describe()
             )));
         }
         let mut state = EventState::default();
         let mut schema: Option<usize> = None;
-        let mut deferred_payload: Option<(usize, usize)> = None;
+        let mut deferred_payload: Option<&[u8]> = None;
         let mut payload_null = false;
         let mut saw_payload = false;
-        let mut name = j.known_object()?.map(Key::of);
+        let mut name = j.object_first()?.map(Key::of);
         while let Some(k) = name {
             match k {
                 Key::Schema => {
-                    let start = j.current_index();
-                    j.next_skip()?;
-                    let raw = j.slice_to_current(start).trim_ascii();
+                    let raw = j.skip_slice()?;
                     if raw != b"null" {
                         schema = Some(self.schema_entry(raw)?);
                     }
                 }
                 Key::Payload => {
                     saw_payload = true;
-                    if j.peek()? == Peek::Null {
-                        j.known_null()?;
+                    if j.peek()? == Token::Null {
+                        j.null()?;
                         payload_null = true;
                     } else if schema.is_some() {
                         self.decode_payload(&mut j, &mut state, schema)?;
                     } else {
                         // The schema may come after the payload; read the payload last.
-                        let start = j.current_index();
-                        j.next_skip()?;
-                        deferred_payload = Some((start, j.current_index()));
+                        deferred_payload = Some(j.skip_slice()?);
                     }
                 }
                 other => self.envelope_field(other, &mut j, &mut state, schema)?,
             }
-            name = j.next_key()?.map(Key::of);
+            name = j.object_next()?.map(Key::of);
         }
         j.finish()?;
-        if let Some((start, end)) = deferred_payload {
-            let mut pj = Jiter::new(&bytes[start..end]);
+        if let Some(payload) = deferred_payload {
+            let mut pj = Json::new(payload);
             self.decode_payload(&mut pj, &mut state, schema)?;
         }
         if payload_null {
@@ -503,21 +502,21 @@ impl Decoder {
 
     fn decode_payload(
         &mut self,
-        j: &mut Jiter,
+        j: &mut Json,
         state: &mut EventState,
         schema: Option<usize>,
     ) -> Result<(), DecodeError> {
         let peek = j.peek()?;
-        if peek != Peek::Object {
+        if peek != Token::Object {
             return Err(reject(format!(
                 "`payload` must be an object, found {}",
-                peek_name(peek)
+                peek.describe()
             )));
         }
-        let mut name = j.known_object()?.map(Key::of);
+        let mut name = j.object_first()?.map(Key::of);
         while let Some(k) = name {
             self.envelope_field(k, j, state, schema)?;
-            name = j.next_key()?.map(Key::of);
+            name = j.object_next()?.map(Key::of);
         }
         Ok(())
     }
@@ -525,7 +524,7 @@ impl Decoder {
     fn envelope_field(
         &mut self,
         key: Key,
-        j: &mut Jiter,
+        j: &mut Json,
         state: &mut EventState,
         schema: Option<usize>,
     ) -> Result<(), DecodeError> {
@@ -533,18 +532,18 @@ impl Decoder {
         match key {
             Key::Op => {
                 let peek = j.peek()?;
-                if peek == Peek::Null {
-                    j.known_null()?;
+                if peek == Token::Null {
+                    j.null()?;
                     return Ok(());
                 }
-                if peek != Peek::String {
+                if peek != Token::String {
                     return Err(reject(format!(
                         "`op` must be a string, found {}",
-                        peek_name(peek)
+                        peek.describe()
                     )));
                 }
-                let op = j.known_str()?;
-                match Op::parse(op) {
+                let op = j.str()?;
+                match Op::parse(&op) {
                     Some(op) => state.op = Some(op),
                     None if op == "m" => state.message_op = true,
                     None => {
@@ -562,11 +561,11 @@ impl Decoder {
                 };
                 let peek = j.peek()?;
                 let present = match peek {
-                    Peek::Null => {
-                        j.known_null()?;
+                    Token::Null => {
+                        j.null()?;
                         false
                     }
-                    Peek::Object => {
+                    Token::Object => {
                         let sources = self.source_types(schema)?;
                         self.decode_row(j, which, sources.as_deref())?;
                         true
@@ -579,7 +578,7 @@ impl Decoder {
                             } else {
                                 "after"
                             },
-                            peek_name(other)
+                            other.describe()
                         )));
                     }
                 };
@@ -602,37 +601,35 @@ impl Decoder {
                     .schema_change
                     .get_or_insert_with(SchemaChangeInfo::default);
                 match key {
-                    Key::HistoryRecord if j.peek()? == Peek::String => {
-                        let text = j.known_str()?.to_string();
+                    Key::HistoryRecord if j.peek()? == Token::String => {
+                        let text = j.str()?.to_string();
                         read_history_record(&text, info);
                     }
-                    Key::Ddl if j.peek()? == Peek::String => {
-                        info.ddl = Some(j.known_str()?.to_string())
-                    }
-                    _ => j.next_skip()?,
+                    Key::Ddl if j.peek()? == Token::String => info.ddl = Some(j.str()?.to_string()),
+                    _ => j.skip()?,
                 }
             }
-            Key::Schema | Key::Payload | Key::Other => j.next_skip()?,
+            Key::Schema | Key::Payload | Key::Other => j.skip()?,
         }
         Ok(())
     }
 
     /// Reads the `source` block: coordinates, time, and a readable log position.
-    fn decode_source(&mut self, j: &mut Jiter, row: usize) -> Result<(), DecodeError> {
+    fn decode_source(&mut self, j: &mut Json, row: usize) -> Result<(), DecodeError> {
         let peek = j.peek()?;
-        if peek == Peek::Null {
-            j.known_null()?;
+        if peek == Token::Null {
+            j.null()?;
             return Ok(());
         }
-        if peek != Peek::Object {
+        if peek != Token::Object {
             return Err(reject(format!(
                 "`source` must be an object, found {}",
-                peek_name(peek)
+                peek.describe()
             )));
         }
         self.scratch.clear();
         let mut source_time: Option<i64> = None;
-        let mut key = j.known_object()?.map(SourceKey::of);
+        let mut key = j.object_first()?.map(SourceKey::of);
         while let Some(k) = key {
             match k {
                 SourceKey::Text(column) => {
@@ -640,7 +637,7 @@ impl Decoder {
                     if builder.len() == row {
                         push_scalar_text(j, builder)?;
                     } else {
-                        j.next_skip()?;
+                        j.skip()?;
                     }
                 }
                 SourceKey::Time(which) => {
@@ -663,9 +660,9 @@ impl Decoder {
                         self.scratch.truncate(mark);
                     }
                 }
-                SourceKey::Other => j.next_skip()?,
+                SourceKey::Other => j.skip()?,
             }
-            key = j.next_key()?.map(SourceKey::of);
+            key = j.object_next()?.map(SourceKey::of);
         }
         if let Some(t) = source_time
             && self.envelope.source_time.len() == row
@@ -678,20 +675,20 @@ impl Decoder {
         Ok(())
     }
 
-    fn decode_transaction(&mut self, j: &mut Jiter, row: usize) -> Result<(), DecodeError> {
+    fn decode_transaction(&mut self, j: &mut Json, row: usize) -> Result<(), DecodeError> {
         let peek = j.peek()?;
-        if peek != Peek::Object {
-            j.known_skip(peek)?;
+        if peek != Token::Object {
+            j.skip()?;
             return Ok(());
         }
-        let mut key = j.known_object()?.map(|k| k == "id");
+        let mut key = j.object_first()?.map(|k| k == b"id");
         while let Some(is_id) = key {
             if is_id && self.envelope.texts[TEXT_TXID].len() == row {
                 push_scalar_text(j, &mut self.envelope.texts[TEXT_TXID])?;
             } else {
-                j.next_skip()?;
+                j.skip()?;
             }
-            key = j.next_key()?.map(|k| k == "id");
+            key = j.object_next()?.map(|k| k == b"id");
         }
         Ok(())
     }
@@ -699,7 +696,7 @@ impl Decoder {
     /// Reads a row image object into `before` or `after`.
     fn decode_row(
         &mut self,
-        j: &mut Jiter,
+        j: &mut Json,
         which: Which,
         sources: Option<&Vec<Option<ColumnType>>>,
     ) -> Result<(), DecodeError> {
@@ -708,21 +705,26 @@ impl Decoder {
             Which::After => self.after.rows(),
         };
         let mut hint = 0;
-        let mut name = j
-            .known_object()?
-            .map(|k| self.table.find(k, 0).ok_or_else(|| k.to_owned()));
-        while let Some(found) = name {
-            let index = match found {
-                Ok(i) => Some(i),
-                Err(unknown) => self.unknown_column(&unknown, j)?,
+        // Keys are matched as raw bytes; columns arrive in the same order in most events,
+        // so the next column is tried first.
+        let mut key = j.object_first()?;
+        while let Some(raw) = key {
+            let index = match self.table.find_bytes(raw, hint) {
+                Some(i) => Some(i),
+                None => {
+                    // Rare: a key with escapes (compared once decoded), or a new column.
+                    let name = key_string(raw);
+                    match self.table.find(&name, hint) {
+                        Some(i) => Some(i),
+                        None => self.unknown_column(&name, j)?,
+                    }
+                }
             };
             if let Some(i) = index {
                 self.decode_value(j, which, i, row, sources)?;
                 hint = i + 1;
             }
-            name = j
-                .next_key()?
-                .map(|k| self.table.find(k, hint).ok_or_else(|| k.to_owned()));
+            key = j.object_next()?;
         }
         match which {
             Which::Before => self.before.end_row(),
@@ -732,10 +734,10 @@ impl Decoder {
     }
 
     /// A row field the table does not have: add, ignore or reject it per `unknown_columns`.
-    fn unknown_column(&mut self, name: &str, j: &mut Jiter) -> Result<Option<usize>, DecodeError> {
+    fn unknown_column(&mut self, name: &str, j: &mut Json) -> Result<Option<usize>, DecodeError> {
         match self.spec.unknown_columns {
             UnknownColumns::Ignore => {
-                j.next_skip()?;
+                j.skip()?;
                 Ok(None)
             }
             UnknownColumns::Reject => Err(reject(format!(
@@ -759,7 +761,7 @@ impl Decoder {
 
     fn decode_value(
         &mut self,
-        j: &mut Jiter,
+        j: &mut Json,
         which: Which,
         index: usize,
         row: usize,
@@ -776,7 +778,7 @@ impl Decoder {
             )));
         }
         let peek = j.peek()?;
-        if self.table.inferred[index] && peek != Peek::Null {
+        if self.table.inferred[index] && peek != Token::Null {
             return self.decode_inferred(j, which, index, peek);
         }
         let column_type = &self.table.columns[index].ty;
@@ -800,20 +802,20 @@ impl Decoder {
     /// integer column widens to float64 at its first fractional value.
     fn decode_inferred(
         &mut self,
-        j: &mut Jiter,
+        j: &mut Json,
         which: Which,
         index: usize,
-        peek: Peek,
+        peek: Token,
     ) -> Result<(), DecodeError> {
         let name = self.table.columns[index].name.clone();
         let current = self.table.columns[index].ty.clone();
-        if peek.is_num()
+        if (peek == Token::Number)
             && matches!(
                 current,
                 ColumnType::Null | ColumnType::Int64 | ColumnType::Float64
             )
         {
-            let raw = j.known_number_bytes(peek)?;
+            let raw = j.number()?;
             let text = std::str::from_utf8(raw).unwrap_or_default();
             let is_integer = !raw.iter().any(|b| matches!(b, b'.' | b'e' | b'E'));
             let wanted = match (&current, is_integer) {
@@ -840,8 +842,8 @@ impl Decoder {
         }
         if current == ColumnType::Null {
             let ty = match peek {
-                Peek::String => ColumnType::String,
-                Peek::True | Peek::False => ColumnType::Boolean,
+                Token::String => ColumnType::String,
+                Token::True | Token::False => ColumnType::Boolean,
                 _ => ColumnType::JsonText,
             };
             self.retype(index, ty)?;
@@ -884,7 +886,7 @@ impl Decoder {
         let index = match self.schemas.iter().position(|s| s.raw == raw) {
             Some(i) => i,
             None => {
-                let parsed: Json = serde_json::from_slice(raw)
+                let parsed: JsonValue = serde_json::from_slice(raw)
                     .map_err(|e| reject(format!("the `schema` block is not valid JSON: {e}")))?;
                 let row =
                     row_columns(&parsed).map_err(|e| reject(format!("the `schema` block: {e}")))?;
@@ -995,20 +997,20 @@ impl Decoder {
     /// its own schema wrapper) supplies the primary key.
     fn decode_key_into_before(&mut self, key: &[u8]) -> Result<(), DecodeError> {
         let key = key.trim_ascii();
-        let mut j = Jiter::new(key);
-        if j.peek()? != Peek::Object {
+        let mut j = Json::new(key);
+        if j.peek()? != Token::Object {
             return Err(reject("the record key is not a JSON object"));
         }
         // A key with a schema wrapper: use its payload.
-        let parsed: Json = serde_json::from_slice(key)
+        let parsed: JsonValue = serde_json::from_slice(key)
             .map_err(|e| reject(format!("the record key is not valid JSON: {e}")))?;
         let payload = match parsed.get("payload") {
             Some(p) if parsed.get("schema").is_some() => p.clone(),
             _ => parsed,
         };
         let text = payload.to_string();
-        let mut j = Jiter::new(text.as_bytes());
-        if j.peek()? != Peek::Object {
+        let mut j = Json::new(text.as_bytes());
+        if j.peek()? != Token::Object {
             return Err(reject("the record key's payload is not a JSON object"));
         }
         self.decode_row(&mut j, Which::Before, None)
@@ -1019,21 +1021,21 @@ impl Decoder {
         let mut state = EventState::default();
         let deleted = unwrapped_is_deleted(bytes)?;
         let which = if deleted { Which::Before } else { Which::After };
-        let mut j = Jiter::new(bytes);
+        let mut j = Json::new(bytes);
         let peek = j.peek()?;
-        if peek != Peek::Object {
+        if peek != Token::Object {
             return Err(reject(format!(
                 "expected a JSON object (a flattened row), found {}",
-                peek_name(peek)
+                peek.describe()
             )));
         }
         let row = self.rows();
         let image_row = self.image_mut(which).rows();
-        let mut name = j.known_object()?.map(str::to_owned);
+        let mut name = j.object_first()?.map(key_string);
         let mut hint = 0;
         while let Some(k) = name {
             match k.as_str() {
-                "__deleted" => j.next_skip()?,
+                "__deleted" => j.skip()?,
                 "__op" => {
                     if let Some(op) = read_scalar_text(&mut j)? {
                         state.op = Op::parse(&op);
@@ -1084,7 +1086,7 @@ impl Decoder {
                     }
                 }
             }
-            name = j.next_key()?.map(str::to_owned);
+            name = j.object_next()?.map(key_string);
         }
         j.finish()?;
         self.image_mut(which).end_row();
@@ -1192,25 +1194,25 @@ fn is_valid_at(builder: &ColumnBuilder, row: usize) -> bool {
 
 /// The row fields of a Debezium envelope schema (its `after` or `before` struct), or of a
 /// row schema (flattened records).
-fn row_columns(schema: &Json) -> Result<Vec<ColumnDef>, String> {
+fn row_columns(schema: &JsonValue) -> Result<Vec<ColumnDef>, String> {
     let fields = schema
         .get("fields")
-        .and_then(Json::as_array)
+        .and_then(JsonValue::as_array)
         .ok_or("expected a struct schema with `fields`")?;
     let image = ["after", "before"].iter().find_map(|name| {
         fields
             .iter()
-            .find(|f| f.get("field").and_then(Json::as_str) == Some(name))
+            .find(|f| f.get("field").and_then(JsonValue::as_str) == Some(name))
     });
     let row_fields = match image {
         Some(image) => image
             .get("fields")
-            .and_then(Json::as_array)
+            .and_then(JsonValue::as_array)
             .ok_or("the row image schema has no `fields`")?,
         // No before/after: a schema-change event, or a flattened row schema.
         None if fields
             .iter()
-            .any(|f| f.get("field").and_then(Json::as_str) == Some("source")) =>
+            .any(|f| f.get("field").and_then(JsonValue::as_str) == Some("source")) =>
         {
             return Ok(Vec::new());
         }
@@ -1219,33 +1221,20 @@ fn row_columns(schema: &Json) -> Result<Vec<ColumnDef>, String> {
     row_fields.iter().map(types::from_connect_schema).collect()
 }
 
-fn peek_name(peek: Peek) -> &'static str {
-    match peek {
-        Peek::Null => "null",
-        Peek::True | Peek::False => "a boolean",
-        Peek::String => "a string",
-        Peek::Array => "a list",
-        Peek::Object => "an object",
-        _ => "a number",
-    }
-}
-
 /// A scalar as text (strings as is, numbers as written, booleans as true/false); `None`
 /// for null. Objects and arrays are skipped.
-fn read_scalar_text(j: &mut Jiter) -> Result<Option<String>, DecodeError> {
+fn read_scalar_text(j: &mut Json) -> Result<Option<String>, DecodeError> {
     let peek = j.peek()?;
     Ok(match peek {
-        Peek::Null => {
-            j.known_null()?;
+        Token::Null => {
+            j.null()?;
             None
         }
-        Peek::String => Some(j.known_str()?.to_string()),
-        Peek::True | Peek::False => Some(j.known_bool(peek)?.to_string()),
-        _ if peek.is_num() => {
-            Some(String::from_utf8_lossy(j.known_number_bytes(peek)?).into_owned())
-        }
+        Token::String => Some(j.str()?.to_string()),
+        Token::True | Token::False => Some(j.boolean()?.to_string()),
+        _ if (peek == Token::Number) => Some(String::from_utf8_lossy(j.number()?).into_owned()),
         _ => {
-            j.known_skip(peek)?;
+            j.skip()?;
             None
         }
     })
@@ -1253,50 +1242,48 @@ fn read_scalar_text(j: &mut Jiter) -> Result<Option<String>, DecodeError> {
 
 /// Appends a scalar's text to a string column without an intermediate allocation; null
 /// appends nothing.
-fn push_scalar_text(j: &mut Jiter, builder: &mut ColumnBuilder) -> Result<(), DecodeError> {
+fn push_scalar_text(j: &mut Json, builder: &mut ColumnBuilder) -> Result<(), DecodeError> {
     let peek = j.peek()?;
     match peek {
-        Peek::Null => j.known_null()?,
-        Peek::String => builder.push_str(j.known_str()?)?,
-        Peek::True => {
-            j.known_bool(peek)?;
+        Token::Null => j.null()?,
+        Token::String => builder.push_str(&j.str()?)?,
+        Token::True => {
+            j.boolean()?;
             builder.push_str("true")?
         }
-        Peek::False => {
-            j.known_bool(peek)?;
+        Token::False => {
+            j.boolean()?;
             builder.push_str("false")?
         }
-        _ if peek.is_num() => {
-            let raw = j.known_number_bytes(peek)?;
+        _ if (peek == Token::Number) => {
+            let raw = j.number()?;
             builder.push_str(std::str::from_utf8(raw).unwrap_or_default())?
         }
-        _ => j.known_skip(peek)?,
+        _ => j.skip()?,
     }
     Ok(())
 }
 
 /// Like [`push_scalar_text`], into a string.
-fn append_scalar_text(j: &mut Jiter, out: &mut String) -> Result<(), DecodeError> {
+fn append_scalar_text(j: &mut Json, out: &mut String) -> Result<(), DecodeError> {
     let peek = j.peek()?;
     match peek {
-        Peek::Null => j.known_null()?,
-        Peek::String => out.push_str(j.known_str()?),
-        Peek::True | Peek::False => {
-            out.push_str(if j.known_bool(peek)? { "true" } else { "false" })
+        Token::Null => j.null()?,
+        Token::String => out.push_str(&j.str()?),
+        Token::True | Token::False => out.push_str(if j.boolean()? { "true" } else { "false" }),
+        _ if (peek == Token::Number) => {
+            out.push_str(std::str::from_utf8(j.number()?).unwrap_or_default())
         }
-        _ if peek.is_num() => {
-            out.push_str(std::str::from_utf8(j.known_number_bytes(peek)?).unwrap_or_default())
-        }
-        _ => j.known_skip(peek)?,
+        _ => j.skip()?,
     }
     Ok(())
 }
 
 /// `ts_ms`, `ts_us` or `ts_ns` as microseconds.
-fn read_epoch_micros(j: &mut Jiter, key: Key) -> Result<Option<i64>, DecodeError> {
+fn read_epoch_micros(j: &mut Json, key: Key) -> Result<Option<i64>, DecodeError> {
     let peek = j.peek()?;
-    if !peek.is_num() {
-        j.known_skip(peek)?;
+    if !(peek == Token::Number) {
+        j.skip()?;
         return Ok(None);
     }
     let v = builder::read_i64(j, peek)?;
@@ -1309,22 +1296,25 @@ fn read_epoch_micros(j: &mut Jiter, key: Key) -> Result<Option<i64>, DecodeError
 
 /// Reads the DDL and table changes out of a Debezium schema-history record.
 fn read_history_record(text: &str, info: &mut SchemaChangeInfo) {
-    let Ok(record) = serde_json::from_str::<Json>(text) else {
+    let Ok(record) = serde_json::from_str::<JsonValue>(text) else {
         return;
     };
-    if let Some(ddl) = record.get("ddl").and_then(Json::as_str) {
+    if let Some(ddl) = record.get("ddl").and_then(JsonValue::as_str) {
         info.ddl = Some(ddl.to_string());
     }
     for change in record
         .get("tableChanges")
-        .and_then(Json::as_array)
+        .and_then(JsonValue::as_array)
         .into_iter()
         .flatten()
     {
-        let kind = change.get("type").and_then(Json::as_str).unwrap_or("?");
+        let kind = change
+            .get("type")
+            .and_then(JsonValue::as_str)
+            .unwrap_or("?");
         let id = change
             .get("id")
-            .and_then(Json::as_str)
+            .and_then(JsonValue::as_str)
             .unwrap_or("?")
             .replace('"', "");
         info.table_changes.push((kind.to_string(), id));
@@ -1336,14 +1326,14 @@ fn unwrapped_is_deleted(bytes: &[u8]) -> Result<bool, DecodeError> {
     if !bytes.windows(11).any(|w| w == b"\"__deleted\"") {
         return Ok(false);
     }
-    let mut j = Jiter::new(bytes);
-    let mut name = j.next_object()?.map(|k| k == "__deleted");
+    let mut j = Json::new(bytes);
+    let mut name = j.object_first()?.map(|k| k == b"__deleted");
     while let Some(is_deleted) = name {
         if is_deleted {
             return Ok(matches!(read_scalar_text(&mut j)?.as_deref(), Some("true")));
         }
-        j.next_skip()?;
-        name = j.next_key()?.map(|k| k == "__deleted");
+        j.skip()?;
+        name = j.object_next()?.map(|k| k == b"__deleted");
     }
     Ok(false)
 }

@@ -103,6 +103,20 @@ impl TableSchema {
 
     /// Finds a column by name; `hint` is the index to try first (columns usually arrive in
     /// the same order in every event, so this avoids hashing).
+    /// Like [`find`](Self::find), for a key as raw JSON bytes (without escapes).
+    #[inline]
+    pub fn find_bytes(&self, name: &[u8], hint: usize) -> Option<usize> {
+        if let Some(c) = self.columns.get(hint) {
+            let column = c.name.as_bytes();
+            if same_bytes(column, name)
+                || (self.case_insensitive && column.eq_ignore_ascii_case(name))
+            {
+                return Some(hint);
+            }
+        }
+        self.find(std::str::from_utf8(name).ok()?, hint)
+    }
+
     #[inline]
     pub fn find(&self, name: &str, hint: usize) -> Option<usize> {
         if let Some(c) = self.columns.get(hint)
@@ -176,6 +190,12 @@ impl TableSchema {
     pub fn fields(&self) -> Fields {
         super::types::struct_fields(&self.columns)
     }
+}
+
+/// Byte equality without a `memcmp` call for the short strings column names are.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Builders for one row image (`before` or `after`) of every row in the batch.

@@ -18,6 +18,9 @@ pub fn parse_date(s: &str) -> Option<i32> {
 /// A timestamp with an offset (`Z`, `+02:00`) to nanoseconds since the epoch in UTC. Without
 /// an offset, the value is read as UTC when `assume_utc`, else rejected.
 pub fn parse_timestamp_nanos(s: &str, assume_utc: bool) -> Option<i128> {
+    if let Some(nanos) = parse_canonical(s.as_bytes()) {
+        return Some(nanos);
+    }
     let s = s.trim();
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp() as i128 * 1_000_000_000 + dt.timestamp_subsec_nanos() as i128);
@@ -45,6 +48,85 @@ pub fn parse_timestamp_nanos(s: &str, assume_utc: bool) -> Option<i128> {
         }
     }
     None
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    let mut v = 0i64;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as i64;
+    }
+    Some(v)
+}
+
+/// The form Debezium writes (`2020-07-17T18:00:22.123456Z`, or with `+02:00`), without a
+/// general parser. `None` for anything else, which the general path then reads.
+fn parse_canonical(b: &[u8]) -> Option<i128> {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let hour = digits(&b[11..13])?;
+    let minute = digits(&b[14..16])?;
+    let second = digits(&b[17..19])?;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let fraction = &b[start..i];
+        if fraction.is_empty() || fraction.len() > 9 {
+            return None;
+        }
+        nanos = digits(fraction)? * 10i64.pow(9 - fraction.len() as u32);
+    }
+    let offset_seconds = match &b[i..] {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let hours = digits(&[*h1, *h2])?;
+            let minutes = digits(&[*m1, *m2])?;
+            let magnitude = hours * 3600 + minutes * 60;
+            if *sign == b'-' { -magnitude } else { magnitude }
+        }
+        _ => return None,
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_seconds;
+    Some(seconds as i128 * 1_000_000_000 + nanos as i128)
 }
 
 /// `18:00:22.123456Z` or `10:15:30+01:00` to nanoseconds since midnight UTC (a `ZonedTime`);
@@ -168,6 +250,33 @@ mod tests {
         assert_eq!(format_timestamp_nanos(t, false), "2020-07-17T18:00:22");
         let far = parse_timestamp_nanos("9999-12-31T23:59:59Z", false).unwrap();
         assert_eq!(format_timestamp_nanos(far, true), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_chrono() {
+        for text in [
+            "2020-07-17T18:00:22Z",
+            "2020-07-17T18:00:22.123456Z",
+            "1969-12-31T23:59:59.999999999Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.5+05:30",
+            "2024-02-29T12:00:00-08:00",
+            "2000-03-01T00:00:00.1Z",
+        ] {
+            let fast = parse_canonical(text.as_bytes()).unwrap();
+            let chrono = DateTime::parse_from_rfc3339(text).unwrap();
+            let expected = chrono.timestamp() as i128 * 1_000_000_000
+                + chrono.timestamp_subsec_nanos() as i128;
+            assert_eq!(fast, expected, "{text}");
+        }
+        for text in [
+            "2023-02-29T00:00:00Z",
+            "2020-13-01T00:00:00Z",
+            "2020-07-17 18:00:22Z",
+            "2020-07-17T18:00:22",
+        ] {
+            assert_eq!(parse_canonical(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

@@ -109,10 +109,17 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         s.bytes_read as f64 / 1e6,
         s.events_read as f64 / secs.max(1e-9)
     );
-    out += &format!(
-        "  applied       {} changes: {} upserts, {} deletes, {} truncates (after compaction)\n",
-        s.rows_applied, s.upserts, s.deletes, s.truncates
-    );
+    if s.appended > 0 {
+        out += &format!(
+            "  applied       {} changes, appended to the change log\n",
+            s.rows_applied
+        );
+    } else {
+        out += &format!(
+            "  applied       {} changes: {} upserts, {} deletes, {} truncates (after compaction)\n",
+            s.rows_applied, s.upserts, s.deletes, s.truncates
+        );
+    }
     out += &format!(
         "  skipped       {} tombstones, {} schema-change events, {} other\n",
         s.tombstones, s.schema_changes, s.ignored
@@ -143,6 +150,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "upserts": s.upserts,
         "deletes": s.deletes,
         "truncates": s.truncates,
+        "appended": s.appended,
         "tombstones": s.tombstones,
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,

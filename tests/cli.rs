@@ -230,3 +230,33 @@ fn a_target_table_without_a_key_is_refused() {
         "{stderr}"
     );
 }
+
+/// Every example pipeline, and every complete pipeline shown in the docs, is valid.
+#[test]
+fn example_pipelines_and_documented_examples_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            weir_runtime::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+    for doc in ["README.md", "docs/pipeline.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let mut blocks = 0;
+        for block in text.split("```yaml\n").skip(1) {
+            let yaml = block.split("```").next().unwrap();
+            if !yaml.starts_with("name:") {
+                continue; // a fragment, not a whole pipeline
+            }
+            let file = root.join(doc).with_file_name("example.yaml");
+            weir_runtime::config::load_str(yaml, &file, &|_| None)
+                .unwrap_or_else(|e| panic!("an example in {doc} is invalid:\n{e}"));
+            blocks += 1;
+        }
+        assert!(blocks >= 1, "{doc} has no complete example");
+    }
+}

@@ -393,3 +393,46 @@ fn a_restart_applies_only_what_is_new() {
     let third = ws.run_ok(&pipeline);
     assert_eq!(third["events_read"], 0);
 }
+
+#[test]
+fn parquet_splits_a_batch_to_keep_files_exact() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let ws = Workspace::new();
+    let stream = change_stream(1_000, 100, 9);
+    ws.append_lines("events.jsonl", &stream.lines);
+    let sink = "  type: parquet\n  path: log\n  file_rows: 300\n";
+    let summary = ws.run_ok(&pipeline(&ws, sink, "", 1_000));
+    assert_eq!(summary["appended"], 1_000);
+    let mut files: Vec<_> = std::fs::read_dir(ws.path("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut layout = Vec::new();
+    for file in &files {
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let rows: i64 = reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .sum();
+        let checkpoint = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .find(|kv| kv.key == "weir.checkpoint")
+            .and_then(|kv| kv.value.clone())
+            .unwrap();
+        let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+        layout.push((
+            rows,
+            checkpoint["file:events.jsonl"]["line"].as_i64().unwrap(),
+        ));
+    }
+    // One batch of 1000 rows became files of 300, 300, 300 and 100 rows, each footer
+    // recording the line of its own last row.
+    assert_eq!(layout, [(300, 300), (300, 600), (300, 900), (100, 1_000)]);
+}

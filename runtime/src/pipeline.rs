@@ -160,6 +160,7 @@ fn apply(
         Metrics::add(&metrics.upserts, applied.upserts);
         Metrics::add(&metrics.deletes, applied.deletes);
         Metrics::add(&metrics.truncates, applied.truncates);
+        Metrics::add(&metrics.appended, applied.appended);
         Metrics::add(&metrics.batches, 1);
         if applied.durable.is_some() {
             durable = applied.durable;

@@ -210,7 +210,7 @@ impl Sink for JsonlSink {
         let mut applied = Applied::default();
         match self.mode {
             JsonlMode::Changelog => {
-                applied.upserts = self.append_changes(batch)?;
+                applied.appended = self.append_changes(batch)?;
                 applied.durable = self.durable.clone();
             }
             JsonlMode::Final => {

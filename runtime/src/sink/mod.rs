@@ -56,10 +56,12 @@ impl SinkError {
 pub struct Applied {
     /// The checkpoint that is durable now (this batch's, or an earlier one's).
     pub durable: Option<Checkpoint>,
-    /// Rows written or upserted.
+    /// Keys upserted, deleted, and truncates done (sinks that apply by key).
     pub upserts: u64,
     pub deletes: u64,
     pub truncates: u64,
+    /// Changes appended to a change log (Parquet, JSONL changelog).
+    pub appended: u64,
 }
 
 pub trait Sink: Send {

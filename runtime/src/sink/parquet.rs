@@ -218,30 +218,38 @@ impl Sink for ParquetSink {
 
     fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
-        if batch.num_rows() > 0 {
-            let schema = batch.data.schema();
+        let schema = batch.data.schema();
+        let mut offset = 0;
+        while offset < batch.num_rows() {
             if self.file.as_ref().is_some_and(|f| f.schema != schema) {
                 self.close_file()?;
             }
             if self.file.is_none() {
-                self.start_file(schema)?;
+                self.start_file(schema.clone())?;
             }
             let open = self.file.as_mut().expect("opened above");
+            // A batch is split across files so each holds exactly `file_rows` rows.
+            let take = (self.config.file_rows - open.rows).min(batch.num_rows() - offset);
             open.writer
-                .write(&batch.data)
+                .write(&batch.data.slice(offset, take))
                 .map_err(|e| SinkError::new("parquet sink", e.to_string()))?;
-            open.rows += batch.num_rows();
-            applied.upserts = batch.num_rows() as u64;
+            open.rows += take;
+            offset += take;
+            applied.appended += take as u64;
+            if open.rows >= self.config.file_rows {
+                // The file's footer covers the rows up to its last one.
+                self.checkpoint.advance(&batch.positions[offset - 1]);
+                self.close_file()?;
+                applied.durable = self.durable.clone();
+            }
         }
         self.checkpoint.merge(&batch.checkpoint);
-        let full = self.file.as_ref().is_some_and(|f| {
-            f.rows >= self.config.file_rows
-                || self
-                    .config
-                    .file_age
-                    .is_some_and(|age| f.opened.elapsed() >= age.0)
+        let expired = self.file.as_ref().is_some_and(|f| {
+            self.config
+                .file_age
+                .is_some_and(|age| f.opened.elapsed() >= age.0)
         });
-        if full {
+        if expired {
             self.close_file()?;
             applied.durable = self.durable.clone();
         }

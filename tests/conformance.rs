@@ -17,8 +17,6 @@ use weir_runtime::position::{Checkpoint, Position};
 
 fn spec(primary_key: &[&str], declared: &[(&str, &str)]) -> TableSpec {
     TableSpec {
-        name: "t".into(),
-        primary_key: primary_key.iter().map(|s| s.to_string()).collect(),
         declared: declared
             .iter()
             .map(|(name, ty)| ColumnDef {
@@ -26,9 +24,7 @@ fn spec(primary_key: &[&str], declared: &[(&str, &str)]) -> TableSpec {
                 ..parse_declared(ty).unwrap()
             })
             .collect(),
-        case_insensitive: false,
-        unknown_columns: UnknownColumns::Add,
-        target_types: vec![],
+        ..TableSpec::new("t", primary_key)
     }
 }
 
@@ -355,19 +351,7 @@ fn flink_connector_kafka_final_table_and_aggregate() {
     assert_eq!(summary["events_read"], 16);
     assert_eq!(summary["dead_letters"], 0);
 
-    // The final table from the test's comment: a MySQL-style ASCII table.
-    let expected: Vec<Vec<String>> = expected_lines(
-        "flink-connector-kafka/expected-debezium-data-schema-exclude.final-table.txt",
-    )
-    .iter()
-    .filter(|l| l.starts_with('|') && !l.contains(" id "))
-    .map(|l| {
-        l.trim_matches('|')
-            .split('|')
-            .map(|v| v.trim().to_string())
-            .collect()
-    })
-    .collect();
+    let expected = flink_final_table();
     assert_eq!(expected.len(), 10);
     let actual = sqlite_rows(
         &ws.path("target.db"),
@@ -429,6 +413,21 @@ fn flink_connector_kafka_final_table_and_aggregate() {
         actual,
         expected_lines("flink-connector-kafka/expected-debezium-data-schema-exclude.txt")
     );
+}
+
+/// The final `products` table from the flink-connector-kafka test's comment (a MySQL-style
+/// ASCII table), as rows of values.
+fn flink_final_table() -> Vec<Vec<String>> {
+    expected_lines("flink-connector-kafka/expected-debezium-data-schema-exclude.final-table.txt")
+        .iter()
+        .filter(|l| l.starts_with('|') && !l.contains(" id "))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|v| v.trim().to_string())
+                .collect()
+        })
+        .collect()
 }
 
 /// A Paimon expectation line `+I[101, scooter, …, NULL]` as values.
@@ -842,4 +841,134 @@ fn flink_cdc_base64_and_numeric_decimals_decode_to_the_same_rows() {
         .collect();
     assert_eq!(changed, ["timestamp_c"]);
     assert_eq!(after["timestamp_c"], "2020-07-17T18:33:22Z");
+}
+
+/// The four Flink files (MySQL and PostgreSQL, with and without schema) describe the same
+/// DML; through the SQLite sink each ends as the final table from the flink-connector-kafka
+/// test's comment.
+#[test]
+fn flink_files_end_as_the_final_table_in_sqlite() {
+    let expected = flink_final_table();
+    for file in [
+        "flink/debezium-data-schema-exclude.txt",
+        "flink/debezium-data-schema-include.txt",
+        "flink/debezium-postgres-data-schema-exclude.txt",
+        "flink/debezium-postgres-data-schema-include.txt",
+    ] {
+        let ws = Workspace::new();
+        ws.append_lines("events.jsonl", &json_lines(&fixture(file)));
+        let columns = if file.contains("include") {
+            ""
+        } else {
+            "  columns: {id: int32, name: string, description: string, weight: float32}\n"
+        };
+        let summary = ws.run_ok(&ws.sqlite_pipeline("products", "id", columns));
+        assert_eq!(summary["dead_letters"], 0, "{file}");
+        let actual = sqlite_rows(
+            &ws.path("target.db"),
+            "SELECT id, name, description, weight FROM products ORDER BY id",
+        );
+        assert_eq!(actual.len(), expected.len(), "{file}");
+        for (a, e) in actual.iter().zip(&expected) {
+            assert_eq!(a[..3], e[..3], "{file}");
+            // With a schema block the weight is the double the MySQL file carries
+            // (3.140000104904175); as a float32 it is the 3.14 the table shows.
+            assert_eq!(
+                a[3].parse::<f64>().unwrap() as f32,
+                e[3].parse::<f32>().unwrap(),
+                "{file}: {a:?}"
+            );
+        }
+    }
+}
+
+/// The Flink-CDC full_types row, both decimal encodings, lands in SQLite with every digit.
+#[test]
+fn flink_cdc_rows_land_in_sqlite_exactly() {
+    for file in [
+        "flink-cdc/debezium-data-schema-exclude.json",
+        "flink-cdc/debezium-data-schema-exclude-with-numeric-decimal.json",
+    ] {
+        let doc = compact_json(&fixture(file));
+        let ws = Workspace::new();
+        ws.append_lines(
+            "events.jsonl",
+            &[
+                doc["expected_snapshot"].to_string(),
+                doc["expected_binlog"].to_string(),
+            ],
+        );
+        let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
+                       decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
+                       numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
+        let summary = ws.run_ok(&ws.sqlite_pipeline("full_types", "id", columns));
+        assert_eq!(summary["dead_letters"], 0, "{file}");
+        let rows = sqlite_rows(
+            &ws.path("target.db"),
+            "SELECT CAST(id AS TEXT), CAST(big_un_c AS TEXT), decimal_c, numeric_c, CAST(big_decimal_c AS TEXT), timestamp_c, varchar_c FROM full_types",
+        );
+        // Decimals wider than 15 digits are stored as exact text (NUMERIC affinity would
+        // round 18446744073709551615); the binlog update moved timestamp_c.
+        assert_eq!(
+            rows,
+            [vec![
+                "1".to_string(),
+                "18446744073709551615".into(),
+                "123.4567".into(),
+                "346".into(),
+                "34567892.1".into(),
+                "2020-07-17T18:33:22Z".into(),
+                "Hello World".into(),
+            ]],
+            "{file}"
+        );
+    }
+}
+
+/// The Debezium serde events through the SQLite sink: the customer row as the origin
+/// asserts it.
+#[test]
+fn debezium_serde_events_land_in_sqlite() {
+    for (file, expected_file, case, format) in [
+        (
+            "debezium/serde-with-schema.json",
+            "debezium/expected-serde-with-schema.json.txt",
+            "valuePayloadWithSchema",
+            "debezium-json",
+        ),
+        (
+            "debezium/serde-without-schema.json",
+            "debezium/expected-serde-without-schema.json.txt",
+            "valuePayloadWithoutSchema",
+            "debezium-json",
+        ),
+        (
+            "debezium/serde-update.json",
+            "debezium/expected-serde-with-schema.json.txt",
+            "valuePayloadWithSchema",
+            "debezium-json",
+        ),
+        (
+            "debezium/serde-unwrapped.json",
+            "debezium/expected-serde-unwrapped.json.txt",
+            "valuePayloadUnwrapped",
+            "debezium-json-unwrapped",
+        ),
+    ] {
+        let ws = Workspace::new();
+        ws.append_lines("events.jsonl", &[compact_json(&fixture(file)).to_string()]);
+        let pipeline = ws.sqlite_pipeline("customers", "id", "");
+        let text = std::fs::read_to_string(&pipeline)
+            .unwrap()
+            .replace("format: debezium-json", &format!("format: {format}"));
+        std::fs::write(&pipeline, text).unwrap();
+        let summary = ws.run_ok(&pipeline);
+        assert_eq!(summary["dead_letters"], 0, "{file}");
+        let rows = sqlite_rows(
+            &ws.path("target.db"),
+            "SELECT id, first_name, last_name, email FROM customers",
+        );
+        // The update's after image is the same customer the with-schema case asserts.
+        assert_eq!(rows, [customer(expected_file, case)], "{file}");
+    }
 }

@@ -223,9 +223,39 @@ fn jsonl_final_mode_writes_the_final_rows() {
     );
 }
 
+/// The Parquet files a sink wrote, in order: path, rows per row group, and the line the
+/// footer's checkpoint records.
+fn parquet_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<i64>, i64)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+            let meta = reader.metadata();
+            let groups = meta.row_groups().iter().map(|g| g.num_rows()).collect();
+            let checkpoint = meta
+                .file_metadata()
+                .key_value_metadata()
+                .unwrap()
+                .iter()
+                .find(|kv| kv.key == "weir.checkpoint")
+                .and_then(|kv| kv.value.clone())
+                .unwrap();
+            let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+            let line = checkpoint["file:events.jsonl"]["line"].as_i64().unwrap();
+            (file, groups, line)
+        })
+        .collect()
+}
+
 #[test]
 fn parquet_rolls_files_and_row_groups_and_resumes_without_duplicates() {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let ws = Workspace::new();
     let stream = change_stream(3_500, 300, 5);
     ws.append_lines("events.jsonl", &stream.lines[..2_500]);
@@ -235,14 +265,10 @@ fn parquet_rolls_files_and_row_groups_and_resumes_without_duplicates() {
     ws.append_lines("events.jsonl", &stream.lines[2_500..]);
     ws.run_ok(&pipeline);
 
-    let mut files: Vec<_> = std::fs::read_dir(ws.path("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = parquet_files(&ws.path("log"));
     let names: Vec<String> = files
         .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .map(|(f, _, _)| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     // 1000 + 1000 + 500 (closed when the first run stopped), then 1000.
     assert_eq!(
@@ -256,29 +282,15 @@ fn parquet_rolls_files_and_row_groups_and_resumes_without_duplicates() {
     );
     let mut total = 0;
     let mut ids = Vec::new();
-    for (i, file) in files.iter().enumerate() {
-        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
-        let meta = reader.metadata();
-        let rows: i64 = meta.row_groups().iter().map(|g| g.num_rows()).sum();
+    for (i, (file, groups, line)) in files.iter().enumerate() {
+        let rows: i64 = groups.iter().sum();
         assert_eq!(rows, [1000, 1000, 500, 1000][i], "{file:?}");
         assert!(
-            meta.row_groups().iter().all(|g| g.num_rows() <= 300),
+            groups.iter().all(|g| *g <= 300),
             "row groups of at most 300 rows"
         );
-        let checkpoint = meta
-            .file_metadata()
-            .key_value_metadata()
-            .unwrap()
-            .iter()
-            .find(|kv| kv.key == "weir.checkpoint")
-            .and_then(|kv| kv.value.clone())
-            .unwrap();
-        let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
         total += rows;
-        assert_eq!(
-            checkpoint["file:events.jsonl"]["line"], total,
-            "the footer records the lines it holds"
-        );
+        assert_eq!(*line, total, "the footer records the lines it holds");
         let batch_reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
             std::fs::File::open(file).unwrap(),
         )
@@ -396,42 +408,16 @@ fn a_restart_applies_only_what_is_new() {
 
 #[test]
 fn parquet_splits_a_batch_to_keep_files_exact() {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
     let ws = Workspace::new();
     let stream = change_stream(1_000, 100, 9);
     ws.append_lines("events.jsonl", &stream.lines);
     let sink = "  type: parquet\n  path: log\n  file_rows: 300\n";
     let summary = ws.run_ok(&pipeline(&ws, sink, "", 1_000));
     assert_eq!(summary["appended"], 1_000);
-    let mut files: Vec<_> = std::fs::read_dir(ws.path("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let layout: Vec<(i64, i64)> = parquet_files(&ws.path("log"))
+        .into_iter()
+        .map(|(_, groups, line)| (groups.iter().sum(), line))
         .collect();
-    files.sort();
-    let mut layout = Vec::new();
-    for file in &files {
-        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
-        let rows: i64 = reader
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows())
-            .sum();
-        let checkpoint = reader
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .unwrap()
-            .iter()
-            .find(|kv| kv.key == "weir.checkpoint")
-            .and_then(|kv| kv.value.clone())
-            .unwrap();
-        let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
-        layout.push((
-            rows,
-            checkpoint["file:events.jsonl"]["line"].as_i64().unwrap(),
-        ));
-    }
     // One batch of 1000 rows became files of 300, 300, 300 and 100 rows, each footer
     // recording the line of its own last row.
     assert_eq!(layout, [(300, 300), (300, 600), (300, 900), (100, 1_000)]);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::decode::table::{TableSpec, UnknownColumns};
+use crate::decode::table::TableSpec;
 use crate::decode::types::{ColumnDef, parse_declared};
 use crate::decode::{Decoder, Format, Outcome, RawRecord};
 use crate::position::{Checkpoint, Position};
@@ -228,17 +228,13 @@ pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
 
 fn spec(with_schema: bool) -> TableSpec {
     TableSpec {
-        name: "orders".into(),
-        primary_key: vec!["id".into()],
         // A schemaless stream declares its columns; a stream with a schema block needs none.
         declared: if with_schema {
             Vec::new()
         } else {
             declared_columns()
         },
-        case_insensitive: false,
-        unknown_columns: UnknownColumns::Add,
-        target_types: vec![],
+        ..TableSpec::new("orders", &["id"])
     }
 }
 

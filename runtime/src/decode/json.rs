@@ -133,29 +133,27 @@ impl<'a> Json<'a> {
         self.skip_ws();
         let start = self.pos;
         let d = self.data;
+        let digits_from = |mut i: usize| {
+            while d.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
         let mut i = start;
         if d.get(i) == Some(&b'-') {
             i += 1;
         }
         match d.get(i) {
             Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                i += 1;
-                while d.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => i = digits_from(i + 1),
             _ => {
                 self.pos = i;
                 return self.error("invalid number");
             }
         }
         if d.get(i) == Some(&b'.') {
-            i += 1;
-            let digits = i;
-            while d.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            let digits = i + 1;
+            i = digits_from(digits);
             if i == digits {
                 self.pos = i;
                 return self.error("invalid number: a digit must follow the decimal point");
@@ -167,9 +165,7 @@ impl<'a> Json<'a> {
                 i += 1;
             }
             let digits = i;
-            while d.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
+            i = digits_from(digits);
             if i == digits {
                 self.pos = i;
                 return self.error("invalid number: the exponent has no digits");

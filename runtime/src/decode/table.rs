@@ -42,6 +42,19 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// A table with these key columns and otherwise the defaults: no declared columns,
+    /// exact-case names, new columns added.
+    pub fn new(name: &str, primary_key: &[&str]) -> Self {
+        TableSpec {
+            name: name.to_string(),
+            primary_key: primary_key.iter().map(|k| k.to_string()).collect(),
+            declared: Vec::new(),
+            case_insensitive: false,
+            unknown_columns: UnknownColumns::Add,
+            target_types: Vec::new(),
+        }
+    }
+
     /// The target's type for `name`, if it reported one.
     pub fn target_type(&self, name: &str) -> Option<&ColumnType> {
         self.target_types
@@ -289,12 +302,9 @@ mod tests {
 
     fn spec() -> TableSpec {
         TableSpec {
-            name: "t".into(),
-            primary_key: vec!["id".into()],
             declared: vec![ColumnDef::new("Id", ColumnType::Int64)],
             case_insensitive: true,
-            unknown_columns: UnknownColumns::Add,
-            target_types: vec![],
+            ..TableSpec::new("t", &["id"])
         }
     }
 

@@ -9,14 +9,7 @@ use super::*;
 use crate::position::Position;
 
 fn spec() -> TableSpec {
-    TableSpec {
-        name: "t".into(),
-        primary_key: vec!["id".into()],
-        declared: vec![],
-        case_insensitive: false,
-        unknown_columns: UnknownColumns::Add,
-        target_types: vec![],
-    }
+    TableSpec::new("t", &["id"])
 }
 
 fn at(line: u64) -> Position {

@@ -445,6 +445,7 @@ pub fn from_sql_declaration(declaration: &str) -> Option<ColumnType> {
     if let Some(args) = upper
         .strip_prefix("DECIMAL(")
         .or_else(|| upper.strip_prefix("NUMERIC("))
+        .or_else(|| upper.strip_prefix("DECIMAL TEXT("))
         .and_then(|a| a.strip_suffix(')'))
     {
         return parse_decimal_args(args)
@@ -747,6 +748,13 @@ mod tests {
             })
         );
         assert_eq!(from_sql_declaration("REAL"), Some(ColumnType::Float64));
+        assert_eq!(
+            from_sql_declaration("DECIMAL TEXT(20,0)"),
+            Some(ColumnType::Decimal {
+                precision: 20,
+                scale: 0
+            })
+        );
         assert_eq!(from_sql_declaration(""), None);
         for ty in [
             ColumnType::Int32,

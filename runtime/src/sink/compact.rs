@@ -147,22 +147,12 @@ fn key_is_complete(batch: &ChangeBatch, row: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::table::{TableSpec, UnknownColumns};
+    use crate::decode::table::TableSpec;
     use crate::decode::{Decoder, Format, RawRecord};
     use crate::position::{Checkpoint, Position};
 
     fn batch(events: &[&str]) -> ChangeBatch {
-        let mut decoder = Decoder::new(
-            TableSpec {
-                name: "t".into(),
-                primary_key: vec!["id".into()],
-                declared: vec![],
-                case_insensitive: false,
-                unknown_columns: UnknownColumns::Add,
-                target_types: vec![],
-            },
-            Format::DebeziumJson,
-        );
+        let mut decoder = Decoder::new(TableSpec::new("t", &["id"]), Format::DebeziumJson);
         for (i, e) in events.iter().enumerate() {
             let position = Position::File {
                 stream: "file:x".into(),

@@ -57,16 +57,27 @@ pub fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
+/// Decimals up to this precision keep every digit in SQLite's NUMERIC affinity, which
+/// stores them as INTEGER or REAL (a REAL keeps 15 significant digits; an integer beyond
+/// 64 bits becomes a lossy REAL).
+const SQLITE_EXACT_NUMERIC_DIGITS: u8 = 15;
+
 /// The declared SQLite type for an Arrow type. Affinity matters: decimals are bound as
-/// exact text into NUMERIC-affinity columns (SQLite keeps the text when a REAL would lose
-/// digits), temporal values are ISO-8601 text, nested values are JSON text.
+/// exact text, into NUMERIC affinity (`DECIMAL(p,s)`) when that keeps every digit, else
+/// into TEXT affinity (`DECIMAL TEXT(p,s)`); temporal values are ISO-8601 text, nested
+/// values JSON text.
 pub fn sqlite_type(data_type: &DataType) -> Cow<'static, str> {
     match data_type {
         DataType::Boolean => "BOOLEAN".into(),
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => "INTEGER".into(),
         DataType::Float32 | DataType::Float64 => "REAL".into(),
-        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s)
+            if *p <= SQLITE_EXACT_NUMERIC_DIGITS =>
+        {
             format!("DECIMAL({p},{s})").into()
+        }
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            format!("DECIMAL TEXT({p},{s})").into()
         }
         DataType::Binary | DataType::LargeBinary | DataType::FixedSizeBinary(_) => "BLOB".into(),
         DataType::Date32 => "DATE".into(),

@@ -47,6 +47,7 @@ fn decode(lines: &[String], spec: TableSpec, format: Format) -> Decoded {
             };
             decoder.decode(
                 RawRecord {
+                    headers: Default::default(),
                     key: None,
                     value: Some(line.as_bytes()),
                 },

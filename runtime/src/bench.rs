@@ -261,6 +261,7 @@ pub fn decode_with_weir(data: &[u8], with_schema: bool, batch: usize) -> usize {
         offset = position.resume().next as u64;
         let outcome = decoder.decode(
             RawRecord {
+                headers: Default::default(),
                 key: None,
                 value: Some(line),
             },
@@ -423,6 +424,7 @@ mod tests {
                 decoder
                     .decode(
                         RawRecord {
+                            headers: Default::default(),
                             key: None,
                             value: Some(line),
                         },

@@ -15,7 +15,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use crate::config::LoadedPipeline;
 use crate::encode::write_json_string;
+use crate::metrics::Metrics;
 use crate::position::Position;
 use crate::redact::redact;
 
@@ -75,6 +79,19 @@ pub trait DeadLetterSink: Send {
     /// Makes every letter written so far durable.
     fn flush(&mut self) -> std::io::Result<()>;
     fn describe(&self) -> String;
+}
+
+/// Builds the pipeline's dead-letter output.
+pub fn build(
+    pipeline: &LoadedPipeline,
+    _metrics: Arc<Metrics>,
+) -> Result<Box<dyn DeadLetterSink>, String> {
+    match pipeline.dead_letter() {
+        DeadLetterConfig::File(config) => Ok(Box::new(FileDeadLetters::new(
+            &pipeline.resolve(&config.path),
+            &pipeline.config.name,
+        ))),
+    }
 }
 
 /// Dead letters as JSON Lines:

@@ -26,6 +26,7 @@ pub const SOURCE_POSITION: &str = "source_position";
 pub const SOURCE_TXID: &str = "source_txid";
 pub const SOURCE_SNAPSHOT: &str = "source_snapshot";
 pub const ORIGIN: &str = "origin";
+pub const HEADERS: &str = "headers";
 pub const BEFORE: &str = "before";
 pub const AFTER: &str = "after";
 
@@ -83,6 +84,18 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
 }
 
+/// The type of the `headers` column: Kafka record headers as a map from name to bytes.
+pub fn headers_type() -> DataType {
+    let entries = Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ]);
+    DataType::Map(
+        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+        false,
+    )
+}
+
 /// The envelope schema for a table whose rows have `row_fields`.
 pub fn schema(row_fields: Fields) -> SchemaRef {
     let utc_micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -96,6 +109,7 @@ pub fn schema(row_fields: Fields) -> SchemaRef {
             .iter()
             .map(|name| Field::new(*name, DataType::Utf8, true)),
     );
+    fields.push(Field::new(HEADERS, headers_type(), false));
     fields.push(Field::new(
         BEFORE,
         DataType::Struct(row_fields.clone()),
@@ -179,6 +193,7 @@ mod tests {
                 "source_txid",
                 "source_snapshot",
                 "origin",
+                "headers",
                 "before",
                 "after"
             ]

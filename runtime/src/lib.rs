@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod encode;
 pub mod envelope;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod position;

@@ -1,9 +1,64 @@
-//! Pipeline counters, shared between the stages and whoever reports progress.
+//! Pipeline counters and component health, shared between the stages and whoever reports
+//! progress.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Components that are degraded but retrying (a broker that is down, a lost database
+/// connection), for the status line and logs.
+#[derive(Debug, Default)]
+pub struct Health {
+    problems: Mutex<BTreeMap<String, (Instant, String)>>,
+}
+
+impl Health {
+    /// Records that `component` is failing; logs the first failure.
+    pub fn failing(&self, component: &str, problem: &str) {
+        let problem = crate::redact::redact(problem).into_owned();
+        let mut problems = self.problems.lock().expect("health lock");
+        match problems.get_mut(component) {
+            Some((_, last)) => *last = problem,
+            None => {
+                tracing::warn!(component, problem = %problem, "degraded; retrying");
+                problems.insert(component.to_string(), (Instant::now(), problem));
+            }
+        }
+    }
+
+    /// Records that `component` works again; logs the recovery.
+    pub fn ok(&self, component: &str) {
+        let mut problems = self.problems.lock().expect("health lock");
+        if let Some((since, _)) = problems.remove(component) {
+            tracing::info!(component, after = ?since.elapsed(), "recovered");
+        }
+    }
+
+    /// How long `component` has been failing, if it is.
+    pub fn failing_for(&self, component: &str) -> Option<Duration> {
+        let problems = self.problems.lock().expect("health lock");
+        problems.get(component).map(|(since, _)| since.elapsed())
+    }
+
+    /// One line per degraded component, e.g. `kafka: broker unavailable for 12s (…)`.
+    pub fn describe(&self) -> Vec<String> {
+        let problems = self.problems.lock().expect("health lock");
+        problems
+            .iter()
+            .map(|(component, (since, problem))| {
+                format!(
+                    "{component}: {problem} (for {}s, retrying)",
+                    since.elapsed().as_secs()
+                )
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    pub health: Health,
     /// Records read from the source.
     pub events_read: AtomicU64,
     pub bytes_read: AtomicU64,
@@ -63,5 +118,26 @@ impl Metrics {
             ignored: get(&self.ignored),
             batches: get(&self.batches),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_reports_outages_without_secrets() {
+        let health = Health::default();
+        assert!(health.describe().is_empty());
+        health.failing("kafka", "connect to sasl://u:pw@broker failed");
+        let lines = health.describe();
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("kafka: connect to sasl://u:***@broker failed"),
+            "{lines:?}"
+        );
+        assert!(health.failing_for("kafka").is_some());
+        health.ok("kafka");
+        assert!(health.describe().is_empty());
     }
 }

@@ -1,26 +1,30 @@
 //! Running a pipeline: source → decode → sink → checkpoint.
 //!
 //! Two threads. The reader polls the source, decodes records into change batches and writes
-//! dead letters; the applier hands batches to the sink. A bounded channel between them lets
-//! decoding and applying overlap on two cores without unbounded memory. The start position
-//! is the checkpoint the sink stored with its data; nothing moves it forward until the sink
-//! reports the batch durable, and dead letters are flushed before the batch that covers them
-//! is sent, so a crash at any point loses nothing.
+//! dead letters; the applier hands batches to the sink and, once the sink reports them
+//! durable, tells the source (Kafka commits the offsets). A bounded channel between them
+//! lets decoding and applying overlap on two cores without unbounded memory, and stops the
+//! reader when the sink is down. The start position is the checkpoint the sink stored with
+//! its data; nothing moves a checkpoint forward until the sink reports the batch durable,
+//! and dead letters are flushed before the batch that covers them is applied, so a crash at
+//! any point loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use crate::config::LoadedPipeline;
-use crate::dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterSink, FileDeadLetters, Stage};
+use crate::dead_letter::{self, DeadLetter, DeadLetterSink, Stage};
 use crate::decode::table::IncompatibleChange;
 use crate::decode::{DecodeError, Decoder, Outcome};
 use crate::envelope::ChangeBatch;
 use crate::metrics::Metrics;
 use crate::position::{Checkpoint, Position};
-use crate::sink::{self, SinkError};
-use crate::source::{self, PollLimits, PollStatus, RawBatch, SourceError};
+use crate::sink::{self, Rejects, Sink, SinkError};
+use crate::source::{self, Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -47,9 +51,7 @@ pub enum PipelineError {
         position: Position,
     },
     #[error("dead-letter output {path}: {error}")]
-    DeadLetter { path: String, error: std::io::Error },
-    #[error("the reader stopped unexpectedly")]
-    ReaderLost,
+    DeadLetter { path: String, error: String },
 }
 
 /// What a run did.
@@ -64,20 +66,62 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
-type Letters = Arc<Mutex<Box<dyn DeadLetterSink>>>;
+/// The dead-letter output, shared by the reader (decode errors) and the applier (rows the
+/// sink refuses).
+#[derive(Clone)]
+struct Letters {
+    sink: Arc<Mutex<Box<dyn DeadLetterSink>>>,
+    metrics: Arc<Metrics>,
+}
 
-fn dead_letters(pipeline: &LoadedPipeline) -> Letters {
-    let DeadLetterConfig::File(config) = pipeline.dead_letter();
-    let path = pipeline.resolve(&config.path);
-    Arc::new(Mutex::new(Box::new(FileDeadLetters::new(
-        &path,
-        &pipeline.config.name,
-    ))))
+impl Letters {
+    fn error(&self, error: impl ToString) -> PipelineError {
+        PipelineError::DeadLetter {
+            path: self.sink.lock().expect("dead letters").describe(),
+            error: error.to_string(),
+        }
+    }
+
+    fn write(&self, letter: &DeadLetter<'_>) -> Result<(), PipelineError> {
+        tracing::debug!(stage = letter.stage.as_str(), error = %letter.error, "record sent to the dead-letter output");
+        Metrics::add(&self.metrics.dead_letters, 1);
+        self.sink
+            .lock()
+            .expect("dead letters")
+            .write(letter)
+            .map_err(|e| self.error(e))
+    }
+
+    fn flush(&self) -> Result<(), PipelineError> {
+        self.sink
+            .lock()
+            .expect("dead letters")
+            .flush()
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// Rows a sink refuses go to the dead-letter output, durably, before the sink commits.
+impl Rejects for Letters {
+    fn reject(&mut self, batch: &ChangeBatch, row: usize, error: &str) -> Result<(), SinkError> {
+        let mut change = String::new();
+        crate::encode::write_change(&mut change, batch, row);
+        let letter = DeadLetter {
+            stage: Stage::Sink,
+            error,
+            position: batch.positions.get(row),
+            key: None,
+            raw: Some(change.as_bytes()),
+        };
+        self.write(&letter)
+            .and_then(|_| self.flush())
+            .map_err(|e| SinkError::new("dead-letter output", e.to_string()))
+    }
 }
 
 /// Runs the pipeline until the source ends, it is idle for `stop_when_idle`, or `stop` is
 /// set. Returns an error for anything that needs a person: a setup problem, a sink that
-/// keeps failing, an incompatible schema change.
+/// refuses the data, an incompatible schema change.
 pub fn run(
     pipeline: &LoadedPipeline,
     options: &RunOptions,
@@ -85,13 +129,14 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
-    let mut sink = sink::build(pipeline)?;
+    let mut sink = sink::build(pipeline, metrics.clone())?;
     let resumed_from = sink.committed()?;
     let start = resumed_from.clone().unwrap_or_default();
     let mut table = pipeline.table_spec();
     table.target_types = sink.target_types()?;
-    let mut source = source::build(pipeline)?;
+    let mut source = source::build(pipeline, metrics.clone())?;
     source.seek(&start)?;
+    let committer = source.committer();
     tracing::info!(
         pipeline = %pipeline.config.name,
         source = %source.describe(),
@@ -99,33 +144,57 @@ pub fn run(
         resume = ?resumed_from,
         "starting"
     );
-    let letters = dead_letters(pipeline);
+    let letters = Letters {
+        sink: Arc::new(Mutex::new(
+            dead_letter::build(pipeline, metrics.clone()).map_err(|e| {
+                PipelineError::DeadLetter {
+                    path: "dead-letter output".into(),
+                    error: e,
+                }
+            })?,
+        )),
+        metrics: metrics.clone(),
+    };
     let interrupted = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel::<Result<ChangeBatch, PipelineError>>(2);
     let reader = {
-        let pipeline = pipeline.clone();
-        let options = options.clone();
-        let metrics = metrics.clone();
-        let stop = stop.clone();
-        let letters = letters.clone();
+        let mut reader = Reader {
+            limits: PollLimits {
+                max_records: pipeline.config.batch.max_events,
+                max_bytes: pipeline.config.batch.max_bytes,
+                max_wait: pipeline.config.batch.max_wait.0,
+            },
+            max_record_bytes: pipeline.config.batch.max_record_bytes,
+            stop_when_idle: options.stop_when_idle,
+            decoder: Decoder::new(table, pipeline.format()),
+            source,
+            checkpoint: start.clone(),
+            sent: start,
+            letters: letters.clone(),
+            letters_pending: false,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            tx,
+        };
         let interrupted = interrupted.clone();
         std::thread::Builder::new()
             .name("weir-reader".into())
-            .spawn(move || {
-                let decoder = Decoder::new(table, pipeline.format());
-                let result = read(
-                    &pipeline, source, decoder, start, &options, &metrics, &stop, &letters, &tx,
-                );
-                match result {
-                    Ok(()) => interrupted.store(stop.load(Ordering::Relaxed), Ordering::Relaxed),
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
+            .spawn(move || match reader.run() {
+                Ok(()) => interrupted.store(reader.stop.load(Ordering::Relaxed), Ordering::Relaxed),
+                Err(e) => {
+                    let _ = reader.tx.send(Err(e));
                 }
             })
             .expect("spawn the reader thread")
     };
-    let applied = apply(&mut *sink, rx, &metrics);
+    let mut applier = Applier {
+        sink: &mut *sink,
+        committer,
+        letters,
+        metrics: &metrics,
+        stop: &stop,
+    };
+    let applied = applier.run(rx);
     // Whatever happened, let the reader finish (it stops when the channel closes).
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
@@ -140,160 +209,216 @@ pub fn run(
 
 /// The applier: every batch goes to the sink in order; the last durable checkpoint is
 /// returned after a final flush.
-fn apply(
-    sink: &mut dyn sink::Sink,
-    rx: Receiver<Result<ChangeBatch, PipelineError>>,
-    metrics: &Metrics,
-) -> Result<Option<Checkpoint>, PipelineError> {
-    let mut durable = None;
-    for message in rx {
-        let batch = match message {
-            Ok(batch) => batch,
-            Err(e) => {
-                // Make what was applied before the error durable, then report it.
-                sink.flush()?;
-                return Err(e);
-            }
-        };
-        let applied = sink.apply(&batch)?;
-        Metrics::add(&metrics.rows_applied, batch.num_rows() as u64);
-        Metrics::add(&metrics.upserts, applied.upserts);
-        Metrics::add(&metrics.deletes, applied.deletes);
-        Metrics::add(&metrics.truncates, applied.truncates);
-        Metrics::add(&metrics.appended, applied.appended);
-        Metrics::add(&metrics.batches, 1);
-        if applied.durable.is_some() {
-            durable = applied.durable;
-        }
-    }
-    if let Some(flushed) = sink.flush()? {
-        durable = Some(flushed);
-    }
-    Ok(durable)
+struct Applier<'a> {
+    sink: &'a mut dyn Sink,
+    committer: Option<Box<dyn Committer>>,
+    letters: Letters,
+    metrics: &'a Metrics,
+    stop: &'a AtomicBool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read(
-    pipeline: &LoadedPipeline,
-    mut source: Box<dyn source::Source>,
-    mut decoder: Decoder,
-    start: Checkpoint,
-    options: &RunOptions,
-    metrics: &Metrics,
-    stop: &AtomicBool,
-    letters: &Letters,
-    tx: &SyncSender<Result<ChangeBatch, PipelineError>>,
-) -> Result<(), PipelineError> {
-    let batch_config = &pipeline.config.batch;
-    let limits = PollLimits {
-        max_records: batch_config.max_events,
-        max_bytes: batch_config.max_bytes,
-        max_wait: batch_config.max_wait.0,
-    };
-    let mut raw = RawBatch::default();
-    let mut checkpoint = start.clone();
-    let mut sent = start;
-    let mut last_activity = Instant::now();
-    let dead_letter_path = letters.lock().expect("dead letters").describe();
-    let letter_error = |error: std::io::Error| PipelineError::DeadLetter {
-        path: dead_letter_path.clone(),
-        error,
-    };
-    let mut letters_pending = false;
+/// Backoff for a sink that keeps failing: doubling from 100 ms to 10 s, with jitter so
+/// several pipelines do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(7)).min(10_000);
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base / 2 + jitter)
+}
 
-    // Sends the rows decoded so far (or just the checkpoint advance) to the applier.
-    let send = |decoder: &mut Decoder,
-                checkpoint: &Checkpoint,
-                sent: &mut Checkpoint,
-                letters_pending: &mut bool|
-     -> Result<bool, PipelineError> {
-        if decoder.rows() == 0 && checkpoint == sent {
+impl Applier<'_> {
+    fn run(
+        &mut self,
+        rx: Receiver<Result<ChangeBatch, PipelineError>>,
+    ) -> Result<Option<Checkpoint>, PipelineError> {
+        let mut durable = None;
+        for message in rx {
+            let batch = match message {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // Make what was applied before the error durable, then report it.
+                    self.flush(&mut durable)?;
+                    return Err(e);
+                }
+            };
+            let applied = self.apply_with_retry(&batch)?;
+            Metrics::add(&self.metrics.rows_applied, batch.num_rows() as u64);
+            Metrics::add(&self.metrics.upserts, applied.upserts);
+            Metrics::add(&self.metrics.deletes, applied.deletes);
+            Metrics::add(&self.metrics.truncates, applied.truncates);
+            Metrics::add(&self.metrics.appended, applied.appended);
+            Metrics::add(&self.metrics.batches, 1);
+            if let Some(checkpoint) = applied.durable {
+                if let Some(committer) = &self.committer {
+                    committer.commit(&checkpoint);
+                }
+                durable = Some(checkpoint);
+            }
+        }
+        self.flush(&mut durable)?;
+        Ok(durable)
+    }
+
+    fn flush(&mut self, durable: &mut Option<Checkpoint>) -> Result<(), PipelineError> {
+        if let Some(flushed) = self.sink.flush()? {
+            *durable = Some(flushed);
+        }
+        if let (Some(committer), Some(checkpoint)) = (&self.committer, durable.as_ref()) {
+            committer.commit_sync(checkpoint);
+        }
+        Ok(())
+    }
+
+    /// Applies a batch, retrying while the sink reports a retryable error (a lost
+    /// connection). Nothing is committed meanwhile, and the bounded channel stops the
+    /// reader, so no position moves while the sink is down.
+    fn apply_with_retry(&mut self, batch: &ChangeBatch) -> Result<sink::Applied, PipelineError> {
+        let component = "sink";
+        let mut attempt = 0;
+        loop {
+            match self.sink.apply(batch, &mut self.letters) {
+                Ok(applied) => {
+                    self.metrics.health.ok(component);
+                    return Ok(applied);
+                }
+                Err(e) if e.retryable && !self.stop.load(Ordering::Relaxed) => {
+                    self.metrics.health.failing(component, &e.to_string());
+                    std::thread::sleep(backoff(attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The reader: source → decoder → channel, with dead letters for what cannot be decoded.
+struct Reader {
+    limits: PollLimits,
+    max_record_bytes: usize,
+    stop_when_idle: Option<Duration>,
+    decoder: Decoder,
+    source: Box<dyn Source>,
+    /// Where to resume after everything read so far.
+    checkpoint: Checkpoint,
+    /// The checkpoint of the last batch sent.
+    sent: Checkpoint,
+    letters: Letters,
+    letters_pending: bool,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    tx: SyncSender<Result<ChangeBatch, PipelineError>>,
+}
+
+impl Reader {
+    /// Sends the rows decoded so far (or just the checkpoint's advance). Returns false when
+    /// the applier has gone.
+    fn send(&mut self) -> Result<bool, PipelineError> {
+        if self.decoder.rows() == 0 && self.checkpoint == self.sent {
             return Ok(true);
         }
-        if *letters_pending {
-            letters
-                .lock()
-                .expect("dead letters")
-                .flush()
-                .map_err(letter_error)?;
-            *letters_pending = false;
+        if self.letters_pending {
+            self.letters.flush()?;
+            self.letters_pending = false;
         }
-        let batch = decoder.finish(checkpoint.clone());
-        *sent = checkpoint.clone();
-        Ok(tx.send(Ok(batch)).is_ok())
-    };
+        let batch = self.decoder.finish(self.checkpoint.clone());
+        self.sent = self.checkpoint.clone();
+        Ok(self.tx.send(Ok(batch)).is_ok())
+    }
 
-    while !stop.load(Ordering::Relaxed) {
-        raw.clear();
-        let status = source.poll(&mut raw, &limits)?;
-        match status {
-            PollStatus::End => break,
-            PollStatus::Idle => {
-                if !send(&mut decoder, &checkpoint, &mut sent, &mut letters_pending)? {
+    fn run(&mut self) -> Result<(), PipelineError> {
+        let mut raw = RawBatch::default();
+        let mut last_activity = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            raw.clear();
+            match self.source.poll(&mut raw, &self.limits)? {
+                PollStatus::End => break,
+                PollStatus::Idle => {
+                    if !self.send()? {
+                        return Ok(());
+                    }
+                    if self
+                        .stop_when_idle
+                        .is_some_and(|idle| last_activity.elapsed() >= idle)
+                    {
+                        tracing::info!("source idle; stopping");
+                        break;
+                    }
+                    continue;
+                }
+                PollStatus::Records => last_activity = Instant::now(),
+            }
+            Metrics::add(&self.metrics.events_read, raw.len() as u64);
+            Metrics::add(&self.metrics.bytes_read, raw.bytes() as u64);
+            for (record, position) in raw.iter() {
+                self.decode(record, position)?;
+                self.checkpoint.advance(position);
+                if (self.decoder.rows() >= self.limits.max_records
+                    || self.decoder.bytes() >= self.limits.max_bytes)
+                    && !self.send()?
+                {
                     return Ok(());
                 }
-                if options
-                    .stop_when_idle
-                    .is_some_and(|idle| last_activity.elapsed() >= idle)
-                {
-                    tracing::info!("source idle; stopping");
-                    break;
-                }
-                continue;
             }
-            PollStatus::Records => last_activity = Instant::now(),
-        }
-        Metrics::add(&metrics.events_read, raw.len() as u64);
-        Metrics::add(&metrics.bytes_read, raw.bytes() as u64);
-        for (record, position) in raw.iter() {
-            match decoder.decode(record, position) {
-                Ok(Outcome::Row) => Metrics::add(&metrics.rows_decoded, 1),
-                Ok(Outcome::Tombstone) => Metrics::add(&metrics.tombstones, 1),
-                Ok(Outcome::SchemaChange(info)) => {
-                    Metrics::add(&metrics.schema_changes, 1);
-                    tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
-                }
-                Ok(Outcome::Ignored(what)) => {
-                    Metrics::add(&metrics.ignored, 1);
-                    tracing::debug!(at = %position, "ignored a {what}");
-                }
-                Err(DecodeError::Record(e)) => {
-                    Metrics::add(&metrics.dead_letters, 1);
-                    tracing::debug!(at = %position, error = %e.message, "record sent to the dead-letter output");
-                    letters
-                        .lock()
-                        .expect("dead letters")
-                        .write(&DeadLetter {
-                            stage: Stage::Decode,
-                            error: &e.message,
-                            position: Some(position),
-                            key: record.key,
-                            raw: record.value,
-                        })
-                        .map_err(letter_error)?;
-                    letters_pending = true;
-                }
-                Err(DecodeError::Fatal(change)) => {
-                    // Apply everything before this event, then stop.
-                    send(&mut decoder, &checkpoint, &mut sent, &mut letters_pending)?;
-                    return Err(PipelineError::IncompatibleSchema {
-                        change,
-                        position: position.clone(),
-                    });
-                }
-            }
-            checkpoint.advance(position);
-            if (decoder.rows() >= batch_config.max_events
-                || decoder.bytes() >= batch_config.max_bytes)
-                && !send(&mut decoder, &checkpoint, &mut sent, &mut letters_pending)?
-            {
+            if !self.send()? {
                 return Ok(());
             }
         }
-        if !send(&mut decoder, &checkpoint, &mut sent, &mut letters_pending)? {
-            return Ok(());
-        }
+        self.send()?;
+        Ok(())
     }
-    send(&mut decoder, &checkpoint, &mut sent, &mut letters_pending)?;
-    Ok(())
+
+    fn dead_letter(
+        &mut self,
+        record: crate::decode::RawRecord<'_>,
+        position: &Position,
+        error: &str,
+    ) -> Result<(), PipelineError> {
+        self.letters.write(&DeadLetter {
+            stage: Stage::Decode,
+            error,
+            position: Some(position),
+            key: record.key,
+            raw: record.value,
+        })?;
+        self.letters_pending = true;
+        Ok(())
+    }
+
+    fn decode(
+        &mut self,
+        record: crate::decode::RawRecord<'_>,
+        position: &Position,
+    ) -> Result<(), PipelineError> {
+        let size = record.value.map_or(0, <[u8]>::len);
+        if size > self.max_record_bytes {
+            let error = format!(
+                "the record has {size} bytes, more than batch.max_record_bytes ({}); raise \
+                 the limit to decode it",
+                self.max_record_bytes
+            );
+            return self.dead_letter(record, position, &error);
+        }
+        match self.decoder.decode(record, position) {
+            Ok(Outcome::Row) => Metrics::add(&self.metrics.rows_decoded, 1),
+            Ok(Outcome::Tombstone) => Metrics::add(&self.metrics.tombstones, 1),
+            Ok(Outcome::SchemaChange(info)) => {
+                Metrics::add(&self.metrics.schema_changes, 1);
+                tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
+            }
+            Ok(Outcome::Ignored(what)) => {
+                Metrics::add(&self.metrics.ignored, 1);
+                tracing::debug!(at = %position, "ignored a {what}");
+            }
+            Err(DecodeError::Record(e)) => self.dead_letter(record, position, &e.message)?,
+            Err(DecodeError::Fatal(change)) => {
+                // Apply everything before this event, then stop.
+                self.send()?;
+                return Err(PipelineError::IncompatibleSchema {
+                    change,
+                    position: position.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }

@@ -22,22 +22,35 @@ pub enum Position {
         offset: u64,
         next: u64,
     },
-    /// A Kafka record.
+    /// A Kafka record. `stream` is the checkpoint key `kafka:<topic>/<partition>`, built
+    /// once per partition.
     Kafka {
+        stream: Arc<str>,
         topic: Arc<str>,
         partition: i32,
         offset: i64,
     },
 }
 
+/// The checkpoint key of a topic partition.
+pub fn kafka_stream(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}/{partition}")
+}
+
 impl Position {
     /// The stream this position belongs to, as stored in checkpoints.
-    pub fn stream_key(&self) -> String {
+    pub fn stream_key(&self) -> &str {
         match self {
-            Position::File { stream, .. } => stream.to_string(),
-            Position::Kafka {
-                topic, partition, ..
-            } => format!("kafka:{topic}/{partition}"),
+            Position::File { stream, .. } | Position::Kafka { stream, .. } => stream,
+        }
+    }
+
+    /// The record's own offset in its stream, comparable with a checkpoint's `next`: a
+    /// record is already applied when its offset is below the stored `next`.
+    pub fn offset(&self) -> i64 {
+        match self {
+            Position::File { offset, .. } => *offset as i64,
+            Position::Kafka { offset, .. } => *offset,
         }
     }
 
@@ -72,6 +85,7 @@ impl Position {
                 topic,
                 partition,
                 offset,
+                ..
             } => serde_json::json!({"topic": &**topic, "partition": partition, "offset": offset}),
         }
     }
@@ -91,6 +105,7 @@ impl fmt::Display for Position {
                 topic,
                 partition,
                 offset,
+                ..
             } => write!(f, "topic {topic} partition {partition} offset {offset}"),
         }
     }
@@ -115,13 +130,21 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn advance(&mut self, position: &Position) {
         let resume = position.resume();
-        match self.streams.get_mut(position.stream_key().as_str()) {
+        match self.streams.get_mut(position.stream_key()) {
             Some(existing) if existing.next >= resume.next => {}
             Some(existing) => *existing = resume,
             None => {
-                self.streams.insert(position.stream_key(), resume);
+                self.streams
+                    .insert(position.stream_key().to_string(), resume);
             }
         }
+    }
+
+    /// True when `position` is before this checkpoint: its record was already applied.
+    pub fn covers(&self, position: &Position) -> bool {
+        self.streams
+            .get(position.stream_key())
+            .is_some_and(|resume| position.offset() < resume.next)
     }
 
     pub fn merge(&mut self, other: &Checkpoint) {
@@ -163,12 +186,22 @@ mod tests {
             Some(ResumePoint { next: 20, line: 2 })
         );
         let kafka = Position::Kafka {
+            stream: kafka_stream("orders", 3).into(),
             topic: "orders".into(),
             partition: 3,
             offset: 41,
         };
         cp.advance(&kafka);
         assert_eq!(cp.get("kafka:orders/3").unwrap().next, 42);
+        assert!(!cp.covers(&kafka) || kafka.offset() < 42);
+        let later = Position::Kafka {
+            stream: kafka_stream("orders", 3).into(),
+            topic: "orders".into(),
+            partition: 3,
+            offset: 42,
+        };
+        assert!(cp.covers(&kafka), "offset 41 was applied");
+        assert!(!cp.covers(&later), "offset 42 was not");
         assert_eq!(kafka.to_string(), "topic orders partition 3 offset 41");
         assert_eq!(at(7, 0).to_string(), "a.jsonl:7");
     }

@@ -147,6 +147,15 @@ pub struct BatchConfig {
     /// Longest time a partly filled batch waits for more events before it is applied.
     #[serde(default = "default_max_wait")]
     pub max_wait: HumanDuration,
+    /// A record larger than this goes to the dead-letter output instead of being decoded
+    /// (Kafka's own default limit is 1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
 }
 
 fn default_max_events() -> usize {
@@ -167,6 +176,7 @@ impl Default for BatchConfig {
             max_events: default_max_events(),
             max_bytes: default_max_bytes(),
             max_wait: default_max_wait(),
+            max_record_bytes: default_max_record_bytes(),
         }
     }
 }
@@ -342,6 +352,18 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             .map(|p| PathSegment::Key(p.to_string()))
             .collect()
     };
+    if let SourceConfig::Kafka(kafka) = &config.source {
+        if kafka.topics.is_empty() == kafka.topic_pattern.is_none() {
+            report(
+                key(&["source"]),
+                "give either `topics` or `topic_pattern` (one of them)".into(),
+                Some("e.g. `topics: [shop.public.orders]`".into()),
+            );
+        }
+        for (option, message) in crate::kafka::check_options(&kafka.options) {
+            report(key(&["source", "options", &option]), message, None);
+        }
+    }
     let table = &config.table;
     let same = |a: &str, b: &str| {
         if table.case_insensitive {

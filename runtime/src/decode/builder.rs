@@ -199,6 +199,11 @@ impl ColumnBuilder {
         self.valid.last().copied().unwrap_or(false)
     }
 
+    /// Appends bytes to a binary column.
+    pub fn push_binary(&mut self, bytes: &[u8]) -> Result<(), ValueError> {
+        self.push_bytes(bytes)
+    }
+
     /// Appends text to a string column.
     pub fn push_str(&mut self, s: &str) -> Result<(), ValueError> {
         self.push_bytes(s.as_bytes())

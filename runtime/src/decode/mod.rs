@@ -46,11 +46,38 @@ pub enum Format {
     DebeziumJsonUnwrapped,
 }
 
-/// One record from a source: the Kafka key and value (the value is `None` for a tombstone).
-#[derive(Debug, Clone, Copy)]
+/// One record from a source: the Kafka key, value (`None` for a tombstone) and headers.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RawRecord<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    pub headers: Headers<'a>,
+}
+
+/// A byte range in a source's buffer.
+pub type Span = (usize, usize);
+
+/// A record's headers, as name and value ranges into the buffer they were read into.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    pub buf: &'a [u8],
+    pub items: &'a [(Span, Option<Span>)],
+}
+
+impl<'a> Headers<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// `(name, value)` pairs; a name that is not UTF-8 is read lossily.
+    pub fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'a, str>, Option<&'a [u8]>)> + '_ {
+        self.items.iter().map(|(name, value)| {
+            (
+                String::from_utf8_lossy(&self.buf[name.0..name.1]),
+                value.map(|(a, b)| &self.buf[a..b]),
+            )
+        })
+    }
 }
 
 /// What became of a record that was not rejected.
@@ -114,6 +141,55 @@ pub struct DecodeStats {
     pub schema_changes: u64,
     pub ignored: u64,
     pub rejected: u64,
+}
+
+/// The `headers` column: a map per row, built from flat keys and values.
+struct HeadersBuilder {
+    offsets: Vec<i32>,
+    keys: ColumnBuilder,
+    values: ColumnBuilder,
+}
+
+impl HeadersBuilder {
+    fn new() -> Self {
+        HeadersBuilder {
+            offsets: vec![0],
+            keys: ColumnBuilder::new(ColumnDef::new("key", ColumnType::String)),
+            values: ColumnBuilder::new(ColumnDef::new("value", ColumnType::Bytes)),
+        }
+    }
+
+    fn push(&mut self, headers: Headers<'_>) -> Result<(), DecodeError> {
+        for (name, value) in headers.iter() {
+            self.keys.push_str(&name)?;
+            match value {
+                Some(v) => self.values.push_binary(v)?,
+                None => self.values.append_null(),
+            }
+        }
+        self.offsets.push(self.keys.len() as i32);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let keys = self.keys.finish();
+        let values = self.values.finish();
+        let arrow::datatypes::DataType::Map(entries_field, _) = envelope::headers_type() else {
+            unreachable!("headers are a map")
+        };
+        let arrow::datatypes::DataType::Struct(fields) = entries_field.data_type().clone() else {
+            unreachable!("map entries are a struct")
+        };
+        let entries = arrow::array::StructArray::new(fields, vec![keys, values], None);
+        Arc::new(arrow::array::MapArray::new(
+            entries_field,
+            arrow::buffer::OffsetBuffer::new(offsets.into()),
+            entries,
+            None,
+            false,
+        ))
+    }
 }
 
 /// Envelope column builders, in envelope order.
@@ -278,6 +354,7 @@ pub struct Decoder {
     before: Image,
     after: Image,
     envelope: EnvelopeBuilders,
+    headers: HeadersBuilder,
     positions: Vec<Position>,
     bytes: usize,
     schemas: Vec<SchemaEntry>,
@@ -303,6 +380,7 @@ impl Decoder {
             before,
             after,
             envelope: EnvelopeBuilders::new(),
+            headers: HeadersBuilder::new(),
             positions: Vec::new(),
             bytes: 0,
             schemas: Vec::new(),
@@ -337,7 +415,12 @@ impl Decoder {
     ) -> Result<Outcome, DecodeError> {
         let rows = self.rows();
         let columns = self.table.columns.len();
-        let result = self.decode_record(record);
+        let mut result = self.decode_record(record);
+        if result == Ok(Outcome::Row)
+            && let Err(e) = self.headers.push(record.headers)
+        {
+            result = Err(e);
+        }
         match &result {
             Ok(Outcome::Row) => {
                 self.positions.push(position.clone());
@@ -382,6 +465,7 @@ impl Decoder {
         .into();
         let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
         let mut columns: Vec<ArrayRef> = self.envelope.all().map(|b| b.finish()).collect();
+        columns.push(self.headers.finish());
         columns.push(Arc::new(self.before.finish(&fields)));
         columns.push(Arc::new(self.after.finish(&fields)));
         let data =

@@ -28,6 +28,7 @@ fn decode_all(decoder: &mut Decoder, events: &[String]) -> Vec<Result<Outcome, D
         .map(|(i, e)| {
             decoder.decode(
                 RawRecord {
+                    headers: Default::default(),
                     key: None,
                     value: Some(e.as_bytes()),
                 },
@@ -527,6 +528,7 @@ fn a_delete_without_before_takes_its_key_from_the_record_key() {
     ] {
         let result = decoder.decode(
             RawRecord {
+                headers: Default::default(),
                 key: Some(key.as_bytes()),
                 value: Some(value.as_bytes()),
             },
@@ -643,6 +645,7 @@ fn flattened_rows_decode_with_the_unwrapped_format() {
     // A tombstone with a key deletes that key.
     let result = decoder.decode(
         RawRecord {
+            headers: Default::default(),
             key: Some(br#"{"id":1006}"#),
             value: None,
         },

@@ -79,7 +79,8 @@ pub fn keys(batch: &ChangeBatch) -> Result<Keys, String> {
     })
 }
 
-pub fn compact(batch: &ChangeBatch) -> Result<Vec<Segment>, String> {
+/// Compacts the rows of `batch` that `include` marks (all rows when `None`).
+pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
     if batch.num_rows() == 0 {
         return Ok(segments);
@@ -109,6 +110,9 @@ pub fn compact(batch: &ChangeBatch) -> Result<Vec<Segment>, String> {
         }
     };
     for (i, op) in batch.ops().enumerate() {
+        if include.is_some_and(|mask| !mask[i]) {
+            continue;
+        }
         match op {
             Op::Truncate => {
                 latest.clear();
@@ -163,6 +167,7 @@ mod tests {
             decoder
                 .decode(
                     RawRecord {
+                        headers: Default::default(),
                         key: None,
                         value: Some(e.as_bytes()),
                     },
@@ -182,7 +187,7 @@ mod tests {
             r#"{"op":"d","before":{"id":2,"v":"b"}}"#,
             r#"{"op":"r","after":{"id":3,"v":"c"}}"#,
         ]);
-        let segments = compact(&b).unwrap();
+        let segments = compact(&b, None).unwrap();
         assert_eq!(
             segments,
             [Segment {
@@ -194,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn excluded_rows_are_left_out() {
+        let b = batch(&[
+            r#"{"op":"c","after":{"id":1,"v":"old"}}"#,
+            r#"{"op":"u","before":{"id":1,"v":"old"},"after":{"id":1,"v":"new"}}"#,
+            r#"{"op":"c","after":{"id":2}}"#,
+        ]);
+        let segments = compact(&b, Some(&[false, false, true])).unwrap();
+        assert_eq!(segments[0].upserts, [2]);
+    }
+
+    #[test]
     fn a_truncate_drops_what_came_before_it() {
         let b = batch(&[
             r#"{"op":"c","after":{"id":1}}"#,
@@ -201,7 +217,7 @@ mod tests {
             r#"{"op":"c","after":{"id":2}}"#,
         ]);
         assert_eq!(
-            compact(&b).unwrap(),
+            compact(&b, None).unwrap(),
             [Segment {
                 truncate_first: true,
                 upserts: vec![2],
@@ -217,7 +233,7 @@ mod tests {
             r#"{"op":"u","before":{"v":"partial"},"after":{"id":5,"v":"y"}}"#,
         ]);
         assert_eq!(
-            compact(&b).unwrap(),
+            compact(&b, None).unwrap(),
             [Segment {
                 truncate_first: false,
                 upserts: vec![0, 1],

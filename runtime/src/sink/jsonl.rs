@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::compact::{compact, keys};
-use super::{Applied, Sink, SinkError, write_atomically};
+use super::{Applied, Rejects, Sink, SinkError, write_atomically};
 use crate::config::LoadedPipeline;
 use crate::encode::{write_change, write_struct_row};
 use crate::envelope::ChangeBatch;
@@ -172,7 +172,7 @@ impl JsonlSink {
     }
 
     fn apply_final(&mut self, batch: &ChangeBatch, applied: &mut Applied) -> Result<(), SinkError> {
-        let segments = compact(batch).map_err(|e| self.error(e))?;
+        let segments = compact(batch, None).map_err(|e| self.error(e))?;
         if segments.is_empty() {
             return Ok(());
         }
@@ -206,7 +206,11 @@ impl Sink for JsonlSink {
         Ok(self.durable.clone())
     }
 
-    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        _rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
         match self.mode {
             JsonlMode::Changelog => {

@@ -14,9 +14,12 @@ pub mod sqlite;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use crate::config::LoadedPipeline;
 use crate::decode::types::ColumnType;
 use crate::envelope::ChangeBatch;
+use crate::metrics::Metrics;
 use crate::position::Checkpoint;
 
 /// Where changes are applied.
@@ -64,10 +67,31 @@ pub struct Applied {
     pub appended: u64,
 }
 
+/// Where a sink sends rows it cannot apply (a value the target refuses). The pipeline
+/// writes each to the dead-letter output, durably, before the sink commits past it.
+pub trait Rejects {
+    fn reject(&mut self, batch: &ChangeBatch, row: usize, error: &str) -> Result<(), SinkError>;
+}
+
+/// Rows of `batch` that the target has not applied yet: those at or after the checkpoint
+/// it already stores for their stream. `None` when every row is new. A transactional sink
+/// reads its checkpoint inside the transaction and skips the rest, so a batch delivered
+/// twice (a crash between the sink's and the broker's commit, a rebalance) is applied once.
+pub fn unapplied(batch: &ChangeBatch, stored: &Checkpoint) -> Option<Vec<bool>> {
+    if stored.is_empty() || !batch.positions.iter().any(|p| stored.covers(p)) {
+        return None;
+    }
+    Some(batch.positions.iter().map(|p| !stored.covers(p)).collect())
+}
+
 pub trait Sink: Send {
     /// The checkpoint stored with the data, if this sink keeps one.
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError>;
-    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError>;
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError>;
     /// Makes everything applied so far durable and returns its checkpoint.
     fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError>;
     /// The column types the target already holds, so a restarted pipeline still notices an
@@ -80,7 +104,10 @@ pub trait Sink: Send {
 }
 
 /// Builds the pipeline's sink.
-pub fn build(pipeline: &LoadedPipeline) -> Result<Box<dyn Sink>, SinkError> {
+pub fn build(
+    pipeline: &LoadedPipeline,
+    _metrics: Arc<Metrics>,
+) -> Result<Box<dyn Sink>, SinkError> {
     match &pipeline.config.sink {
         SinkConfig::Sqlite(config) => Ok(Box::new(sqlite::SqliteSink::open(pipeline, config)?)),
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),

@@ -20,7 +20,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{Applied, Sink, SinkError, sync_dir};
+use super::{Applied, Rejects, Sink, SinkError, sync_dir};
 use crate::config::{HumanDuration, LoadedPipeline};
 use crate::decode::types::{ColumnType, from_arrow};
 use crate::envelope::ChangeBatch;
@@ -216,7 +216,11 @@ impl Sink for ParquetSink {
         Ok(self.durable.clone())
     }
 
-    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        _rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
         let schema = batch.data.schema();
         let mut offset = 0;

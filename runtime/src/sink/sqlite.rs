@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::compact::compact;
-use super::{Applied, Sink, SinkError};
+use super::{Applied, Rejects, Sink, SinkError};
 use crate::config::LoadedPipeline;
 use crate::decode::types::{ColumnType, from_sql_declaration};
 use crate::encode;
@@ -333,7 +333,9 @@ impl SqliteSink {
             "INSERT INTO _weir_checkpoints (pipeline, stream, next, line, updated_at)
              VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
              ON CONFLICT (pipeline, stream) DO UPDATE SET
-                 next = excluded.next, line = excluded.line, updated_at = excluded.updated_at",
+                 next = max(next, excluded.next),
+                 line = CASE WHEN excluded.next > next THEN excluded.line ELSE line END,
+                 updated_at = excluded.updated_at",
         )?;
         for (stream, resume) in &checkpoint.streams {
             stmt.execute(params![
@@ -346,9 +348,34 @@ impl SqliteSink {
         Ok(())
     }
 
+    /// The checkpoint this database holds for the batch's streams.
+    fn stored(&self, batch: &ChangeBatch) -> rusqlite::Result<Checkpoint> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT next, line FROM _weir_checkpoints WHERE pipeline = ?1 AND stream = ?2",
+        )?;
+        let mut stored = Checkpoint::default();
+        for stream in batch.checkpoint.streams.keys() {
+            let row = stmt
+                .query_row(params![self.pipeline, stream], |r| {
+                    Ok(ResumePoint {
+                        next: r.get(0)?,
+                        line: r.get::<_, i64>(1)? as u64,
+                    })
+                })
+                .optional()?;
+            if let Some(point) = row {
+                stored.streams.insert(stream.clone(), point);
+            }
+        }
+        Ok(stored)
+    }
+
     fn apply_rows(&self, batch: &ChangeBatch, applied: &mut Applied) -> Result<(), SinkError> {
         let tx = &self.conn;
-        let segments = compact(batch).map_err(|e| self.error(e))?;
+        // Rows this database already holds (a batch delivered twice) are skipped.
+        let stored = self.stored(batch).map_err(|e| self.error(e.to_string()))?;
+        let include = super::unapplied(batch, &stored);
+        let segments = compact(batch, include.as_deref()).map_err(|e| self.error(e))?;
         if segments.is_empty() {
             return Ok(());
         }
@@ -463,7 +490,11 @@ impl Sink for SqliteSink {
         }))
     }
 
-    fn apply(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        _rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
         // IMMEDIATE takes the write lock up front, so the batch cannot fail half-way on a
         // lock another writer holds.
         self.conn

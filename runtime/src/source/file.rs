@@ -195,7 +195,9 @@ mod tests {
              table: {{name: t, primary_key: [id]}}\nsink: {{type: sqlite, path: t.db}}\n"
         );
         let p = load_str(&yaml, &dir.join("p.yaml"), &|_| None).unwrap();
-        let crate::source::SourceConfig::File(c) = p.config.source.clone();
+        let crate::source::SourceConfig::File(c) = p.config.source.clone() else {
+            unreachable!("a file source")
+        };
         (p, c)
     }
 

@@ -3,14 +3,17 @@
 //! variant in [`SourceConfig`] and one arm in [`build`].
 
 pub mod file;
+pub mod kafka;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::config::LoadedPipeline;
-use crate::decode::{Format, RawRecord};
+use crate::decode::{Format, Headers, RawRecord, Span};
+use crate::metrics::Metrics;
 use crate::position::{Checkpoint, Position};
 
 /// Where change events come from.
@@ -19,12 +22,15 @@ use crate::position::{Checkpoint, Position};
 pub enum SourceConfig {
     /// Debezium change events, one JSON document per line, from a local file.
     File(file::FileSourceConfig),
+    /// Debezium change events from Kafka topics, through a consumer group.
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {
     pub fn format(&self) -> Format {
         match self {
             SourceConfig::File(f) => f.format,
+            SourceConfig::Kafka(k) => k.format,
         }
     }
 }
@@ -43,12 +49,15 @@ pub struct SourceError {
 pub struct RawBatch {
     buf: Vec<u8>,
     entries: Vec<Entry>,
+    /// Header name and value ranges of every record, in order.
+    headers: Vec<(Span, Option<Span>)>,
 }
 
 #[derive(Debug)]
 struct Entry {
     key: Option<(usize, usize)>,
     value: Option<(usize, usize)>,
+    headers: (usize, usize),
     position: Position,
 }
 
@@ -56,6 +65,7 @@ impl RawBatch {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.entries.clear();
+        self.headers.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -79,15 +89,33 @@ impl RawBatch {
     }
 
     pub fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, position: Position) {
+        self.push_with_headers(key, value, &[], position);
+    }
+
+    pub fn push_with_headers(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        position: Position,
+    ) {
         let key = self.store(key);
         let value = self.store(value);
+        let first = self.headers.len();
+        for (name, value) in headers {
+            let name = self.store(Some(name.as_bytes())).expect("stored");
+            let value = self.store(*value);
+            self.headers.push((name, value));
+        }
         self.entries.push(Entry {
             key,
             value,
+            headers: (first, self.headers.len()),
             position,
         });
     }
 
+    /// Every record with its position.
     pub fn iter(&self) -> impl Iterator<Item = (RawRecord<'_>, &Position)> {
         self.entries.iter().map(|e| {
             let slice = |r: Option<(usize, usize)>| r.map(|(a, b)| &self.buf[a..b]);
@@ -95,6 +123,10 @@ impl RawBatch {
                 RawRecord {
                     key: slice(e.key),
                     value: slice(e.value),
+                    headers: Headers {
+                        buf: &self.buf,
+                        items: &self.headers[e.headers.0..e.headers.1],
+                    },
                 },
                 &e.position,
             )
@@ -131,11 +163,31 @@ pub trait Source: Send {
     ) -> Result<PollStatus, SourceError>;
     /// A short description for logs (never secrets).
     fn describe(&self) -> String;
+    /// Tells the source what the sink has durably applied (Kafka commits the offsets to the
+    /// consumer group). `None` for sources that keep no position of their own.
+    fn committer(&self) -> Option<Box<dyn Committer>> {
+        None
+    }
+}
+
+/// Receives the positions the sink has durably applied; called from the applier thread.
+pub trait Committer: Send {
+    fn commit(&self, checkpoint: &Checkpoint);
+    /// Like `commit`, waiting for it to complete (when the pipeline stops).
+    fn commit_sync(&self, checkpoint: &Checkpoint) {
+        self.commit(checkpoint);
+    }
 }
 
 /// Builds the pipeline's source.
-pub fn build(pipeline: &LoadedPipeline) -> Result<Box<dyn Source>, SourceError> {
+pub fn build(
+    pipeline: &LoadedPipeline,
+    metrics: Arc<Metrics>,
+) -> Result<Box<dyn Source>, SourceError> {
     match &pipeline.config.source {
         SourceConfig::File(config) => Ok(Box::new(file::FileSource::open(pipeline, config)?)),
+        SourceConfig::Kafka(config) => Ok(Box::new(kafka::KafkaSource::open(
+            pipeline, config, metrics,
+        )?)),
     }
 }

@@ -1,0 +1,353 @@
+//! The Kafka source: Debezium topics read through a consumer group (librdkafka).
+//!
+//! Offsets are never committed by librdkafka on its own (`enable.auto.commit=false`,
+//! `enable.auto.offset.store=false`). The pipeline commits a partition's offset only after
+//! the sink has durably applied everything before it ([`KafkaCommitter`]). When partitions
+//! are assigned, each starts at the checkpoint the sink stored with its data, if it has one
+//! (so a crash between the sink's commit and the broker's commit neither loses nor repeats
+//! a change), else at the group's committed offset, else where `start` says.
+//!
+//! A broker that is down is not an error: librdkafka keeps reconnecting, the status line
+//! says so, and reading resumes when the broker is back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers as _, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
+use crate::config::LoadedPipeline;
+use crate::decode::Format;
+use crate::kafka::{Context, KafkaOptions, client_config};
+use crate::metrics::Metrics;
+use crate::position::{Checkpoint, Position, kafka_stream};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    #[schemars(length(min = 1))]
+    pub brokers: String,
+    /// Topics to read. Give this or `topic_pattern`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A regular expression for the topics to read (e.g. `^shop\.public\..*`), instead of
+    /// `topics`.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// Consumer group. Several weir processes with one group share the partitions.
+    #[schemars(length(min = 1))]
+    pub group_id: String,
+    /// Where to begin a partition that has no stored position (neither a checkpoint in the
+    /// sink nor a committed offset in the group).
+    #[serde(default)]
+    pub start: Start,
+    /// The shape of each record's value.
+    #[serde(default)]
+    pub format: Format,
+    /// librdkafka settings passed through (TLS, SASL, tuning), e.g.
+    /// `security.protocol: SASL_SSL`, `sasl.password: ${KAFKA_PASSWORD}`.
+    #[serde(default)]
+    pub options: KafkaOptions,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// From the oldest record the topic still holds.
+    #[default]
+    Earliest,
+    /// From records produced after the pipeline starts.
+    Latest,
+    /// Only from the group's committed offsets: a partition without one is an error.
+    Committed,
+}
+
+/// Partition state shared by the consumer (rebalance callback), the source and the
+/// committer.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Where each partition resumes: the sink's checkpoint, then what was applied since.
+    resume: Mutex<Checkpoint>,
+    /// Partitions currently assigned to this process.
+    assigned: Mutex<BTreeMap<String, (String, i32)>>,
+}
+
+pub struct SourceContext {
+    base: Context,
+    shared: Arc<Shared>,
+}
+
+impl rdkafka::client::ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.base.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    /// Assigns partitions at the sink's checkpoint where it has one. weir uses the eager
+    /// rebalance protocol (librdkafka's default assignors).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let resume = self.shared.resume.lock().expect("resume lock").clone();
+                let mut assigned = self.shared.assigned.lock().expect("assigned lock");
+                assigned.clear();
+                for element in tpl.elements() {
+                    let key = kafka_stream(element.topic(), element.partition());
+                    assigned.insert(key, (element.topic().to_string(), element.partition()));
+                }
+                for (key, (topic, partition)) in assigned.iter() {
+                    if let Some(point) = resume.get(key) {
+                        let _ =
+                            tpl.set_partition_offset(topic, *partition, Offset::Offset(point.next));
+                    }
+                }
+                tracing::info!(partitions = ?assigned.keys().collect::<Vec<_>>(), "partitions assigned");
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Batches already read may still be applied; transactional sinks skip any
+                // row another process applied first, so nothing regresses.
+                self.shared.assigned.lock().expect("assigned lock").clear();
+                tracing::info!("partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassigning partitions failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance failed"),
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+    description: String,
+    streams: HashMap<(String, i32), (Arc<str>, Arc<str>)>,
+    subscription: Vec<String>,
+    subscribed: bool,
+}
+
+impl KafkaSource {
+    pub fn open(
+        pipeline: &LoadedPipeline,
+        config: &KafkaSourceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SourceError> {
+        let error = |message: String| SourceError {
+            source_name: "kafka source".into(),
+            message,
+            retryable: false,
+        };
+        let mut client = client_config(&config.brokers, &config.options);
+        client
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set(
+                "auto.offset.reset",
+                match config.start {
+                    Start::Earliest => "earliest",
+                    Start::Latest => "latest",
+                    Start::Committed => "error",
+                },
+            )
+            .set("client.id", format!("weir-{}", pipeline.config.name));
+        let shared = Arc::new(Shared::default());
+        let context = SourceContext {
+            base: Context {
+                metrics,
+                component: "kafka source",
+            },
+            shared: shared.clone(),
+        };
+        let consumer: BaseConsumer<SourceContext> = client
+            .create_with_context(context)
+            .map_err(|e| error(format!("cannot create the consumer: {e}")))?;
+        let subscription = match &config.topic_pattern {
+            Some(pattern) if pattern.starts_with('^') => vec![pattern.clone()],
+            Some(pattern) => vec![format!("^{pattern}")],
+            None => config.topics.clone(),
+        };
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            shared,
+            description: format!("kafka {} group {}", subscription.join(","), config.group_id),
+            streams: HashMap::new(),
+            subscription,
+            subscribed: false,
+        })
+    }
+
+    fn position(&mut self, topic: &str, partition: i32, offset: i64) -> Position {
+        let (stream, topic) = self
+            .streams
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| (kafka_stream(topic, partition).into(), topic.into()))
+            .clone();
+        Position::Kafka {
+            stream,
+            topic,
+            partition,
+            offset,
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    fn seek(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
+        // Positions are applied when partitions are assigned (see `rebalance`).
+        *self.shared.resume.lock().expect("resume lock") = checkpoint.clone();
+        if !self.subscribed {
+            let topics: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
+            self.consumer.subscribe(&topics).map_err(|e| SourceError {
+                source_name: self.description.clone(),
+                message: format!("cannot subscribe: {e}"),
+                retryable: false,
+            })?;
+            self.subscribed = true;
+        }
+        Ok(())
+    }
+
+    fn poll(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+    ) -> Result<PollStatus, SourceError> {
+        let started = Instant::now();
+        let consumer = self.consumer.clone();
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        loop {
+            if batch.len() >= limits.max_records || batch.bytes() >= limits.max_bytes {
+                return Ok(PollStatus::Records);
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= limits.max_wait {
+                return Ok(if batch.is_empty() {
+                    PollStatus::Idle
+                } else {
+                    PollStatus::Records
+                });
+            }
+            let Some(result) = consumer.poll(limits.max_wait - elapsed) else {
+                continue;
+            };
+            match result {
+                Ok(message) => {
+                    self.consumer.context().base.ok();
+                    let position =
+                        self.position(message.topic(), message.partition(), message.offset());
+                    headers.clear();
+                    if let Some(h) = message.headers() {
+                        for header in h.iter() {
+                            headers
+                                .push((header.key.to_string(), header.value.map(<[u8]>::to_vec)));
+                        }
+                    }
+                    let header_refs: Vec<(&str, Option<&[u8]>)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_deref()))
+                        .collect();
+                    batch.push_with_headers(
+                        message.key(),
+                        message.payload(),
+                        &header_refs,
+                        position,
+                    );
+                }
+                Err(KafkaError::MessageConsumption(code)) | Err(KafkaError::Global(code))
+                    if code == RDKafkaErrorCode::AutoOffsetReset =>
+                {
+                    return Err(SourceError {
+                        source_name: self.description.clone(),
+                        message: "a partition has no committed offset for this group \
+                                  (start: committed); use `start: earliest` or `start: latest`"
+                            .into(),
+                        retryable: false,
+                    });
+                }
+                Err(e) => {
+                    // Transport trouble: librdkafka retries; report and keep polling.
+                    self.consumer.context().base.failing(&e.to_string());
+                    if !batch.is_empty() {
+                        return Ok(PollStatus::Records);
+                    }
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn committer(&self) -> Option<Box<dyn Committer>> {
+        Some(Box::new(KafkaCommitter {
+            consumer: self.consumer.clone(),
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+/// Commits applied positions to the consumer group, for the partitions this process still
+/// owns.
+pub struct KafkaCommitter {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    shared: Arc<Shared>,
+}
+
+impl Committer for KafkaCommitter {
+    /// Commits in the background: the sink's checkpoint is the authority; the group's
+    /// offsets serve other consumers and sinks that cannot store a checkpoint.
+    fn commit(&self, checkpoint: &Checkpoint) {
+        self.commit_with(checkpoint, CommitMode::Async);
+    }
+
+    fn commit_sync(&self, checkpoint: &Checkpoint) {
+        self.commit_with(checkpoint, CommitMode::Sync);
+    }
+}
+
+impl KafkaCommitter {
+    fn commit_with(&self, checkpoint: &Checkpoint, mode: CommitMode) {
+        self.shared
+            .resume
+            .lock()
+            .expect("resume lock")
+            .merge(checkpoint);
+        let assigned = self.shared.assigned.lock().expect("assigned lock").clone();
+        let mut list = TopicPartitionList::new();
+        for (key, resume) in &checkpoint.streams {
+            if let Some((topic, partition)) = assigned.get(key) {
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(resume.next));
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&list, mode) {
+            tracing::warn!(error = %e, "committing offsets to the broker failed; the next batch commits them");
+        }
+    }
+}

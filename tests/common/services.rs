@@ -1,0 +1,339 @@
+//! Real services for the integration tests: a `tansu` Kafka broker and a PostgreSQL server,
+//! each started on a free loopback port in a temporary directory and torn down on drop.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL_TANSU: &str =
+    "cargo install tansu --version 0.6.0 --locked --features dynostore,postgres";
+const INSTALL_POSTGRES: &str =
+    "apt-get install -y postgresql (or run scripts/test, which installs it)";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not start listening on port {port} within 30 s; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A `tansu` broker on loopback.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    storage: String,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// A broker keeping its data in memory.
+    pub fn start() -> Broker {
+        Broker::start_with_storage("memory://tansu/")
+    }
+
+    /// A broker on the given storage engine (e.g. a PostgreSQL URL, for a broker whose data
+    /// survives a restart).
+    pub fn start_with_storage(storage: &str) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            storage: storage.to_string(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.path().join("tansu.log");
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            .args(["--storage-engine", &self.storage])
+            .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `tansu` ({e}); install it with: {INSTALL_TANSU}")
+            });
+        self.child = Some(child);
+        wait_for_port(self.port, "tansu", &log);
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// Kills the broker and starts it again on the same port and storage.
+    pub fn restart_after(&mut self, down: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(down);
+        self.launch();
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let output = Command::new("tansu")
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &format!("tcp://{}", self.address()),
+            ])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            output.status.success(),
+            "creating topic {topic} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Produces records (key, value; a `None` value is a tombstone) with the idempotent
+    /// producer of the bundled librdkafka, waiting until every one is acknowledged.
+    pub fn produce(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer");
+        for (key, value) in records {
+            let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic);
+            if let Some(k) = key {
+                record = record.key(k.as_str());
+            }
+            if let Some(v) = value {
+                record = record.payload(v.as_str());
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => panic!("produce failed: {e}"),
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .expect("every record acknowledged");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A paused broker must be resumed to die cleanly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A PostgreSQL server on loopback, run as the unprivileged `postgres` user when the
+/// tests run as root (PostgreSQL refuses to run as root).
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let as_postgres = is_root();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("run chown");
+            assert!(
+                status.success(),
+                "cannot give {} to the postgres user",
+                dir.display()
+            );
+        }
+        let pg = Postgres {
+            port: free_port(),
+            dir,
+            _temp: temp,
+            as_postgres,
+        };
+        let data = pg.dir.join("data");
+        let output = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run initdb ({e}); install PostgreSQL: {INSTALL_POSTGRES}")
+            });
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pg.start_server();
+        pg
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let program = find_pg_binary(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        let output = self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("run pg_ctl");
+        assert!(
+            output.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (as a crash or an outage would).
+    pub fn stop_server(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn client(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(database), postgres::NoTls)
+            .expect("connect to postgres")
+    }
+
+    pub fn create_database(&self, name: &str) {
+        self.client("postgres")
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create database");
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
+
+/// `initdb` and friends: on PATH, else in Debian's versioned directory.
+fn find_pg_binary(program: &str) -> PathBuf {
+    if let Ok(out) = Command::new("which").arg(program).output() {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !path.is_empty() {
+            return PathBuf::from(path);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        versions.sort();
+        if let Some(newest) = versions.last() {
+            let candidate = newest.join("bin").join(program);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(program)
+}

@@ -345,6 +345,14 @@ impl Reader {
                     }
                     continue;
                 }
+                PollStatus::Waiting => {
+                    // Not idle: e.g. the group is still assigning partitions.
+                    last_activity = Instant::now();
+                    if !self.send()? {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 PollStatus::Records => last_activity = Instant::now(),
             }
             Metrics::add(&self.metrics.events_read, raw.len() as u64);

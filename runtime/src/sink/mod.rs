@@ -9,6 +9,7 @@
 pub mod compact;
 pub mod jsonl;
 pub mod parquet;
+pub mod postgres;
 pub mod sqlite;
 
 use schemars::JsonSchema;
@@ -33,6 +34,9 @@ pub enum SinkConfig {
     Parquet(parquet::ParquetSinkConfig),
     /// A JSON Lines file with the change log, or the final rows.
     Jsonl(jsonl::JsonlSinkConfig),
+    /// A PostgreSQL table: upserts by primary key through COPY and a staging table, or
+    /// an append-only change log, with the source position in the same transaction.
+    Postgres(postgres::PostgresSinkConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +116,9 @@ pub fn build(
         SinkConfig::Sqlite(config) => Ok(Box::new(sqlite::SqliteSink::open(pipeline, config)?)),
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
         SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
+        SinkConfig::Postgres(config) => {
+            Ok(Box::new(postgres::PostgresSink::open(pipeline, config)?))
+        }
     }
 }
 

@@ -78,6 +78,32 @@ struct Shared {
     resume: Mutex<Checkpoint>,
     /// Partitions currently assigned to this process.
     assigned: Mutex<BTreeMap<String, (String, i32)>>,
+    /// The offset each partition was assigned at, until its first record arrives.
+    expected: Mutex<HashMap<(String, i32), i64>>,
+}
+
+/// Warns when the first record after an assignment is past the offset asked for. On a
+/// compacted topic that is normal; otherwise the broker skipped records (tansu 0.6 does,
+/// when the offset lies inside a record batch: see docs/decisions.md).
+fn check_first_offset(shared: &Shared, topic: &str, partition: i32, offset: i64) {
+    let mut expected = shared.expected.lock().expect("expected lock");
+    if expected.is_empty() {
+        return;
+    }
+    if let Some(asked) = expected.remove(&(topic.to_string(), partition))
+        && offset > asked
+    {
+        tracing::warn!(
+            topic,
+            partition,
+            asked,
+            received = offset,
+            "the broker's first record is past the offset asked for: offsets {asked}..{} were \
+                 skipped. Normal on a compacted topic; otherwise the broker did not return the \
+                 record batch holding the offset, and those changes are missing",
+            offset - 1
+        );
+    }
 }
 
 pub struct SourceContext {
@@ -113,13 +139,20 @@ impl ConsumerContext for SourceContext {
                     let key = kafka_stream(element.topic(), element.partition());
                     assigned.insert(key, (element.topic().to_string(), element.partition()));
                 }
+                let mut starts = Vec::new();
+                let mut expected = self.shared.expected.lock().expect("expected lock");
+                expected.clear();
                 for (key, (topic, partition)) in assigned.iter() {
                     if let Some(point) = resume.get(key) {
                         let _ =
                             tpl.set_partition_offset(topic, *partition, Offset::Offset(point.next));
+                        expected.insert((topic.clone(), *partition), point.next);
+                        starts.push(format!("{key}@{}", point.next));
+                    } else {
+                        starts.push(format!("{key}@group"));
                     }
                 }
-                tracing::info!(partitions = ?assigned.keys().collect::<Vec<_>>(), "partitions assigned");
+                tracing::info!(partitions = ?starts, "partitions assigned");
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
@@ -244,10 +277,21 @@ impl Source for KafkaSource {
             }
             let elapsed = started.elapsed();
             if elapsed >= limits.max_wait {
-                return Ok(if batch.is_empty() {
+                if !batch.is_empty() {
+                    return Ok(PollStatus::Records);
+                }
+                // Without partitions (the group is still assigning them) there is nothing
+                // to be idle about yet.
+                let owns_partitions = !self
+                    .shared
+                    .assigned
+                    .lock()
+                    .expect("assigned lock")
+                    .is_empty();
+                return Ok(if owns_partitions {
                     PollStatus::Idle
                 } else {
-                    PollStatus::Records
+                    PollStatus::Waiting
                 });
             }
             let Some(result) = consumer.poll(limits.max_wait - elapsed) else {
@@ -256,6 +300,12 @@ impl Source for KafkaSource {
             match result {
                 Ok(message) => {
                     self.consumer.context().base.ok();
+                    check_first_offset(
+                        &self.shared,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    );
                     let position =
                         self.position(message.topic(), message.partition(), message.offset());
                     headers.clear();

@@ -148,6 +148,9 @@ pub enum PollStatus {
     Records,
     /// Nothing arrived within `max_wait`; the source may have more later.
     Idle,
+    /// Nothing arrived, and the source is not ready to say it is idle (a consumer group is
+    /// rebalancing, so this process owns no partitions yet).
+    Waiting,
     /// A finite source is exhausted.
     End,
 }

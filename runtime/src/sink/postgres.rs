@@ -1,0 +1,1028 @@
+//! The PostgreSQL sink.
+//!
+//! Each batch is one transaction:
+//! 1. lock this pipeline's checkpoint rows in `weir.checkpoints` (a placeholder row is
+//!    inserted first, so the lock always has a row; two processes that both believe they
+//!    own a partition during a rebalance are serialised here);
+//! 2. skip the rows the table already holds (at or before the stored checkpoint);
+//! 3. compact to one action per key; COPY the rows into a temporary staging table; apply
+//!    with `DELETE … USING` and `INSERT … ON CONFLICT (key) DO UPDATE` (`upsert` mode), or
+//!    COPY every change into a change-log table (`append` mode);
+//! 4. store the new checkpoint (never moving it backwards) and commit.
+//!
+//! A row the table refuses (a value out of range, a NOT NULL or CHECK violation) is found
+//! by bisecting under a savepoint and goes to the dead-letter output before the commit;
+//! the rest of the batch applies. A lost connection is retryable: the transaction rolls
+//! back, nothing is half-applied, and the pipeline retries the batch on a new connection.
+//! Identifiers are always quoted; values travel only as COPY data or parameters.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+};
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Transaction};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::compact::compact;
+use super::{Applied, Rejects, Sink, SinkError, unapplied};
+use crate::config::LoadedPipeline;
+use crate::decode::types::{ColumnType, SEMANTIC_KEY, Unit};
+use crate::encode;
+use crate::envelope::{self, ChangeBatch, Op};
+use crate::position::{Checkpoint, ResumePoint};
+use crate::redact::Secret;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL, `postgres://user:password@host:port/database`. Take the password
+    /// from the environment: `postgres://weir:${PG_PASSWORD}@db:5432/app`, or the whole URL
+    /// with `${PG_URL}`.
+    pub url: Secret,
+    /// Target table, `schema.table` or `table` (in `public`). Defaults to `table.name`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// `upsert` applies changes by primary key; `append` writes every change to a
+    /// change-log table.
+    #[serde(default)]
+    pub mode: PostgresMode,
+    /// Create the table if it does not exist, add columns new events bring, and widen
+    /// integer, float and numeric columns when the stream widens them (weir then owns the
+    /// table's DDL).
+    #[serde(default)]
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresMode {
+    #[default]
+    Upsert,
+    Append,
+}
+
+/// The envelope columns an `append` table holds before the row's own columns.
+const APPEND_COLUMNS: [(&str, &str); 7] = [
+    ("_weir_op", "text NOT NULL"),
+    ("_weir_event_time", "timestamptz"),
+    ("_weir_source_time", "timestamptz"),
+    ("_weir_source_position", "text"),
+    ("_weir_txid", "text"),
+    ("_weir_stream", "text NOT NULL"),
+    ("_weir_offset", "bigint NOT NULL"),
+];
+
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// The PostgreSQL type for an Arrow field (see docs/types.md).
+pub fn pg_type(field: &Field) -> String {
+    let semantic = field.metadata().get(SEMANTIC_KEY).map(String::as_str);
+    match field.data_type() {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 if semantic == Some("io.debezium.data.Json") => "jsonb".into(),
+        DataType::Utf8 if semantic == Some("io.debezium.data.Uuid") => "uuid".into(),
+        DataType::Binary => "bytea".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "time".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::Duration(_) => "interval".into(),
+        DataType::Struct(_) | DataType::List(_) => "jsonb".into(),
+        _ => "text".into(),
+    }
+}
+
+/// The weir type of a column the target already has, from `format_type`.
+pub fn from_pg_declaration(declaration: &str) -> Option<ColumnType> {
+    let d = declaration.trim().to_ascii_lowercase();
+    if let Some(args) = d.strip_prefix("numeric(").and_then(|a| a.strip_suffix(')')) {
+        let mut parts = args.split(',').map(str::trim);
+        let precision: u8 = parts.next()?.parse().ok()?;
+        let scale: i8 = parts.next().unwrap_or("0").parse().ok()?;
+        return (precision <= 76).then_some(ColumnType::Decimal { precision, scale });
+    }
+    Some(match d.as_str() {
+        "boolean" => ColumnType::Boolean,
+        "smallint" => ColumnType::Int16,
+        "integer" => ColumnType::Int32,
+        "bigint" => ColumnType::Int64,
+        "real" => ColumnType::Float32,
+        "double precision" => ColumnType::Float64,
+        "text" | "jsonb" | "json" | "uuid" => ColumnType::String,
+        "bytea" => ColumnType::Bytes,
+        "date" => ColumnType::Date,
+        "time without time zone" => ColumnType::Time(Unit::Micros),
+        "timestamp without time zone" => ColumnType::Timestamp {
+            unit: Unit::Micros,
+            utc: false,
+        },
+        "timestamp with time zone" => ColumnType::ZonedTimestamp { unit: Unit::Micros },
+        _ if d.starts_with("character varying") || d.starts_with("character(") => {
+            ColumnType::String
+        }
+        _ => return None,
+    })
+}
+
+/// Appends one value in COPY's text format (`\N` for null; tab, newline and backslash
+/// escaped).
+fn copy_value(out: &mut Vec<u8>, array: &dyn Array, row: usize) {
+    if array.is_null(row) {
+        out.extend_from_slice(b"\\N");
+        return;
+    }
+    let value: std::borrow::Cow<'_, str> = match array.data_type() {
+        DataType::Boolean => if array.as_boolean().value(row) {
+            "t"
+        } else {
+            "f"
+        }
+        .into(),
+        DataType::Int8 => array
+            .as_primitive::<Int8Type>()
+            .value(row)
+            .to_string()
+            .into(),
+        DataType::Int16 => array
+            .as_primitive::<Int16Type>()
+            .value(row)
+            .to_string()
+            .into(),
+        DataType::Int32 => array
+            .as_primitive::<Int32Type>()
+            .value(row)
+            .to_string()
+            .into(),
+        DataType::Int64 => array
+            .as_primitive::<Int64Type>()
+            .value(row)
+            .to_string()
+            .into(),
+        DataType::Float32 => {
+            let v = array.as_primitive::<Float32Type>().value(row);
+            float_text(v as f64, || v.to_string()).into()
+        }
+        DataType::Float64 => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            float_text(v, || v.to_string()).into()
+        }
+        DataType::Binary => {
+            let bytes = array.as_binary::<i32>().value(row);
+            // bytea hex input; the backslash itself is escaped for COPY.
+            out.extend_from_slice(b"\\\\x");
+            for b in bytes {
+                let _ = write!(out, "{b:02x}");
+            }
+            return;
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            let micros = array
+                .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
+                .value(row);
+            format!("{micros} microseconds").into()
+        }
+        DataType::Duration(TimeUnit::Nanosecond) => {
+            let nanos = array
+                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
+                .value(row);
+            format!("{} microseconds", nanos / 1000).into()
+        }
+        _ => encode::text(array, row).unwrap_or_default(),
+    };
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn float_text(value: f64, shortest: impl FnOnce() -> String) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
+    } else {
+        shortest()
+    }
+}
+
+/// Whether an error may go away by itself (connection trouble, a deadlock, a restart).
+fn retryable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // I/O and protocol errors: the connection is gone
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}
+
+/// Whether an error is about the data of some row (so bisecting finds the culprit).
+fn data_error(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+fn describe_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(": {detail}"));
+            }
+            if let Some(column) = db.column() {
+                text.push_str(&format!(" [column {column}]"));
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
+
+pub struct PostgresSink {
+    url: Secret,
+    client: Option<Client>,
+    schema: String,
+    table: String,
+    pipeline: String,
+    mode: PostgresMode,
+    create: bool,
+    /// Target columns and their declared types, as last read.
+    columns: BTreeMap<String, String>,
+    /// Primary key columns of the target (upsert mode), as last read.
+    target_key: Vec<String>,
+    /// The row fields of the last batch whose columns were checked against the table.
+    checked: Option<arrow::datatypes::Fields>,
+}
+
+impl PostgresSink {
+    pub fn open(pipeline: &LoadedPipeline, config: &PostgresSinkConfig) -> Result<Self, SinkError> {
+        let qualified = config
+            .table
+            .clone()
+            .unwrap_or_else(|| pipeline.config.table.name.clone());
+        let (schema, table) = match qualified.split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => ("public".to_string(), qualified),
+        };
+        let mut sink = PostgresSink {
+            url: config.url.clone(),
+            client: None,
+            schema,
+            table,
+            pipeline: pipeline.config.name.clone(),
+            mode: config.mode,
+            create: config.create,
+            columns: BTreeMap::new(),
+            target_key: Vec::new(),
+            checked: None,
+        };
+        // Connect now, so a wrong URL or password fails the start, clearly.
+        sink.client()?;
+        Ok(sink)
+    }
+
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError::new(self.describe(), message)
+    }
+
+    fn pg_error(&self, context: &str, e: &postgres::Error) -> SinkError {
+        SinkError {
+            retryable: retryable(e),
+            ..SinkError::new(self.describe(), format!("{context}: {}", describe_error(e)))
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.table))
+    }
+
+    /// The connection, made (again) if there is none.
+    fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let mut client = Client::connect(self.url.expose(), NoTls).map_err(|e| SinkError {
+                retryable: retryable(&e) || e.as_db_error().is_none(),
+                ..self.error(format!("cannot connect: {}", describe_error(&e)))
+            })?;
+            client
+                .batch_execute(
+                    "CREATE SCHEMA IF NOT EXISTS weir;
+                     CREATE TABLE IF NOT EXISTS weir.checkpoints (
+                         pipeline text NOT NULL,
+                         stream text NOT NULL,
+                         next bigint NOT NULL,
+                         line bigint NOT NULL,
+                         updated_at timestamptz NOT NULL DEFAULT now(),
+                         PRIMARY KEY (pipeline, stream)
+                     );",
+                )
+                .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
+            self.client = Some(client);
+            self.columns.clear();
+            self.checked = None;
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn read_columns(&mut self, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
+        let rows = tx
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+                 ORDER BY a.attnum",
+                &[&self.schema, &self.table],
+            )
+            .map_err(|e| self.pg_error("cannot read the table's columns", &e))?;
+        self.columns = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let key = tx
+            .query(
+                "SELECT a.attname
+                 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary",
+                &[&self.schema, &self.table],
+            )
+            .map_err(|e| self.pg_error("cannot read the table's key", &e))?;
+        self.target_key = key.iter().map(|r| r.get::<_, String>(0)).collect();
+        Ok(())
+    }
+
+    /// Makes sure the table exists with every column of the batch, creating, adding or
+    /// widening when `create` is set.
+    fn ensure_table(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+    ) -> Result<(), SinkError> {
+        let fields = batch.row_fields();
+        if self.checked.as_ref() == Some(&fields) && !self.columns.is_empty() {
+            return Ok(());
+        }
+        self.read_columns(tx)?;
+        let target = self.target();
+        let key = &batch.table.primary_key;
+        if self.columns.is_empty() {
+            if !self.create {
+                return Err(self.error(format!(
+                    "table {target} does not exist; create it, or set `create: true` on the sink"
+                )));
+            }
+            let mut columns: Vec<String> = Vec::new();
+            if self.mode == PostgresMode::Append {
+                columns.extend(
+                    APPEND_COLUMNS
+                        .iter()
+                        .map(|(n, t)| format!("{} {t}", quote(n))),
+                );
+            }
+            columns.extend(
+                fields
+                    .iter()
+                    .map(|f| format!("{} {}", quote(f.name()), pg_type(f))),
+            );
+            if self.mode == PostgresMode::Upsert {
+                let key: Vec<String> = key.iter().map(|k| quote(k)).collect();
+                columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
+            }
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {target} ({})",
+                columns.join(", ")
+            ))
+            .map_err(|e| self.pg_error("cannot create the table", &e))?;
+            tracing::info!(table = %target, "created the table");
+            self.checked = Some(fields.clone());
+            return self.read_columns(tx);
+        }
+        for field in fields.iter() {
+            let wanted = pg_type(field);
+            match self.columns.get(field.name()) {
+                None if self.create => {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {wanted}",
+                        quote(field.name())
+                    ))
+                    .map_err(|e| self.pg_error("cannot add a column", &e))?;
+                    tracing::info!(table = %target, column = %field.name(), "added column");
+                }
+                None => {
+                    return Err(self.error(format!(
+                        "the events have a column {} that table {target} lacks; add it, or set \
+                         `create: true` to let weir add new columns",
+                        quote(field.name())
+                    )));
+                }
+                Some(existing) if self.create && widens(existing, &wanted) => {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {target} ALTER COLUMN {} TYPE {wanted}",
+                        quote(field.name())
+                    ))
+                    .map_err(|e| self.pg_error("cannot widen a column", &e))?;
+                    tracing::info!(table = %target, column = %field.name(), from = %existing, to = %wanted, "widened column");
+                }
+                Some(_) => {}
+            }
+        }
+        if self.mode == PostgresMode::Upsert {
+            let mut have = self.target_key.clone();
+            have.sort();
+            let mut want = key.clone();
+            want.sort();
+            if have != want {
+                return Err(self.error(format!(
+                    "table {target} has primary key ({}), but the pipeline's key is ({}); \
+                     weir applies changes by that key",
+                    self.target_key.join(", "),
+                    key.join(", ")
+                )));
+            }
+        }
+        self.checked = Some(fields.clone());
+        self.read_columns(tx)
+    }
+
+    /// Locks and reads this pipeline's checkpoint rows for the batch's streams.
+    fn lock_checkpoint(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+    ) -> Result<Checkpoint, SinkError> {
+        let streams: Vec<String> = batch.checkpoint.streams.keys().cloned().collect();
+        tx.execute(
+            "INSERT INTO weir.checkpoints (pipeline, stream, next, line)
+             SELECT $1, s, -1, 0 FROM unnest($2::text[]) s
+             ON CONFLICT DO NOTHING",
+            &[&self.pipeline, &streams],
+        )
+        .map_err(|e| self.pg_error("cannot lock the checkpoint", &e))?;
+        let rows = tx
+            .query(
+                "SELECT stream, next, line FROM weir.checkpoints
+                 WHERE pipeline = $1 AND stream = ANY($2) ORDER BY stream FOR UPDATE",
+                &[&self.pipeline, &streams],
+            )
+            .map_err(|e| self.pg_error("cannot lock the checkpoint", &e))?;
+        let mut stored = Checkpoint::default();
+        for row in rows {
+            let next: i64 = row.get(1);
+            if next >= 0 {
+                stored.streams.insert(
+                    row.get(0),
+                    ResumePoint {
+                        next,
+                        line: row.get::<_, i64>(2) as u64,
+                    },
+                );
+            }
+        }
+        Ok(stored)
+    }
+
+    fn store_checkpoint(
+        &self,
+        tx: &mut Transaction<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
+        for (stream, resume) in &checkpoint.streams {
+            tx.execute(
+                "INSERT INTO weir.checkpoints (pipeline, stream, next, line, updated_at)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (pipeline, stream) DO UPDATE SET
+                     next = GREATEST(weir.checkpoints.next, excluded.next),
+                     line = CASE WHEN excluded.next > weir.checkpoints.next
+                                 THEN excluded.line ELSE weir.checkpoints.line END,
+                     updated_at = now()",
+                &[&self.pipeline, stream, &resume.next, &(resume.line as i64)],
+            )
+            .map_err(|e| self.pg_error("cannot store the checkpoint", &e))?;
+        }
+        Ok(())
+    }
+
+    fn apply_in(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        let stored = self.lock_checkpoint(tx, batch)?;
+        let include = unapplied(batch, &stored);
+        if let Some(mask) = &include {
+            tracing::debug!(
+                skipped = mask.iter().filter(|x| !**x).count(),
+                "skipping rows the table already holds"
+            );
+        }
+        if batch.num_rows() > 0 && include.as_ref().is_none_or(|m| m.iter().any(|x| *x)) {
+            self.ensure_table(tx, batch)?;
+            match self.mode {
+                PostgresMode::Upsert => {
+                    self.upsert(tx, batch, include.as_deref(), rejects, applied)?
+                }
+                PostgresMode::Append => {
+                    self.append(tx, batch, include.as_deref(), rejects, applied)?
+                }
+            }
+        }
+        self.store_checkpoint(tx, &batch.checkpoint)
+    }
+
+    fn upsert(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        let segments = compact(batch, include).map_err(|e| self.error(e))?;
+        let fields = batch.row_fields();
+        let key = &batch.table.primary_key;
+        let typed = |name: &str| -> Result<String, SinkError> {
+            self.columns
+                .get(name)
+                .map(|t| format!("{} {t}", quote(name)))
+                .ok_or_else(|| {
+                    self.error(format!("column {} is missing from the target", quote(name)))
+                })
+        };
+        let stage_columns = fields
+            .iter()
+            .map(|f| typed(f.name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_columns = key
+            .iter()
+            .map(|k| typed(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS weir_rows ({}) ON COMMIT DROP;
+             CREATE TEMP TABLE IF NOT EXISTS weir_keys ({}) ON COMMIT DROP;",
+            stage_columns.join(", "),
+            key_columns.join(", ")
+        ))
+        .map_err(|e| self.pg_error("cannot create the staging tables", &e))?;
+        let target = self.target();
+        for segment in segments {
+            if segment.truncate_first {
+                tx.batch_execute(&format!("DELETE FROM {target}"))
+                    .map_err(|e| self.pg_error("cannot truncate", &e))?;
+                applied.truncates += 1;
+            }
+            let mut actions: Vec<(usize, bool)> = segment
+                .deletes
+                .iter()
+                .map(|r| (*r, false))
+                .chain(segment.upserts.iter().map(|r| (*r, true)))
+                .collect();
+            actions.sort();
+            self.apply_isolating(tx, batch, &actions, rejects, applied)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `actions` under a savepoint; when the data of some row is refused, finds it
+    /// by halving and rejects it, applying the rest.
+    fn apply_isolating(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        actions: &[(usize, bool)],
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut savepoint = tx
+            .savepoint("weir_rows")
+            .map_err(|e| self.pg_error("cannot start a savepoint", &e))?;
+        match self.merge(&mut savepoint, batch, actions) {
+            Ok((upserts, deletes)) => {
+                savepoint
+                    .commit()
+                    .map_err(|e| self.pg_error("cannot release a savepoint", &e))?;
+                applied.upserts += upserts;
+                applied.deletes += deletes;
+                Ok(())
+            }
+            Err(MergeError::Pg(e)) if data_error(&e) => {
+                drop(savepoint);
+                if actions.len() == 1 {
+                    let message = format!("the target refused the row: {}", describe_error(&e));
+                    return rejects.reject(batch, actions[0].0, &message);
+                }
+                let (left, right) = actions.split_at(actions.len() / 2);
+                self.apply_isolating(tx, batch, left, rejects, applied)?;
+                self.apply_isolating(tx, batch, right, rejects, applied)
+            }
+            Err(MergeError::Pg(e)) => Err(self.pg_error("cannot apply the batch", &e)),
+            Err(MergeError::Io(e)) => Err(SinkError {
+                retryable: true,
+                ..self.error(format!("writing COPY data failed: {e}"))
+            }),
+        }
+    }
+
+    /// COPY into the staging tables, then delete and upsert. Returns (upserts, deletes).
+    fn merge(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        actions: &[(usize, bool)],
+    ) -> Result<(u64, u64), MergeError> {
+        let fields = batch.row_fields();
+        let key = &batch.table.primary_key;
+        let target = self.target();
+        let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
+        let key_names: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        tx.batch_execute("TRUNCATE weir_rows, weir_keys")?;
+        let after = batch.after();
+        let before = batch.before();
+        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        let (mut upserts, mut deletes) = (0, 0);
+        for &(row, is_upsert) in actions {
+            if is_upsert {
+                for (i, column) in after.columns().iter().enumerate() {
+                    if i > 0 {
+                        rows.push(b'\t');
+                    }
+                    copy_value(&mut rows, column.as_ref(), row);
+                }
+                rows.push(b'\n');
+                upserts += 1;
+            } else {
+                for (i, k) in key.iter().enumerate() {
+                    if i > 0 {
+                        keys.push(b'\t');
+                    }
+                    let column = before.column_by_name(k).expect("key column");
+                    copy_value(&mut keys, column.as_ref(), row);
+                }
+                keys.push(b'\n');
+                deletes += 1;
+            }
+        }
+        if deletes > 0 {
+            let mut writer = tx.copy_in(&format!(
+                "COPY weir_keys ({}) FROM STDIN",
+                key_names.join(", ")
+            ))?;
+            writer.write_all(&keys)?;
+            writer.finish()?;
+            let on: Vec<String> = key_names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
+            tx.batch_execute(&format!(
+                "DELETE FROM {target} t USING weir_keys k WHERE {}",
+                on.join(" AND ")
+            ))?;
+        }
+        if upserts > 0 {
+            let mut writer =
+                tx.copy_in(&format!("COPY weir_rows ({}) FROM STDIN", names.join(", ")))?;
+            writer.write_all(&rows)?;
+            writer.finish()?;
+            let updates: Vec<String> = names
+                .iter()
+                .zip(fields.iter())
+                .filter(|(_, f)| !key.contains(f.name()))
+                .map(|(n, _)| format!("{n} = EXCLUDED.{n}"))
+                .collect();
+            let action = if updates.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", updates.join(", "))
+            };
+            tx.batch_execute(&format!(
+                "INSERT INTO {target} ({cols}) SELECT {cols} FROM weir_rows ON CONFLICT ({keys}) DO {action}",
+                cols = names.join(", "),
+                keys = key_names.join(", ")
+            ))?;
+        }
+        Ok((upserts, deletes))
+    }
+
+    fn append(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        let rows: Vec<(usize, bool)> = (0..batch.num_rows())
+            .filter(|i| include.is_none_or(|m| m[*i]))
+            .map(|i| (i, true))
+            .collect();
+        self.append_isolating(tx, batch, &rows, rejects, applied)
+    }
+
+    fn append_isolating(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        rows: &[(usize, bool)],
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut savepoint = tx
+            .savepoint("weir_append")
+            .map_err(|e| self.pg_error("cannot start a savepoint", &e))?;
+        match self.copy_changes(&mut savepoint, batch, rows) {
+            Ok(n) => {
+                savepoint
+                    .commit()
+                    .map_err(|e| self.pg_error("cannot release a savepoint", &e))?;
+                applied.appended += n;
+                Ok(())
+            }
+            Err(MergeError::Pg(e)) if data_error(&e) => {
+                drop(savepoint);
+                if rows.len() == 1 {
+                    let message = format!("the target refused the change: {}", describe_error(&e));
+                    return rejects.reject(batch, rows[0].0, &message);
+                }
+                let (left, right) = rows.split_at(rows.len() / 2);
+                self.append_isolating(tx, batch, left, rejects, applied)?;
+                self.append_isolating(tx, batch, right, rejects, applied)
+            }
+            Err(MergeError::Pg(e)) => Err(self.pg_error("cannot append the batch", &e)),
+            Err(MergeError::Io(e)) => Err(SinkError {
+                retryable: true,
+                ..self.error(format!("writing COPY data failed: {e}"))
+            }),
+        }
+    }
+
+    /// COPYs changes into the change-log table: envelope columns, then the row (the
+    /// `before` image for deletes).
+    fn copy_changes(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        rows: &[(usize, bool)],
+    ) -> Result<u64, MergeError> {
+        let fields = batch.row_fields();
+        let mut names: Vec<String> = APPEND_COLUMNS.iter().map(|(n, _)| quote(n)).collect();
+        names.extend(fields.iter().map(|f| quote(f.name())));
+        let data = &batch.data;
+        let column = |name: &str| {
+            data.column(data.schema().index_of(name).expect("envelope column"))
+                .clone()
+        };
+        let envelope_columns = [
+            column(envelope::OP),
+            column(envelope::EVENT_TIME),
+            column(envelope::SOURCE_TIME),
+            column(envelope::SOURCE_POSITION),
+            column(envelope::SOURCE_TXID),
+        ];
+        let ops: Vec<Op> = batch.ops().collect();
+        let mut out = Vec::new();
+        for &(row, _) in rows {
+            for c in &envelope_columns {
+                copy_value(&mut out, c.as_ref(), row);
+                out.push(b'\t');
+            }
+            let position = &batch.positions[row];
+            out.extend_from_slice(position.stream_key().as_bytes());
+            let _ = write!(out, "\t{}", position.offset());
+            let image = if ops[row] == Op::Delete {
+                batch.before()
+            } else {
+                batch.after()
+            };
+            for c in image.columns() {
+                out.push(b'\t');
+                copy_value(&mut out, c.as_ref(), row);
+            }
+            out.push(b'\n');
+        }
+        let mut writer = tx.copy_in(&format!(
+            "COPY {} ({}) FROM STDIN",
+            self.target(),
+            names.join(", ")
+        ))?;
+        writer.write_all(&out)?;
+        writer.finish()?;
+        Ok(rows.len() as u64)
+    }
+}
+
+/// A failure while merging: from the server, or writing COPY data (the connection).
+enum MergeError {
+    Pg(postgres::Error),
+    Io(std::io::Error),
+}
+
+impl From<postgres::Error> for MergeError {
+    fn from(e: postgres::Error) -> Self {
+        MergeError::Pg(e)
+    }
+}
+
+impl From<std::io::Error> for MergeError {
+    fn from(e: std::io::Error) -> Self {
+        MergeError::Io(e)
+    }
+}
+
+/// True when changing a column from `from` to `to` only widens it.
+fn widens(from: &str, to: &str) -> bool {
+    let rank = |t: &str| match t {
+        "smallint" => Some(1),
+        "integer" => Some(2),
+        "bigint" => Some(3),
+        _ => None,
+    };
+    if let (Some(a), Some(b)) = (rank(from), rank(to)) {
+        return b > a;
+    }
+    if from == "real" && to == "double precision" {
+        return true;
+    }
+    let numeric = |t: &str| -> Option<(i32, i32)> {
+        let args = t.strip_prefix("numeric(")?.strip_suffix(')')?;
+        let (p, s) = args.split_once(',')?;
+        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    match (numeric(from), numeric(to)) {
+        (Some((p1, s1)), Some((p2, s2))) => s2 >= s1 && p2 - s2 >= p1 - s1 && (p2, s2) != (p1, s1),
+        _ => false,
+    }
+}
+
+impl Sink for PostgresSink {
+    fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        let pipeline = self.pipeline.clone();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT stream, next, line FROM weir.checkpoints WHERE pipeline = $1 AND next >= 0",
+                &[&pipeline],
+            )
+            .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Checkpoint {
+            streams: rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        ResumePoint {
+                            next: r.get(1),
+                            line: r.get::<_, i64>(2) as u64,
+                        },
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let mut applied = Applied::default();
+        let mut client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                self.client()?;
+                self.client.take().expect("connected")
+            }
+        };
+        let result = (|| {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+            self.apply_in(&mut tx, batch, rejects, &mut applied)?;
+            tx.commit().map_err(|e| self.pg_error("commit failed", &e))
+        })();
+        if !client.is_closed() {
+            self.client = Some(client);
+        }
+        result?;
+        applied.durable = Some(batch.checkpoint.clone());
+        Ok(applied)
+    }
+
+    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        self.committed()
+    }
+
+    fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
+        let (schema, table) = (self.schema.clone(), self.table.clone());
+        let rows = self
+            .client()?
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&schema, &table],
+            )
+            .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let name: String = r.get(0);
+                if name.starts_with("_weir_") {
+                    return None;
+                }
+                from_pg_declaration(&r.get::<_, String>(1)).map(|t| (name, t))
+            })
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres sink {}", self.target())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BinaryArray, Float64Array, StringArray};
+
+    fn copied(array: &dyn Array, row: usize) -> String {
+        let mut out = Vec::new();
+        copy_value(&mut out, array, row);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn copy_text_escapes_and_encodes() {
+        let s = StringArray::from(vec![Some("a\tb\nc\\d"), None]);
+        assert_eq!(copied(&s, 0), "a\\tb\\nc\\\\d");
+        assert_eq!(copied(&s, 1), "\\N");
+        let b = BinaryArray::from(vec![&[0x01u8, 0xff][..]]);
+        assert_eq!(copied(&b, 0), "\\\\x01ff");
+        let f = Float64Array::from(vec![f64::NAN, 0.1]);
+        assert_eq!(copied(&f, 0), "NaN");
+        assert_eq!(copied(&f, 1), "0.1");
+    }
+
+    #[test]
+    fn widening_rules() {
+        assert!(widens("integer", "bigint"));
+        assert!(!widens("bigint", "integer"));
+        assert!(widens("numeric(10,2)", "numeric(12,4)"));
+        assert!(!widens("numeric(10,2)", "numeric(10,4)"));
+        assert!(!widens("text", "bigint"));
+        assert_eq!(
+            from_pg_declaration("numeric(10,2)"),
+            Some(ColumnType::Decimal {
+                precision: 10,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            from_pg_declaration("character varying(20)"),
+            Some(ColumnType::String)
+        );
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,138 @@
+//! The PostgreSQL sink against a real server.
+
+mod common;
+
+use common::services::Postgres;
+use common::{Workspace, compact_json, fixture, json_lines};
+
+fn pipeline(
+    ws: &Workspace,
+    pg: &Postgres,
+    database: &str,
+    table: &str,
+    key: &str,
+    extra: &str,
+    sink_extra: &str,
+) -> std::path::PathBuf {
+    let yaml = format!(
+        "name: to-postgres-{table}\n\
+         source:\n  type: file\n  path: events.jsonl\n\
+         table:\n  name: {table}\n  primary_key: [{key}]\n{extra}\
+         sink:\n  type: postgres\n  url: {}\n  table: public.{table}\n  create: true\n{sink_extra}\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+        pg.url(database)
+    );
+    ws.write("pipeline.yaml", &yaml)
+}
+
+fn rows(pg: &Postgres, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    pg.client(database)
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn fixtures_end_as_the_expected_tables() {
+    let pg = Postgres::start();
+    pg.create_database("fixtures");
+
+    // Flink's products: the final table from the flink-connector-kafka test's comment.
+    let ws = Workspace::new();
+    ws.append_lines(
+        "events.jsonl",
+        &json_lines(&fixture("flink/debezium-postgres-data-schema-include.txt")),
+    );
+    ws.run_ok(&pipeline(&ws, &pg, "fixtures", "products", "id", "", ""));
+    let got = rows(
+        &pg,
+        "fixtures",
+        "SELECT id::text, name, description, weight::text FROM products ORDER BY id",
+    );
+    assert_eq!(got.len(), 10);
+    assert_eq!(
+        got[0],
+        [
+            Some("101".into()),
+            Some("scooter".into()),
+            Some("Small 2-wheel scooter".into()),
+            Some("3.14".into())
+        ]
+    );
+    assert_eq!(
+        got[9][2].as_deref(),
+        Some("new water resistent white wind breaker")
+    );
+
+    // RisingWave's customers (schema + payload): five rows.
+    let ws = Workspace::new();
+    ws.append_lines(
+        "events.jsonl",
+        &json_lines(&fixture("risingwave/debezium_log.1")),
+    );
+    ws.run_ok(&pipeline(&ws, &pg, "fixtures", "customers", "id", "", ""));
+    let got = rows(
+        &pg,
+        "fixtures",
+        "SELECT concat_ws(' ', id, first_name, last_name, email) FROM customers ORDER BY id",
+    );
+    let expected: Vec<Vec<Option<String>>> =
+        std::fs::read_to_string(fixture("risingwave/expected-debezium_log.1.txt"))
+            .unwrap()
+            .lines()
+            .map(|l| vec![Some(l.to_string())])
+            .collect();
+    assert_eq!(got, expected);
+
+    // Flink-CDC full_types: decimals exact in numeric columns, both encodings.
+    for file in [
+        "flink-cdc/debezium-data-schema-exclude.json",
+        "flink-cdc/debezium-data-schema-exclude-with-numeric-decimal.json",
+    ] {
+        let pg_db = if file.contains("numeric") {
+            "numeric"
+        } else {
+            "base64"
+        };
+        pg.create_database(pg_db);
+        let doc = compact_json(&fixture(file));
+        let ws = Workspace::new();
+        ws.append_lines(
+            "events.jsonl",
+            &[
+                doc["expected_snapshot"].to_string(),
+                doc["expected_binlog"].to_string(),
+            ],
+        );
+        let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
+                       decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
+                       numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
+        let summary = ws.run_ok(&pipeline(&ws, &pg, pg_db, "full_types", "id", columns, ""));
+        assert_eq!(summary["dead_letters"], 0, "{file}");
+        let got = rows(
+            &pg,
+            pg_db,
+            "SELECT id::text, big_un_c::text, decimal_c::text, numeric_c::text, big_decimal_c::text, \
+             to_char(timestamp_c AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'), varchar_c FROM full_types",
+        );
+        assert_eq!(
+            got,
+            [[
+                Some("1".to_string()),
+                Some("18446744073709551615".into()),
+                Some("123.4567".into()),
+                Some("346".into()),
+                Some("34567892.1".into()),
+                Some("2020-07-17T18:33:22".into()),
+                Some("Hello World".into()),
+            ]],
+            "{file}"
+        );
+    }
+}

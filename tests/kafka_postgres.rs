@@ -26,12 +26,11 @@ fn keyed(lines: &[String]) -> Vec<(Option<String>, Option<String>)> {
         .collect()
 }
 
-/// A Kafka → PostgreSQL pipeline file.
+/// A Kafka → PostgreSQL pipeline file; the topic has the table's name.
 fn pipeline(
     ws: &Workspace,
     broker: &Broker,
     pg: &Postgres,
-    topic: &str,
     table: &str,
     key: &str,
     table_extra: &str,
@@ -39,7 +38,7 @@ fn pipeline(
 ) -> std::path::PathBuf {
     let yaml = format!(
         "name: {table}-sync\n\
-         source:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{topic}]\n  group_id: weir-{table}\n  start: earliest\n  format: debezium-json\n  options:\n    session.timeout.ms: 6000\n    heartbeat.interval.ms: 1000\n\
+         source:\n  type: kafka\n  brokers: ${{KAFKA_BROKERS}}\n  topics: [{table}]\n  group_id: weir-{table}\n  start: earliest\n  format: debezium-json\n  options:\n    session.timeout.ms: 6000\n    heartbeat.interval.ms: 1000\n\
          table:\n  name: {table}\n  primary_key: [{key}]\n{table_extra}\
          sink:\n  type: postgres\n  url: ${{PG_URL}}\n  table: public.{table}\n  mode: upsert\n  create: true\n\
          dead_letter:\n  type: file\n  path: dead-letters.jsonl\n\
@@ -218,7 +217,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
         ))),
     );
     let ws = Workspace::new();
-    let p = pipeline(&ws, &broker, &pg, "products", "products", "id", "", 500);
+    let p = pipeline(&ws, &broker, &pg, "products", "id", "", 500);
     assert_eq!(run_to_end(&ws, &p)["events_read"], 16);
     let rows = pg
         .client("target")
@@ -237,7 +236,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
         &keyed(&json_lines(&fixture("risingwave/debezium_log.1"))),
     );
     let ws = Workspace::new();
-    let p = pipeline(&ws, &broker, &pg, "customers", "customers", "id", "", 500);
+    let p = pipeline(&ws, &broker, &pg, "customers", "id", "", 500);
     run_to_end(&ws, &p);
     let rows = pg
         .client("target")

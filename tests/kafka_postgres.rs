@@ -273,16 +273,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
     let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
                    decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
                    numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
-    let p = pipeline(
-        &ws,
-        &broker,
-        &pg,
-        "full_types",
-        "full_types",
-        "id",
-        columns,
-        500,
-    );
+    let p = pipeline(&ws, &broker, &pg, "full_types", "id", columns, 500);
     run_to_end(&ws, &p);
     let row = pg
         .client("target")
@@ -299,16 +290,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
 #[test]
 fn sigkill_at_random_points_of_a_100k_stream_loses_nothing() {
     let (broker, pg, ws, stream) = setup(100_000, 1_000, 21, 4);
-    let p = pipeline(
-        &ws,
-        &broker,
-        &pg,
-        "items",
-        "items",
-        "id",
-        STREAM_COLUMNS,
-        500,
-    );
+    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 500);
     let mut seed = 0x2545f4914f6cdd1du64;
     for _ in 0..5 {
         seed ^= seed << 13;
@@ -341,16 +323,7 @@ fn sigkill_at_random_points_of_a_100k_stream_loses_nothing() {
 #[test]
 fn a_paused_broker_is_waited_for() {
     let (broker, pg, ws, stream) = setup(40_000, 1_000, 22, 2);
-    let p = pipeline(
-        &ws,
-        &broker,
-        &pg,
-        "items",
-        "items",
-        "id",
-        STREAM_COLUMNS,
-        200,
-    );
+    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
     let mut child = command(&ws, &p, "15s").spawn().unwrap();
     wait_for_progress(&pg, "items-sync", 1_000, &mut child);
     broker.pause();
@@ -390,16 +363,7 @@ fn committed_offsets(broker: &Broker, group: &str, topic: &str, partitions: i32)
 #[test]
 fn a_postgres_outage_moves_no_offset_and_loses_nothing() {
     let (broker, pg, ws, stream) = setup(40_000, 1_000, 24, 2);
-    let p = pipeline(
-        &ws,
-        &broker,
-        &pg,
-        "items",
-        "items",
-        "id",
-        STREAM_COLUMNS,
-        200,
-    );
+    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
     let mut child = command(&ws, &p, "15s").spawn().unwrap();
     wait_for_progress(&pg, "items-sync", 2_000, &mut child);
     pg.stop_server();
@@ -471,16 +435,7 @@ fn poison_records_are_dead_lettered_and_the_rest_applied() {
     }
     broker.produce("items", &records);
     let ws = Workspace::new();
-    let p = pipeline(
-        &ws,
-        &broker,
-        &pg,
-        "items",
-        "items",
-        "id",
-        STREAM_COLUMNS,
-        500,
-    );
+    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 500);
     let summary = run_to_end(&ws, &p);
     assert_eq!(summary["events_read"], 10_100);
     assert_eq!(summary["dead_letters"], 100);

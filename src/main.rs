@@ -175,8 +175,7 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
         display.finish();
     }
     let snapshot = metrics.snapshot();
-    let weir_runtime::dead_letter::DeadLetterConfig::File(letters) = pipeline.dead_letter();
-    let dead_letters = pipeline.resolve(&letters.path);
+    let dead_letters = pipeline.dead_letter().describe(&pipeline);
     match result {
         Ok(summary) => {
             if json {

@@ -1,7 +1,6 @@
 //! Progress on a terminal while a pipeline runs, and the summary when it ends.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -87,7 +86,7 @@ fn describe_checkpoint(checkpoint: &Option<Checkpoint>) -> String {
     }
 }
 
-pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &Path) -> String {
+pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &str) -> String {
     let secs = summary.elapsed.as_secs_f64();
     let mut out = format!(
         "weir: pipeline `{name}` {} in {secs:.2}s\n",
@@ -126,7 +125,7 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
     );
     out += &format!("  dead letters  {}", s.dead_letters);
     if s.dead_letters > 0 {
-        out += &format!(" -> {}", dead_letters.display());
+        out += &format!(" -> {dead_letters}");
     }
     out += "\n";
     out += &format!(
@@ -136,7 +135,7 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
     out
 }
 
-pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &Path) -> String {
+pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &str) -> String {
     serde_json::json!({
         "pipeline": name,
         "interrupted": summary.interrupted,
@@ -155,7 +154,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,
         "dead_letters": s.dead_letters,
-        "dead_letter_file": dead_letters,
+        "dead_letter_output": dead_letters,
     })
     .to_string()
 }

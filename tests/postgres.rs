@@ -136,3 +136,105 @@ fn fixtures_end_as_the_expected_tables() {
         );
     }
 }
+
+/// Rows the table refuses (a CHECK constraint, NOT NULL) go to the dead-letter output
+/// with the reason and their line; every other row of the batch is applied.
+#[test]
+fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
+    let pg = Postgres::start();
+    pg.create_database("refuse");
+    pg.client("refuse")
+        .batch_execute(
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, qty bigint NOT NULL CHECK (qty >= 0), note text)",
+        )
+        .unwrap();
+    let bad = [(4i64, "-1"), (9, "null"), (15, "-7")];
+    let lines: Vec<String> = (1..=20i64)
+        .map(|id| {
+            let qty = bad
+                .iter()
+                .find(|(b, _)| *b == id)
+                .map_or(id.to_string(), |(_, q)| q.to_string());
+            format!("{{\"op\":\"c\",\"after\":{{\"id\":{id},\"qty\":{qty},\"note\":\"n{id}\"}}}}")
+        })
+        .collect();
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", &lines);
+    let yaml = format!(
+        "name: refuse\n\
+         source:\n  type: file\n  path: events.jsonl\n\
+         table:\n  name: orders\n  primary_key: [id]\n  columns: {{id: int64, qty: int64, note: string}}\n\
+         sink:\n  type: postgres\n  url: {}\n  table: public.orders\n\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+        pg.url("refuse")
+    );
+    let summary = ws.run_ok(&ws.write("pipeline.yaml", &yaml));
+    assert_eq!(summary["dead_letters"], 3, "{summary}");
+    let ids = rows(
+        &pg,
+        "refuse",
+        "SELECT id::text FROM orders ORDER BY orders.id",
+    );
+    let expected: Vec<Vec<Option<String>>> = (1..=20i64)
+        .filter(|id| !bad.iter().any(|(b, _)| b == id))
+        .map(|id| vec![Some(id.to_string())])
+        .collect();
+    assert_eq!(ids, expected);
+    let letters = ws.dead_letters();
+    let lines: Vec<i64> = letters
+        .iter()
+        .map(|l| l["source"]["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, [4, 9, 15]);
+    for letter in &letters {
+        assert_eq!(letter["stage"], "sink");
+        let error = letter["error"].as_str().unwrap();
+        assert!(
+            error.contains("orders_qty_check") || error.contains("not-null"),
+            "{error}"
+        );
+        // The refused change itself, readable as a Debezium event.
+        let raw: serde_json::Value = serde_json::from_str(letter["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(raw["op"], "c");
+        assert_eq!(raw["after"]["id"], letter["source"]["line"]);
+    }
+}
+
+/// `mode: append` keeps every change, with its operation and position, in order.
+#[test]
+fn append_mode_keeps_every_change() {
+    let pg = Postgres::start();
+    pg.create_database("append");
+    let lines = json_lines(&fixture("flink/debezium-postgres-data-schema-include.txt"));
+    let ops: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["payload"]["op"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", &lines);
+    let summary = ws.run_ok(&pipeline(
+        &ws,
+        &pg,
+        "append",
+        "products_log",
+        "id",
+        "",
+        "  mode: append\n",
+    ));
+    assert_eq!(summary["appended"], lines.len() as u64, "{summary}");
+    let got = rows(
+        &pg,
+        "append",
+        "SELECT _weir_op FROM products_log ORDER BY _weir_offset",
+    );
+    let got: Vec<String> = got.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(got, ops);
+    // A second run resumes from the stored checkpoint and appends nothing twice.
+    let summary = ws.run_ok(&ws.path("pipeline.yaml"));
+    assert_eq!(summary["appended"], 0, "{summary}");
+    let count = rows(&pg, "append", "SELECT count(*)::text FROM products_log");
+    assert_eq!(count, [[Some(lines.len().to_string())]]);
+}

@@ -220,12 +220,23 @@ pub fn write_struct_row(out: &mut String, array: &StructArray, row: usize) {
 /// Appends one change as a Debezium-style JSON event (the bare payload form), so a change
 /// log written by weir can be read back by weir.
 pub fn write_change(out: &mut String, batch: &ChangeBatch, row: usize) {
+    write_change_with(out, batch, row, write_struct_row);
+}
+
+/// [`write_change`] with the row images written by `write_image` (the Kafka sink writes
+/// them in Kafka Connect's native encodings).
+pub fn write_change_with(
+    out: &mut String,
+    batch: &ChangeBatch,
+    row: usize,
+    mut write_image: impl FnMut(&mut String, &StructArray, usize),
+) {
     let data = &batch.data;
     let column = |name: &str| data.column(data.schema().index_of(name).expect("envelope column"));
     out.push_str("{\"before\":");
-    write_struct_row(out, batch.before(), row);
+    write_image(out, batch.before(), row);
     out.push_str(",\"after\":");
-    write_struct_row(out, batch.after(), row);
+    write_image(out, batch.after(), row);
     out.push_str(",\"op\":");
     write_json(out, column(envelope::OP).as_ref(), row);
     let event_time = column(envelope::EVENT_TIME);

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod connect;
 pub mod dead_letter;
 pub mod decode;
 pub mod encode;

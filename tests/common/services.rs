@@ -203,6 +203,88 @@ impl Broker {
     }
 }
 
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn key_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.key.as_deref().expect("a key")).expect("key is JSON")
+    }
+
+    pub fn value_json(&self) -> Option<serde_json::Value> {
+        self.value
+            .as_deref()
+            .map(|v| serde_json::from_slice(v).expect("value is JSON"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+impl Broker {
+    /// Every record of `topic` (all partitions, from the start), once `expected` records
+    /// arrived or nothing new came for 3 s; in (partition, offset) order.
+    pub fn consume_all(&self, topic: &str, expected: usize) -> Vec<Record> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("group.id", format!("weir-test-reader-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut records = Vec::new();
+        let started = Instant::now();
+        let mut last = Instant::now();
+        while records.len() < expected
+            && last.elapsed() < Duration::from_secs(3)
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    records.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                    last = Instant::now();
+                }
+                Some(Err(e)) => panic!("consume {topic}: {e}"),
+                // Until the group is joined nothing arrives; do not count that as idle.
+                None if consumer.assignment().map_or(0, |a| a.count()) == 0 => {
+                    last = Instant::now()
+                }
+                None => {}
+            }
+        }
+        records.sort_by_key(|r| (r.partition, r.offset));
+        records
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -364,6 +364,16 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             report(key(&["source", "options", &option]), message, None);
         }
     }
+    if let crate::sink::SinkConfig::Kafka(kafka) = &config.sink {
+        for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
+            report(key(&["sink", "options", &option]), message, None);
+        }
+    }
+    if let Some(DeadLetterConfig::Kafka(kafka)) = &config.dead_letter {
+        for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
+            report(key(&["dead_letter", "options", &option]), message, None);
+        }
+    }
     let table = &config.table;
     let same = |a: &str, b: &str| {
         if table.case_insensitive {

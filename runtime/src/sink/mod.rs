@@ -8,6 +8,7 @@
 
 pub mod compact;
 pub mod jsonl;
+pub mod kafka;
 pub mod parquet;
 pub mod postgres;
 pub mod sqlite;
@@ -37,6 +38,9 @@ pub enum SinkConfig {
     /// A PostgreSQL table: upserts by primary key through COPY and a staging table, or
     /// an append-only change log, with the source position in the same transaction.
     Postgres(postgres::PostgresSinkConfig),
+    /// A Kafka topic: every change as a record keyed by primary key (Debezium JSON with
+    /// or without its schema, or flattened rows), through the idempotent producer.
+    Kafka(kafka::KafkaSinkConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,16 +112,16 @@ pub trait Sink: Send {
 }
 
 /// Builds the pipeline's sink.
-pub fn build(
-    pipeline: &LoadedPipeline,
-    _metrics: Arc<Metrics>,
-) -> Result<Box<dyn Sink>, SinkError> {
+pub fn build(pipeline: &LoadedPipeline, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, SinkError> {
     match &pipeline.config.sink {
         SinkConfig::Sqlite(config) => Ok(Box::new(sqlite::SqliteSink::open(pipeline, config)?)),
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
         SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
         SinkConfig::Postgres(config) => {
             Ok(Box::new(postgres::PostgresSink::open(pipeline, config)?))
+        }
+        SinkConfig::Kafka(config) => {
+            Ok(Box::new(kafka::KafkaSink::open(pipeline, config, metrics)?))
         }
     }
 }

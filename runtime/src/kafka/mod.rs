@@ -2,6 +2,8 @@
 //! settings (with pass-through librdkafka options for TLS, SASL and tuning), librdkafka's
 //! log routed to `tracing`, and a status that says whether the broker is reachable.
 
+pub mod producer;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -67,6 +69,31 @@ pub fn check_options(options: &KafkaOptions) -> Vec<(String, String)> {
                 format!(
                     "`{k}` is managed by weir (offsets are committed only after the sink has \
                      applied the data); set `brokers`, `group_id` or `start` instead"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Producer settings weir manages: the idempotent producer needs all of them as they are.
+const MANAGED_BY_PRODUCER: [&str; 4] = [
+    "bootstrap.servers",
+    "enable.idempotence",
+    "acks",
+    "transactional.id",
+];
+
+/// A problem with a producer's `options`, for config validation.
+pub fn check_producer_options(options: &KafkaOptions) -> Vec<(String, String)> {
+    options
+        .keys()
+        .filter(|k| MANAGED_BY_PRODUCER.contains(&k.as_str()))
+        .map(|k| {
+            (
+                k.clone(),
+                format!(
+                    "`{k}` is managed by weir (records are produced by the idempotent producer \
+                     with acks=all); set `brokers` instead of bootstrap.servers"
                 ),
             )
         })

@@ -1,10 +1,4 @@
-//! The dead-letter output: records that could not be processed, with the reason.
-//!
-//! Nothing is dropped silently. A record that fails to decode (or, later, a row a plugin
-//! rejects) is written here with the stage that failed, the error, its source position and
-//! the raw record, and the pipeline goes on. Dead letters are flushed to disk before the
-//! checkpoint moves past them, so a crash cannot lose one; after a crash a dead letter may
-//! be written twice (its position identifies the duplicate).
+//! Dead letters as a JSON Lines file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -15,83 +9,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use std::sync::Arc;
-
-use crate::config::LoadedPipeline;
+use super::{DeadLetter, DeadLetterSink};
 use crate::encode::write_json_string;
-use crate::metrics::Metrics;
-use crate::position::Position;
 use crate::redact::redact;
-
-/// Where dead letters go.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum DeadLetterConfig {
-    /// A JSON Lines file, appended to.
-    File(FileDeadLetterConfig),
-}
-
-impl DeadLetterConfig {
-    pub fn file(path: impl Into<PathBuf>) -> Self {
-        DeadLetterConfig::File(FileDeadLetterConfig { path: path.into() })
-    }
-}
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileDeadLetterConfig {
     /// Path of the JSON Lines file. Relative paths resolve against the pipeline file.
     pub path: PathBuf,
-}
-
-/// The pipeline stage where a record failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Source,
-    Decode,
-    Transform,
-    Sink,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Source => "source",
-            Stage::Decode => "decode",
-            Stage::Transform => "transform",
-            Stage::Sink => "sink",
-        }
-    }
-}
-
-/// One rejected record.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    pub stage: Stage,
-    pub error: &'a str,
-    pub position: Option<&'a Position>,
-    pub key: Option<&'a [u8]>,
-    pub raw: Option<&'a [u8]>,
-}
-
-pub trait DeadLetterSink: Send {
-    fn write(&mut self, letter: &DeadLetter<'_>) -> std::io::Result<()>;
-    /// Makes every letter written so far durable.
-    fn flush(&mut self) -> std::io::Result<()>;
-    fn describe(&self) -> String;
-}
-
-/// Builds the pipeline's dead-letter output.
-pub fn build(
-    pipeline: &LoadedPipeline,
-    _metrics: Arc<Metrics>,
-) -> Result<Box<dyn DeadLetterSink>, String> {
-    match pipeline.dead_letter() {
-        DeadLetterConfig::File(config) => Ok(Box::new(FileDeadLetters::new(
-            &pipeline.resolve(&config.path),
-            &pipeline.config.name,
-        ))),
-    }
 }
 
 /// Dead letters as JSON Lines:
@@ -198,6 +124,8 @@ impl DeadLetterSink for FileDeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dead_letter::Stage;
+    use crate::position::Position;
 
     #[test]
     fn dead_letters_carry_stage_error_position_and_raw_record() {

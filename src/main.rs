@@ -2,6 +2,11 @@
 
 mod progress;
 
+// The reader thread allocates each batch's buffers and the applier frees them; mimalloc
+// handles that cross-thread pattern without the page faults glibc's allocator takes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

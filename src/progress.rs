@@ -146,6 +146,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "bytes_read": s.bytes_read,
         "rows_decoded": s.rows_decoded,
         "rows_applied": s.rows_applied,
+        "batches": s.batches,
         "upserts": s.upserts,
         "deletes": s.deletes,
         "truncates": s.truncates,

@@ -145,9 +145,16 @@ fn wait_for_progress(pg: &Postgres, pipeline: &str, beyond: i64, child: &mut Chi
 /// Compares the target with the source's final state: every key's last version present,
 /// nothing stale, nothing that should be gone.
 fn check_final_state(pg: &Postgres, stream: &Stream) {
+    check_table(pg, "items", stream)
+}
+
+fn check_table(pg: &Postgres, table: &str, stream: &Stream) {
     let rows = pg
         .client("target")
-        .query("SELECT id, name, price::text, version FROM items", &[])
+        .query(
+            &format!("SELECT id, name, price::text, version FROM {table}"),
+            &[],
+        )
         .unwrap();
     let actual: BTreeMap<i64, (String, String, i64)> = rows
         .iter()
@@ -460,4 +467,39 @@ fn poison_records_are_dead_lettered_and_the_rest_applied() {
         "{counts:?}"
     );
     check_final_state(&pg, &stream);
+}
+
+/// The pipeline from the issue and docs, `pipelines/kafka-postgres.yaml`, runs as written:
+/// brokers and URL from the environment, no declared columns.
+#[test]
+fn the_documented_kafka_to_postgres_pipeline_runs_as_written() {
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    pg.create_database("target");
+    broker.create_topic("orders", 2);
+    let stream = change_stream(3_000, 200, 11);
+    broker.produce("orders", &keyed(&stream.lines));
+    let ws = Workspace::new();
+    let documented =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/kafka-postgres.yaml");
+    let pipeline = ws.write(
+        "kafka-postgres.yaml",
+        &std::fs::read_to_string(documented).unwrap(),
+    );
+    let output = weir()
+        .env("KAFKA_BROKERS", broker.address())
+        .env("PG_URL", pg.url("target"))
+        .args(["run", "--json", "--stop-when-idle", "3s"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["events_read"], 3_000, "{summary}");
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    check_table(&pg, "orders", &stream);
 }

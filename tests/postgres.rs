@@ -238,3 +238,47 @@ fn append_mode_keeps_every_change() {
     let count = rows(&pg, "append", "SELECT count(*)::text FROM products_log");
     assert_eq!(count, [[Some(lines.len().to_string())]]);
 }
+
+/// A column that appears mid-stream is added to the table (`create: true`) and filled
+/// from then on, within one run and across batches.
+#[test]
+fn a_column_added_mid_stream_is_added_to_the_table() {
+    let pg = Postgres::start();
+    pg.create_database("evolve");
+    let lines: Vec<String> = (1..=6i64)
+        .map(|id| {
+            if id <= 3 {
+                format!("{{\"op\":\"c\",\"after\":{{\"id\":{id},\"qty\":{id}}}}}")
+            } else {
+                format!(
+                    "{{\"op\":\"c\",\"after\":{{\"id\":{id},\"qty\":{id},\"note\":\"n{id}\"}}}}"
+                )
+            }
+        })
+        .chain(std::iter::once(
+            "{\"op\":\"u\",\"after\":{\"id\":1,\"qty\":10,\"note\":\"late\"}}".to_string(),
+        ))
+        .collect();
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", &lines);
+    let path = pipeline(&ws, &pg, "evolve", "items", "id", "", "");
+    // Two events per batch: the new column arrives in a later batch of the same run.
+    let yaml = std::fs::read_to_string(&path).unwrap() + "batch:\n  max_events: 2\n";
+    std::fs::write(&path, yaml).unwrap();
+    let summary = ws.run_ok(&path);
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    let got = rows(
+        &pg,
+        "evolve",
+        "SELECT id::text, qty::text, note FROM items ORDER BY items.id",
+    );
+    let expected: Vec<Vec<Option<String>>> = vec![
+        vec![Some("1".into()), Some("10".into()), Some("late".into())],
+        vec![Some("2".into()), Some("2".into()), None],
+        vec![Some("3".into()), Some("3".into()), None],
+        vec![Some("4".into()), Some("4".into()), Some("n4".into())],
+        vec![Some("5".into()), Some("5".into()), Some("n5".into())],
+        vec![Some("6".into()), Some("6".into()), Some("n6".into())],
+    ];
+    assert_eq!(got, expected);
+}

@@ -51,33 +51,36 @@ const WORDS: [&str; 12] = [
     "reception",
 ];
 
+/// The benchmark table's columns and their declared types (`table.columns`).
+pub const COLUMNS: [(&str, &str); 17] = [
+    ("id", "int64"),
+    ("customer_id", "int32"),
+    ("status", "string"),
+    ("amount", "decimal(12,2)"),
+    ("price", "decimal(10,4)"),
+    ("quantity", "int32"),
+    ("discount", "float64"),
+    ("created_at", "timestamp_micros"),
+    ("updated_at", "timestamptz"),
+    ("ship_date", "date"),
+    ("note", "string"),
+    ("email", "string"),
+    ("is_gift", "boolean"),
+    ("version", "int64"),
+    ("attributes", "json"),
+    ("external_id", "uuid"),
+    ("warehouse", "string"),
+];
+
 /// The benchmark table, as `table.columns` would declare it for a schemaless stream.
 pub fn declared_columns() -> Vec<ColumnDef> {
-    [
-        ("id", "int64"),
-        ("customer_id", "int32"),
-        ("status", "string"),
-        ("amount", "decimal(12,2)"),
-        ("price", "decimal(10,4)"),
-        ("quantity", "int32"),
-        ("discount", "float64"),
-        ("created_at", "timestamp_micros"),
-        ("updated_at", "timestamptz"),
-        ("ship_date", "date"),
-        ("note", "string"),
-        ("email", "string"),
-        ("is_gift", "boolean"),
-        ("version", "int64"),
-        ("attributes", "json"),
-        ("external_id", "uuid"),
-        ("warehouse", "string"),
-    ]
-    .iter()
-    .map(|(name, ty)| ColumnDef {
-        name: name.to_string(),
-        ..parse_declared(ty).expect("valid declared type")
-    })
-    .collect()
+    COLUMNS
+        .iter()
+        .map(|(name, ty)| ColumnDef {
+            name: name.to_string(),
+            ..parse_declared(ty).expect("valid declared type")
+        })
+        .collect()
 }
 
 const ENVELOPE_SCHEMA_FIELDS: &str = r#"[{"type":"int64","optional":false,"field":"id"},{"type":"int32","optional":false,"field":"customer_id"},{"type":"string","optional":false,"name":"io.debezium.data.Enum","version":1,"parameters":{"allowed":"new,paid,shipped,delivered,cancelled"},"field":"status"},{"type":"bytes","optional":false,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{"scale":"2","connect.decimal.precision":"12"},"field":"amount"},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","version":1,"parameters":{"scale":"4","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":false,"field":"quantity"},{"type":"double","optional":true,"field":"discount"},{"type":"int64","optional":false,"name":"io.debezium.time.MicroTimestamp","version":1,"field":"created_at"},{"type":"string","optional":true,"name":"io.debezium.time.ZonedTimestamp","version":1,"field":"updated_at"},{"type":"int32","optional":true,"name":"io.debezium.time.Date","version":1,"field":"ship_date"},{"type":"string","optional":true,"field":"note"},{"type":"string","optional":false,"field":"email"},{"type":"boolean","optional":false,"field":"is_gift"},{"type":"int64","optional":false,"field":"version"},{"type":"string","optional":true,"name":"io.debezium.data.Json","version":1,"field":"attributes"},{"type":"string","optional":true,"name":"io.debezium.data.Uuid","version":1,"field":"external_id"},{"type":"string","optional":true,"field":"warehouse"}]"#;
@@ -164,6 +167,8 @@ pub struct Generated {
     pub event_count: usize,
     pub after_images: Vec<u8>,
     pub after_count: usize,
+    /// The primary key of each event, in order (for Kafka record keys).
+    pub ids: Vec<u64>,
 }
 
 pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
@@ -175,6 +180,7 @@ pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
     let mut version = 1u64;
     let mut after = String::new();
     let mut before = String::new();
+    let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let roll = rng.below(10);
         let op = match roll {
@@ -188,6 +194,7 @@ pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
         } else {
             rng.below(i.max(1) as u64)
         };
+        ids.push(id);
         after.clear();
         before.clear();
         version += 1;
@@ -223,6 +230,7 @@ pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
         event_count: count,
         after_images: afters.into_bytes(),
         after_count,
+        ids,
     }
 }
 

@@ -1,13 +1,15 @@
 //! Running a pipeline: source → decode → sink → checkpoint.
 //!
-//! Two threads. The reader polls the source, decodes records into change batches and writes
-//! dead letters; the applier hands batches to the sink and, once the sink reports them
-//! durable, tells the source (Kafka commits the offsets). A bounded channel between them
-//! lets decoding and applying overlap on two cores without unbounded memory, and stops the
-//! reader when the sink is down. The start position is the checkpoint the sink stored with
-//! its data; nothing moves a checkpoint forward until the sink reports the batch durable,
-//! and dead letters are flushed before the batch that covers them is applied, so a crash at
-//! any point loses nothing.
+//! Three threads, four for sinks that prepare batches. The fetcher polls the source into
+//! raw batches (for Kafka: copying records out of librdkafka's queue); the reader decodes
+//! them into change batches and writes dead letters; the preparer (PostgreSQL: compact and
+//! encode as COPY text) works on the next batch while the sink applies the current one;
+//! the applier hands batches to the sink and, once the sink reports them durable, tells
+//! the source (Kafka commits the offsets). Bounded channels between them let the stages
+//! overlap without unbounded memory, and stop the reading when the sink is down. The start
+//! position is the checkpoint the sink stored with its data; nothing moves a checkpoint
+//! forward until the sink reports the batch durable, and dead letters are flushed before
+//! the batch that covers them is applied, so a crash at any point loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -23,8 +25,15 @@ use crate::decode::{DecodeError, Decoder, Outcome};
 use crate::envelope::ChangeBatch;
 use crate::metrics::Metrics;
 use crate::position::{Checkpoint, Position};
-use crate::sink::{self, Rejects, Sink, SinkError};
+use crate::sink::{self, Prepared, Rejects, Sink, SinkError};
 use crate::source::{self, Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
+
+/// What flows from the reader to the applier: a batch (with what the sink's preparer made
+/// of it), or the error that stopped the reader.
+type Message = Result<(ChangeBatch, Option<Prepared>), PipelineError>;
+
+/// What flows from the fetcher to the reader: records and how the poll ended.
+type Fetched = Result<(RawBatch, PollStatus), SourceError>;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -156,18 +165,30 @@ pub fn run(
         metrics: metrics.clone(),
     };
     let interrupted = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = sync_channel::<Result<ChangeBatch, PipelineError>>(2);
+    let limits = PollLimits {
+        max_records: pipeline.config.batch.max_events,
+        max_bytes: pipeline.config.batch.max_bytes,
+        max_wait: pipeline.config.batch.max_wait.0,
+    };
+    let (fetched_tx, fetched) = sync_channel::<Fetched>(1);
+    // Emptied raw batches go back to the fetcher, so their buffers are reused.
+    let (spare, spares) = sync_channel::<RawBatch>(2);
+    let fetcher = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("weir-fetch".into())
+            .spawn(move || fetch(source, limits, &stop, &fetched_tx, &spares))
+            .expect("spawn the fetch thread")
+    };
+    let (tx, rx) = sync_channel::<Message>(2);
     let reader = {
         let mut reader = Reader {
-            limits: PollLimits {
-                max_records: pipeline.config.batch.max_events,
-                max_bytes: pipeline.config.batch.max_bytes,
-                max_wait: pipeline.config.batch.max_wait.0,
-            },
+            limits,
             max_record_bytes: pipeline.config.batch.max_record_bytes,
             stop_when_idle: options.stop_when_idle,
             decoder: Decoder::new(table, pipeline.format()),
-            source,
+            fetched,
+            spare,
             checkpoint: start.clone(),
             sent: start,
             letters: letters.clone(),
@@ -187,6 +208,27 @@ pub fn run(
             })
             .expect("spawn the reader thread")
     };
+    let (rx, preparer) = match sink.preparer() {
+        Some(prepare) => {
+            let (prepared_tx, prepared_rx) = sync_channel::<Message>(1);
+            let thread = std::thread::Builder::new()
+                .name("weir-prepare".into())
+                .spawn(move || {
+                    for message in rx {
+                        let message = message.map(|(batch, _)| {
+                            let prepared = prepare(&batch);
+                            (batch, prepared)
+                        });
+                        if prepared_tx.send(message).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .expect("spawn the prepare thread");
+            (prepared_rx, Some(thread))
+        }
+        None => (rx, None),
+    };
     let mut applier = Applier {
         sink: &mut *sink,
         committer,
@@ -198,6 +240,12 @@ pub fn run(
     // Whatever happened, let the reader finish (it stops when the channel closes).
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
+    // The fetcher stops at its next poll (within `batch.max_wait`), or at once when it is
+    // waiting to hand over records, since the reader is gone.
+    let _ = fetcher.join();
+    if let Some(preparer) = preparer {
+        let _ = preparer.join();
+    }
     let checkpoint = applied?;
     Ok(RunSummary {
         resumed_from,
@@ -226,13 +274,10 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Applier<'_> {
-    fn run(
-        &mut self,
-        rx: Receiver<Result<ChangeBatch, PipelineError>>,
-    ) -> Result<Option<Checkpoint>, PipelineError> {
+    fn run(&mut self, rx: Receiver<Message>) -> Result<Option<Checkpoint>, PipelineError> {
         let mut durable = None;
         for message in rx {
-            let batch = match message {
+            let (batch, prepared) = match message {
                 Ok(batch) => batch,
                 Err(e) => {
                     // Make what was applied before the error durable, then report it.
@@ -240,7 +285,7 @@ impl Applier<'_> {
                     return Err(e);
                 }
             };
-            let applied = self.apply_with_retry(&batch)?;
+            let applied = self.apply_with_retry(&batch, prepared.as_ref())?;
             Metrics::add(&self.metrics.rows_applied, batch.num_rows() as u64);
             Metrics::add(&self.metrics.upserts, applied.upserts);
             Metrics::add(&self.metrics.deletes, applied.deletes);
@@ -271,11 +316,15 @@ impl Applier<'_> {
     /// Applies a batch, retrying while the sink reports a retryable error (a lost
     /// connection). Nothing is committed meanwhile, and the bounded channel stops the
     /// reader, so no position moves while the sink is down.
-    fn apply_with_retry(&mut self, batch: &ChangeBatch) -> Result<sink::Applied, PipelineError> {
+    fn apply_with_retry(
+        &mut self,
+        batch: &ChangeBatch,
+        prepared: Option<&Prepared>,
+    ) -> Result<sink::Applied, PipelineError> {
         let component = "sink";
         let mut attempt = 0;
         loop {
-            match self.sink.apply(batch, &mut self.letters) {
+            match self.sink.apply_prepared(batch, prepared, &mut self.letters) {
                 Ok(applied) => {
                     self.metrics.health.ok(component);
                     return Ok(applied);
@@ -291,13 +340,35 @@ impl Applier<'_> {
     }
 }
 
-/// The reader: source → decoder → channel, with dead letters for what cannot be decoded.
+/// The fetcher: polls the source until it ends, fails, the pipeline stops, or the reader
+/// is gone. Polling runs ahead of decoding by at most one raw batch.
+fn fetch(
+    mut source: Box<dyn Source>,
+    limits: PollLimits,
+    stop: &AtomicBool,
+    fetched: &SyncSender<Fetched>,
+    spares: &Receiver<RawBatch>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut raw = spares.try_recv().unwrap_or_default();
+        raw.clear();
+        let polled = source.poll(&mut raw, &limits);
+        let last = matches!(polled, Ok(PollStatus::End) | Err(_));
+        if fetched.send(polled.map(|status| (raw, status))).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The reader: fetched records → decoder → channel, with dead letters for what cannot be
+/// decoded.
 struct Reader {
     limits: PollLimits,
     max_record_bytes: usize,
     stop_when_idle: Option<Duration>,
     decoder: Decoder,
-    source: Box<dyn Source>,
+    fetched: Receiver<Fetched>,
+    spare: SyncSender<RawBatch>,
     /// Where to resume after everything read so far.
     checkpoint: Checkpoint,
     /// The checkpoint of the last batch sent.
@@ -306,7 +377,7 @@ struct Reader {
     letters_pending: bool,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    tx: SyncSender<Result<ChangeBatch, PipelineError>>,
+    tx: SyncSender<Message>,
 }
 
 impl Reader {
@@ -322,17 +393,21 @@ impl Reader {
         }
         let batch = self.decoder.finish(self.checkpoint.clone());
         self.sent = self.checkpoint.clone();
-        Ok(self.tx.send(Ok(batch)).is_ok())
+        Ok(self.tx.send(Ok((batch, None))).is_ok())
     }
 
     fn run(&mut self) -> Result<(), PipelineError> {
-        let mut raw = RawBatch::default();
         let mut last_activity = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            raw.clear();
-            match self.source.poll(&mut raw, &self.limits)? {
+            // The fetcher only goes away after sending `End` or an error, or on a stop.
+            let Ok(fetched) = self.fetched.recv() else {
+                break;
+            };
+            let (raw, status) = fetched?;
+            match status {
                 PollStatus::End => break,
                 PollStatus::Idle => {
+                    let _ = self.spare.try_send(raw);
                     if !self.send()? {
                         return Ok(());
                     }
@@ -347,6 +422,7 @@ impl Reader {
                 }
                 PollStatus::Waiting => {
                     // Not idle: e.g. the group is still assigning partitions.
+                    let _ = self.spare.try_send(raw);
                     last_activity = Instant::now();
                     if !self.send()? {
                         return Ok(());
@@ -367,6 +443,7 @@ impl Reader {
                     return Ok(());
                 }
             }
+            let _ = self.spare.try_send(raw);
             if !self.send()? {
                 return Ok(());
             }

@@ -114,6 +114,20 @@ impl Broker {
         self.child.as_ref().expect("running").id()
     }
 
+    /// CPU seconds (user + system) the broker process has used so far, for benchmarks.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("the broker's /proc stat");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / per_second
+    }
+
     /// Freezes the broker (SIGSTOP): connections stay open but nothing answers.
     pub fn pause(&self) {
         signal(self.pid(), "STOP");
@@ -157,21 +171,38 @@ impl Broker {
     /// producer of the bundled librdkafka, one record per batch, waiting until every one is
     /// acknowledged.
     pub fn produce(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
+        self.produce_with(topic, records, true)
+    }
+
+    /// [`produce`](Self::produce) with librdkafka's normal batching, for benchmarks that
+    /// read a topic once from the start.
+    pub fn produce_batched(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
+        self.produce_with(topic, records, false)
+    }
+
+    fn produce_with(
+        &self,
+        topic: &str,
+        records: &[(Option<String>, Option<String>)],
+        one_per_batch: bool,
+    ) {
         use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        config
             .set("bootstrap.servers", self.address())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Tests also produce oversized records, for weir to reject.
+            .set("message.max.bytes", "10000000")
+            .set("queue.buffering.max.messages", "1000000");
+        if one_per_batch {
             // One record per batch: tansu 0.6's fetch returns only batches whose base
             // offset is at or after the requested offset, so a consumer resuming inside a
             // batch (after a restart or an outage) would silently skip the rest of it.
             // Kafka returns the containing batch; see docs/decisions.md.
-            .set("batch.num.messages", "1")
-            // Tests also produce oversized records, for weir to reject.
-            .set("message.max.bytes", "10000000")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer");
+            config.set("batch.num.messages", "1");
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
         for (key, value) in records {
             let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic);
             if let Some(k) = key {
@@ -416,7 +447,7 @@ impl Drop for Postgres {
 }
 
 /// `initdb` and friends: on PATH, else in Debian's versioned directory.
-fn find_pg_binary(program: &str) -> PathBuf {
+pub fn find_pg_binary(program: &str) -> PathBuf {
     if let Ok(out) = Command::new("which").arg(program).output() {
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !path.is_empty() {

@@ -149,13 +149,14 @@ fn key_is_complete(batch: &ChangeBatch, row: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::decode::table::TableSpec;
     use crate::decode::{Decoder, Format, RawRecord};
     use crate::position::{Checkpoint, Position};
 
-    fn batch(events: &[&str]) -> ChangeBatch {
+    /// Decodes `events` (Debezium JSON) into a batch of table `t` keyed by `id`.
+    pub(in crate::sink) fn batch(events: &[&str]) -> ChangeBatch {
         let mut decoder = Decoder::new(TableSpec::new("t", &["id"]), Format::DebeziumJson);
         for (i, e) in events.iter().enumerate() {
             let position = Position::File {

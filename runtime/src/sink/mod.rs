@@ -92,6 +92,15 @@ pub fn unapplied(batch: &ChangeBatch, stored: &Checkpoint) -> Option<Vec<bool>> 
     Some(batch.positions.iter().map(|p| !stored.covers(p)).collect())
 }
 
+/// Work a sink did on a batch ahead of its turn (compaction, encoding), opaque to the
+/// pipeline and handed back to the same sink.
+pub type Prepared = Box<dyn std::any::Any + Send>;
+
+/// The part of a sink's work that depends on the batch alone. The pipeline runs it on
+/// its own thread, so it overlaps the sink applying the previous batch (a database busy
+/// merging, say). `None` when there is nothing to prepare.
+pub type Preparer = Arc<dyn Fn(&ChangeBatch) -> Option<Prepared> + Send + Sync>;
+
 pub trait Sink: Send {
     /// The checkpoint stored with the data, if this sink keeps one.
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError>;
@@ -100,6 +109,20 @@ pub trait Sink: Send {
         batch: &ChangeBatch,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError>;
+    /// A function preparing batches ahead (see [`Preparer`]), if this sink has one.
+    fn preparer(&self) -> Option<Preparer> {
+        None
+    }
+    /// [`apply`](Self::apply) with what the preparer made of this batch, if anything.
+    fn apply_prepared(
+        &mut self,
+        batch: &ChangeBatch,
+        prepared: Option<&Prepared>,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let _ = prepared;
+        self.apply(batch, rejects)
+    }
     /// Makes everything applied so far durable and returns its checkpoint.
     fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError>;
     /// The column types the target already holds, so a restarted pipeline still notices an

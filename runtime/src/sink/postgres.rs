@@ -16,8 +16,10 @@
 //! back, nothing is half-applied, and the pipeline retries the batch on a new connection.
 //! Identifiers are always quoted; values travel only as COPY data or parameters.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
@@ -29,7 +31,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::compact::compact;
-use super::{Applied, Rejects, Sink, SinkError, unapplied};
+use super::{Applied, Prepared, Preparer, Rejects, Sink, SinkError, unapplied};
 use crate::config::LoadedPipeline;
 use crate::decode::types::{ColumnType, SEMANTIC_KEY, Unit};
 use crate::encode;
@@ -200,6 +202,18 @@ fn copy_value(out: &mut Vec<u8>, array: &dyn Array, row: usize) {
                 .value(row);
             format!("{} microseconds", nanos / 1000).into()
         }
+        DataType::Duration(TimeUnit::Millisecond) => {
+            let millis = array
+                .as_primitive::<arrow::datatypes::DurationMillisecondType>()
+                .value(row);
+            format!("{millis} milliseconds").into()
+        }
+        DataType::Duration(TimeUnit::Second) => {
+            let seconds = array
+                .as_primitive::<arrow::datatypes::DurationSecondType>()
+                .value(row);
+            format!("{seconds} seconds").into()
+        }
         _ => encode::text(array, row).unwrap_or_default(),
     };
     for &b in value.as_bytes() {
@@ -281,6 +295,14 @@ pub struct PostgresSink {
     target_key: Vec<String>,
     /// The row fields of the last batch whose columns were checked against the table.
     checked: Option<arrow::datatypes::Fields>,
+    /// The staging tables this connection holds (their column list), created once per
+    /// session with `ON COMMIT DELETE ROWS`: creating them per batch costs catalog writes.
+    staged: RefCell<Option<String>>,
+    /// Staging tables created in the current transaction, recorded in `staged` once it
+    /// commits (a rollback takes them away again).
+    staging_created: RefCell<Option<String>>,
+    /// Whether the staging tables hold rows from an earlier merge of this transaction.
+    staging_dirty: Cell<bool>,
 }
 
 impl PostgresSink {
@@ -304,6 +326,9 @@ impl PostgresSink {
             columns: BTreeMap::new(),
             target_key: Vec::new(),
             checked: None,
+            staged: RefCell::new(None),
+            staging_created: RefCell::new(None),
+            staging_dirty: Cell::new(false),
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
@@ -349,6 +374,7 @@ impl PostgresSink {
             self.client = Some(client);
             self.columns.clear();
             self.checked = None;
+            self.staged.replace(None);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -539,6 +565,7 @@ impl PostgresSink {
         &mut self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
+        prepared: Option<&PreparedUpsert>,
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
@@ -554,7 +581,7 @@ impl PostgresSink {
             self.ensure_table(tx, batch)?;
             match self.mode {
                 PostgresMode::Upsert => {
-                    self.upsert(tx, batch, include.as_deref(), rejects, applied)?
+                    self.upsert(tx, batch, include.as_deref(), prepared, rejects, applied)?
                 }
                 PostgresMode::Append => {
                     self.append(tx, batch, include.as_deref(), rejects, applied)?
@@ -569,10 +596,20 @@ impl PostgresSink {
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
         include: Option<&[bool]>,
+        prepared: Option<&PreparedUpsert>,
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        let segments = compact(batch, include).map_err(|e| self.error(e))?;
+        // Prepared ahead (on another thread) assuming every row is new; rows to skip mean
+        // preparing again without them.
+        let owned;
+        let segments = match (include, prepared) {
+            (None, Some(prepared)) => &prepared.segments,
+            _ => {
+                owned = prepare_upsert(batch, include).map_err(|e| self.error(e))?;
+                &owned
+            }
+        };
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         let typed = |name: &str| -> Result<String, SinkError> {
@@ -591,13 +628,24 @@ impl PostgresSink {
             .iter()
             .map(|k| typed(k))
             .collect::<Result<Vec<_>, _>>()?;
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS weir_rows ({}) ON COMMIT DROP;
-             CREATE TEMP TABLE IF NOT EXISTS weir_keys ({}) ON COMMIT DROP;",
-            stage_columns.join(", "),
-            key_columns.join(", ")
-        ))
-        .map_err(|e| self.pg_error("cannot create the staging tables", &e))?;
+        let signature = format!("{} | {}", stage_columns.join(", "), key_columns.join(", "));
+        let current = self
+            .staging_created
+            .borrow()
+            .clone()
+            .or(self.staged.borrow().clone());
+        if current.as_deref() != Some(signature.as_str()) {
+            tx.batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.weir_rows, pg_temp.weir_keys;
+                 CREATE TEMP TABLE weir_rows ({}) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE weir_keys ({}) ON COMMIT DELETE ROWS;",
+                stage_columns.join(", "),
+                key_columns.join(", ")
+            ))
+            .map_err(|e| self.pg_error("cannot create the staging tables", &e))?;
+            self.staging_created.replace(Some(signature));
+            self.staging_dirty.set(false);
+        }
         let target = self.target();
         for segment in segments {
             if segment.truncate_first {
@@ -605,52 +653,48 @@ impl PostgresSink {
                     .map_err(|e| self.pg_error("cannot truncate", &e))?;
                 applied.truncates += 1;
             }
-            let mut actions: Vec<(usize, bool)> = segment
-                .deletes
-                .iter()
-                .map(|r| (*r, false))
-                .chain(segment.upserts.iter().map(|r| (*r, true)))
-                .collect();
-            actions.sort();
-            self.apply_isolating(tx, batch, &actions, rejects, applied)?;
+            let all = 0..segment.actions.len();
+            self.apply_isolating(tx, batch, segment, all, rejects, applied)?;
         }
         Ok(())
     }
 
-    /// Applies `actions` under a savepoint; when the data of some row is refused, finds it
-    /// by halving and rejects it, applying the rest.
+    /// Applies the segment's actions in `range` under a savepoint; when the data of some
+    /// row is refused, finds it by halving and rejects it, applying the rest.
     fn apply_isolating(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
-        actions: &[(usize, bool)],
+        segment: &PreparedSegment,
+        range: std::ops::Range<usize>,
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        if actions.is_empty() {
+        if range.is_empty() {
             return Ok(());
         }
         let mut savepoint = tx
             .savepoint("weir_rows")
             .map_err(|e| self.pg_error("cannot start a savepoint", &e))?;
-        match self.merge(&mut savepoint, batch, actions) {
+        match self.merge(&mut savepoint, batch, segment, range.clone()) {
             Ok((upserts, deletes)) => {
                 savepoint
                     .commit()
                     .map_err(|e| self.pg_error("cannot release a savepoint", &e))?;
+                self.staging_dirty.set(true);
                 applied.upserts += upserts;
                 applied.deletes += deletes;
                 Ok(())
             }
             Err(MergeError::Pg(e)) if data_error(&e) => {
                 drop(savepoint);
-                if actions.len() == 1 {
+                if range.len() == 1 {
                     let message = format!("the target refused the row: {}", describe_error(&e));
-                    return rejects.reject(batch, actions[0].0, &message);
+                    return rejects.reject(batch, segment.actions[range.start].row, &message);
                 }
-                let (left, right) = actions.split_at(actions.len() / 2);
-                self.apply_isolating(tx, batch, left, rejects, applied)?;
-                self.apply_isolating(tx, batch, right, rejects, applied)
+                let middle = range.start + range.len() / 2;
+                self.apply_isolating(tx, batch, segment, range.start..middle, rejects, applied)?;
+                self.apply_isolating(tx, batch, segment, middle..range.end, rejects, applied)
             }
             Err(MergeError::Pg(e)) => Err(self.pg_error("cannot apply the batch", &e)),
             Err(MergeError::Io(e)) => Err(SinkError {
@@ -660,63 +704,57 @@ impl PostgresSink {
         }
     }
 
-    /// COPY into the staging tables, then delete and upsert. Returns (upserts, deletes).
+    /// COPYs the prepared lines of the actions in `range` into the staging tables, then
+    /// deletes and upserts. Returns (upserts, deletes).
     fn merge(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
-        actions: &[(usize, bool)],
+        segment: &PreparedSegment,
+        range: std::ops::Range<usize>,
     ) -> Result<(u64, u64), MergeError> {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         let target = self.target();
         let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
         let key_names: Vec<String> = key.iter().map(|k| quote(k)).collect();
-        tx.batch_execute("TRUNCATE weir_rows, weir_keys")?;
-        let after = batch.after();
-        let before = batch.before();
-        let mut rows = Vec::new();
-        let mut keys = Vec::new();
-        let (mut upserts, mut deletes) = (0, 0);
-        for &(row, is_upsert) in actions {
-            if is_upsert {
-                for (i, column) in after.columns().iter().enumerate() {
-                    if i > 0 {
-                        rows.push(b'\t');
-                    }
-                    copy_value(&mut rows, column.as_ref(), row);
-                }
-                rows.push(b'\n');
-                upserts += 1;
-            } else {
-                for (i, k) in key.iter().enumerate() {
-                    if i > 0 {
-                        keys.push(b'\t');
-                    }
-                    let column = before.column_by_name(k).expect("key column");
-                    copy_value(&mut keys, column.as_ref(), row);
-                }
-                keys.push(b'\n');
-                deletes += 1;
-            }
+        if self.staging_dirty.get() {
+            // A second merge in one transaction (after a truncate, or while bisecting).
+            // DELETE, not TRUNCATE: TRUNCATE gives the table a new file, a catalog write.
+            tx.batch_execute("DELETE FROM weir_rows; DELETE FROM weir_keys")?;
         }
-        if deletes > 0 {
+        let actions = &segment.actions[range];
+        // The lines of one kind for a run of actions are contiguous in their buffer.
+        let span = |upsert: bool| {
+            let first = actions.iter().find(|a| a.upsert == upsert)?;
+            let last = actions.iter().rfind(|a| a.upsert == upsert)?;
+            Some(first.line.start..last.line.end)
+        };
+        let (mut upserts, mut deletes) = (0, 0);
+        if let Some(span) = span(false) {
+            deletes = actions.iter().filter(|a| !a.upsert).count() as u64;
             let mut writer = tx.copy_in(&format!(
                 "COPY weir_keys ({}) FROM STDIN",
                 key_names.join(", ")
             ))?;
-            writer.write_all(&keys)?;
+            writer.write_all(&segment.keys[span])?;
             writer.finish()?;
             let on: Vec<String> = key_names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
+            // The staging table has no statistics, so the planner may pick a hash join,
+            // which reads the whole target for every batch. A nested loop over the few
+            // staged keys with the key index is always the right plan here.
             tx.batch_execute(&format!(
-                "DELETE FROM {target} t USING weir_keys k WHERE {}",
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
+                 DELETE FROM {target} t USING weir_keys k WHERE {};
+                 RESET enable_hashjoin; RESET enable_mergejoin;",
                 on.join(" AND ")
             ))?;
         }
-        if upserts > 0 {
+        if let Some(span) = span(true) {
+            upserts = actions.iter().filter(|a| a.upsert).count() as u64;
             let mut writer =
                 tx.copy_in(&format!("COPY weir_rows ({}) FROM STDIN", names.join(", ")))?;
-            writer.write_all(&rows)?;
+            writer.write_all(&segment.rows[span])?;
             writer.finish()?;
             let updates: Vec<String> = names
                 .iter()
@@ -848,6 +886,89 @@ impl PostgresSink {
     }
 }
 
+/// One action of a compacted segment: upsert the row's after image, or delete its key;
+/// `line` is where its COPY line lies in the segment's `rows` or `keys` buffer.
+struct Action {
+    row: usize,
+    upsert: bool,
+    line: std::ops::Range<usize>,
+}
+
+/// A compacted segment with its COPY text, ready to send.
+struct PreparedSegment {
+    truncate_first: bool,
+    /// In row order.
+    actions: Vec<Action>,
+    rows: Vec<u8>,
+    keys: Vec<u8>,
+}
+
+/// An upsert batch compacted and encoded as COPY text ahead of its turn.
+struct PreparedUpsert {
+    segments: Vec<PreparedSegment>,
+}
+
+/// Compacts `batch` (the rows `include` selects) and encodes each segment's rows and
+/// deleted keys as COPY text. Depends on the batch alone, so it can run on another thread
+/// while the previous batch is being applied.
+fn prepare_upsert(
+    batch: &ChangeBatch,
+    include: Option<&[bool]>,
+) -> Result<Vec<PreparedSegment>, String> {
+    let after = batch.after();
+    let before = batch.before();
+    let key_columns: Vec<&dyn Array> = batch
+        .table
+        .primary_key
+        .iter()
+        .map(|k| {
+            before
+                .column_by_name(k)
+                .map(|c| c.as_ref())
+                .ok_or_else(|| format!("primary key column `{k}` is not in the rows"))
+        })
+        .collect::<Result<_, _>>()?;
+    let row_columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
+    let mut prepared = Vec::new();
+    for segment in compact(batch, include)? {
+        let mut order: Vec<(usize, bool)> = segment
+            .deletes
+            .iter()
+            .map(|r| (*r, false))
+            .chain(segment.upserts.iter().map(|r| (*r, true)))
+            .collect();
+        order.sort();
+        let mut out = PreparedSegment {
+            truncate_first: segment.truncate_first,
+            actions: Vec::with_capacity(order.len()),
+            rows: Vec::new(),
+            keys: Vec::new(),
+        };
+        for (row, upsert) in order {
+            let (buffer, columns) = if upsert {
+                (&mut out.rows, &row_columns)
+            } else {
+                (&mut out.keys, &key_columns)
+            };
+            let start = buffer.len();
+            for (i, column) in columns.iter().enumerate() {
+                if i > 0 {
+                    buffer.push(b'\t');
+                }
+                copy_value(buffer, *column, row);
+            }
+            buffer.push(b'\n');
+            out.actions.push(Action {
+                row,
+                upsert,
+                line: start..buffer.len(),
+            });
+        }
+        prepared.push(out);
+    }
+    Ok(prepared)
+}
+
 /// A failure while merging: from the server, or writing COPY data (the connection).
 enum MergeError {
     Pg(postgres::Error),
@@ -925,6 +1046,27 @@ impl Sink for PostgresSink {
         batch: &ChangeBatch,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {
+        self.apply_prepared(batch, None, rejects)
+    }
+
+    fn preparer(&self) -> Option<Preparer> {
+        (self.mode == PostgresMode::Upsert).then(|| -> Preparer {
+            Arc::new(|batch: &ChangeBatch| {
+                // A batch that cannot be prepared is prepared again, and fails with its
+                // error, when it is applied.
+                let segments = prepare_upsert(batch, None).ok()?;
+                Some(Box::new(PreparedUpsert { segments }) as Prepared)
+            })
+        })
+    }
+
+    fn apply_prepared(
+        &mut self,
+        batch: &ChangeBatch,
+        prepared: Option<&Prepared>,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let prepared = prepared.and_then(|p| p.downcast_ref::<PreparedUpsert>());
         let mut applied = Applied::default();
         let mut client = match self.client.take() {
             Some(c) if !c.is_closed() => c,
@@ -933,13 +1075,20 @@ impl Sink for PostgresSink {
                 self.client.take().expect("connected")
             }
         };
+        self.staging_dirty.set(false);
+        self.staging_created.replace(None);
         let result = (|| {
             let mut tx = client
                 .transaction()
                 .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
-            self.apply_in(&mut tx, batch, rejects, &mut applied)?;
+            self.apply_in(&mut tx, batch, prepared, rejects, &mut applied)?;
             tx.commit().map_err(|e| self.pg_error("commit failed", &e))
         })();
+        if result.is_ok()
+            && let Some(created) = self.staging_created.take()
+        {
+            self.staged.replace(Some(created));
+        }
         if !client.is_closed() {
             self.client = Some(client);
         }
@@ -1003,6 +1152,62 @@ mod tests {
         let f = Float64Array::from(vec![f64::NAN, 0.1]);
         assert_eq!(copied(&f, 0), "NaN");
         assert_eq!(copied(&f, 1), "0.1");
+    }
+
+    #[test]
+    fn prepared_segments_hold_each_action_s_copy_line_in_row_order() {
+        let lines = |s: &PreparedSegment| -> Vec<(usize, bool, String)> {
+            s.actions
+                .iter()
+                .map(|a| {
+                    let buffer = if a.upsert { &s.rows } else { &s.keys };
+                    let line = String::from_utf8(buffer[a.line.clone()].to_vec()).unwrap();
+                    (a.row, a.upsert, line)
+                })
+                .collect()
+        };
+        let batch = crate::sink::compact::tests::batch(&[
+            r#"{"op":"c","after":{"id":1,"v":"a"}}"#,
+            r#"{"op":"c","after":{"id":2,"v":"b"}}"#,
+            r#"{"op":"u","before":{"id":1,"v":"a"},"after":{"id":1,"v":"a\tb"}}"#,
+            r#"{"op":"d","before":{"id":2,"v":"b"}}"#,
+            r#"{"op":"c","after":{"id":3,"v":null}}"#,
+            r#"{"op":"d","before":{"id":4,"v":"x"}}"#,
+        ]);
+        let segments = prepare_upsert(&batch, None).unwrap();
+        assert_eq!(segments.len(), 1);
+        assert!(!segments[0].truncate_first);
+        assert_eq!(
+            lines(&segments[0]),
+            vec![
+                (2, true, "1\ta\\tb\n".into()),
+                (3, false, "2\n".into()),
+                (4, true, "3\t\\N\n".into()),
+                (5, false, "4\n".into()),
+            ]
+        );
+        // Skipping rows prepares the rest only.
+        let include = [true, true, false, false, true, true];
+        let segments = prepare_upsert(&batch, Some(&include)).unwrap();
+        assert_eq!(
+            lines(&segments[0]),
+            vec![
+                (0, true, "1\ta\n".into()),
+                (1, true, "2\tb\n".into()),
+                (4, true, "3\t\\N\n".into()),
+                (5, false, "4\n".into()),
+            ]
+        );
+        // A truncate starts the segment over.
+        let batch = crate::sink::compact::tests::batch(&[
+            r#"{"op":"c","after":{"id":1,"v":"a"}}"#,
+            r#"{"op":"t","source":{"table":"t"}}"#,
+            r#"{"op":"c","after":{"id":2,"v":"b"}}"#,
+        ]);
+        let segments = prepare_upsert(&batch, None).unwrap();
+        assert_eq!(segments.len(), 1);
+        assert!(segments[0].truncate_first);
+        assert_eq!(lines(&segments[0]), vec![(2, true, "2\tb\n".into())]);
     }
 
     #[test]

@@ -113,6 +113,14 @@ fn check_first_offset(shared: &Shared, topic: &str, partition: i32, offset: i64)
     }
 }
 
+/// librdkafka settings weir changes unless `options` names them.
+///
+/// `fetch.queue.backoff.ms`: when the local queue is full (weir is the slower side),
+/// librdkafka stops fetching for this long, 1 s by default; weir drains the queue well
+/// before that and then waits idle. 100 ms keeps the queue fed: the end-to-end benchmark
+/// went from ≈ 215k to ≈ 280k events/s (docs/benchmarks.md).
+const TUNED_DEFAULTS: [(&str, &str); 1] = [("fetch.queue.backoff.ms", "100")];
+
 pub struct SourceContext {
     base: Context,
     shared: Arc<Shared>,
@@ -205,6 +213,11 @@ impl KafkaSource {
             retryable: false,
         };
         let mut client = client_config(&config.brokers, &config.options);
+        for (key, value) in TUNED_DEFAULTS {
+            if !config.options.contains_key(key) {
+                client.set(key, value);
+            }
+        }
         client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message};
@@ -201,6 +202,32 @@ pub struct KafkaSource {
     subscribed: bool,
 }
 
+/// The librdkafka consumer settings: the user's `options`, weir's tuned defaults where
+/// the user gave none, and the settings weir manages itself.
+fn consumer_config(config: &KafkaSourceConfig, pipeline_name: &str) -> ClientConfig {
+    let mut client = client_config(&config.brokers, &config.options);
+    for (key, value) in TUNED_DEFAULTS {
+        if !config.options.contains_key(key) {
+            client.set(key, value);
+        }
+    }
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "auto.offset.reset",
+            match config.start {
+                Start::Earliest => "earliest",
+                Start::Latest => "latest",
+                Start::Committed => "error",
+            },
+        )
+        .set("client.id", format!("weir-{pipeline_name}"));
+    client
+}
+
 impl KafkaSource {
     pub fn open(
         pipeline: &LoadedPipeline,
@@ -212,26 +239,7 @@ impl KafkaSource {
             message,
             retryable: false,
         };
-        let mut client = client_config(&config.brokers, &config.options);
-        for (key, value) in TUNED_DEFAULTS {
-            if !config.options.contains_key(key) {
-                client.set(key, value);
-            }
-        }
-        client
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                match config.start {
-                    Start::Earliest => "earliest",
-                    Start::Latest => "latest",
-                    Start::Committed => "error",
-                },
-            )
-            .set("client.id", format!("weir-{}", pipeline.config.name));
+        let client = consumer_config(config, &pipeline.config.name);
         let shared = Arc::new(Shared::default());
         let context = SourceContext {
             base: Context {
@@ -441,5 +449,33 @@ impl KafkaCommitter {
         if let Err(e) = self.consumer.commit(&list, mode) {
             tracing::warn!(error = %e, "committing offsets to the broker failed; the next batch commits them");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(options: serde_json::Value) -> KafkaSourceConfig {
+        serde_json::from_value(serde_json::json!({
+            "brokers": "localhost:9092",
+            "topics": ["orders"],
+            "group_id": "g",
+            "options": options,
+        }))
+        .expect("a valid source config")
+    }
+
+    #[test]
+    fn tuned_defaults_apply_unless_options_name_them() {
+        let default = consumer_config(&config(serde_json::json!({})), "p");
+        assert_eq!(default.get("fetch.queue.backoff.ms"), Some("100"));
+        assert_eq!(default.get("enable.auto.commit"), Some("false"));
+        assert_eq!(default.get("client.id"), Some("weir-p"));
+        let chosen = consumer_config(
+            &config(serde_json::json!({"fetch.queue.backoff.ms": 1000})),
+            "p",
+        );
+        assert_eq!(chosen.get("fetch.queue.backoff.ms"), Some("1000"));
     }
 }

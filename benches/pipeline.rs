@@ -314,12 +314,17 @@ fn kafka_source(broker: &Broker, topic: &str, group: &str) -> String {
     yaml
 }
 
+/// A pipeline file. `WEIR_BENCH_BATCH_OPTIONS` sets `batch` keys (`max_events=4096,…`).
 fn pipeline(ws: &Workspace, name: &str, source: &str, sink: &str) -> std::path::PathBuf {
-    let yaml = format!(
+    let mut yaml = format!(
         "name: {name}\n{source}table:\n  name: orders\n  primary_key: [id]\n{}{sink}\
          dead_letter:\n  type: file\n  path: {name}.dead-letters.jsonl\n",
         columns_yaml()
     );
+    if std::env::var("WEIR_BENCH_BATCH_OPTIONS").is_ok_and(|v| !v.trim().is_empty()) {
+        yaml.push_str("batch:\n");
+        extra_options(&mut yaml, "WEIR_BENCH_BATCH_OPTIONS", "  ");
+    }
     ws.write(&format!("{name}.yaml"), &yaml)
 }
 
@@ -345,7 +350,7 @@ fn extra_options(yaml: &mut String, variable: &str, indent: &str) {
         let (key, value) = option
             .split_once('=')
             .unwrap_or_else(|| panic!("{variable} holds key=value pairs"));
-        let _ = writeln!(yaml, "{indent}{}: '{}'", key.trim(), value.trim());
+        let _ = writeln!(yaml, "{indent}{}: {}", key.trim(), value.trim());
     }
 }
 

@@ -301,7 +301,7 @@ pub struct PostgresSink {
     /// Staging tables created in the current transaction, recorded in `staged` once it
     /// commits (a rollback takes them away again).
     staging_created: RefCell<Option<String>>,
-    /// Whether the staging tables hold rows from an earlier merge of this transaction.
+    /// Whether the staging tables may hold rows from an earlier merge of this transaction.
     staging_dirty: Cell<bool>,
 }
 
@@ -653,50 +653,54 @@ impl PostgresSink {
                     .map_err(|e| self.pg_error("cannot truncate", &e))?;
                 applied.truncates += 1;
             }
-            let all = 0..segment.actions.len();
-            self.apply_isolating(tx, batch, segment, all, rejects, applied)?;
+            let mut merge = |tx: &mut Transaction<'_>, actions: &[Action]| {
+                self.merge(tx, batch, segment, actions)
+            };
+            self.isolating(tx, batch, &segment.actions, &mut merge, rejects, applied)?;
         }
         Ok(())
     }
 
-    /// Applies the segment's actions in `range` under a savepoint; when the data of some
-    /// row is refused, finds it by halving and rejects it, applying the rest.
-    fn apply_isolating(
+    /// Writes `items` with `write` under a savepoint and counts what it applied. When the
+    /// target refuses the data of some item, halves the items until the refused one stands
+    /// alone, rejects its row and writes the rest.
+    fn isolating<T: Isolatable>(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
-        segment: &PreparedSegment,
-        range: std::ops::Range<usize>,
+        items: &[T],
+        write: &mut WriteItems<'_, T>,
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        if range.is_empty() {
+        if items.is_empty() {
             return Ok(());
         }
         let mut savepoint = tx
-            .savepoint("weir_rows")
+            .savepoint(T::SAVEPOINT)
             .map_err(|e| self.pg_error("cannot start a savepoint", &e))?;
-        match self.merge(&mut savepoint, batch, segment, range.clone()) {
-            Ok((upserts, deletes)) => {
+        match write(&mut savepoint, items) {
+            Ok(done) => {
                 savepoint
                     .commit()
                     .map_err(|e| self.pg_error("cannot release a savepoint", &e))?;
-                self.staging_dirty.set(true);
-                applied.upserts += upserts;
-                applied.deletes += deletes;
+                applied.upserts += done.upserts;
+                applied.deletes += done.deletes;
+                applied.appended += done.appended;
                 Ok(())
             }
             Err(MergeError::Pg(e)) if data_error(&e) => {
                 drop(savepoint);
-                if range.len() == 1 {
-                    let message = format!("the target refused the row: {}", describe_error(&e));
-                    return rejects.reject(batch, segment.actions[range.start].row, &message);
+                if let [item] = items {
+                    let message =
+                        format!("the target refused the {}: {}", T::NOUN, describe_error(&e));
+                    return rejects.reject(batch, item.row(), &message);
                 }
-                let middle = range.start + range.len() / 2;
-                self.apply_isolating(tx, batch, segment, range.start..middle, rejects, applied)?;
-                self.apply_isolating(tx, batch, segment, middle..range.end, rejects, applied)
+                let (left, right) = items.split_at(items.len() / 2);
+                self.isolating(tx, batch, left, write, rejects, applied)?;
+                self.isolating(tx, batch, right, write, rejects, applied)
             }
-            Err(MergeError::Pg(e)) => Err(self.pg_error("cannot apply the batch", &e)),
+            Err(MergeError::Pg(e)) => Err(self.pg_error(T::FAILED, &e)),
             Err(MergeError::Io(e)) => Err(SinkError {
                 retryable: true,
                 ..self.error(format!("writing COPY data failed: {e}"))
@@ -704,15 +708,15 @@ impl PostgresSink {
         }
     }
 
-    /// COPYs the prepared lines of the actions in `range` into the staging tables, then
-    /// deletes and upserts. Returns (upserts, deletes).
+    /// COPYs the prepared lines of `actions` (a run of the segment's) into the staging
+    /// tables, then deletes and upserts.
     fn merge(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
         segment: &PreparedSegment,
-        range: std::ops::Range<usize>,
-    ) -> Result<(u64, u64), MergeError> {
+        actions: &[Action],
+    ) -> Result<Applied, MergeError> {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         let target = self.target();
@@ -723,16 +727,18 @@ impl PostgresSink {
             // DELETE, not TRUNCATE: TRUNCATE gives the table a new file, a catalog write.
             tx.batch_execute("DELETE FROM weir_rows; DELETE FROM weir_keys")?;
         }
-        let actions = &segment.actions[range];
+        // From here the staging tables may hold rows until the transaction ends (or the
+        // savepoint rolls back, which makes the next DELETE above merely unneeded).
+        self.staging_dirty.set(true);
         // The lines of one kind for a run of actions are contiguous in their buffer.
         let span = |upsert: bool| {
             let first = actions.iter().find(|a| a.upsert == upsert)?;
             let last = actions.iter().rfind(|a| a.upsert == upsert)?;
             Some(first.line.start..last.line.end)
         };
-        let (mut upserts, mut deletes) = (0, 0);
+        let mut done = Applied::default();
         if let Some(span) = span(false) {
-            deletes = actions.iter().filter(|a| !a.upsert).count() as u64;
+            done.deletes = actions.iter().filter(|a| !a.upsert).count() as u64;
             let mut writer = tx.copy_in(&format!(
                 "COPY weir_keys ({}) FROM STDIN",
                 key_names.join(", ")
@@ -751,7 +757,7 @@ impl PostgresSink {
             ))?;
         }
         if let Some(span) = span(true) {
-            upserts = actions.iter().filter(|a| a.upsert).count() as u64;
+            done.upserts = actions.iter().filter(|a| a.upsert).count() as u64;
             let mut writer =
                 tx.copy_in(&format!("COPY weir_rows ({}) FROM STDIN", names.join(", ")))?;
             writer.write_all(&segment.rows[span])?;
@@ -773,7 +779,7 @@ impl PostgresSink {
                 keys = key_names.join(", ")
             ))?;
         }
-        Ok((upserts, deletes))
+        Ok(done)
     }
 
     fn append(
@@ -784,51 +790,16 @@ impl PostgresSink {
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        let rows: Vec<(usize, bool)> = (0..batch.num_rows())
+        let rows: Vec<usize> = (0..batch.num_rows())
             .filter(|i| include.is_none_or(|m| m[*i]))
-            .map(|i| (i, true))
             .collect();
-        self.append_isolating(tx, batch, &rows, rejects, applied)
-    }
-
-    fn append_isolating(
-        &self,
-        tx: &mut Transaction<'_>,
-        batch: &ChangeBatch,
-        rows: &[(usize, bool)],
-        rejects: &mut dyn Rejects,
-        applied: &mut Applied,
-    ) -> Result<(), SinkError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut savepoint = tx
-            .savepoint("weir_append")
-            .map_err(|e| self.pg_error("cannot start a savepoint", &e))?;
-        match self.copy_changes(&mut savepoint, batch, rows) {
-            Ok(n) => {
-                savepoint
-                    .commit()
-                    .map_err(|e| self.pg_error("cannot release a savepoint", &e))?;
-                applied.appended += n;
-                Ok(())
-            }
-            Err(MergeError::Pg(e)) if data_error(&e) => {
-                drop(savepoint);
-                if rows.len() == 1 {
-                    let message = format!("the target refused the change: {}", describe_error(&e));
-                    return rejects.reject(batch, rows[0].0, &message);
-                }
-                let (left, right) = rows.split_at(rows.len() / 2);
-                self.append_isolating(tx, batch, left, rejects, applied)?;
-                self.append_isolating(tx, batch, right, rejects, applied)
-            }
-            Err(MergeError::Pg(e)) => Err(self.pg_error("cannot append the batch", &e)),
-            Err(MergeError::Io(e)) => Err(SinkError {
-                retryable: true,
-                ..self.error(format!("writing COPY data failed: {e}"))
-            }),
-        }
+        let mut copy = |tx: &mut Transaction<'_>, rows: &[usize]| {
+            Ok(Applied {
+                appended: self.copy_changes(tx, batch, rows)?,
+                ..Applied::default()
+            })
+        };
+        self.isolating(tx, batch, &rows, &mut copy, rejects, applied)
     }
 
     /// COPYs changes into the change-log table: envelope columns, then the row (the
@@ -837,7 +808,7 @@ impl PostgresSink {
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
-        rows: &[(usize, bool)],
+        rows: &[usize],
     ) -> Result<u64, MergeError> {
         let fields = batch.row_fields();
         let mut names: Vec<String> = APPEND_COLUMNS.iter().map(|(n, _)| quote(n)).collect();
@@ -856,7 +827,7 @@ impl PostgresSink {
         ];
         let ops: Vec<Op> = batch.ops().collect();
         let mut out = Vec::new();
-        for &(row, _) in rows {
+        for &row in rows {
             for c in &envelope_columns {
                 copy_value(&mut out, c.as_ref(), row);
                 out.push(b'\t');
@@ -883,6 +854,39 @@ impl PostgresSink {
         writer.write_all(&out)?;
         writer.finish()?;
         Ok(rows.len() as u64)
+    }
+}
+
+/// Writes some items inside a transaction and says what it applied.
+type WriteItems<'a, T> = dyn FnMut(&mut Transaction<'_>, &[T]) -> Result<Applied, MergeError> + 'a;
+
+/// What [`PostgresSink::isolating`] writes: upsert actions, or change-log rows.
+trait Isolatable {
+    /// What an item is, in a refusal's message.
+    const NOUN: &'static str;
+    /// The error context when writing fails for another reason.
+    const FAILED: &'static str;
+    const SAVEPOINT: &'static str;
+    /// The batch row the item comes from.
+    fn row(&self) -> usize;
+}
+
+impl Isolatable for Action {
+    const NOUN: &'static str = "row";
+    const FAILED: &'static str = "cannot apply the batch";
+    const SAVEPOINT: &'static str = "weir_rows";
+    fn row(&self) -> usize {
+        self.row
+    }
+}
+
+/// A change-log row: its batch row.
+impl Isolatable for usize {
+    const NOUN: &'static str = "change";
+    const FAILED: &'static str = "cannot append the batch";
+    const SAVEPOINT: &'static str = "weir_append";
+    fn row(&self) -> usize {
+        *self
     }
 }
 

@@ -150,7 +150,7 @@ impl Source for FileSource {
     ) -> Result<PollStatus, SourceError> {
         let started = Instant::now();
         loop {
-            while batch.len() < limits.max_records && batch.bytes() < limits.max_bytes {
+            while !limits.filled(batch) {
                 if !self.read_line()? {
                     break;
                 }

@@ -312,10 +312,9 @@ impl Source for KafkaSource {
     ) -> Result<PollStatus, SourceError> {
         let started = Instant::now();
         let consumer = self.consumer.clone();
-        let mut headers: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut elapsed = Duration::ZERO;
         loop {
-            if batch.len() >= limits.max_records || batch.bytes() >= limits.max_bytes {
+            if limits.filled(batch) {
                 return Ok(PollStatus::Records);
             }
             // While records flow, reading the clock for each one costs more than a batch
@@ -358,23 +357,12 @@ impl Source for KafkaSource {
                     );
                     let position =
                         self.position(message.topic(), message.partition(), message.offset());
-                    headers.clear();
-                    if let Some(h) = message.headers() {
-                        for header in h.iter() {
-                            headers
-                                .push((header.key.to_string(), header.value.map(<[u8]>::to_vec)));
-                        }
-                    }
-                    let header_refs: Vec<(&str, Option<&[u8]>)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_deref()))
-                        .collect();
-                    batch.push_with_headers(
-                        message.key(),
-                        message.payload(),
-                        &header_refs,
-                        position,
-                    );
+                    // Borrowed from the message; the batch copies them once.
+                    let headers: Vec<(&str, Option<&[u8]>)> = message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                        .unwrap_or_default();
+                    batch.push_with_headers(message.key(), message.payload(), &headers, position);
                 }
                 Err(KafkaError::MessageConsumption(code)) | Err(KafkaError::Global(code))
                     if code == RDKafkaErrorCode::AutoOffsetReset =>

@@ -142,6 +142,13 @@ pub struct PollLimits {
     pub max_wait: Duration,
 }
 
+impl PollLimits {
+    /// Whether `batch` holds as much as one poll may return.
+    pub fn filled(&self, batch: &RawBatch) -> bool {
+        batch.len() >= self.max_records || batch.bytes() >= self.max_bytes
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollStatus {
     /// Records were added to the batch.

@@ -8,7 +8,10 @@ mod common;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
-use common::{Workspace, compact_json, fixture, json_lines, sqlite_rows};
+use common::{
+    FULL_TYPES_COLUMNS, FULL_TYPES_SQLITE_QUERY, Workspace, compact_json, fixture,
+    full_types_sqlite_rows, json_lines, sqlite_rows,
+};
 use weir_runtime::decode::table::{TableSpec, UnknownColumns};
 use weir_runtime::decode::types::{ColumnDef, parse_declared};
 use weir_runtime::decode::{DecodeError, Decoder, Format, Outcome, RawRecord};
@@ -899,30 +902,12 @@ fn flink_cdc_rows_land_in_sqlite_exactly() {
                 doc["expected_binlog"].to_string(),
             ],
         );
-        let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
-                       decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
-                       numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
-        let summary = ws.run_ok(&ws.sqlite_pipeline("full_types", "id", columns));
+        let summary = ws.run_ok(&ws.sqlite_pipeline("full_types", "id", FULL_TYPES_COLUMNS));
         assert_eq!(summary["dead_letters"], 0, "{file}");
-        let rows = sqlite_rows(
-            &ws.path("target.db"),
-            "SELECT CAST(id AS TEXT), CAST(big_un_c AS TEXT), decimal_c, numeric_c, CAST(big_decimal_c AS TEXT), timestamp_c, varchar_c FROM full_types",
-        );
+        let rows = sqlite_rows(&ws.path("target.db"), FULL_TYPES_SQLITE_QUERY);
         // Decimals wider than 15 digits are stored as exact text (NUMERIC affinity would
-        // round 18446744073709551615); the binlog update moved timestamp_c.
-        assert_eq!(
-            rows,
-            [vec![
-                "1".to_string(),
-                "18446744073709551615".into(),
-                "123.4567".into(),
-                "346".into(),
-                "34567892.1".into(),
-                "2020-07-17T18:33:22Z".into(),
-                "Hello World".into(),
-            ]],
-            "{file}"
-        );
+        // round 18446744073709551615).
+        assert_eq!(rows, full_types_sqlite_rows(), "{file}");
     }
 }
 

@@ -97,12 +97,10 @@ fn kill_repeatedly(
     kills: usize,
     progress: impl Fn() -> u64,
 ) {
-    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rng = weir_runtime::bench::Rng::new(0x9e3779b97f4a7c15);
     let mut interrupted = 0;
     while interrupted < kills {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let pause = rng.below(30);
         let before = progress();
         let mut child = spawn(pipeline, &[]);
         let started = Instant::now();
@@ -113,7 +111,7 @@ fn kill_repeatedly(
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(seed % 30));
+        std::thread::sleep(Duration::from_millis(pause));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run finished before it was killed; the stream is too short"

@@ -4,7 +4,10 @@
 mod common;
 
 use common::services::Broker;
-use common::{Run, Workspace, compact_json, fixture, json_lines, sqlite_rows};
+use common::{
+    FULL_TYPES_COLUMNS, FULL_TYPES_SQLITE_QUERY, Run, Workspace, compact_json, fixture,
+    full_types_sqlite_rows, json_lines, sqlite_rows,
+};
 
 /// The Flink fixture's 16 events, keyed by id, through a real broker into SQLite.
 #[test]
@@ -90,11 +93,6 @@ fn from_kafka(ws: &Workspace, broker: &Broker, topic: &str, format: &str, table:
     assert!(run.output.status.success(), "{}", run.stderr());
     run
 }
-
-const FULL_TYPES_COLUMNS: &str = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    \
-    big_un_z_c: decimal(20,0)\n    decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    \
-    decimal_un_z_c: decimal(8,4)\n    numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    \
-    timestamp_c: timestamptz\n";
 
 /// Flink's products stream (16 changes, with a delete) through the Kafka sink in each format
 /// and back through the Kafka source ends as the same table as straight from the file.
@@ -210,23 +208,8 @@ fn kafka_sink_with_schema_keeps_decimals_and_timestamps_exact() {
     );
     let run = from_kafka(&ws, &broker, "full_types", "debezium-json", "full_types");
     assert_eq!(run.summary["events_read"], 2, "{}", run.summary);
-    let rows = sqlite_rows(
-        &ws.path("full_types.db"),
-        "SELECT CAST(id AS TEXT), CAST(big_un_c AS TEXT), decimal_c, numeric_c, \
-         CAST(big_decimal_c AS TEXT), timestamp_c, varchar_c FROM full_types",
-    );
-    assert_eq!(
-        rows,
-        [vec![
-            "1".to_string(),
-            "18446744073709551615".into(),
-            "123.4567".into(),
-            "346".into(),
-            "34567892.1".into(),
-            "2020-07-17T18:33:22Z".into(),
-            "Hello World".into(),
-        ]]
-    );
+    let rows = sqlite_rows(&ws.path("full_types.db"), FULL_TYPES_SQLITE_QUERY);
+    assert_eq!(rows, full_types_sqlite_rows());
     // The column types came from the Connect schema, not from inference.
     let types = sqlite_rows(
         &ws.path("full_types.db"),
@@ -245,6 +228,66 @@ fn kafka_sink_with_schema_keeps_decimals_and_timestamps_exact() {
 /// Poison records from a Kafka source go to a dead-letter topic: the original key and
 /// value, with the stage, reason and source position in `weir.*` headers. Good records
 /// are all applied.
+/// Record headers travel with the change: read by the Kafka source into the batch's
+/// `headers` column, and written again by the Kafka sink.
+#[test]
+fn record_headers_pass_from_the_kafka_source_to_the_kafka_sink() {
+    let broker = Broker::start();
+    broker.create_topic("traced", 1);
+    broker.create_topic("traced-out", 1);
+    let records: Vec<(Option<String>, Option<String>)> = (1..=3)
+        .map(|id| {
+            (
+                Some(format!("{{\"id\":{id}}}")),
+                Some(format!(r#"{{"op":"c","after":{{"id":{id},"v":"x"}}}}"#)),
+            )
+        })
+        .collect();
+    broker.produce_with_headers(
+        "traced",
+        &records,
+        &[
+            vec![("trace-id", "a1"), ("tenant", "acme")],
+            vec![],
+            vec![("trace-id", "c3")],
+        ],
+    );
+    let ws = Workspace::new();
+    let yaml = format!(
+        "name: traced\n\
+         source:\n  type: kafka\n  brokers: {b}\n  topics: [traced]\n  group_id: traced\n\
+         table:\n  name: t\n  primary_key: [id]\n\
+         sink:\n  type: kafka\n  brokers: {b}\n  topic: traced-out\n",
+        b = broker.address()
+    );
+    let run = ws.run(&ws.write("traced.yaml", &yaml), &["--stop-when-idle", "3s"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let out = broker.consume_all("traced-out", 3);
+    let seen: Vec<(serde_json::Value, Vec<(String, String)>)> = out
+        .iter()
+        .map(|r| {
+            let headers = r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            (r.key_json(), headers)
+        })
+        .collect();
+    let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+    assert_eq!(
+        seen,
+        [
+            (
+                serde_json::json!({"id": 1}),
+                vec![pair("trace-id", "a1"), pair("tenant", "acme")]
+            ),
+            (serde_json::json!({"id": 2}), vec![]),
+            (serde_json::json!({"id": 3}), vec![pair("trace-id", "c3")]),
+        ]
+    );
+}
+
 #[test]
 fn dead_letters_go_to_a_kafka_topic_with_reason_and_position() {
     let broker = Broker::start();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::services::{Broker, Postgres};
 use common::{
-    STREAM_COLUMNS, Stream, Workspace, change_stream, compact_json, fixture, json_lines, weir,
+    FULL_TYPES_COLUMNS, STREAM_COLUMNS, Stream, Workspace, change_stream, compact_json, fixture,
+    json_lines, weir,
 };
 
 fn keyed(lines: &[String]) -> Vec<(Option<String>, Option<String>)> {
@@ -277,10 +278,15 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
         ],
     );
     let ws = Workspace::new();
-    let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
-                   decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
-                   numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
-    let p = pipeline(&ws, &broker, &pg, "full_types", "id", columns, 500);
+    let p = pipeline(
+        &ws,
+        &broker,
+        &pg,
+        "full_types",
+        "id",
+        FULL_TYPES_COLUMNS,
+        500,
+    );
     run_to_end(&ws, &p);
     let row = pg
         .client("target")
@@ -298,15 +304,13 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
 fn sigkill_at_random_points_of_a_100k_stream_loses_nothing() {
     let (broker, pg, ws, stream) = setup(100_000, 1_000, 21, 4);
     let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 500);
-    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut rng = weir_runtime::bench::Rng::new(0x2545f4914f6cdd1d);
     for _ in 0..5 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let pause = rng.below(200);
         let before = progress(&pg, "items-sync");
         let mut child = command(&ws, &p, "60s").spawn().unwrap();
         wait_for_progress(&pg, "items-sync", before, &mut child);
-        std::thread::sleep(Duration::from_millis(seed % 200));
+        std::thread::sleep(Duration::from_millis(pause));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it was killed"

@@ -3,7 +3,7 @@
 mod common;
 
 use common::services::Postgres;
-use common::{Workspace, compact_json, fixture, json_lines};
+use common::{FULL_TYPES_COLUMNS, Workspace, compact_json, fixture, json_lines};
 
 fn pipeline(
     ws: &Workspace,
@@ -110,10 +110,15 @@ fn fixtures_end_as_the_expected_tables() {
                 doc["expected_binlog"].to_string(),
             ],
         );
-        let columns = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    big_un_z_c: decimal(20,0)\n    \
-                       decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    decimal_un_z_c: decimal(8,4)\n    \
-                       numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    timestamp_c: timestamptz\n";
-        let summary = ws.run_ok(&pipeline(&ws, &pg, pg_db, "full_types", "id", columns, ""));
+        let summary = ws.run_ok(&pipeline(
+            &ws,
+            &pg,
+            pg_db,
+            "full_types",
+            "id",
+            FULL_TYPES_COLUMNS,
+            "",
+        ));
         assert_eq!(summary["dead_letters"], 0, "{file}");
         let got = rows(
             &pg,

@@ -19,19 +19,25 @@ use crate::decode::types::{ColumnDef, parse_declared};
 use crate::decode::{Decoder, Format, Outcome, RawRecord};
 use crate::position::{Checkpoint, Position};
 
-/// A small deterministic generator (xorshift), so every run sees the same data.
-struct Rng(u64);
+/// A small deterministic generator (xorshift), so every run sees the same data. The
+/// integration tests use it too.
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// Starts from `seed` (made odd: xorshift never leaves zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }
 
@@ -152,11 +158,11 @@ fn row_image(out: &mut String, rng: &mut Rng, id: u64, version: u64, numeric_dec
         ship = 19_000 + rng.below(2_000),
         gift = rng.below(4) == 0,
         priority = rng.below(5),
-        u1 = rng.next() as u32,
-        u2 = rng.next() as u16,
+        u1 = rng.next_u64() as u32,
+        u2 = rng.next_u64() as u16,
         u3 = rng.below(4096),
         u4 = rng.below(4096),
-        u5 = rng.next() & 0xffff_ffff_ffff,
+        u5 = rng.next_u64() & 0xffff_ffff_ffff,
         wh = rng.below(40),
     );
 }
@@ -172,7 +178,7 @@ pub struct Generated {
 }
 
 pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let schema = schema_block();
     let mut events = String::with_capacity(count * if with_schema { 4800 } else { 1400 });
     let mut afters = String::with_capacity(count * 600);

@@ -158,6 +158,32 @@ impl Workspace {
     }
 }
 
+/// The column types of Flink CDC's `full_types` fixtures (MySQL), declared in pipelines:
+/// their schemaless variants carry none.
+pub const FULL_TYPES_COLUMNS: &str = "  columns:\n    id: decimal(20,0)\n    big_un_c: decimal(20,0)\n    \
+    big_un_z_c: decimal(20,0)\n    decimal_c: decimal(8,4)\n    decimal_un_c: decimal(8,4)\n    \
+    decimal_un_z_c: decimal(8,4)\n    numeric_c: decimal(6,0)\n    big_decimal_c: decimal(65,1)\n    \
+    timestamp_c: timestamptz\n";
+
+/// Reads back the `full_types` columns Flink CDC's tests assert, from a SQLite target.
+pub const FULL_TYPES_SQLITE_QUERY: &str = "SELECT CAST(id AS TEXT), CAST(big_un_c AS TEXT), \
+    decimal_c, numeric_c, CAST(big_decimal_c AS TEXT), timestamp_c, varchar_c FROM full_types";
+
+/// What [`FULL_TYPES_SQLITE_QUERY`] returns once the snapshot row and its binlog update
+/// are applied: the values Flink CDC asserts, every decimal digit intact (wide decimals
+/// are stored as exact text) and the updated timestamp.
+pub fn full_types_sqlite_rows() -> Vec<Vec<String>> {
+    vec![vec![
+        "1".to_string(),
+        "18446744073709551615".into(),
+        "123.4567".into(),
+        "346".into(),
+        "34567892.1".into(),
+        "2020-07-17T18:33:22Z".into(),
+        "Hello World".into(),
+    ]]
+}
+
 pub fn weir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))
 }
@@ -196,13 +222,8 @@ pub struct Stream {
 }
 
 pub fn change_stream(events: usize, keys: i64, seed: u64) -> Stream {
-    let mut state = seed | 1;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = weir_runtime::bench::Rng::new(seed);
+    let mut next = || rng.next_u64();
     let mut rows: std::collections::BTreeMap<i64, (String, String, i64)> = Default::default();
     let mut versions: std::collections::HashMap<i64, i64> = Default::default();
     let mut lines = Vec::with_capacity(events);

@@ -171,19 +171,30 @@ impl Broker {
     /// producer of the bundled librdkafka, one record per batch, waiting until every one is
     /// acknowledged.
     pub fn produce(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
-        self.produce_with(topic, records, true)
+        self.produce_with(topic, records, &[], true)
+    }
+
+    /// [`produce`](Self::produce), the i-th record with the i-th list of headers.
+    pub fn produce_with_headers(
+        &self,
+        topic: &str,
+        records: &[(Option<String>, Option<String>)],
+        headers: &[Vec<(&str, &str)>],
+    ) {
+        self.produce_with(topic, records, headers, true)
     }
 
     /// [`produce`](Self::produce) with librdkafka's normal batching, for benchmarks that
     /// read a topic once from the start.
     pub fn produce_batched(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
-        self.produce_with(topic, records, false)
+        self.produce_with(topic, records, &[], false)
     }
 
     fn produce_with(
         &self,
         topic: &str,
         records: &[(Option<String>, Option<String>)],
+        headers: &[Vec<(&str, &str)>],
         one_per_batch: bool,
     ) {
         use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -203,8 +214,18 @@ impl Broker {
             config.set("batch.num.messages", "1");
         }
         let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-        for (key, value) in records {
+        for (i, (key, value)) in records.iter().enumerate() {
             let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic);
+            if let Some(list) = headers.get(i).filter(|l| !l.is_empty()) {
+                let mut owned = rdkafka::message::OwnedHeaders::new_with_capacity(list.len());
+                for (name, value) in list {
+                    owned = owned.insert(rdkafka::message::Header {
+                        key: name,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                record = record.headers(owned);
+            }
             if let Some(k) = key {
                 record = record.key(k.as_str());
             }

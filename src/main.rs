@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod plugin_tool;
 mod progress;
 
 // The reader thread allocates each batch's buffers and the applier frees them; mimalloc
@@ -59,10 +60,26 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
+    /// Work with WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        plugin: PluginCommand,
+    },
     /// Measure weir's own performance.
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build plugin crates for wasm32-wasip2 (release) and put each component beside its
+    /// Cargo.toml as `<crate_name>.wasm`.
+    Build {
+        /// Plugin crate directories.
+        #[arg(default_value = ".")]
+        dirs: Vec<PathBuf>,
     },
 }
 
@@ -97,6 +114,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -119,6 +137,21 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Plugin {
+            plugin: PluginCommand::Build { dirs },
+        } => match plugin_tool::build(&dirs) {
+            Ok(built) => {
+                for path in built {
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    println!("built {} ({} KiB)", path.display(), size / 1024);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench {
             bench:
                 Bench::Decode {

@@ -1,8 +1,9 @@
 //! The weir host runtime: pipeline configuration, sources, Debezium decoding into Arrow
 //! change batches, sinks with checkpoints, dead letters and the pipeline runner.
 //!
-//! Data flows one way: source → decode → sink → checkpoint. Each stage has one home:
-//! `source`, `decode`, `sink`; `envelope` is the contract between them.
+//! Data flows one way: source → decode → transform plugins → sink → checkpoint. Each
+//! stage has one home: `source`, `decode`, `plugin`, `sink`; `envelope` is the contract
+//! between them.
 
 pub mod bench;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod envelope;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod plugin;
 pub mod position;
 pub mod redact;
 pub mod sink;

@@ -1,4 +1,4 @@
-//! Running a pipeline: source → decode → sink → checkpoint.
+//! Running a pipeline: source → decode → transform plugins → sink → checkpoint.
 //!
 //! Three threads, four for sinks that prepare batches. The fetcher polls the source into
 //! raw batches (for Kafka: copying records out of librdkafka's queue); the reader decodes
@@ -24,6 +24,7 @@ use crate::decode::table::IncompatibleChange;
 use crate::decode::{DecodeError, Decoder, Outcome};
 use crate::envelope::ChangeBatch;
 use crate::metrics::Metrics;
+use crate::plugin::chain::{RejectRow, TransformChain};
 use crate::position::{Checkpoint, Position};
 use crate::sink::{self, Prepared, Rejects, Sink, SinkError};
 use crate::source::{self, Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
@@ -61,6 +62,8 @@ pub enum PipelineError {
     },
     #[error("dead-letter output {path}: {error}")]
     DeadLetter { path: String, error: String },
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// What a run did.
@@ -108,21 +111,41 @@ impl Letters {
             .flush()
             .map_err(|e| self.error(e))
     }
+
+    /// Writes one row of a change batch (as Debezium JSON) with its source position.
+    fn write_change(
+        &self,
+        stage: Stage,
+        batch: &ChangeBatch,
+        row: usize,
+        error: &str,
+    ) -> Result<(), PipelineError> {
+        let mut change = String::new();
+        crate::encode::write_change(&mut change, batch, row);
+        self.write(&DeadLetter {
+            stage,
+            error,
+            position: batch.positions.get(row),
+            key: None,
+            raw: Some(change.as_bytes()),
+        })
+    }
+
+    /// A row a transform plugin refused (or a row of a batch whose call failed).
+    fn reject_row(
+        &self,
+        batch: &ChangeBatch,
+        row: usize,
+        error: &str,
+    ) -> Result<(), PipelineError> {
+        self.write_change(Stage::Transform, batch, row, error)
+    }
 }
 
 /// Rows a sink refuses go to the dead-letter output, durably, before the sink commits.
 impl Rejects for Letters {
     fn reject(&mut self, batch: &ChangeBatch, row: usize, error: &str) -> Result<(), SinkError> {
-        let mut change = String::new();
-        crate::encode::write_change(&mut change, batch, row);
-        let letter = DeadLetter {
-            stage: Stage::Sink,
-            error,
-            position: batch.positions.get(row),
-            key: None,
-            raw: Some(change.as_bytes()),
-        };
-        self.write(&letter)
+        self.write_change(Stage::Sink, batch, row, error)
             .and_then(|_| self.flush())
             .map_err(|e| SinkError::new("dead-letter output", e.to_string()))
     }
@@ -138,6 +161,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
     let mut sink = sink::build(pipeline, metrics.clone())?;
     let resumed_from = sink.committed()?;
     let start = resumed_from.clone().unwrap_or_default();
@@ -208,6 +232,18 @@ pub fn run(
             })
             .expect("spawn the reader thread")
     };
+    let (rx, transformer) = match transforms {
+        Some(chain) => {
+            let (transformed_tx, transformed_rx) = sync_channel::<Message>(1);
+            let letters = letters.clone();
+            let thread = std::thread::Builder::new()
+                .name("weir-transform".into())
+                .spawn(move || transform(chain, letters, rx, transformed_tx))
+                .expect("spawn the transform thread");
+            (transformed_rx, Some(thread))
+        }
+        None => (rx, None),
+    };
     let (rx, preparer) = match sink.preparer() {
         Some(prepare) => {
             let (prepared_tx, prepared_rx) = sync_channel::<Message>(1);
@@ -243,6 +279,9 @@ pub fn run(
     // The fetcher stops at its next poll (within `batch.max_wait`), or at once when it is
     // waiting to hand over records, since the reader is gone.
     let _ = fetcher.join();
+    if let Some(transformer) = transformer {
+        let _ = transformer.join();
+    }
     if let Some(preparer) = preparer {
         let _ = preparer.join();
     }
@@ -336,6 +375,49 @@ impl Applier<'_> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// The transform stage: every batch through the plugins, in order. Dead letters are
+/// flushed before the batch that covers them goes on, as the reader does.
+fn transform(
+    mut chain: TransformChain,
+    mut letters: Letters,
+    rx: Receiver<Message>,
+    tx: SyncSender<Message>,
+) {
+    /// Notes whether this batch produced dead letters, so only those batches flush them.
+    struct Noting<'a> {
+        letters: &'a mut Letters,
+        wrote: bool,
+    }
+    impl RejectRow<PipelineError> for Noting<'_> {
+        fn reject(
+            &mut self,
+            batch: &ChangeBatch,
+            row: usize,
+            error: &str,
+        ) -> Result<(), PipelineError> {
+            self.wrote = true;
+            self.letters.reject_row(batch, row, error)
+        }
+    }
+    for message in rx {
+        let message = message.and_then(|(batch, prepared)| {
+            let mut noting = Noting {
+                letters: &mut letters,
+                wrote: false,
+            };
+            let batch = chain.run(batch, &mut noting)?;
+            if noting.wrote {
+                letters.flush()?;
+            }
+            Ok((batch, prepared))
+        });
+        let failed = message.is_err();
+        if tx.send(message).is_err() || failed {
+            return;
         }
     }
 }

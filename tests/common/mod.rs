@@ -272,3 +272,41 @@ pub fn change_stream(events: usize, keys: i64, seed: u64) -> Stream {
 /// The declared columns for [`change_stream`] events.
 pub const STREAM_COLUMNS: &str =
     "  columns:\n    id: int64\n    name: string\n    price: decimal(12,2)\n    version: int64\n";
+
+/// The component of a plugin crate in `plugins/` (e.g. `examples/mask-fields`), built
+/// with `weir plugin build` the first time a test asks for it. Plugins build in their own
+/// target directory, so the build does not wait on the test run's own cargo lock.
+pub fn plugin_wasm(crate_dir: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .join(crate_dir);
+    let name = crate_dir
+        .rsplit('/')
+        .next()
+        .expect("a crate name")
+        .replace('-', "_");
+    let wasm = dir.join(format!("{name}.wasm"));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == crate_dir) {
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => PathBuf::from(dir).join("wasm-plugins"),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/target"),
+        };
+        let output = weir()
+            .args(["plugin", "build"])
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", target)
+            .output()
+            .expect("run weir plugin build");
+        assert!(
+            output.status.success(),
+            "weir plugin build {crate_dir} failed (is the wasm32-wasip2 target installed? \
+             scripts/test installs it):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        built.push(crate_dir.to_string());
+    }
+    assert!(wasm.is_file(), "{} was not built", wasm.display());
+    wasm
+}

@@ -52,6 +52,9 @@ pub struct PipelineConfig {
     /// How events are grouped into batches.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// WebAssembly transform plugins, applied to every batch in this order.
+    #[serde(default)]
+    pub transforms: Vec<crate::plugin::TransformConfig>,
 }
 
 /// The table a pipeline's change events describe.

@@ -1,0 +1,242 @@
+//! weir-plugin: write weir transforms in Rust and build them to wasm32-wasip2 components.
+//!
+//! Two ways to write a transform:
+//!
+//! - **Row by row**, a plain function over a typed change view, registered with one line:
+//!
+//!   ```ignore
+//!   #[derive(serde::Deserialize)]
+//!   struct Config { column: String, equals: String }
+//!
+//!   fn keep_matching(change: &mut Change, config: &Config) -> Result<Keep, String> {
+//!       let row = change.after().or(change.before()).ok_or("a change without rows")?;
+//!       Ok(Keep::when(row.get(&config.column)?.as_text() == Some(&config.equals)))
+//!   }
+//!   weir_plugin::row_transform!(keep_matching, Config);
+//!   ```
+//!
+//! - **Batch by batch**, Arrow `RecordBatch` in and out, for speed: implement
+//!   [`Transform`] and register it with [`export_transform!`].
+//!
+//! Either way the function is plain Rust: unit-test it natively with `cargo test` (see
+//! [`testing`]); the export macros only generate the component's entry points when
+//! building for wasm (`weir plugin build`). The contract is in `plugins/wit/weir.wit` and
+//! `docs/plugins.md`.
+
+pub mod change;
+pub mod envelope;
+#[doc(hidden)]
+pub mod ipc;
+pub mod testing;
+
+pub use arrow_array;
+pub use arrow_schema;
+pub use arrow_select;
+pub use change::{Change, Keep, Row, Value};
+pub use serde_json::Value as JsonValue;
+
+use arrow_array::{Array, BooleanArray, RecordBatch};
+
+/// An input row the plugin could not process, and why. weir sends that row to the
+/// dead-letter output; the rest of the batch proceeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub row: u32,
+    pub message: String,
+}
+
+/// What a batch transform returns.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The output change batch: the input's envelope columns, with row images that may
+    /// have other columns.
+    pub batch: RecordBatch,
+    /// For every output row, the input row it came from (non-decreasing). `None` when the
+    /// output rows are the input rows, one for one.
+    pub source_rows: Option<Vec<u32>>,
+    /// Input rows that failed; they must not be in the output.
+    pub errors: Vec<RowError>,
+}
+
+impl Output {
+    /// The output rows are the input rows, one for one (a map).
+    pub fn rows(batch: RecordBatch) -> Output {
+        Output {
+            batch,
+            source_rows: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The input rows where `keep` is true (null counts as false).
+    pub fn filtered(input: &RecordBatch, keep: &BooleanArray) -> Result<Output, String> {
+        let batch = arrow_select::filter::filter_record_batch(input, keep)
+            .map_err(|e| format!("filtering the batch: {e}"))?;
+        let source_rows = (0..keep.len())
+            .filter(|&i| keep.is_valid(i) && keep.value(i))
+            .map(|i| i as u32)
+            .collect();
+        Ok(Output {
+            batch,
+            source_rows: Some(source_rows),
+            errors: Vec::new(),
+        })
+    }
+}
+
+/// A transform working on whole change batches.
+pub trait Transform: Sized + 'static {
+    /// Builds the transform from its YAML `config` (as JSON; `null` when absent). An error
+    /// stops the pipeline at start, so say what is wrong with the config.
+    fn init(config: &JsonValue) -> Result<Self, String>;
+
+    /// Transforms one change batch. An `Err` fails the whole batch (it goes to the
+    /// dead-letter output); report a single bad row in [`Output::errors`] instead.
+    fn transform(&mut self, batch: RecordBatch) -> Result<Output, String>;
+}
+
+/// Parses the config JSON the host passes to `init`.
+pub fn parse_config(json: &str) -> Result<JsonValue, String> {
+    if json.trim().is_empty() {
+        return Ok(JsonValue::Null);
+    }
+    serde_json::from_str(json).map_err(|e| format!("the plugin config is not JSON: {e}"))
+}
+
+/// Deserializes a typed config, with a message that names the problem.
+pub fn typed_config<C: serde::de::DeserializeOwned>(config: &JsonValue) -> Result<C, String> {
+    C::deserialize(config).map_err(|e| format!("invalid plugin config: {e}"))
+}
+
+/// The component's entry points (wasm only).
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    pub mod transform {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "transform",
+            pub_export_macro: true,
+            export_macro_name: "export",
+            default_bindings_module: "weir_plugin::bindings::transform",
+        });
+    }
+}
+
+/// Glue the export macros call; not part of the API.
+#[doc(hidden)]
+pub mod __export {
+    use super::*;
+
+    /// The state of one plugin instance: built by `init`, used by every call.
+    pub struct Instance<T> {
+        plugin: Option<T>,
+    }
+
+    impl<T: Transform> Default for Instance<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<T: Transform> Instance<T> {
+        pub const fn new() -> Self {
+            Instance { plugin: None }
+        }
+
+        pub fn init(&mut self, config: &str) -> Result<(), String> {
+            self.plugin = Some(T::init(&parse_config(config)?)?);
+            Ok(())
+        }
+
+        /// One call: IPC in, the output's parts out (batch as IPC, source rows, errors).
+        #[allow(clippy::type_complexity)]
+        pub fn transform(
+            &mut self,
+            batch: Vec<u8>,
+        ) -> Result<(Vec<u8>, Vec<u32>, Vec<(u32, String)>), String> {
+            let plugin = self.plugin.as_mut().ok_or("transform called before init")?;
+            let input = ipc::read(batch)?;
+            let output = plugin.transform(input)?;
+            let bytes = ipc::write(&output.batch)?;
+            let errors = output
+                .errors
+                .into_iter()
+                .map(|e| (e.row, e.message))
+                .collect();
+            Ok((bytes, output.source_rows.unwrap_or_default(), errors))
+        }
+    }
+}
+
+/// Exports a [`Transform`] as the plugin's entry points. One per crate.
+#[macro_export]
+macro_rules! export_transform {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::transform::weir::plugin::types::{RowError, Transformed};
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<$crate::__export::Instance<$plugin>> =
+                    const { ::std::cell::RefCell::new($crate::__export::Instance::new()) };
+            }
+
+            struct WeirTransformExport;
+
+            impl $crate::bindings::transform::Guest for WeirTransformExport {
+                fn init(config: String) -> Result<(), String> {
+                    INSTANCE.with_borrow_mut(|instance| instance.init(&config))
+                }
+
+                fn transform(batch: Vec<u8>) -> Result<Transformed, String> {
+                    INSTANCE.with_borrow_mut(|instance| {
+                        let (batch, source_rows, errors) = instance.transform(batch)?;
+                        Ok(Transformed {
+                            batch,
+                            source_rows,
+                            errors: errors
+                                .into_iter()
+                                .map(|(row, message)| RowError { row, message })
+                                .collect(),
+                        })
+                    })
+                }
+            }
+
+            $crate::bindings::transform::export!(
+                WeirTransformExport with_types_in $crate::bindings::transform
+            );
+        };
+    };
+}
+
+/// Exports a row function `fn(&mut Change, &Config) -> Result<Keep, String>` as the
+/// plugin's transform, with `Config` deserialized from the plugin's YAML `config`.
+#[macro_export]
+macro_rules! row_transform {
+    ($function:path, $config:ty) => {
+        #[doc(hidden)]
+        pub struct WeirRowTransform {
+            config: $config,
+        }
+
+        impl $crate::Transform for WeirRowTransform {
+            fn init(config: &$crate::JsonValue) -> Result<Self, String> {
+                Ok(WeirRowTransform {
+                    config: $crate::typed_config(config)?,
+                })
+            }
+
+            fn transform(
+                &mut self,
+                batch: $crate::arrow_array::RecordBatch,
+            ) -> Result<$crate::Output, String> {
+                let config = &self.config;
+                $crate::change::map_rows(&batch, |change| $function(change, config))
+            }
+        }
+
+        $crate::export_transform!(WeirRowTransform);
+    };
+}

@@ -1,0 +1,81 @@
+//! The transform stage of a pipeline: the configured plugins, applied in YAML order.
+
+use crate::config::LoadedPipeline;
+use crate::envelope::ChangeBatch;
+
+use super::transform::TransformPlugin;
+use super::{Limits, PluginSpec};
+
+/// A row that leaves the pipeline at this stage, and why.
+pub trait RejectRow<E> {
+    fn reject(&mut self, batch: &ChangeBatch, row: usize, reason: &str) -> Result<(), E>;
+}
+
+/// The loaded transform plugins.
+pub struct TransformChain {
+    plugins: Vec<TransformPlugin>,
+}
+
+impl TransformChain {
+    /// Loads every configured transform (`None` when there is none). A plugin that cannot be
+    /// read, compiled, linked or initialised is an error naming it.
+    pub fn load(pipeline: &LoadedPipeline) -> Result<Option<TransformChain>, String> {
+        if pipeline.config.transforms.is_empty() {
+            return Ok(None);
+        }
+        let plugins = pipeline
+            .config
+            .transforms
+            .iter()
+            .map(|t| {
+                TransformPlugin::load(PluginSpec {
+                    name: t.name.clone(),
+                    wasm: pipeline.resolve(&t.wasm),
+                    config: t.config.clone(),
+                    limits: Limits::from(&t.limits),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(TransformChain { plugins }))
+    }
+
+    /// Runs a batch through every plugin. Rows a plugin refuses, and every row of a batch
+    /// whose call fails, go to `rejects` with the reason; what remains goes on. The
+    /// checkpoint is the input's whatever happens, so the source moves past rejected rows
+    /// only once they are dead letters.
+    pub fn run<E>(
+        &mut self,
+        mut batch: ChangeBatch,
+        rejects: &mut dyn RejectRow<E>,
+    ) -> Result<ChangeBatch, E> {
+        for plugin in &mut self.plugins {
+            if batch.num_rows() == 0 {
+                break;
+            }
+            match plugin.call(&batch) {
+                Ok(transformed) => {
+                    for (row, message) in &transformed.rejected {
+                        let reason = crate::redact::redact(message);
+                        let reason =
+                            format!("plugin_row_error: {reason} (plugin `{}`)", plugin.name());
+                        rejects.reject(&batch, *row, &reason)?;
+                    }
+                    batch = transformed.batch;
+                }
+                Err(failure) => {
+                    let reason = format!("{} (plugin `{}`)", failure.reason(), plugin.name());
+                    for row in 0..batch.num_rows() {
+                        rejects.reject(&batch, row, &reason)?;
+                    }
+                    batch = ChangeBatch {
+                        data: batch.data.slice(0, 0),
+                        positions: Vec::new(),
+                        checkpoint: batch.checkpoint,
+                        table: batch.table,
+                    };
+                }
+            }
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,166 @@
+//! The plugin host: WebAssembly components (the `weir:plugin` WIT worlds in
+//! `plugins/wit/`) run sandboxed by wasmtime, once per change batch.
+//!
+//! - [`engine`]: the shared engines, their epoch clock and the compiled-component cache.
+//! - [`sandbox`]: what an instance may reach (nothing), its memory cap, its stdout/stderr.
+//! - [`transform`]: transform plugins, and the checks on what they return.
+//! - [`chain`]: the pipeline stage running the configured transforms in order.
+//!
+//! A call that fails as a whole ([`Failure`]) sends its batch to the dead-letter output
+//! with the reason; the instance is replaced by a fresh one for the next batch.
+
+pub mod chain;
+pub mod engine;
+pub mod sandbox;
+pub mod transform;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A transform plugin in the pipeline YAML (`transforms:`, applied in order).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// A name for logs and dead letters.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The plugin's `.wasm` component (relative to the pipeline file), as `weir plugin
+    /// build` writes it.
+    pub wasm: PathBuf,
+    /// The plugin's own configuration, passed to its `init` as JSON.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// What the plugin may use.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Per-plugin limits. A call past any of them fails its batch into the dead-letter output.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Linear memory cap per instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub memory_mb: u64,
+    /// Deadline per call, in milliseconds (enforced by epoch interruption, to within 5 ms).
+    #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: u64,
+    /// Optional fuel per call (a deterministic bound on instructions). Metering slows every
+    /// instruction, so it is off unless set.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+}
+
+fn default_memory_mb() -> u64 {
+    128
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+            fuel: None,
+        }
+    }
+}
+
+/// The limits of a loaded plugin.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub timeout: Duration,
+    pub fuel: Option<u64>,
+}
+
+impl Limits {
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mb as usize) << 20
+    }
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(config: &LimitsConfig) -> Self {
+        Limits {
+            memory_mb: config.memory_mb,
+            timeout: Duration::from_millis(config.timeout_ms),
+            fuel: config.fuel,
+        }
+    }
+}
+
+/// Everything needed to load a plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub config: serde_json::Value,
+    pub limits: Limits,
+}
+
+/// Why a call failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin trapped (a Rust panic traps); `stderr` is its last line there.
+    Trap {
+        trap: String,
+        stderr: Option<String>,
+    },
+    /// The call ran past its deadline.
+    Timeout { limit_ms: u64 },
+    /// The call used all its fuel.
+    OutOfFuel { fuel: u64 },
+    /// The instance tried to grow its memory past the cap.
+    OutOfMemory { cap_mb: u64, asked_mb: u64 },
+    /// The output is not a valid change batch for this input.
+    BadOutput(String),
+    /// The plugin returned an error for the whole batch.
+    Returned(String),
+    /// A fresh instance's `init` failed.
+    Init(String),
+    /// The host could not encode the batch.
+    Host(String),
+}
+
+impl Failure {
+    /// The reason written to dead letters and logs: a stable code, then the detail.
+    pub fn reason(&self) -> String {
+        let reason = match self {
+            Failure::Trap {
+                trap,
+                stderr: Some(line),
+            } => format!("plugin_trap: {trap} (stderr: {line})"),
+            Failure::Trap { trap, stderr: None } => format!("plugin_trap: {trap}"),
+            Failure::Timeout { limit_ms } => {
+                format!("plugin_timeout: the call ran past its {limit_ms} ms deadline")
+            }
+            Failure::OutOfFuel { fuel } => {
+                format!("plugin_timeout: the call used all its fuel ({fuel})")
+            }
+            Failure::OutOfMemory { cap_mb, asked_mb } => format!(
+                "plugin_oom: the plugin reached its memory cap of {cap_mb} MiB (it asked for \
+                 {asked_mb} MiB); raise limits.memory_mb if the batch needs it"
+            ),
+            Failure::BadOutput(detail) => format!("plugin_bad_output: {detail}"),
+            Failure::Returned(message) => format!("plugin_error: {message}"),
+            Failure::Init(message) => format!("plugin_init: {message}"),
+            Failure::Host(message) => format!("plugin_host: {message}"),
+        };
+        crate::redact::redact(&reason).into_owned()
+    }
+
+    /// Whether the instance must be replaced: after anything but an error the plugin
+    /// returned itself, its state is unknown.
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, Failure::Returned(_))
+    }
+}

@@ -1,0 +1,299 @@
+//! WebAssembly plugins in real pipelines: the example plugins and the `probe` test plugin,
+//! built from `plugins/` with `weir plugin build`, run by the real `weir` binary over a
+//! file source into SQLite.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{STREAM_COLUMNS, Workspace, change_stream, plugin_wasm, sqlite_rows};
+use sha2::{Digest, Sha256};
+
+/// A file → SQLite pipeline over `events.jsonl` of [`change_stream`] rows, with
+/// `transforms` (YAML lines under `transforms:`) and batches of `batch` events.
+fn pipeline(ws: &Workspace, transforms: &str, batch: usize) -> std::path::PathBuf {
+    let yaml = format!(
+        "name: plugins\n\
+         source:\n  type: file\n  path: events.jsonl\n  format: debezium-json\n\
+         table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+         batch:\n  max_events: {batch}\n\
+         transforms:\n{transforms}\
+         sink:\n  type: sqlite\n  path: target.db\n  table: items\n  create: true\n\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n"
+    );
+    ws.write("pipeline.yaml", &yaml)
+}
+
+fn items(ws: &Workspace) -> BTreeMap<i64, (String, String, i64)> {
+    sqlite_rows(
+        &ws.path("target.db"),
+        "SELECT id, name, CAST(price AS TEXT), version FROM items",
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].parse().unwrap(),
+            (r[1].clone(), r[2].clone(), r[3].parse().unwrap()),
+        )
+    })
+    .collect()
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn plugin(name: &str, crate_dir: &str, config: &str, limits: &str) -> String {
+    let wasm = plugin_wasm(crate_dir);
+    format!(
+        "  - name: {name}\n    wasm: {}\n    config: {config}\n    limits: {limits}\n",
+        wasm.display()
+    )
+}
+
+#[test]
+fn mask_fields_hashes_the_column_and_leaves_the_rest() {
+    let ws = Workspace::new();
+    let stream = change_stream(3000, 300, 41);
+    ws.append_lines("events.jsonl", &stream.lines);
+    let mask = plugin(
+        "mask-name",
+        "examples/mask-fields",
+        "{ fields: [name], method: sha256 }",
+        "{}",
+    );
+    let summary = ws.run_ok(&pipeline(&ws, &mask, 500));
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    let expected: BTreeMap<_, _> = stream
+        .final_rows
+        .iter()
+        .map(|(id, (name, _, version))| (*id, (sha256_hex(name), *version)))
+        .collect();
+    let got: BTreeMap<_, _> = items(&ws)
+        .into_iter()
+        .map(|(id, (n, _, v))| (id, (n, v)))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn filter_keeps_only_the_matching_rows() {
+    let ws = Workspace::new();
+    let stream = change_stream(3000, 300, 42);
+    ws.append_lines("events.jsonl", &stream.lines);
+    // Keep the changes whose row has an even version: the target then holds, per key, the
+    // last even-versioned row, unless a later (kept) delete removed it.
+    let filter = plugin(
+        "even",
+        "examples/filter",
+        "{ column: version, op: in, values: [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30] }",
+        "{}",
+    );
+    ws.run_ok(&pipeline(&ws, &filter, 700));
+    // An oracle over the same events.
+    let mut expected = BTreeMap::new();
+    for line in &stream.lines {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let row = if event["after"].is_null() {
+            &event["before"]
+        } else {
+            &event["after"]
+        };
+        let version = row["version"].as_i64().unwrap();
+        assert!(version <= 30, "the filter list covers every version");
+        if version % 2 != 0 {
+            continue;
+        }
+        let id = row["id"].as_i64().unwrap();
+        if event["op"] == "d" {
+            expected.remove(&id);
+        } else {
+            expected.insert(
+                id,
+                (
+                    row["name"].as_str().unwrap().to_string(),
+                    row["version"].as_i64().unwrap(),
+                ),
+            );
+        }
+    }
+    let got: BTreeMap<_, _> = items(&ws)
+        .into_iter()
+        .map(|(id, (n, _, v))| (id, (n, v)))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected);
+}
+
+/// Runs a probe plugin that misbehaves on the batch holding `id`, and checks that exactly
+/// that batch's rows are dead letters with `reason`, and every other row is applied.
+fn misbehaving_batch_is_dead_lettered(mode: &str, limits: &str, reason: &str) {
+    let ws = Workspace::new();
+    // 40 inserts of distinct keys, in batches of 10: the probe fails on ids 10..19.
+    let lines: Vec<String> = (0..40)
+        .map(|id| format!(r#"{{"op":"c","before":null,"after":{{"id":{id},"name":"n{id}","price":1.00,"version":1}},"ts_ms":{id}}}"#))
+        .collect();
+    ws.append_lines("events.jsonl", &lines);
+    let probe = plugin(
+        "probe",
+        "testing/probe",
+        &format!("{{ mode: {mode}, id: 15 }}"),
+        limits,
+    );
+    let summary = ws.run_ok(&pipeline(&ws, &probe, 10));
+    let letters = ws.dead_letters();
+    assert_eq!(letters.len(), 10, "{summary}\n{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["stage"], "transform", "{letter}");
+        let error = letter["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(reason) && error.contains("(plugin `probe`)"),
+            "{error}"
+        );
+        let raw: serde_json::Value = serde_json::from_str(letter["raw"].as_str().unwrap()).unwrap();
+        let id = raw["after"]["id"].as_i64().unwrap();
+        assert!((10..20).contains(&id), "{letter}");
+        assert_eq!(letter["source"]["line"], id + 1, "{letter}");
+    }
+    let applied: Vec<i64> = items(&ws).into_keys().collect();
+    let expected: Vec<i64> = (0..10).chain(20..40).collect();
+    assert_eq!(
+        applied, expected,
+        "the batches after the failure are applied"
+    );
+}
+
+#[test]
+fn a_looping_plugin_is_stopped_at_its_deadline_and_the_next_batch_succeeds() {
+    misbehaving_batch_is_dead_lettered(
+        "loop",
+        "{ timeout_ms: 100 }",
+        "plugin_timeout: the call ran past its 100 ms deadline",
+    );
+}
+
+#[test]
+fn a_plugin_past_its_memory_cap_fails_its_batch_only() {
+    misbehaving_batch_is_dead_lettered(
+        "alloc",
+        "{ memory_mb: 64 }",
+        "plugin_oom: the plugin reached its memory cap of 64 MiB",
+    );
+}
+
+#[test]
+fn a_trapping_plugin_fails_its_batch_with_the_panic_message() {
+    misbehaving_batch_is_dead_lettered(
+        "trap",
+        "{}",
+        "plugin_trap: wasm trap: wasm `unreachable` instruction executed (stderr: probe: trapping as asked)",
+    );
+}
+
+#[test]
+fn output_that_breaks_the_envelope_is_refused() {
+    misbehaving_batch_is_dead_lettered(
+        "bad-output",
+        "{}",
+        "plugin_bad_output: the batch has 1 columns, the change envelope has 15",
+    );
+}
+
+#[test]
+fn the_sandbox_denies_files_environment_and_network() {
+    let ws = Workspace::new();
+    let lines: Vec<String> = (0..3)
+        .map(|id| format!(r#"{{"op":"c","before":null,"after":{{"id":{id},"name":"n","price":1.00,"version":1}},"ts_ms":1}}"#))
+        .collect();
+    ws.append_lines("events.jsonl", &lines);
+    let secret = ws.write("secret.txt", "the plugin must not read this");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let config = format!(
+        "{{ mode: sandbox, path: '{}', env: WEIR_PROBE_SECRET, address: '{}' }}",
+        secret.display(),
+        listener.local_addr().unwrap()
+    );
+    let probe = plugin("probe", "testing/probe", &config, "{}");
+    let run = common::weir()
+        .args(["run", "--json"])
+        .arg(pipeline(&ws, &probe, 10))
+        .env("WEIR_PROBE_SECRET", "visible-to-weir-only")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let errors: Vec<String> = ws
+        .dead_letters()
+        .iter()
+        .map(|l| l["error"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for what in ["open-file", "read-env", "connect"] {
+        let error = errors
+            .iter()
+            .find(|e| e.contains(&format!("{what}:")))
+            .unwrap();
+        assert!(error.contains(&format!("{what}: denied:")), "{error}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "no connection reached the listener"
+    );
+    // Rows 1 and 2 went on.
+    assert_eq!(items(&ws).into_keys().collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn plugin_output_goes_to_the_log_under_its_name() {
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", &[r#"{"op":"c","before":null,"after":{"id":1,"name":"n","price":1.00,"version":1},"ts_ms":1}"#.to_string()]);
+    let probe = plugin("chatty", "testing/probe", "{ mode: print }", "{}");
+    let run = ws.run(&pipeline(&ws, &probe, 10), &["-v"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let stderr = run.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("plugin=chatty")
+            && l.contains("stream=\"stdout\"")
+            && l.contains("probe: 1 rows on stdout")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("plugin=chatty") && l.contains("probe: 1 rows on stderr")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_plugin_that_cannot_load_stops_the_pipeline_at_start_with_its_name() {
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", &[]);
+    let missing = "  - name: ghost\n    wasm: nowhere/ghost.wasm\n";
+    let run = ws.run(&pipeline(&ws, missing, 10), &[]);
+    assert!(!run.output.status.success());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("plugin `ghost`: cannot read") && stderr.contains("weir plugin build"),
+        "{stderr}"
+    );
+    let bad_config = plugin("masker", "examples/mask-fields", "{ fields: [] }", "{}");
+    let run = ws.run(&pipeline(&ws, &bad_config, 10), &[]);
+    assert!(!run.output.status.success());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(
+            "plugin `masker` failed to start: plugin_init: `fields` lists no column to mask"
+        ),
+        "{stderr}"
+    );
+    assert!(!Path::new(&ws.path("target.db")).exists() || items(&ws).is_empty());
+}

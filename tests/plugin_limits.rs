@@ -31,21 +31,7 @@ fn batch(ids: &[i64]) -> ChangeBatch {
         .map(|f| match f.name().as_str() {
             "op" => Arc::new(StringArray::from(vec!["c"; rows])) as ArrayRef,
             "before" | "after" => image(),
-            "headers" => {
-                let mut maps = arrow::array::MapBuilder::new(
-                    Some(arrow::array::MapFieldNames {
-                        entry: "entries".into(),
-                        key: "key".into(),
-                        value: "value".into(),
-                    }),
-                    arrow::array::StringBuilder::new(),
-                    arrow::array::BinaryBuilder::new(),
-                );
-                for _ in 0..rows {
-                    maps.append(true).unwrap();
-                }
-                Arc::new(maps.finish()) as ArrayRef
-            }
+            "headers" => envelope::empty_headers(rows),
             _ => arrow::array::new_null_array(f.data_type(), rows),
         })
         .collect();

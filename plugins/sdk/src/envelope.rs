@@ -5,64 +5,12 @@
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray, cast::AsArray};
-use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{Field, Fields, Schema};
 
-pub const OP: &str = "op";
-pub const EVENT_TIME: &str = "event_time";
-pub const SOURCE_TIME: &str = "source_time";
-pub const SOURCE_TABLE: &str = "source_table";
-pub const ORIGIN: &str = "origin";
-pub const HEADERS: &str = "headers";
-pub const BEFORE: &str = "before";
-pub const AFTER: &str = "after";
-
-/// The envelope's text columns after `op` and the two times, in order.
-pub const SOURCE_TEXT_COLUMNS: [&str; 9] = [
-    "source_connector",
-    "source_name",
-    "source_db",
-    "source_schema",
-    SOURCE_TABLE,
-    "source_position",
-    "source_txid",
-    "source_snapshot",
-    ORIGIN,
-];
-
-/// The type of the `headers` column: record headers as a map from name to bytes.
-pub fn headers_type() -> DataType {
-    let entries = Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Binary, true),
-    ]);
-    DataType::Map(
-        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
-        false,
-    )
-}
-
-/// The envelope schema for rows with `row_fields`, as weir's host builds it.
-pub fn schema(row_fields: Fields) -> SchemaRef {
-    let utc_micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let mut fields = vec![
-        Field::new(OP, DataType::Utf8, false),
-        Field::new(EVENT_TIME, utc_micros.clone(), true),
-        Field::new(SOURCE_TIME, utc_micros, true),
-    ];
-    fields.extend(
-        SOURCE_TEXT_COLUMNS
-            .iter()
-            .map(|name| Field::new(*name, DataType::Utf8, true)),
-    );
-    fields.push(Field::new(HEADERS, headers_type(), false));
-    fields.push(Field::new(
-        BEFORE,
-        DataType::Struct(row_fields.clone()),
-        true,
-    ));
-    fields.push(Field::new(AFTER, DataType::Struct(row_fields), true));
-    Arc::new(Schema::new(fields))
-}
+pub use weir_envelope::{
+    AFTER, BEFORE, EVENT_TIME, HEADERS, OP, ORIGIN, SOURCE_TABLE, SOURCE_TEXT_COLUMNS, SOURCE_TIME,
+    empty_headers, headers_type, schema,
+};
 
 /// A row image column (`before` or `after`) of a change batch.
 pub fn image<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StructArray, String> {

@@ -26,7 +26,7 @@
 pub mod change;
 pub mod envelope;
 #[doc(hidden)]
-pub mod ipc;
+pub use weir_envelope::ipc;
 pub mod testing;
 
 pub use arrow_array;

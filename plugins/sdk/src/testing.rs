@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, MapBuilder, MapFieldNames, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, StructArray, new_null_array};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Fields};
@@ -50,7 +49,7 @@ impl ChangeBatchBuilder {
                 )) as ArrayRef,
                 BEFORE => Arc::new(self.image(|c| c.1.as_ref())),
                 AFTER => Arc::new(self.image(|c| c.2.as_ref())),
-                envelope::HEADERS => empty_maps(rows),
+                envelope::HEADERS => envelope::empty_headers(rows),
                 _ => new_null_array(field.data_type(), rows),
             })
             .collect();
@@ -81,20 +80,6 @@ impl ChangeBatchBuilder {
             Some(NullBuffer::from(present)),
         )
     }
-}
-
-/// A `headers` column with no header on any row.
-fn empty_maps(rows: usize) -> ArrayRef {
-    let names = MapFieldNames {
-        entry: "entries".into(),
-        key: "key".into(),
-        value: "value".into(),
-    };
-    let mut maps = MapBuilder::new(Some(names), StringBuilder::new(), BinaryBuilder::new());
-    for _ in 0..rows {
-        maps.append(true).expect("an empty map");
-    }
-    Arc::new(maps.finish())
 }
 
 fn json_value(value: Option<&Json>) -> Value {

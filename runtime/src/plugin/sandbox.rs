@@ -24,8 +24,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(plugin: &str, memory_bytes: usize, output: &PluginOutput) -> HostState {
-        let _ = plugin;
+    pub fn new(memory_bytes: usize, output: &PluginOutput) -> HostState {
         let wasi = WasiCtx::builder()
             .stdout(output.stream("stdout"))
             .stderr(output.stream("stderr"))

@@ -9,11 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::buffer::Buffer;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
-use arrow::ipc::reader::StreamDecoder;
-use arrow::ipc::writer::StreamWriter;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
@@ -21,6 +18,7 @@ use super::engine::{self, TICK};
 use super::sandbox::{HostState, PluginOutput};
 use super::{Failure, Limits, PluginSpec};
 use crate::envelope::{AFTER, BEFORE, ChangeBatch, Op};
+use weir_envelope::ipc;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -103,11 +101,7 @@ impl TransformPlugin {
         if self.instance.is_none() {
             let mut store = Store::new(
                 self.pre.engine(),
-                HostState::new(
-                    &self.spec.name,
-                    self.spec.limits.memory_bytes(),
-                    &self.output,
-                ),
+                HostState::new(self.spec.limits.memory_bytes(), &self.output),
             );
             store.limiter(|state| &mut state.cap);
             arm(&self.spec.limits, &mut store);
@@ -156,7 +150,7 @@ impl TransformPlugin {
     /// Transforms one batch. On a failure the instance is dropped (a trap can leave it in
     /// any state) and the next call starts a fresh one.
     pub fn call(&mut self, input: &ChangeBatch) -> Result<Transformed, Failure> {
-        let bytes = write_ipc(&input.data).map_err(Failure::Host)?;
+        let bytes = ipc::write(&input.data).map_err(Failure::Host)?;
         let started = Instant::now();
         let result = {
             let limits = self.spec.limits.clone();
@@ -203,34 +197,6 @@ fn link(
     TransformPre::new(linker.instantiate_pre(component)?)
 }
 
-fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
-    let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).map_err(|e| e.to_string())?;
-    writer.write(batch).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
-    drop(writer);
-    Ok(out)
-}
-
-/// Reads the plugin's IPC stream (without copying its buffers).
-fn read_ipc(bytes: Vec<u8>) -> Result<RecordBatch, String> {
-    let mut buffer = Buffer::from_vec(bytes);
-    let mut decoder = StreamDecoder::new();
-    let mut batches = Vec::new();
-    while !buffer.is_empty() {
-        if let Some(batch) = decoder.decode(&mut buffer).map_err(|e| e.to_string())? {
-            batches.push(batch);
-        }
-    }
-    decoder.finish().map_err(|e| e.to_string())?;
-    let schema = decoder.schema().ok_or("a stream without a schema")?;
-    match batches.len() {
-        0 => Ok(RecordBatch::new_empty(schema)),
-        1 => Ok(batches.pop().expect("one batch")),
-        _ => arrow::compute::concat_batches(&schema, &batches).map_err(|e| e.to_string()),
-    }
-}
-
 fn bad(message: impl Into<String>) -> Failure {
     Failure::BadOutput(message.into())
 }
@@ -241,8 +207,7 @@ fn check_output(
     output: bindings::weir::plugin::types::Transformed,
 ) -> Result<Transformed, Failure> {
     let inputs = input.num_rows();
-    let data =
-        read_ipc(output.batch).map_err(|e| bad(format!("the batch is not Arrow IPC: {e}")))?;
+    let data = ipc::read(output.batch).map_err(bad)?;
     let in_schema = input.data.schema();
     let out_schema = data.schema();
     // The envelope columns, in order, with their types; only the row images may change.

@@ -119,6 +119,12 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
             s.rows_applied, s.upserts, s.deletes, s.truncates
         );
     }
+    if s.conflicts_skipped + s.conflicts_merged > 0 {
+        out += &format!(
+            "  resolved      {} changes skipped, {} merged (conflict resolver)\n",
+            s.conflicts_skipped, s.conflicts_merged
+        );
+    }
     out += &format!(
         "  skipped       {} tombstones, {} schema-change events, {} other\n",
         s.tombstones, s.schema_changes, s.ignored
@@ -151,6 +157,8 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "deletes": s.deletes,
         "truncates": s.truncates,
         "appended": s.appended,
+        "conflicts_skipped": s.conflicts_skipped,
+        "conflicts_merged": s.conflicts_merged,
         "tombstones": s.tombstones,
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,

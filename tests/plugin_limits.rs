@@ -95,7 +95,7 @@ fn deadline_memory_cap_and_a_thousand_traps() {
     );
     let next = looping.call(&batch(&[1, 2])).unwrap();
     assert_eq!(next.batch.num_rows(), 2);
-    assert_eq!(looping.instances, 2, "a fresh instance after the timeout");
+    assert_eq!(looping.instances(), 2, "a fresh instance after the timeout");
 
     // A plugin that allocates without bound is trapped at its cap; the host's peak RSS
     // stays within the cap plus 64 MiB of where it was.
@@ -131,7 +131,11 @@ fn deadline_memory_cap_and_a_thousand_traps() {
         );
     }
     let (rss_end, threads_end) = (status("VmRSS:") * 1024, status("Threads:"));
-    assert_eq!(trapping.instances, 1000, "every trap replaced the instance");
+    assert_eq!(
+        trapping.instances(),
+        1000,
+        "every trap replaced the instance"
+    );
     assert_eq!(threads_end, threads_warm, "no thread leaked");
     assert!(
         rss_end <= rss_warm + 16 * MIB,

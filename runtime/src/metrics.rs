@@ -71,6 +71,9 @@ pub struct Metrics {
     pub truncates: AtomicU64,
     /// Changes appended to a change-log sink.
     pub appended: AtomicU64,
+    /// Changes a conflict resolver skipped, or replaced by a merged row.
+    pub conflicts_skipped: AtomicU64,
+    pub conflicts_merged: AtomicU64,
     pub dead_letters: AtomicU64,
     pub tombstones: AtomicU64,
     pub schema_changes: AtomicU64,
@@ -89,6 +92,8 @@ pub struct Snapshot {
     pub deletes: u64,
     pub truncates: u64,
     pub appended: u64,
+    pub conflicts_skipped: u64,
+    pub conflicts_merged: u64,
     pub dead_letters: u64,
     pub tombstones: u64,
     pub schema_changes: u64,
@@ -112,6 +117,8 @@ impl Metrics {
             deletes: get(&self.deletes),
             truncates: get(&self.truncates),
             appended: get(&self.appended),
+            conflicts_skipped: get(&self.conflicts_skipped),
+            conflicts_merged: get(&self.conflicts_merged),
             dead_letters: get(&self.dead_letters),
             tombstones: get(&self.tombstones),
             schema_changes: get(&self.schema_changes),

@@ -261,6 +261,117 @@ pub fn map_rows(
     })
 }
 
+/// What a row resolver decides for one incoming change.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Apply the change as it is.
+    Apply,
+    /// Leave the target row as it is.
+    Skip,
+    /// Write this row instead: usually the incoming `after` (or the current row) with
+    /// some columns set. It must keep the change's key. Columns the row API cannot set
+    /// (decimals, say) are taken from the incoming `after`, or from the current row for a
+    /// delete.
+    Merge(Row),
+}
+
+/// Runs `f` over every incoming change with the target's current row for its key (`None`
+/// where the target has none) and collects the decisions and merged rows.
+pub fn resolve_rows(
+    incoming: &RecordBatch,
+    current: &RecordBatch,
+    mut f: impl FnMut(&Change, Option<&Row>) -> Result<Resolution, String>,
+) -> Result<crate::Resolved, String> {
+    let before = envelope::image(incoming, BEFORE)?;
+    let after = envelope::image(incoming, AFTER)?;
+    let ops = incoming
+        .column_by_name(OP)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or("the batch has no `op` text column")?;
+    let now = envelope::image(current, crate::CURRENT)?;
+    if now.len() != incoming.num_rows() {
+        return Err(format!(
+            "{} current rows for {} incoming changes",
+            now.len(),
+            incoming.num_rows()
+        ));
+    }
+    let columns = Arc::new(Columns {
+        fields: after.fields().clone(),
+    });
+    let mut decisions = Vec::with_capacity(incoming.num_rows());
+    let mut merged: Vec<(usize, Row)> = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..incoming.num_rows() {
+        let change = Change {
+            op: ops.value(i).to_string(),
+            before: read_row(before, i, &columns),
+            after: read_row(after, i, &columns),
+        };
+        let current_row = read_row(now, i, &columns);
+        match f(&change, current_row.as_ref()) {
+            Ok(Resolution::Apply) => decisions.push(crate::Decision::Apply),
+            Ok(Resolution::Skip) => decisions.push(crate::Decision::Skip),
+            Ok(Resolution::Merge(row)) => {
+                decisions.push(crate::Decision::Merge);
+                merged.push((i, row));
+            }
+            Err(message) => {
+                // The host ignores the decision of a refused row.
+                decisions.push(crate::Decision::Skip);
+                errors.push(RowError {
+                    row: i as u32,
+                    message,
+                });
+            }
+        }
+    }
+    let merged = if merged.is_empty() {
+        None
+    } else {
+        Some(merged_rows(after, now, &merged)?)
+    };
+    Ok(crate::Resolved {
+        decisions,
+        merged,
+        errors,
+    })
+}
+
+/// The merged rows as a batch of the table's columns: settable columns from the rows'
+/// values, the others from the incoming `after` (or the current row for a delete).
+fn merged_rows(
+    after: &StructArray,
+    current: &StructArray,
+    rows: &[(usize, Row)],
+) -> Result<RecordBatch, String> {
+    let fields = after.fields().clone();
+    let mut columns = Vec::with_capacity(fields.len());
+    for (index, field) in fields.iter().enumerate() {
+        let ty = field.data_type();
+        if writable(ty) {
+            columns.push(build_array(ty, rows.iter().map(|(_, r)| &r.values[index]))?);
+        } else {
+            let sources = [after.column(index).as_ref(), current.column(index).as_ref()];
+            let picks: Vec<(usize, usize)> = rows
+                .iter()
+                .map(|(i, _)| (if after.is_valid(*i) { 0 } else { 1 }, *i))
+                .collect();
+            columns.push(
+                arrow_select::interleave::interleave(&sources, &picks)
+                    .map_err(|e| format!("column `{}`: {e}", field.name()))?,
+            );
+        }
+    }
+    let schema = Arc::new(arrow_schema::Schema::new(
+        fields
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
+}
+
 fn read_row(image: &StructArray, row: usize, columns: &Arc<Columns>) -> Option<Row> {
     if image.is_null(row) {
         return None;

@@ -32,7 +32,7 @@ pub mod testing;
 pub use arrow_array;
 pub use arrow_schema;
 pub use arrow_select;
-pub use change::{Change, Keep, Row, Value};
+pub use change::{Change, Keep, Resolution, Row, Value};
 pub use serde_json::Value as JsonValue;
 
 use arrow_array::{Array, BooleanArray, RecordBatch};
@@ -95,6 +95,43 @@ pub trait Transform: Sized + 'static {
     fn transform(&mut self, batch: RecordBatch) -> Result<Output, String>;
 }
 
+/// The name of the one column of the `current` batch a resolver receives: a struct of the
+/// table's row columns, null where the target has no row for the change's key.
+pub const CURRENT: &str = "current";
+
+/// What a resolver decides for one incoming change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply the change as it is.
+    Apply,
+    /// Leave the target as it is.
+    Skip,
+    /// Write the next row of [`Resolved::merged`] instead.
+    Merge,
+}
+
+/// What a batch resolver returns.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// One per incoming change, in order.
+    pub decisions: Vec<Decision>,
+    /// One row per [`Decision::Merge`], in order, with the table's row columns (the fields
+    /// of `after`) as top-level columns. `None` when nothing merges.
+    pub merged: Option<RecordBatch>,
+    /// Changes that could not be decided; weir dead-letters them.
+    pub errors: Vec<RowError>,
+}
+
+/// A conflict resolver working on whole batches: the incoming change batch, and `current`
+/// (one column [`CURRENT`], one row per change).
+pub trait Resolve: Sized + 'static {
+    /// Builds the resolver from its YAML `config` (as JSON; `null` when absent).
+    fn init(config: &JsonValue) -> Result<Self, String>;
+
+    /// Decides for every incoming change. An `Err` fails the whole batch.
+    fn resolve(&mut self, incoming: RecordBatch, current: RecordBatch) -> Result<Resolved, String>;
+}
+
 /// Parses the config JSON the host passes to `init`.
 pub fn parse_config(json: &str) -> Result<JsonValue, String> {
     if json.trim().is_empty() {
@@ -121,6 +158,15 @@ pub mod bindings {
             default_bindings_module: "weir_plugin::bindings::transform",
         });
     }
+    pub mod resolver {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "resolver",
+            pub_export_macro: true,
+            export_macro_name: "export_resolver_world",
+            default_bindings_module: "weir_plugin::bindings::resolver",
+        });
+    }
 }
 
 /// Glue the export macros call; not part of the API.
@@ -131,6 +177,49 @@ pub mod __export {
     /// The state of one plugin instance: built by `init`, used by every call.
     pub struct Instance<T> {
         plugin: Option<T>,
+    }
+
+    /// The state of one resolver instance.
+    pub struct ResolverInstance<T> {
+        plugin: Option<T>,
+    }
+
+    impl<T: Resolve> Default for ResolverInstance<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<T: Resolve> ResolverInstance<T> {
+        pub const fn new() -> Self {
+            ResolverInstance { plugin: None }
+        }
+
+        pub fn init(&mut self, config: &str) -> Result<(), String> {
+            self.plugin = Some(T::init(&parse_config(config)?)?);
+            Ok(())
+        }
+
+        /// One call: IPC in, the decisions, merged rows (IPC) and errors out.
+        #[allow(clippy::type_complexity)]
+        pub fn resolve(
+            &mut self,
+            incoming: Vec<u8>,
+            current: Vec<u8>,
+        ) -> Result<(Vec<Decision>, Vec<u8>, Vec<(u32, String)>), String> {
+            let plugin = self.plugin.as_mut().ok_or("resolve called before init")?;
+            let resolved = plugin.resolve(ipc::read(incoming)?, ipc::read(current)?)?;
+            let merged = match &resolved.merged {
+                Some(batch) => ipc::write(batch)?,
+                None => Vec::new(),
+            };
+            let errors = resolved
+                .errors
+                .into_iter()
+                .map(|e| (e.row, e.message))
+                .collect();
+            Ok((resolved.decisions, merged, errors))
+        }
     }
 
     impl<T: Transform> Default for Instance<T> {
@@ -238,5 +327,88 @@ macro_rules! row_transform {
         }
 
         $crate::export_transform!(WeirRowTransform);
+    };
+}
+
+/// Exports a [`Resolve`] as the plugin's entry points (the `resolver` world). One per crate.
+#[macro_export]
+macro_rules! export_resolver {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::resolver::weir::plugin::types::{Decision, Resolved, RowError};
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<$crate::__export::ResolverInstance<$plugin>> =
+                    const { ::std::cell::RefCell::new($crate::__export::ResolverInstance::new()) };
+            }
+
+            struct WeirResolverExport;
+
+            impl $crate::bindings::resolver::Guest for WeirResolverExport {
+                fn init(config: String) -> Result<(), String> {
+                    INSTANCE.with_borrow_mut(|instance| instance.init(&config))
+                }
+
+                fn resolve(incoming: Vec<u8>, current: Vec<u8>) -> Result<Resolved, String> {
+                    INSTANCE.with_borrow_mut(|instance| {
+                        let (decisions, merged, errors) = instance.resolve(incoming, current)?;
+                        Ok(Resolved {
+                            decisions: decisions
+                                .into_iter()
+                                .map(|d| match d {
+                                    $crate::Decision::Apply => Decision::Apply,
+                                    $crate::Decision::Skip => Decision::Skip,
+                                    $crate::Decision::Merge => Decision::Merge,
+                                })
+                                .collect(),
+                            merged,
+                            errors: errors
+                                .into_iter()
+                                .map(|(row, message)| RowError { row, message })
+                                .collect(),
+                        })
+                    })
+                }
+            }
+
+            $crate::bindings::resolver::export_resolver_world!(
+                WeirResolverExport with_types_in $crate::bindings::resolver
+            );
+        };
+    };
+}
+
+/// Exports a row function `fn(&Change, Option<&Row>, &Config) -> Result<Resolution, String>`
+/// as the plugin's resolver: it sees each incoming change with the target's current row
+/// for its key (`None` where there is none), and `Config` deserialized from the YAML.
+#[macro_export]
+macro_rules! row_resolver {
+    ($function:path, $config:ty) => {
+        #[doc(hidden)]
+        pub struct WeirRowResolver {
+            config: $config,
+        }
+
+        impl $crate::Resolve for WeirRowResolver {
+            fn init(config: &$crate::JsonValue) -> Result<Self, String> {
+                Ok(WeirRowResolver {
+                    config: $crate::typed_config(config)?,
+                })
+            }
+
+            fn resolve(
+                &mut self,
+                incoming: $crate::arrow_array::RecordBatch,
+                current: $crate::arrow_array::RecordBatch,
+            ) -> Result<$crate::Resolved, String> {
+                let config = &self.config;
+                $crate::change::resolve_rows(&incoming, &current, |change, row| {
+                    $function(change, row, config)
+                })
+            }
+        }
+
+        $crate::export_resolver!(WeirRowResolver);
     };
 }

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch, StringArray, StructArray, new_null_array};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray, new_null_array};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Fields};
 use serde_json::Value as Json;
 
 use crate::change::{Value, build_array};
 use crate::envelope::{self, AFTER, BEFORE, OP};
-use crate::{Output, Transform, ipc};
+use crate::{CURRENT, Output, Resolve, Resolved, Transform, ipc};
 
 /// A nullable row column.
 pub fn column(name: &str, ty: DataType) -> Field {
@@ -54,6 +54,25 @@ impl ChangeBatchBuilder {
             })
             .collect();
         RecordBatch::try_new(schema, columns).expect("a valid change batch")
+    }
+
+    /// The `current` batch a resolver receives: for each change, in order, the target's
+    /// row as a JSON object, or `None` where the target has no row for its key.
+    pub fn current(&self, rows: &[Option<Json>]) -> RecordBatch {
+        let current = ChangeBatchBuilder {
+            fields: self.fields.clone(),
+            changes: rows
+                .iter()
+                .map(|row| (String::new(), None, row.clone()))
+                .collect(),
+        }
+        .image(|c| c.2.as_ref());
+        let field = Field::new(CURRENT, current.data_type().clone(), true);
+        RecordBatch::try_new(
+            Arc::new(arrow_schema::Schema::new(vec![field])),
+            vec![Arc::new(current) as ArrayRef],
+        )
+        .expect("a valid current batch")
     }
 
     fn image(
@@ -103,4 +122,20 @@ pub fn run_transform<T: Transform>(config: Json, batch: &RecordBatch) -> Result<
     let mut output = plugin.transform(input)?;
     output.batch = ipc::read(ipc::write(&output.batch)?)?;
     Ok(output)
+}
+
+/// Runs a resolver as the host would: `init` with `config`, then both batches through IPC.
+pub fn run_resolver<R: Resolve>(
+    config: Json,
+    incoming: &RecordBatch,
+    current: &RecordBatch,
+) -> Result<Resolved, String> {
+    let mut plugin = R::init(&config)?;
+    let incoming = ipc::read(ipc::write(incoming)?)?;
+    let current = ipc::read(ipc::write(current)?)?;
+    let mut resolved = plugin.resolve(incoming, current)?;
+    if let Some(merged) = resolved.merged.take() {
+        resolved.merged = Some(ipc::read(ipc::write(&merged)?)?);
+    }
+    Ok(resolved)
 }

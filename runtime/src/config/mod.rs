@@ -55,6 +55,10 @@ pub struct PipelineConfig {
     /// WebAssembly transform plugins, applied to every batch in this order.
     #[serde(default)]
     pub transforms: Vec<crate::plugin::TransformConfig>,
+    /// How a change that meets an existing target row is resolved. Without it, every change
+    /// is applied as it comes (the source is the truth).
+    #[serde(default)]
+    pub conflict: Option<crate::plugin::ConflictConfig>,
 }
 
 /// The table a pipeline's change events describe.
@@ -376,6 +380,15 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
             report(key(&["dead_letter", "options", &option]), message, None);
         }
+    }
+    if config.conflict.is_some() && !matches!(config.sink, crate::sink::SinkConfig::Sqlite(_)) {
+        report(
+            key(&["conflict"]),
+            "conflict resolution needs a sink that reads the current row of each key; so \
+             far that is the sqlite sink"
+                .into(),
+            Some("use `sink: { type: sqlite, … }`, or remove `conflict`".into()),
+        );
     }
     let table = &config.table;
     let same = |a: &str, b: &str| {

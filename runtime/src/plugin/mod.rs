@@ -5,12 +5,16 @@
 //! - [`sandbox`]: what an instance may reach (nothing), its memory cap, its stdout/stderr.
 //! - [`transform`]: transform plugins, and the checks on what they return.
 //! - [`chain`]: the pipeline stage running the configured transforms in order.
+//! - [`resolver`]: conflict resolver plugins, called by the sink with the current rows.
+//! - [`instance`]: what both kinds share: loading, limits, failures, fresh instances.
 //!
 //! A call that fails as a whole ([`Failure`]) sends its batch to the dead-letter output
 //! with the reason; the instance is replaced by a fresh one for the next batch.
 
 pub mod chain;
 pub mod engine;
+pub mod instance;
+pub mod resolver;
 pub mod sandbox;
 pub mod transform;
 
@@ -36,6 +40,49 @@ pub struct TransformConfig {
     /// What the plugin may use.
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+/// The `conflict` section: how a change that meets an existing target row is resolved.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "strategy", rename_all = "kebab-case")]
+pub enum ConflictConfig {
+    /// A resolver plugin (the `weir:plugin/resolver` world) decides per change: apply it,
+    /// skip it, or write a merged row.
+    Wasm(ResolverConfig),
+}
+
+/// A resolver plugin in the pipeline YAML (`conflict: { strategy: wasm, … }`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// A name for logs and dead letters; defaults to the `.wasm` file's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The resolver's `.wasm` component (relative to the pipeline file).
+    pub wasm: PathBuf,
+    /// The plugin's own configuration, passed to its `init` as JSON.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// What the plugin may use.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl ResolverConfig {
+    pub fn spec(&self, pipeline: &crate::config::LoadedPipeline) -> PluginSpec {
+        let name = self.name.clone().unwrap_or_else(|| {
+            self.wasm
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "resolver".into())
+        });
+        PluginSpec {
+            name,
+            wasm: pipeline.resolve(&self.wasm),
+            config: self.config.clone(),
+            limits: Limits::from(&self.limits),
+        }
+    }
 }
 
 /// Per-plugin limits. A call past any of them fails its batch into the dead-letter output.

@@ -7,16 +7,15 @@
 //! letters stay exact whatever the plugin drops or repeats.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
-use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
 
-use super::engine::{self, TICK};
-use super::sandbox::{HostState, PluginOutput};
-use super::{Failure, Limits, PluginSpec};
+use super::instance::{Plugin, World};
+use super::sandbox::HostState;
+use super::{Failure, PluginSpec};
 use crate::envelope::{AFTER, BEFORE, ChangeBatch, Op};
 use weir_envelope::ipc;
 
@@ -29,6 +28,28 @@ mod bindings {
 
 use bindings::{Transform, TransformPre};
 
+impl World for Transform {
+    const NAME: &'static str = "transform";
+    type Pre = TransformPre<HostState>;
+
+    fn pre(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Self::Pre> {
+        TransformPre::new(linker.instantiate_pre(component)?)
+    }
+    fn engine(pre: &Self::Pre) -> &Engine {
+        pre.engine()
+    }
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+    fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.call_init(store, config)
+    }
+}
+
 /// What a call made of a batch.
 #[derive(Debug)]
 pub struct Transformed {
@@ -39,162 +60,35 @@ pub struct Transformed {
 
 /// A loaded transform plugin.
 pub struct TransformPlugin {
-    spec: PluginSpec,
-    pre: TransformPre<HostState>,
-    output: PluginOutput,
-    instance: Option<(Store<HostState>, Transform)>,
-    /// Instances started, including the first.
-    pub instances: u64,
+    plugin: Plugin<Transform>,
 }
 
 impl TransformPlugin {
     /// Compiles (or loads from the cache) and links the plugin, and starts an instance, so
     /// a bad config fails at start.
     pub fn load(spec: PluginSpec) -> Result<TransformPlugin, String> {
-        let engine = engine::engine(spec.limits.fuel.is_some());
-        let wasm = std::fs::read(&spec.wasm).map_err(|e| {
-            format!(
-                "plugin `{}`: cannot read {}: {e}. Build it with `weir plugin build`",
-                spec.name,
-                spec.wasm.display()
-            )
-        })?;
-        let component = engine::load_component(engine, &wasm, engine::cache_dir().as_deref())
-            .map_err(|e| {
-                format!(
-                    "plugin `{}`: {} is not a WebAssembly component weir can run: {e}",
-                    spec.name,
-                    spec.wasm.display()
-                )
-            })?;
-        let pre = link(engine, &component).map_err(|e| {
-            format!(
-                "plugin `{}`: {} does not fit the weir:plugin/transform world: {e:#}",
-                spec.name,
-                spec.wasm.display()
-            )
-        })?;
-        let output = PluginOutput::new(&spec.name);
-        let mut plugin = TransformPlugin {
-            spec,
-            pre,
-            output,
-            instance: None,
-            instances: 0,
-        };
-        if let Err(failure) = plugin.instance() {
-            return Err(format!(
-                "plugin `{}` failed to start: {}",
-                plugin.spec.name,
-                failure.reason()
-            ));
-        }
-        Ok(plugin)
+        Ok(TransformPlugin {
+            plugin: Plugin::load(spec)?,
+        })
     }
 
     pub fn name(&self) -> &str {
-        &self.spec.name
+        self.plugin.name()
     }
 
-    /// The live instance, started (and `init` called) if there is none.
-    fn instance(&mut self) -> Result<&mut (Store<HostState>, Transform), Failure> {
-        if self.instance.is_none() {
-            let mut store = Store::new(
-                self.pre.engine(),
-                HostState::new(self.spec.limits.memory_bytes(), &self.output),
-            );
-            store.limiter(|state| &mut state.cap);
-            arm(&self.spec.limits, &mut store);
-            let bindings = self
-                .pre
-                .instantiate(&mut store)
-                .map_err(|e| self.failure(&store, e))?;
-            arm(&self.spec.limits, &mut store);
-            let config = self.spec.config.to_string();
-            match bindings.call_init(&mut store, &config) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(Failure::Init(message)),
-                Err(e) => return Err(self.failure(&store, e)),
-            }
-            self.instances += 1;
-            self.instance = Some((store, bindings));
-        }
-        Ok(self.instance.as_mut().expect("an instance"))
+    /// Instances started so far, including the first (a new one after each failure).
+    pub fn instances(&self) -> u64 {
+        self.plugin.instances
     }
 
-    fn failure(&self, store: &Store<HostState>, error: wasmtime::Error) -> Failure {
-        if let Some(asked) = store.data().cap.reached {
-            return Failure::OutOfMemory {
-                cap_mb: self.spec.limits.memory_mb,
-                asked_mb: (asked >> 20) as u64,
-            };
-        }
-        match error.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => Failure::Timeout {
-                limit_ms: self.spec.limits.timeout.as_millis() as u64,
-            },
-            Some(wasmtime::Trap::OutOfFuel) => Failure::OutOfFuel {
-                fuel: self.spec.limits.fuel.unwrap_or(0),
-            },
-            Some(trap) => Failure::Trap {
-                trap: trap.to_string(),
-                stderr: self.output.take_last_stderr(),
-            },
-            None => Failure::Trap {
-                trap: format!("{error:#}"),
-                stderr: self.output.take_last_stderr(),
-            },
-        }
-    }
-
-    /// Transforms one batch. On a failure the instance is dropped (a trap can leave it in
-    /// any state) and the next call starts a fresh one.
+    /// Transforms one batch. On a failure the next call starts a fresh instance.
     pub fn call(&mut self, input: &ChangeBatch) -> Result<Transformed, Failure> {
         let bytes = ipc::write(&input.data).map_err(Failure::Host)?;
-        let started = Instant::now();
-        let result = {
-            let limits = self.spec.limits.clone();
-            let (store, bindings) = self.instance()?;
-            // The deadline counts from here, not from the instance's start.
-            arm(&limits, store);
-            bindings.call_transform(&mut *store, &bytes)
-        };
-        let outcome = match result {
-            Ok(Ok(output)) => check_output(input, output),
-            Ok(Err(message)) => Err(Failure::Returned(message)),
-            Err(e) => {
-                let (store, _) = self.instance.as_ref().expect("the instance that failed");
-                Err(self.failure(store, e))
-            }
-        };
-        if let Err(failure) = &outcome {
-            tracing::warn!(plugin = %self.spec.name, elapsed_ms = started.elapsed().as_millis() as u64, reason = %failure.reason(), "plugin call failed");
-            if failure.poisons_instance() {
-                self.instance = None;
-            }
-        }
-        outcome
+        self.plugin.call(
+            |bindings, store| bindings.call_transform(store, &bytes),
+            |output| check_output(input, output),
+        )
     }
-}
-
-/// Sets the deadline (and fuel) for the next call into `store`.
-fn arm(limits: &Limits, store: &mut Store<HostState>) {
-    let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64;
-    store.set_epoch_deadline(ticks.max(1));
-    if let Some(fuel) = limits.fuel {
-        store
-            .set_fuel(fuel)
-            .expect("fuel is enabled for this engine");
-    }
-}
-
-fn link(
-    engine: &wasmtime::Engine,
-    component: &Component,
-) -> wasmtime::Result<TransformPre<HostState>> {
-    let mut linker = Linker::<HostState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    TransformPre::new(linker.instantiate_pre(component)?)
 }
 
 fn bad(message: impl Into<String>) -> Failure {

@@ -11,6 +11,7 @@ pub mod jsonl;
 pub mod kafka;
 pub mod parquet;
 pub mod postgres;
+pub mod resolve;
 pub mod sqlite;
 
 use schemars::JsonSchema;
@@ -73,6 +74,10 @@ pub struct Applied {
     pub truncates: u64,
     /// Changes appended to a change log (Parquet, JSONL changelog).
     pub appended: u64,
+    /// Changes a conflict resolver skipped (the target row stands).
+    pub skipped: u64,
+    /// Changes a conflict resolver replaced by a merged row.
+    pub merged: u64,
 }
 
 /// Where a sink sends rows it cannot apply (a value the target refuses). The pipeline

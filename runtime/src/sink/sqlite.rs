@@ -19,12 +19,15 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::compact::compact;
+use super::compact::{compact, keys};
+use super::resolve::{Round, rounds};
 use super::{Applied, Rejects, Sink, SinkError};
 use crate::config::LoadedPipeline;
 use crate::decode::types::{ColumnType, from_sql_declaration};
 use crate::encode;
-use crate::envelope::ChangeBatch;
+use crate::envelope::{ChangeBatch, Op};
+use crate::plugin::ConflictConfig;
+use crate::plugin::resolver::{ResolverPlugin, Verdict};
 use crate::position::{Checkpoint, ResumePoint};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -51,6 +54,8 @@ pub struct SqliteSink {
     /// Columns the target table has, as last read.
     columns: Vec<String>,
     checked: bool,
+    /// The `conflict: { strategy: wasm }` resolver, called with the current rows.
+    resolver: Option<ResolverPlugin>,
 }
 
 pub fn quote(identifier: &str) -> String {
@@ -166,6 +171,13 @@ impl SqliteSink {
              );",
         )
         .map_err(|e| SinkError::new(&name, format!("cannot prepare the database: {e}")))?;
+        let resolver = match &pipeline.config.conflict {
+            Some(ConflictConfig::Wasm(config)) => Some(
+                ResolverPlugin::load(config.spec(pipeline))
+                    .map_err(|e| SinkError::new(&name, e))?,
+            ),
+            None => None,
+        };
         Ok(SqliteSink {
             conn,
             path,
@@ -177,6 +189,7 @@ impl SqliteSink {
             create: config.create,
             columns: Vec::new(),
             checked: false,
+            resolver,
         })
     }
 
@@ -370,15 +383,8 @@ impl SqliteSink {
         Ok(stored)
     }
 
-    fn apply_rows(&self, batch: &ChangeBatch, applied: &mut Applied) -> Result<(), SinkError> {
-        let tx = &self.conn;
-        // Rows this database already holds (a batch delivered twice) are skipped.
-        let stored = self.stored(batch).map_err(|e| self.error(e.to_string()))?;
-        let include = super::unapplied(batch, &stored);
-        let segments = compact(batch, include.as_deref()).map_err(|e| self.error(e))?;
-        if segments.is_empty() {
-            return Ok(());
-        }
+    /// The upsert and delete statements for the batch's columns.
+    fn statements(&self, batch: &ChangeBatch) -> Statements {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         let table = quote(&self.table);
@@ -390,7 +396,7 @@ impl SqliteSink {
             .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
             .collect();
         let key_list: Vec<String> = key.iter().map(|k| quote(k)).collect();
-        let upsert_sql = format!(
+        let upsert = format!(
             "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO {}",
             names.join(", "),
             placeholders.join(", "),
@@ -406,52 +412,273 @@ impl SqliteSink {
             .enumerate()
             .map(|(i, k)| format!("{} = ?{}", quote(k), i + 1))
             .collect();
-        let delete_sql = format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "));
+        let delete = format!("DELETE FROM {table} WHERE {}", conditions.join(" AND "));
+        let select = format!(
+            "SELECT {} FROM {table} WHERE {}",
+            names.join(", "),
+            conditions.join(" AND ")
+        );
+        Statements {
+            upsert,
+            delete,
+            select,
+            truncate: format!("DELETE FROM {table}"),
+        }
+    }
+
+    fn apply_rows(
+        &mut self,
+        batch: &ChangeBatch,
+        applied: &mut Applied,
+        rejects: &mut dyn Rejects,
+    ) -> Result<(), SinkError> {
+        // Rows this database already holds (a batch delivered twice) are skipped.
+        let stored = self.stored(batch).map_err(|e| self.error(e.to_string()))?;
+        let include = super::unapplied(batch, &stored);
+        if self.resolver.is_some() {
+            return self.apply_resolved(batch, include.as_deref(), applied, rejects);
+        }
+        let tx = &self.conn;
+        let segments = compact(batch, include.as_deref()).map_err(|e| self.error(e))?;
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let statements = self.statements(batch);
         let after = batch.after();
-        let before = batch.before();
-        let key_before: Vec<&dyn Array> = key
-            .iter()
-            .map(|k| before.column_by_name(k).map(|c| c.as_ref()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| self.error("the batch lacks a primary key column"))?;
+        let key_before = self.key_columns(batch, batch.before())?;
         let sql_error = |e: rusqlite::Error| self.error(e.to_string());
         for segment in segments {
             if segment.truncate_first {
-                tx.execute(&format!("DELETE FROM {table}"), [])
-                    .map_err(sql_error)?;
+                tx.execute(&statements.truncate, []).map_err(sql_error)?;
                 applied.truncates += 1;
             }
-            let mut delete = tx.prepare_cached(&delete_sql).map_err(sql_error)?;
+            let mut delete = tx.prepare_cached(&statements.delete).map_err(sql_error)?;
             for &row in &segment.deletes {
-                for (i, column) in key_before.iter().enumerate() {
-                    delete
-                        .raw_bind_parameter(i + 1, sql_value(*column, row))
-                        .map_err(sql_error)?;
-                }
-                delete.raw_execute().map_err(sql_error)?;
+                execute(&mut delete, &key_before, row).map_err(sql_error)?;
                 applied.deletes += 1;
             }
-            let mut upsert = tx.prepare_cached(&upsert_sql).map_err(sql_error)?;
+            let mut upsert = tx.prepare_cached(&statements.upsert).map_err(sql_error)?;
+            let columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
             for &row in &segment.upserts {
-                for (i, column) in after.columns().iter().enumerate() {
-                    upsert
-                        .raw_bind_parameter(i + 1, sql_value(column.as_ref(), row))
-                        .map_err(sql_error)?;
-                }
-                upsert.raw_execute().map_err(sql_error)?;
+                execute(&mut upsert, &columns, row).map_err(sql_error)?;
                 applied.upserts += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary key columns of a row image, in key order.
+    fn key_columns<'a>(
+        &self,
+        batch: &ChangeBatch,
+        image: &'a arrow::array::StructArray,
+    ) -> Result<Vec<&'a dyn Array>, SinkError> {
+        batch
+            .table
+            .primary_key
+            .iter()
+            .map(|k| image.column_by_name(k).map(|c| c.as_ref()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| self.error("the batch lacks a primary key column"))
+    }
+
+    /// Applies a batch through the resolver, round by round: a round holds each key once,
+    /// so the current rows read for it are exact. The whole batch runs in the transaction
+    /// `apply` opened with `BEGIN IMMEDIATE`, which holds SQLite's write lock: no other
+    /// writer can change a row between the read and the write.
+    fn apply_resolved(
+        &mut self,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        applied: &mut Applied,
+        rejects: &mut dyn Rejects,
+    ) -> Result<(), SinkError> {
+        let mut resolver = self.resolver.take().expect("a resolver");
+        let result = self.resolve_rounds(&mut resolver, batch, include, applied, rejects);
+        self.resolver = Some(resolver);
+        result
+    }
+
+    fn resolve_rounds(
+        &self,
+        resolver: &mut ResolverPlugin,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        applied: &mut Applied,
+        rejects: &mut dyn Rejects,
+    ) -> Result<(), SinkError> {
+        let keys = keys(batch).map_err(|e| self.error(e))?;
+        let statements = self.statements(batch);
+        let (before, after) = (batch.before(), batch.after());
+        let key_before = self.key_columns(batch, before)?;
+        let key_after = self.key_columns(batch, after)?;
+        let after_columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
+        let sql_error = |e: rusqlite::Error| self.error(e.to_string());
+        let fields = batch.row_fields();
+        let ops: Vec<Op> = batch.ops().collect();
+        for round in rounds(batch, &keys, include) {
+            let rows = match round {
+                Round::Truncate => {
+                    self.conn
+                        .execute(&statements.truncate, [])
+                        .map_err(sql_error)?;
+                    applied.truncates += 1;
+                    continue;
+                }
+                Round::Changes(rows) => rows,
+            };
+            let key_of = |row: usize| {
+                if ops[row] == Op::Delete {
+                    &key_before
+                } else {
+                    &key_after
+                }
+            };
+            let current = {
+                let mut select = self
+                    .conn
+                    .prepare_cached(&statements.select)
+                    .map_err(sql_error)?;
+                read_current(&mut select, &fields, rows.iter().map(|&r| (key_of(r), r)))
+                    .map_err(|e| self.error(format!("reading the current rows: {e}")))?
+            };
+            let indices =
+                arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+            let incoming = arrow::compute::take_record_batch(&batch.data, &indices)
+                .map_err(|e| self.error(e.to_string()))?;
+            let resolution = match resolver.call(&incoming, current, &batch.table.primary_key) {
+                Ok(resolution) => resolution,
+                Err(failure) => {
+                    let reason = format!("{} (resolver `{}`)", failure.reason(), resolver.name());
+                    for &row in &rows {
+                        rejects.reject(batch, row, &reason)?;
+                    }
+                    continue;
+                }
+            };
+            let mut delete = self
+                .conn
+                .prepare_cached(&statements.delete)
+                .map_err(sql_error)?;
+            let mut upsert = self
+                .conn
+                .prepare_cached(&statements.upsert)
+                .map_err(sql_error)?;
+            let merged: Vec<&dyn Array> = resolution
+                .merged
+                .columns()
+                .iter()
+                .map(|c| c.as_ref())
+                .collect();
+            for (&row, verdict) in rows.iter().zip(&resolution.verdicts) {
+                match verdict {
+                    Verdict::Apply if ops[row] == Op::Delete => {
+                        execute(&mut delete, &key_before, row).map_err(sql_error)?;
+                        applied.deletes += 1;
+                    }
+                    Verdict::Apply => {
+                        // An update that moved its key leaves the old key behind.
+                        if before.is_valid(row) && keys.before.row(row) != keys.after.row(row) {
+                            execute(&mut delete, &key_before, row).map_err(sql_error)?;
+                            applied.deletes += 1;
+                        }
+                        execute(&mut upsert, &after_columns, row).map_err(sql_error)?;
+                        applied.upserts += 1;
+                    }
+                    Verdict::Skip => applied.skipped += 1,
+                    Verdict::Merge(m) => {
+                        execute(&mut upsert, &merged, *m).map_err(sql_error)?;
+                        applied.merged += 1;
+                    }
+                    Verdict::Rejected(message) => {
+                        let reason = format!(
+                            "plugin_row_error: {} (resolver `{}`)",
+                            crate::redact::redact(message),
+                            resolver.name()
+                        );
+                        rejects.reject(batch, row, &reason)?;
+                    }
+                }
             }
         }
         Ok(())
     }
 }
 
+/// The statements a batch is applied with.
+struct Statements {
+    upsert: String,
+    delete: String,
+    select: String,
+    truncate: String,
+}
+
+/// Binds row `row` of `columns` to the statement's parameters, in order, and runs it.
+fn execute(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    columns: &[&dyn Array],
+    row: usize,
+) -> rusqlite::Result<()> {
+    for (i, column) in columns.iter().enumerate() {
+        statement.raw_bind_parameter(i + 1, sql_value(*column, row))?;
+    }
+    statement.raw_execute().map(|_| ())
+}
+
+/// The target's row for each `(key columns, row)`, as a struct of the batch's row columns,
+/// null where the table has no row with that key.
+fn read_current<'a>(
+    select: &mut rusqlite::CachedStatement<'_>,
+    fields: &arrow::datatypes::Fields,
+    keys: impl Iterator<Item = (&'a Vec<&'a dyn Array>, usize)>,
+) -> Result<arrow::array::StructArray, String> {
+    let mut values: Vec<Vec<rusqlite::types::Value>> = vec![Vec::new(); fields.len()];
+    let mut found = Vec::new();
+    for (key, row) in keys {
+        for (i, column) in key.iter().enumerate() {
+            select
+                .raw_bind_parameter(i + 1, sql_value(*column, row))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut result = select.raw_query();
+        match result.next().map_err(|e| e.to_string())? {
+            Some(current) => {
+                for (i, column) in values.iter_mut().enumerate() {
+                    column.push(current.get(i).map_err(|e| e.to_string())?);
+                }
+                found.push(true);
+            }
+            None => {
+                for column in values.iter_mut() {
+                    column.push(rusqlite::types::Value::Null);
+                }
+                found.push(false);
+            }
+        }
+    }
+    let columns = fields
+        .iter()
+        .zip(&values)
+        .map(|(field, values)| super::resolve::arrow_column(field, values))
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow::array::StructArray::try_new(
+        fields.clone(),
+        columns,
+        Some(arrow::buffer::NullBuffer::from(found)),
+    )
+    .map_err(|e| e.to_string())
+}
+
 impl SqliteSink {
-    fn apply_in_transaction(&mut self, batch: &ChangeBatch) -> Result<Applied, SinkError> {
+    fn apply_in_transaction(
+        &mut self,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
         let mut applied = Applied::default();
         if batch.num_rows() > 0 {
             self.ensure_table(batch)?;
-            self.apply_rows(batch, &mut applied)?;
+            self.apply_rows(batch, &mut applied, rejects)?;
         }
         self.store_checkpoint(&batch.checkpoint)
             .map_err(|e| self.error(format!("cannot store the checkpoint: {e}")))?;
@@ -493,14 +720,14 @@ impl Sink for SqliteSink {
     fn apply(
         &mut self,
         batch: &ChangeBatch,
-        _rejects: &mut dyn Rejects,
+        rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {
         // IMMEDIATE takes the write lock up front, so the batch cannot fail half-way on a
         // lock another writer holds.
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| self.error(format!("cannot begin a transaction: {e}")))?;
-        match self.apply_in_transaction(batch) {
+        match self.apply_in_transaction(batch, rejects) {
             Ok(mut applied) => {
                 self.conn
                     .execute_batch("COMMIT")

@@ -81,6 +81,36 @@ enum PluginCommand {
         #[arg(default_value = ".")]
         dirs: Vec<PathBuf>,
     },
+    /// Scaffold a plugin crate: Cargo.toml, a starting function with unit tests, a README.
+    New {
+        /// Directory to create; its last part is the crate's name.
+        name: PathBuf,
+        /// What the plugin is.
+        #[arg(long, value_enum, default_value = "transform")]
+        kind: plugin_tool::Kind,
+        /// The weir-plugin SDK crate to depend on (default: this weir's `plugins/sdk`).
+        #[arg(long, env = "WEIR_PLUGIN_SDK")]
+        sdk: Option<PathBuf>,
+    },
+    /// Run a transform component over Debezium JSON events: the output changes go to
+    /// standard output, one JSON line each; refused events go to standard error with
+    /// their line and reason. Exits 1 when any event was refused.
+    Test {
+        /// The plugin's `.wasm` component.
+        wasm: PathBuf,
+        /// A file of Debezium JSON events, one per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config, as JSON (what `config:` holds in a pipeline).
+        #[arg(long, default_value = "null")]
+        config: String,
+        /// Primary key columns of the events' table.
+        #[arg(long, value_delimiter = ',', default_value = "id")]
+        key: Vec<String>,
+        /// Events per batch (per plugin call).
+        #[arg(long, default_value_t = 8192)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +182,75 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin {
+            plugin: PluginCommand::New { name, kind, sdk },
+        } => {
+            let sdk = sdk.unwrap_or_else(plugin_tool::default_sdk);
+            match plugin_tool::new(&name, kind, &sdk) {
+                Ok(files) => {
+                    for file in files {
+                        println!("created {}", file.display());
+                    }
+                    println!(
+                        "next: cd {0} && cargo test && weir plugin build .",
+                        name.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Plugin {
+            plugin:
+                PluginCommand::Test {
+                    wasm,
+                    input,
+                    config,
+                    key,
+                    batch,
+                },
+        } => {
+            let stdout = std::io::stdout();
+            let stderr = std::io::stderr();
+            match plugin_tool::test(
+                &wasm,
+                &input,
+                &config,
+                &key,
+                batch.max(1),
+                &mut stdout.lock(),
+                &mut stderr.lock(),
+            ) {
+                Ok(report) => {
+                    eprintln!(
+                        "{} changes in, {} out, {} refused{}",
+                        report.changes_in,
+                        report.changes_out,
+                        report.rejected,
+                        if report.skipped_records > 0 {
+                            format!(
+                                " ({} records without a row skipped)",
+                                report.skipped_records
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    if report.rejected > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Bench {
             bench:
                 Bench::Decode {

@@ -114,6 +114,39 @@ fn filter_keeps_only_the_matching_rows() {
     assert_eq!(items(&ws), expected);
 }
 
+#[test]
+fn rename_gives_the_target_the_new_column_names() {
+    let ws = Workspace::new();
+    let stream = change_stream(2000, 200, 43);
+    ws.append_lines("events.jsonl", &stream.lines);
+    let rename = plugin(
+        "to-new-schema",
+        "examples/rename",
+        "{ columns: { name: title, price: unit_price } }",
+        "{}",
+    );
+    let summary = ws.run_ok(&pipeline(&ws, &rename, 300));
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    let rows: BTreeMap<i64, (String, String, i64)> = sqlite_rows(
+        &ws.path("target.db"),
+        "SELECT id, title, printf('%.2f', unit_price), version FROM items",
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].parse().unwrap(),
+            (r[1].clone(), r[2].clone(), r[3].parse().unwrap()),
+        )
+    })
+    .collect();
+    assert_eq!(rows, stream.final_rows);
+    let columns = sqlite_rows(
+        &ws.path("target.db"),
+        "SELECT name FROM pragma_table_info('items') ORDER BY cid",
+    );
+    assert_eq!(columns, [["id"], ["title"], ["unit_price"], ["version"]]);
+}
+
 /// Runs a probe plugin that misbehaves on the batch holding `id`, and checks that exactly
 /// that batch's rows are dead letters with `reason`, and every other row is applied.
 fn misbehaving_batch_is_dead_lettered(mode: &str, limits: &str, reason: &str) {
@@ -281,4 +314,175 @@ fn a_plugin_that_cannot_load_stops_the_pipeline_at_start_with_its_name() {
         "{stderr}"
     );
     assert!(!Path::new(&ws.path("target.db")).exists() || items(&ws).is_empty());
+}
+
+/// `weir plugin test FILTER --input FILE --config JSON`: (exit code, output changes,
+/// refused events).
+fn plugin_test(
+    ws: &Workspace,
+    input: &str,
+    config: &str,
+) -> (
+    Option<i32>,
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+    String,
+) {
+    let input = ws.write("events.jsonl", input);
+    let out = common::weir()
+        .args(["plugin", "test"])
+        .arg(plugin_wasm("examples/filter"))
+        .arg("--input")
+        .arg(&input)
+        .args(["--config", config])
+        .output()
+        .unwrap();
+    let json_lines = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    (
+        out.status.code(),
+        json_lines(&out.stdout),
+        json_lines(&out.stderr),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_test_prints_the_output_and_the_refused_events() {
+    let ws = Workspace::new();
+    // Line 2 is not JSON (refused before the plugin), line 3 does not match (dropped).
+    let (code, kept, refused, stderr) = plugin_test(
+        &ws,
+        "{\"op\":\"c\",\"after\":{\"id\":1,\"version\":5}}\n\
+         {\"op\":\"c\",\"after\n\
+         {\"op\":\"c\",\"after\":{\"id\":4,\"version\":1}}\n\
+         {\"op\":\"u\",\"before\":{\"id\":1,\"version\":5},\"after\":{\"id\":1,\"version\":6}}\n",
+        r#"{"column": "version", "op": "ge", "value": 5}"#,
+    );
+    assert_eq!(code, Some(1), "refused events make the exit code 1");
+    let versions: Vec<i64> = kept
+        .iter()
+        .map(|c| c["after"]["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [5, 6], "{kept:?}");
+    assert_eq!(kept[1]["op"], "u");
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert_eq!(refused[0]["line"], 2);
+    assert!(refused[0]["error"].as_str().unwrap().starts_with("decode:"));
+    assert!(
+        stderr.contains("3 changes in, 2 out, 1 refused"),
+        "{stderr}"
+    );
+
+    // A row the plugin refuses: the predicate's number against a text column.
+    let (code, kept, refused, stderr) = plugin_test(
+        &ws,
+        "{\"op\":\"c\",\"after\":{\"id\":7,\"version\":\"five\"}}\n",
+        r#"{"column": "version", "op": "ge", "value": 5}"#,
+    );
+    assert_eq!(code, Some(1));
+    assert!(kept.is_empty());
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert_eq!(refused[0]["line"], 1);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin_row_error:"),
+        "{stderr}"
+    );
+    assert_eq!(refused[0]["event"]["after"]["version"], "five");
+
+    // A config the plugin rejects is an error naming it, exit code 2.
+    let (code, _, _, stderr) = plugin_test(&ws, "", r#"{"column": "version"}"#);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("failed to start: plugin_init"), "{stderr}");
+}
+
+#[test]
+fn plugin_new_scaffolds_crates_that_build_and_run() {
+    let ws = Workspace::new();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir).join("wasm-plugins"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/target"),
+    };
+    for (name, kind) in [("keep-complete", "transform"), ("newest-wins", "resolver")] {
+        let dir = ws.path(name);
+        let out = common::weir()
+            .args(["plugin", "new"])
+            .arg(&dir)
+            .args(["--kind", kind])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for file in ["Cargo.toml", "src/lib.rs", "README.md"] {
+            assert!(dir.join(file).is_file(), "{name}: {file}");
+        }
+        // The same dependency versions as the repository's plugins, so the build reuses
+        // what they compiled.
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/Cargo.lock"),
+            dir.join("Cargo.lock"),
+        )
+        .unwrap();
+        let out = common::weir()
+            .args(["plugin", "build"])
+            .arg(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wasm = dir.join(format!("{}.wasm", name.replace('-', "_")));
+        assert!(wasm.is_file());
+        // Scaffolding over an existing crate is refused.
+        let again = common::weir()
+            .args(["plugin", "new"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    }
+    // The transform scaffold drops changes whose required column is null.
+    let input = ws.write(
+        "events.jsonl",
+        "{\"op\":\"c\",\"after\":{\"id\":1,\"email\":\"a@example.org\"}}\n\
+         {\"op\":\"c\",\"after\":{\"id\":2,\"email\":null}}\n",
+    );
+    let out = common::weir()
+        .args(["plugin", "test"])
+        .arg(ws.path("keep-complete/keep_complete.wasm"))
+        .arg("--input")
+        .arg(&input)
+        .args(["--config", r#"{"required": "email"}"#])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("a@example.org"));
+    // A bad name is refused before anything is written.
+    let out = common::weir()
+        .args(["plugin", "new"])
+        .arg(ws.path("9 lives"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!ws.path("9 lives").exists());
 }

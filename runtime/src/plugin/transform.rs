@@ -166,7 +166,10 @@ fn check_output(
         }
         rejected.push((row, error.message));
     }
-    let positions = if output.source_rows.is_empty() {
+    let positions = if output.source_rows.is_empty() && outputs == 0 {
+        // Every row dropped or refused: nothing to map.
+        Vec::new()
+    } else if output.source_rows.is_empty() {
         if outputs != inputs || !rejected.is_empty() {
             return Err(bad(format!(
                 "{outputs} output rows for {inputs} input rows ({} refused) without `source-rows`",

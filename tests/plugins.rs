@@ -486,3 +486,114 @@ fn plugin_new_scaffolds_crates_that_build_and_run() {
     assert!(!out.status.success());
     assert!(!ws.path("9 lives").exists());
 }
+
+/// A pipeline from `pipelines/`, as written, with its outputs moved into `ws` (and, when
+/// `strip_plugins`, without its `transforms` and `conflict` sections).
+fn repo_pipeline(ws: &Workspace, file: &str, strip_plugins: bool) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines").join(file)).unwrap();
+    let mut yaml = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.starts_with('#') {
+            skipping = strip_plugins && (line == "transforms:" || line == "conflict:");
+        }
+        if !skipping {
+            yaml += line;
+            yaml.push('\n');
+        }
+    }
+    let yaml = yaml
+        .replace("../out/", &format!("{}/", ws.path("out").display()))
+        .replace("../", &format!("{}/", root.display()));
+    ws.write(file, &yaml)
+}
+
+/// `SELECT id, … FROM orders` of a SQLite target as id -> the other columns.
+fn orders(db: &Path, columns: &str) -> BTreeMap<i64, Vec<String>> {
+    sqlite_rows(db, &format!("SELECT id, {columns} FROM orders"))
+        .into_iter()
+        .map(|mut r| (r.remove(0).parse().unwrap(), r))
+        .collect()
+}
+
+#[test]
+fn the_example_pipelines_run_as_written() {
+    for crate_dir in [
+        "examples/mask-fields",
+        "examples/filter",
+        "examples/rename",
+        "examples/lww-resolver",
+        "examples/max-merge",
+    ] {
+        plugin_wasm(crate_dir);
+    }
+    // The same change log without plugins, for comparison.
+    let plain_ws = Workspace::new();
+    plain_ws.run_ok(&repo_pipeline(&plain_ws, "quickstart.yaml", true));
+    let all = "customer, status, total, quantity, created_at, updated_at, note, version";
+    let plain = orders(&plain_ws.path("out/quickstart/target.db"), all);
+    assert!(plain.len() > 100);
+
+    // quickstart: customers are salted SHA-256 hashes, the rest is untouched.
+    let ws = Workspace::new();
+    ws.run_ok(&repo_pipeline(&ws, "quickstart.yaml", false));
+    let masked = orders(&ws.path("out/quickstart/target.db"), all);
+    let expected: BTreeMap<_, _> = plain
+        .iter()
+        .map(|(id, row)| {
+            let mut row = row.clone();
+            row[0] = sha256_hex(&format!("quickstart{}", row[0]));
+            (*id, row)
+        })
+        .collect();
+    assert_eq!(masked, expected);
+
+    // filter-rename: only paid or shipped changes, under the target's column names.
+    let ws = Workspace::new();
+    let summary = ws.run_ok(&repo_pipeline(&ws, "filter-rename.yaml", false));
+    let db = ws.path("out/filter-rename/target.db");
+    let rows = orders(&db, "customer_name, amount, status");
+    assert!(!rows.is_empty(), "{summary}");
+    assert!(
+        rows.values().all(|r| r[2] == "paid" || r[2] == "shipped"),
+        "{rows:?}"
+    );
+    // A row kept by the filter carries the values of its last kept change, which for a
+    // row whose final change was kept are the plain run's.
+    let agreeing = rows
+        .iter()
+        .filter(|(id, r)| plain.get(id).is_some_and(|p| p[0] == r[0] && p[2] == r[1]))
+        .count();
+    assert!(agreeing > 0, "{rows:?}");
+
+    // lww-resolver on a fresh target: every key's versions rise, so every change wins.
+    let ws = Workspace::new();
+    let summary = ws.run_ok(&repo_pipeline(&ws, "lww-resolver.yaml", false));
+    assert_eq!(orders(&ws.path("out/lww-resolver/target.db"), all), plain);
+    assert_eq!(summary["conflicts_skipped"], 0, "{summary}");
+
+    // max-merge: quantity never goes back, so it is at least the plain run's, and at least
+    // every quantity its key had before.
+    let ws = Workspace::new();
+    let summary = ws.run_ok(&repo_pipeline(&ws, "max-merge.yaml", false));
+    let merged = orders(&ws.path("out/max-merge/target.db"), all);
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>()
+    );
+    let mut raised = 0;
+    for (id, row) in &merged {
+        let before: i64 = plain[id][3].parse().unwrap();
+        let after: i64 = row[3].parse().unwrap();
+        assert!(after >= before, "id {id}: {after} < {before}");
+        raised += usize::from(after > before);
+        let mut others = row.clone();
+        others[3] = plain[id][3].clone();
+        assert_eq!(&others, &plain[id], "id {id}: only quantity may differ");
+    }
+    assert_eq!(
+        summary["conflicts_merged"].as_u64().unwrap() > 0,
+        raised > 0
+    );
+}

@@ -149,7 +149,8 @@ fn last_write_wins_keeps_the_highest_version_of_every_key() {
     let summary = ws.run_ok(&pipeline);
 
     // The oracle: one change at a time; no current row -> apply; a higher version ->
-    // apply; an equal or lower one -> skip. Unversioned changes are refused.
+    // apply; an equal one -> apply for a delete, skip otherwise; a lower one -> skip.
+    // Unversioned changes are refused.
     let mut expected = local.clone();
     let mut skipped = 0;
     let mut refused = 0;
@@ -158,7 +159,9 @@ fn last_write_wins_keeps_the_highest_version_of_every_key() {
             refused += 1;
             continue;
         };
-        let wins = expected.get(id).is_none_or(|current| row.2 > current.2);
+        let wins = expected
+            .get(id)
+            .is_none_or(|current| row.2 > current.2 || (*op == 'd' && row.2 == current.2));
         if !wins {
             skipped += 1;
         } else if *op == 'd' {

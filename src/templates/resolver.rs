@@ -25,7 +25,8 @@ pub fn resolve(
     let incoming = change.row().ok_or("a change without a row")?;
     let theirs = incoming.get(&config.version_column)?.as_int();
     let ours = current.get(&config.version_column)?.as_int();
-    Ok(if theirs > ours {
+    // A delete carries the version it removed, so it wins a tie.
+    Ok(if theirs > ours || (change.op() == "d" && theirs == ours) {
         Resolution::Apply
     } else {
         Resolution::Skip

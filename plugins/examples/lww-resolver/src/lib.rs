@@ -13,9 +13,11 @@
 //! - no current row: apply (an insert inserts; a delete of a missing key does nothing);
 //! - the incoming version (from `after`, or from `before` for a delete) is greater than
 //!   the current row's: apply;
-//! - otherwise skip, so the newer row stands. **A tie keeps the current row**: a change
-//!   delivered twice is then applied once, and two sites with the same version never
-//!   overwrite each other back and forth;
+//! - a delete whose `before` version equals the current row's: apply (it deletes the
+//!   version it saw, so it is newer than that version);
+//! - otherwise skip, so the newer row stands. **Any other tie keeps the current row**: a
+//!   change delivered twice is then applied once, and two sites with the same version
+//!   never overwrite each other back and forth;
 //! - a current row without a version loses to any versioned change.
 //!
 //! Versions are integers (or timestamps), floats, or text compared byte-wise.
@@ -54,6 +56,9 @@ pub fn last_write_wins(
     }
     match compare(theirs, ours, column)? {
         Ordering::Greater => Ok(Resolution::Apply),
+        // A delete carries the version it removed (its `before` image), so on a tie it
+        // is the newer event.
+        Ordering::Equal if change.op() == "d" => Ok(Resolution::Apply),
         Ordering::Equal | Ordering::Less => Ok(Resolution::Skip),
     }
 }
@@ -92,7 +97,7 @@ mod tests {
     }
 
     #[test]
-    fn the_higher_version_wins_and_a_tie_keeps_the_target() {
+    fn the_higher_version_wins_and_a_tie_keeps_the_target_unless_it_deletes() {
         let b = builder()
             .change(
                 "c",
@@ -115,7 +120,8 @@ mod tests {
                 "c",
                 None,
                 Some(json!({"id": 6, "name": "fresh", "version": 1})),
-            );
+            )
+            .change("d", Some(json!({"id": 7, "version": 6})), None);
         let current = b.current(&[
             Some(json!({"id": 1, "name": "stored", "version": 4})),
             Some(json!({"id": 2, "name": "stored", "version": 4})),
@@ -123,11 +129,15 @@ mod tests {
             Some(json!({"id": 4, "name": "stored", "version": 8})),
             Some(json!({"id": 5, "name": "stored", "version": 2})),
             None,
+            Some(json!({"id": 7, "name": "stored", "version": 6})),
         ]);
         let config = json!({"version_column": "version"});
         let resolved = run_resolver::<WeirRowResolver>(config, &b.build(), &current).unwrap();
         use Decision::*;
-        assert_eq!(resolved.decisions, [Apply, Skip, Skip, Apply, Skip, Apply]);
+        assert_eq!(
+            resolved.decisions,
+            [Apply, Skip, Skip, Apply, Skip, Apply, Apply]
+        );
         assert!(resolved.merged.is_none());
         assert!(resolved.errors.is_empty());
     }

@@ -25,6 +25,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use common::services::{Broker, Postgres, find_pg_binary};
 use common::{Workspace, weir};
+use support::{cpu_seconds, median};
 use weir_runtime::bench::{COLUMNS, generate};
 
 /// The librdkafka fetch settings for weir and the raw consumer alike: tansu answers a
@@ -160,17 +162,6 @@ impl Table {
     }
 }
 
-/// Sorts `values` and returns their median.
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
-}
-
 /// One measured run.
 struct Measured {
     events: usize,
@@ -185,17 +176,6 @@ impl Measured {
     fn rate(&self) -> f64 {
         self.events as f64 / self.seconds
     }
-}
-
-fn cpu_seconds(who: i32) -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(who, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Runs `weir run` on a pipeline and measures it: wall time from the summary (less the

@@ -17,6 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::decode::table::TableSpec;
 use crate::decode::types::{ColumnDef, parse_declared};
 use crate::decode::{Decoder, Format, Outcome, RawRecord};
+use crate::envelope::ChangeBatch;
 use crate::position::{Checkpoint, Position};
 
 /// A small deterministic generator (xorshift), so every run sees the same data. The
@@ -254,9 +255,26 @@ fn spec(with_schema: bool) -> TableSpec {
 
 /// Decodes every line with weir's decoder in batches of `batch` rows; returns the rows.
 pub fn decode_with_weir(data: &[u8], with_schema: bool, batch: usize) -> usize {
+    let mut rows = 0;
+    decode_lines(data, with_schema, batch, |b| rows += b.num_rows());
+    rows
+}
+
+/// The change batches weir's decoder makes of every line, `batch` rows each.
+pub fn decode_batches(data: &[u8], with_schema: bool, batch: usize) -> Vec<ChangeBatch> {
+    let mut batches = Vec::new();
+    decode_lines(data, with_schema, batch, |b| batches.push(b));
+    batches
+}
+
+fn decode_lines(
+    data: &[u8],
+    with_schema: bool,
+    batch: usize,
+    mut on_batch: impl FnMut(ChangeBatch),
+) {
     let mut decoder = Decoder::new(spec(with_schema), Format::DebeziumJson);
     let stream: Arc<str> = "file:bench".into();
-    let mut rows = 0;
     let mut offset = 0u64;
     let mut start = 0;
     // Lines are found with memchr, as the file source's buffered reader does.
@@ -283,10 +301,13 @@ pub fn decode_with_weir(data: &[u8], with_schema: bool, batch: usize) -> usize {
         );
         assert_eq!(outcome, Ok(Outcome::Row), "benchmark events decode");
         if decoder.rows() >= batch {
-            rows += decoder.finish(Checkpoint::default()).num_rows();
+            on_batch(decoder.finish(Checkpoint::default()));
         }
     }
-    rows + decoder.finish(Checkpoint::default()).num_rows()
+    let last = decoder.finish(Checkpoint::default());
+    if last.num_rows() > 0 {
+        on_batch(last);
+    }
 }
 
 /// Decodes the after-images with arrow-json's reader (schema inferred beforehand, as a user

@@ -208,7 +208,8 @@ pub mod __export {
             current: Vec<u8>,
         ) -> Result<(Vec<Decision>, Vec<u8>, Vec<(u32, String)>), String> {
             let plugin = self.plugin.as_mut().ok_or("resolve called before init")?;
-            let resolved = plugin.resolve(ipc::read(incoming)?, ipc::read(current)?)?;
+            let incoming = ipc::read_from_host(incoming)?;
+            let resolved = plugin.resolve(incoming, ipc::read_from_host(current)?)?;
             let merged = match &resolved.merged {
                 Some(batch) => ipc::write(batch)?,
                 None => Vec::new(),
@@ -245,7 +246,7 @@ pub mod __export {
             batch: Vec<u8>,
         ) -> Result<(Vec<u8>, Vec<u32>, Vec<(u32, String)>), String> {
             let plugin = self.plugin.as_mut().ok_or("transform called before init")?;
-            let input = ipc::read(batch)?;
+            let input = ipc::read_from_host(batch)?;
             let output = plugin.transform(input)?;
             let bytes = ipc::write(&output.batch)?;
             let errors = output

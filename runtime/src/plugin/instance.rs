@@ -31,6 +31,41 @@ pub trait World: Sized {
     ) -> wasmtime::Result<Result<(), String>>;
 }
 
+/// Implements [`World`] for the bindings `bindgen!` generated for one world (`$world` and
+/// `$pre` are its generated types, `$name` the world's name).
+macro_rules! world {
+    ($world:ident, $pre:ident, $name:literal) => {
+        impl $crate::plugin::instance::World for $world {
+            const NAME: &'static str = $name;
+            type Pre = $pre<$crate::plugin::sandbox::HostState>;
+
+            fn pre(
+                linker: &wasmtime::component::Linker<$crate::plugin::sandbox::HostState>,
+                component: &wasmtime::component::Component,
+            ) -> wasmtime::Result<Self::Pre> {
+                $pre::new(linker.instantiate_pre(component)?)
+            }
+            fn engine(pre: &Self::Pre) -> &wasmtime::Engine {
+                pre.engine()
+            }
+            fn instantiate(
+                pre: &Self::Pre,
+                store: &mut wasmtime::Store<$crate::plugin::sandbox::HostState>,
+            ) -> wasmtime::Result<Self> {
+                pre.instantiate(store)
+            }
+            fn init(
+                &self,
+                store: &mut wasmtime::Store<$crate::plugin::sandbox::HostState>,
+                config: &str,
+            ) -> wasmtime::Result<Result<(), String>> {
+                self.call_init(store, config)
+            }
+        }
+    };
+}
+pub(crate) use world;
+
 /// A loaded plugin, with at most one live instance.
 pub struct Plugin<W: World> {
     spec: PluginSpec,

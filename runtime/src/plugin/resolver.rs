@@ -10,11 +10,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, make_comparator};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{Field, Schema};
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store};
 
-use super::instance::{Plugin, World};
-use super::sandbox::HostState;
+use super::instance::Plugin;
 use super::{Failure, PluginSpec};
 use crate::envelope::{AFTER, BEFORE, OP};
 use weir_envelope::ipc;
@@ -32,27 +29,7 @@ use bindings::{Resolver, ResolverPre};
 /// The name of the one column of the `current` batch.
 pub const CURRENT: &str = "current";
 
-impl World for Resolver {
-    const NAME: &'static str = "resolver";
-    type Pre = ResolverPre<HostState>;
-
-    fn pre(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Self::Pre> {
-        ResolverPre::new(linker.instantiate_pre(component)?)
-    }
-    fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
-    }
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-    fn init(
-        &self,
-        store: &mut Store<HostState>,
-        config: &str,
-    ) -> wasmtime::Result<Result<(), String>> {
-        self.call_init(store, config)
-    }
-}
+super::instance::world!(Resolver, ResolverPre, "resolver");
 
 /// The decision for one incoming change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,11 +10,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Schema};
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store};
 
-use super::instance::{Plugin, World};
-use super::sandbox::HostState;
+use super::instance::Plugin;
 use super::{Failure, PluginSpec};
 use crate::envelope::{AFTER, BEFORE, ChangeBatch, Op};
 use weir_envelope::ipc;
@@ -28,27 +25,7 @@ mod bindings {
 
 use bindings::{Transform, TransformPre};
 
-impl World for Transform {
-    const NAME: &'static str = "transform";
-    type Pre = TransformPre<HostState>;
-
-    fn pre(linker: &Linker<HostState>, component: &Component) -> wasmtime::Result<Self::Pre> {
-        TransformPre::new(linker.instantiate_pre(component)?)
-    }
-    fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
-    }
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate(store)
-    }
-    fn init(
-        &self,
-        store: &mut Store<HostState>,
-        config: &str,
-    ) -> wasmtime::Result<Result<(), String>> {
-        self.call_init(store, config)
-    }
-}
+super::instance::world!(Transform, TransformPre, "transform");
 
 /// What a call made of a batch.
 #[derive(Debug)]

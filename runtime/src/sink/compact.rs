@@ -61,6 +61,18 @@ pub struct Keys {
     pub after: Rows,
 }
 
+impl Keys {
+    /// Whether change `row` (of operation `op`) moves its row to another key: an update
+    /// whose complete `before` key differs from its `after` key. A partial `before` (some
+    /// connectors send only changed columns) has a null key and moves nothing.
+    pub fn moved(&self, batch: &ChangeBatch, row: usize, op: Op) -> bool {
+        op == Op::Update
+            && batch.before().is_valid(row)
+            && self.before.row(row) != self.after.row(row)
+            && key_is_complete(batch, row)
+    }
+}
+
 pub fn keys(batch: &ChangeBatch) -> Result<Keys, String> {
     let after = key_columns(batch, batch.after())?;
     let before = key_columns(batch, batch.before())?;
@@ -86,8 +98,6 @@ pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segm
         return Ok(segments);
     }
     let keys = keys(batch)?;
-    let before_valid = batch.before().logical_nulls();
-    let before_present = |i: usize| before_valid.as_ref().is_none_or(|n| n.is_valid(i));
     let mut latest: HashMap<&[u8], Action> = HashMap::new();
     let mut truncate_first = false;
     let close = |latest: &mut HashMap<&[u8], Action>,
@@ -122,16 +132,10 @@ pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segm
                 latest.insert(keys.before.row(i).data(), Action::Delete(i));
             }
             Op::Create | Op::Read | Op::Update => {
-                let new_key = keys.after.row(i).data();
-                if op == Op::Update && before_present(i) {
-                    let old_key = keys.before.row(i).data();
-                    // A partial `before` (some connectors send only changed columns) has a
-                    // null key; only a complete, different key means the key moved.
-                    if old_key != new_key && key_is_complete(batch, i) {
-                        latest.insert(old_key, Action::Delete(i));
-                    }
+                if keys.moved(batch, i, op) {
+                    latest.insert(keys.before.row(i).data(), Action::Delete(i));
                 }
-                latest.insert(new_key, Action::Upsert(i));
+                latest.insert(keys.after.row(i).data(), Action::Upsert(i));
             }
         }
     }

@@ -34,7 +34,6 @@ pub fn rounds(batch: &ChangeBatch, keys: &Keys, include: Option<&[bool]>) -> Vec
     let mut rounds = Vec::new();
     let mut rows: Vec<usize> = Vec::new();
     let mut seen = HashSet::new();
-    let before = batch.before();
     for (row, op) in batch.ops().enumerate() {
         if include.is_some_and(|include| !include[row]) {
             continue;
@@ -52,7 +51,7 @@ pub fn rounds(batch: &ChangeBatch, keys: &Keys, include: Option<&[bool]>) -> Vec
             touched.push(keys.before.row(row));
         } else {
             touched.push(keys.after.row(row));
-            if before.is_valid(row) && keys.before.row(row) != keys.after.row(row) {
+            if keys.moved(batch, row, op) {
                 touched.push(keys.before.row(row));
             }
         }
@@ -240,6 +239,19 @@ mod tests {
             rounds(&b, &keys, None),
             vec![Round::Changes(vec![0, 1]), Round::Changes(vec![2])]
         );
+    }
+
+    #[test]
+    fn a_partial_before_image_moves_no_key() {
+        // Connectors that send only changed columns leave `before`'s key null: these are
+        // updates of keys 5 and 6, not moves away from one null key.
+        let b = batch(&[
+            r#"{"op":"u","before":{"v":"x"},"after":{"id":5,"v":"y"}}"#,
+            r#"{"op":"u","before":{"v":"x"},"after":{"id":6,"v":"y"}}"#,
+        ]);
+        let keys = keys(&b).unwrap();
+        assert!(!keys.moved(&b, 0, Op::Update));
+        assert_eq!(rounds(&b, &keys, None), vec![Round::Changes(vec![0, 1])]);
     }
 
     fn read(ty: DataType, values: &[Value]) -> ArrayRef {

@@ -578,7 +578,7 @@ impl SqliteSink {
                     }
                     Verdict::Apply => {
                         // An update that moved its key leaves the old key behind.
-                        if before.is_valid(row) && keys.before.row(row) != keys.after.row(row) {
+                        if keys.moved(batch, row, ops[row]) {
                             execute(&mut delete, &key_before, row).map_err(sql_error)?;
                             applied.deletes += 1;
                         }

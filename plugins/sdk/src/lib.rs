@@ -174,32 +174,41 @@ pub mod bindings {
 pub mod __export {
     use super::*;
 
-    /// The state of one plugin instance: built by `init`, used by every call.
+    /// The state of one plugin instance (a transform or a resolver): built by `init`,
+    /// used by every call.
     pub struct Instance<T> {
         plugin: Option<T>,
     }
 
-    /// The state of one resolver instance.
-    pub struct ResolverInstance<T> {
-        plugin: Option<T>,
-    }
-
-    impl<T: Resolve> Default for ResolverInstance<T> {
+    impl<T> Default for Instance<T> {
         fn default() -> Self {
             Self::new()
         }
     }
 
-    impl<T: Resolve> ResolverInstance<T> {
+    impl<T> Instance<T> {
         pub const fn new() -> Self {
-            ResolverInstance { plugin: None }
+            Instance { plugin: None }
         }
 
-        pub fn init(&mut self, config: &str) -> Result<(), String> {
-            self.plugin = Some(T::init(&parse_config(config)?)?);
+        /// Builds the plugin with `make` (its kind's `init`) from the config JSON.
+        pub fn init(
+            &mut self,
+            config: &str,
+            make: fn(&JsonValue) -> Result<T, String>,
+        ) -> Result<(), String> {
+            self.plugin = Some(make(&parse_config(config)?)?);
             Ok(())
         }
 
+        fn plugin(&mut self, call: &str) -> Result<&mut T, String> {
+            self.plugin
+                .as_mut()
+                .ok_or_else(|| format!("{call} called before init"))
+        }
+    }
+
+    impl<T: Resolve> Instance<T> {
         /// One call: IPC in, the decisions, merged rows (IPC) and errors out.
         #[allow(clippy::type_complexity)]
         pub fn resolve(
@@ -207,7 +216,7 @@ pub mod __export {
             incoming: Vec<u8>,
             current: Vec<u8>,
         ) -> Result<(Vec<Decision>, Vec<u8>, Vec<(u32, String)>), String> {
-            let plugin = self.plugin.as_mut().ok_or("resolve called before init")?;
+            let plugin = self.plugin("resolve")?;
             let incoming = ipc::read_from_host(incoming)?;
             let resolved = plugin.resolve(incoming, ipc::read_from_host(current)?)?;
             let merged = match &resolved.merged {
@@ -223,29 +232,14 @@ pub mod __export {
         }
     }
 
-    impl<T: Transform> Default for Instance<T> {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
     impl<T: Transform> Instance<T> {
-        pub const fn new() -> Self {
-            Instance { plugin: None }
-        }
-
-        pub fn init(&mut self, config: &str) -> Result<(), String> {
-            self.plugin = Some(T::init(&parse_config(config)?)?);
-            Ok(())
-        }
-
         /// One call: IPC in, the output's parts out (batch as IPC, source rows, errors).
         #[allow(clippy::type_complexity)]
         pub fn transform(
             &mut self,
             batch: Vec<u8>,
         ) -> Result<(Vec<u8>, Vec<u32>, Vec<(u32, String)>), String> {
-            let plugin = self.plugin.as_mut().ok_or("transform called before init")?;
+            let plugin = self.plugin("transform")?;
             let input = ipc::read_from_host(batch)?;
             let output = plugin.transform(input)?;
             let bytes = ipc::write(&output.batch)?;
@@ -276,7 +270,9 @@ macro_rules! export_transform {
 
             impl $crate::bindings::transform::Guest for WeirTransformExport {
                 fn init(config: String) -> Result<(), String> {
-                    INSTANCE.with_borrow_mut(|instance| instance.init(&config))
+                    INSTANCE.with_borrow_mut(|instance| {
+                        instance.init(&config, <$plugin as $crate::Transform>::init)
+                    })
                 }
 
                 fn transform(batch: Vec<u8>) -> Result<Transformed, String> {
@@ -340,15 +336,17 @@ macro_rules! export_resolver {
             use $crate::bindings::resolver::weir::plugin::types::{Decision, Resolved, RowError};
 
             ::std::thread_local! {
-                static INSTANCE: ::std::cell::RefCell<$crate::__export::ResolverInstance<$plugin>> =
-                    const { ::std::cell::RefCell::new($crate::__export::ResolverInstance::new()) };
+                static INSTANCE: ::std::cell::RefCell<$crate::__export::Instance<$plugin>> =
+                    const { ::std::cell::RefCell::new($crate::__export::Instance::new()) };
             }
 
             struct WeirResolverExport;
 
             impl $crate::bindings::resolver::Guest for WeirResolverExport {
                 fn init(config: String) -> Result<(), String> {
-                    INSTANCE.with_borrow_mut(|instance| instance.init(&config))
+                    INSTANCE.with_borrow_mut(|instance| {
+                        instance.init(&config, <$plugin as $crate::Resolve>::init)
+                    })
                 }
 
                 fn resolve(incoming: Vec<u8>, current: Vec<u8>) -> Result<Resolved, String> {

@@ -146,10 +146,7 @@ pub fn test(
         let mut reject = |row: usize, reason: &str| -> Result<(), String> {
             let line = line_of(row);
             let event = lines.get(line - 1).copied().unwrap_or("");
-            let event: serde_json::Value =
-                serde_json::from_str(event).unwrap_or(serde_json::Value::Null);
-            let entry = serde_json::json!({"line": line, "error": reason, "event": event});
-            writeln!(rejects, "{entry}").map_err(io)
+            writeln!(rejects, "{}", refused(line, reason, event)).map_err(io)
         };
         match plugin.call(&batch) {
             Ok(transformed) => {
@@ -195,10 +192,8 @@ pub fn test(
             Ok(Outcome::Row) => {}
             Ok(_) => report.skipped_records += 1,
             Err(DecodeError::Record(e)) => {
-                let event: serde_json::Value =
-                    serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
-                let entry = serde_json::json!({"line": i + 1, "error": format!("decode: {}", e.message), "event": event});
-                writeln!(rejects, "{entry}").map_err(io)?;
+                let reason = format!("decode: {}", e.message);
+                writeln!(rejects, "{}", refused(i + 1, &reason, line)).map_err(io)?;
                 report.rejected += 1;
             }
             Err(DecodeError::Fatal(e)) => {
@@ -211,6 +206,13 @@ pub fn test(
     }
     run_batch(&mut decoder, &mut report, rejects)?;
     Ok(report)
+}
+
+/// The line `weir plugin test` writes for a refused event: its line number, the reason,
+/// and the event itself (null when it is not JSON).
+fn refused(line: usize, reason: &str, event: &str) -> serde_json::Value {
+    let event: serde_json::Value = serde_json::from_str(event).unwrap_or_default();
+    serde_json::json!({"line": line, "error": reason, "event": event})
 }
 
 /// The kinds of plugin `weir plugin new` scaffolds.

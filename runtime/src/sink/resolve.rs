@@ -75,14 +75,16 @@ pub fn rounds(batch: &ChangeBatch, keys: &Keys, include: Option<&[bool]>) -> Vec
 pub fn arrow_column(field: &Field, values: &[Value]) -> Result<ArrayRef, String> {
     let ty = field.data_type();
     let name = field.name();
-    let cast = |array: ArrayRef| {
+    // `to` is `ty`, except for a zoned timestamp (below).
+    let cast_to = |array: ArrayRef, to: &DataType| {
         let options = CastOptions {
             safe: false,
             ..Default::default()
         };
-        cast_with_options(&array, ty, &options)
+        cast_with_options(&array, to, &options)
             .map_err(|e| format!("column `{name}` does not read back as {ty}: {e}"))
     };
+    let cast = |array: ArrayRef| cast_to(array, ty);
     let text = |v: &Value| match v {
         Value::Null => None,
         Value::Integer(i) => Some(i.to_string()),
@@ -165,15 +167,7 @@ pub fn arrow_column(field: &Field, values: &[Value]) -> Result<ArrayRef, String>
             // The text is an instant in UTC ("…Z"); parsing it needs no time zone, and
             // the zone is only the column's display setting, so it is put back after.
             let strings: StringArray = values.iter().map(text).collect();
-            let naive = cast_with_options(
-                &(Arc::new(strings) as ArrayRef),
-                &DataType::Timestamp(*unit, None),
-                &CastOptions {
-                    safe: false,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| format!("column `{name}` does not read back as {ty}: {e}"))?;
+            let naive = cast_to(Arc::new(strings), &DataType::Timestamp(*unit, None))?;
             let data = naive
                 .to_data()
                 .into_builder()

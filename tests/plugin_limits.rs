@@ -44,7 +44,8 @@ fn batch(ids: &[i64]) -> ChangeBatch {
                 offset: i * 10,
                 next: i * 10 + 10,
             })
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         checkpoint: Checkpoint::default(),
         table: Arc::new(TableInfo {
             name: "t".into(),

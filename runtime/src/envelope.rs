@@ -66,7 +66,8 @@ pub struct TableInfo {
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
     pub data: RecordBatch,
-    pub positions: Vec<Position>,
+    /// Shared, so a transform that keeps every row passes them on without a copy.
+    pub positions: Arc<Vec<Position>>,
     pub checkpoint: Checkpoint,
     pub table: Arc<TableInfo>,
 }

@@ -473,7 +473,7 @@ impl Decoder {
         self.bytes = 0;
         ChangeBatch {
             data,
-            positions: std::mem::take(&mut self.positions),
+            positions: Arc::new(std::mem::take(&mut self.positions)),
             checkpoint,
             table: self.table_info(),
         }

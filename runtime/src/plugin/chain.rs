@@ -69,7 +69,7 @@ impl TransformChain {
                     }
                     batch = ChangeBatch {
                         data: batch.data.slice(0, 0),
-                        positions: Vec::new(),
+                        positions: Default::default(),
                         checkpoint: batch.checkpoint,
                         table: batch.table,
                     };

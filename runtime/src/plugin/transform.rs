@@ -145,7 +145,7 @@ fn check_output(
     }
     let positions = if output.source_rows.is_empty() && outputs == 0 {
         // Every row dropped or refused: nothing to map.
-        Vec::new()
+        Default::default()
     } else if output.source_rows.is_empty() {
         if outputs != inputs || !rejected.is_empty() {
             return Err(bad(format!(
@@ -178,7 +178,7 @@ fn check_output(
             previous = row;
             positions.push(input.positions[row].clone());
         }
-        positions
+        Arc::new(positions)
     };
     // Keep the table metadata the decoder put on the schema.
     let schema = Arc::new(Schema::new_with_metadata(

@@ -17,6 +17,11 @@
 //!    the host's `call` (IPC out, the plugin, IPC back, the output checks), as rows per
 //!    CPU second, i.e. per core.
 
+// The allocator weir runs with, so the in-process stage measures what the pipeline pays
+// (under glibc's, the stage's large per-batch buffers are mapped and faulted in afresh).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;

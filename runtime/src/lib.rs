@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod conflict;
 pub mod connect;
 pub mod dead_letter;
 pub mod decode;

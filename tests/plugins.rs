@@ -101,13 +101,7 @@ fn filter_keeps_only_the_matching_rows() {
         if event["op"] == "d" {
             expected.remove(&id);
         } else {
-            expected.insert(
-                id,
-                (
-                    row["name"].as_str().unwrap().to_string(),
-                    row["version"].as_i64().unwrap(),
-                ),
-            );
+            expected.insert(id, (row["name"].as_str().unwrap().to_string(), version));
         }
     }
     assert!(!expected.is_empty());

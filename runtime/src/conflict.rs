@@ -1,8 +1,8 @@
 //! The built-in conflict strategies' rule: which of two writes to one key wins.
 //!
 //! Every change, and every stored row or tombstone, carries a [`Stamp`]: its version and
-//! its origin. A strategy turns a stamp into a rank, and the higher rank wins. Ranks are
-//! totally ordered — ties on the version fall to the origin id, compared as text — so
+//! its origin. A strategy orders any two stamps, and the greater wins. The order is
+//! total — ties on the version fall to the origin id, compared as text — so
 //! the winner of a key is the same whatever order its changes arrive in, which is what
 //! brings every site to the same state. docs/sync.md states the rule for users.
 
@@ -58,7 +58,7 @@ impl Strategy {
     /// Orders two writes to one key: `Greater` when `a` wins over `b`. `Equal` only for
     /// the same version from the same origin.
     pub fn compare(&self, a: &Stamp, b: &Stamp) -> Ordering {
-        let by_version = match self {
+        let by_strategy = match self {
             Strategy::LastWriteWins => a.version.cmp(&b.version),
             Strategy::FirstWriteWins => b.version.cmp(&a.version),
             Strategy::SourcePriority(ranks) => {
@@ -71,7 +71,7 @@ impl Strategy {
                     .then_with(|| a.version.cmp(&b.version))
             }
         };
-        by_version.then_with(|| a.origin.cmp(&b.origin))
+        by_strategy.then_with(|| a.origin.cmp(&b.origin))
     }
 }
 

@@ -121,8 +121,14 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
     }
     if s.conflicts_skipped + s.conflicts_merged > 0 {
         out += &format!(
-            "  resolved      {} changes skipped, {} merged (conflict resolver)\n",
+            "  resolved      {} changes skipped, {} merged (conflict resolution)\n",
             s.conflicts_skipped, s.conflicts_merged
+        );
+    }
+    if s.echoes_dropped > 0 {
+        out += &format!(
+            "  echoes        {} changes dropped: they came from this target's own site\n",
+            s.echoes_dropped
         );
     }
     out += &format!(
@@ -159,6 +165,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "appended": s.appended,
         "conflicts_skipped": s.conflicts_skipped,
         "conflicts_merged": s.conflicts_merged,
+        "echoes_dropped": s.echoes_dropped,
         "tombstones": s.tombstones,
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,

@@ -6,7 +6,11 @@
 //! the winner of a key is the same whatever order its changes arrive in, which is what
 //! brings every site to the same state. docs/sync.md states the rule for users.
 
+pub mod config;
+
 use std::cmp::Ordering;
+
+pub use config::{BuiltinConfig, ConflictConfig};
 
 /// A write's version, from the strategy's version column (or the source position).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,10 +21,14 @@ pub enum Version {
     Text(String),
 }
 
-/// What a write claims: its version and the site it came from.
+/// What a write claims: its version, whether it deletes the row, and the site it came
+/// from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
     pub version: Version,
+    /// A delete carries the version of the row it deleted (its `before` image), so at an
+    /// equal version the delete wins: it was made after that row.
+    pub deleted: bool,
     pub origin: String,
 }
 
@@ -55,8 +63,9 @@ impl Strategy {
         }
     }
 
-    /// Orders two writes to one key: `Greater` when `a` wins over `b`. `Equal` only for
-    /// the same version from the same origin.
+    /// Orders two writes to one key: `Greater` when `a` wins over `b`. At an equal
+    /// version a delete wins over a row write, then the greater origin id wins. `Equal`
+    /// only for the same write (version, kind and origin) delivered twice.
     pub fn compare(&self, a: &Stamp, b: &Stamp) -> Ordering {
         let by_strategy = match self {
             Strategy::LastWriteWins => a.version.cmp(&b.version),
@@ -71,7 +80,9 @@ impl Strategy {
                     .then_with(|| a.version.cmp(&b.version))
             }
         };
-        by_strategy.then_with(|| a.origin.cmp(&b.origin))
+        by_strategy
+            .then_with(|| a.deleted.cmp(&b.deleted))
+            .then_with(|| a.origin.cmp(&b.origin))
     }
 }
 
@@ -88,6 +99,7 @@ mod tests {
     fn stamp(version: i128, origin: &str) -> Stamp {
         Stamp {
             version: Version::Int(version),
+            deleted: false,
             origin: origin.into(),
         }
     }
@@ -118,6 +130,30 @@ mod tests {
             Decision::Skip
         );
         assert_eq!(lww.decide(&stamp(1, "a"), None), Decision::Apply);
+    }
+
+    #[test]
+    fn a_delete_wins_over_the_row_it_deleted() {
+        // A delete carries its row's version; from any origin it beats that row.
+        let delete = Stamp {
+            deleted: true,
+            ..stamp(5, "a")
+        };
+        for strategy in [Strategy::LastWriteWins, Strategy::FirstWriteWins] {
+            assert_eq!(
+                strategy.decide(&delete, Some(&stamp(5, "b"))),
+                Decision::Apply
+            );
+            assert_eq!(
+                strategy.decide(&stamp(5, "b"), Some(&delete)),
+                Decision::Skip
+            );
+        }
+        // A newer write brings the row back.
+        assert_eq!(
+            Strategy::LastWriteWins.decide(&stamp(6, "a"), Some(&delete)),
+            Decision::Apply
+        );
     }
 
     #[test]
@@ -170,6 +206,7 @@ mod tests {
         let lww = Strategy::LastWriteWins;
         let text = |v: &str| Stamp {
             version: Version::Text(v.into()),
+            deleted: false,
             origin: "a".into(),
         };
         assert_eq!(
@@ -254,10 +291,14 @@ mod tests {
                 let floor = next_version.get(&(key, origin)).copied().unwrap_or(0);
                 let version = floor.max(rng.random_range(0..8));
                 next_version.insert((key, origin), version + 1);
+                let value = rng.random_bool(0.75).then(|| rng.random());
                 Change {
                     key,
-                    stamp: stamp(version, origin),
-                    value: rng.random_bool(0.75).then(|| rng.random()),
+                    stamp: Stamp {
+                        deleted: value.is_none(),
+                        ..stamp(version, origin)
+                    },
+                    value,
                 }
             })
             .collect()

@@ -74,6 +74,8 @@ pub struct Metrics {
     /// Changes a conflict resolver skipped, or replaced by a merged row.
     pub conflicts_skipped: AtomicU64,
     pub conflicts_merged: AtomicU64,
+    /// Changes dropped because they came from the target's own site (loop prevention).
+    pub echoes_dropped: AtomicU64,
     pub dead_letters: AtomicU64,
     pub tombstones: AtomicU64,
     pub schema_changes: AtomicU64,
@@ -94,6 +96,7 @@ pub struct Snapshot {
     pub appended: u64,
     pub conflicts_skipped: u64,
     pub conflicts_merged: u64,
+    pub echoes_dropped: u64,
     pub dead_letters: u64,
     pub tombstones: u64,
     pub schema_changes: u64,
@@ -119,6 +122,7 @@ impl Metrics {
             appended: get(&self.appended),
             conflicts_skipped: get(&self.conflicts_skipped),
             conflicts_merged: get(&self.conflicts_merged),
+            echoes_dropped: get(&self.echoes_dropped),
             dead_letters: get(&self.dead_letters),
             tombstones: get(&self.tombstones),
             schema_changes: get(&self.schema_changes),

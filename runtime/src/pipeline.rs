@@ -332,6 +332,7 @@ impl Applier<'_> {
             Metrics::add(&self.metrics.appended, applied.appended);
             Metrics::add(&self.metrics.conflicts_skipped, applied.skipped);
             Metrics::add(&self.metrics.conflicts_merged, applied.merged);
+            Metrics::add(&self.metrics.echoes_dropped, applied.echoes);
             Metrics::add(&self.metrics.batches, 1);
             if let Some(checkpoint) = applied.durable {
                 if let Some(committer) = &self.committer {

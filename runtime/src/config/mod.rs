@@ -58,7 +58,7 @@ pub struct PipelineConfig {
     /// How a change that meets an existing target row is resolved. Without it, every change
     /// is applied as it comes (the source is the truth).
     #[serde(default)]
-    pub conflict: Option<crate::plugin::ConflictConfig>,
+    pub conflict: Option<crate::conflict::ConflictConfig>,
 }
 
 /// The table a pipeline's change events describe.
@@ -381,14 +381,8 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             report(key(&["dead_letter", "options", &option]), message, None);
         }
     }
-    if config.conflict.is_some() && !matches!(config.sink, crate::sink::SinkConfig::Sqlite(_)) {
-        report(
-            key(&["conflict"]),
-            "conflict resolution needs a sink that reads the current row of each key; so \
-             far that is the sqlite sink"
-                .into(),
-            Some("use `sink: { type: sqlite, … }`, or remove `conflict`".into()),
-        );
+    if let Some(conflict) = &config.conflict {
+        conflict_checks(config, conflict, &mut report);
     }
     let table = &config.table;
     let same = |a: &str, b: &str| {
@@ -418,6 +412,124 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         }
     }
     diagnostics
+}
+
+/// Checks of the `conflict` section against the sink and the table.
+fn conflict_checks(
+    config: &PipelineConfig,
+    conflict: &crate::conflict::ConflictConfig,
+    report: &mut impl FnMut(Vec<PathSegment>, String, Option<String>),
+) {
+    use crate::conflict::Strategy;
+    use crate::sink::postgres::PostgresMode;
+    let at = |parts: &[&str]| -> Vec<PathSegment> {
+        parts
+            .iter()
+            .map(|p| PathSegment::Key(p.to_string()))
+            .collect()
+    };
+    let sqlite = matches!(config.sink, SinkConfig::Sqlite(_));
+    let postgres_upsert =
+        matches!(&config.sink, SinkConfig::Postgres(p) if p.mode == PostgresMode::Upsert);
+    let Some((strategy, builtin)) = conflict.builtin() else {
+        if !sqlite {
+            report(
+                at(&["conflict"]),
+                "resolver plugins run in the sqlite sink so far".into(),
+                Some(
+                    "use `sink: { type: sqlite, … }`, or a built-in strategy such as \
+                     `last-write-wins`"
+                        .into(),
+                ),
+            );
+        }
+        return;
+    };
+    if !postgres_upsert {
+        report(
+            at(&["conflict"]),
+            "the built-in strategies run in the postgres sink (upsert mode) so far".into(),
+            Some(
+                "use `sink: { type: postgres, … }`, or a resolver plugin with the sqlite sink"
+                    .into(),
+            ),
+        );
+    }
+    if !(1..=64).contains(&builtin.lanes) {
+        report(
+            at(&["conflict", "lanes"]),
+            format!("lanes must be between 1 and 64, not {}", builtin.lanes),
+            None,
+        );
+    }
+    let name = match strategy {
+        Strategy::LastWriteWins => "last-write-wins",
+        Strategy::FirstWriteWins => "first-write-wins",
+        Strategy::SourcePriority(_) => "source-priority",
+    };
+    if builtin.version_column.is_none() && strategy != Strategy::LastWriteWins {
+        report(
+            at(&["conflict"]),
+            format!("`{name}` compares versions, and no `version_column` is set"),
+            Some("name the column that holds each row's version: `version_column: version`".into()),
+        );
+    }
+    match (&strategy, builtin.priority.is_empty()) {
+        (Strategy::SourcePriority(_), true) => report(
+            at(&["conflict"]),
+            "`source-priority` needs `priority`, the origins from highest to lowest".into(),
+            Some("e.g. `priority: [hq, store-1, store-2]`".into()),
+        ),
+        (Strategy::SourcePriority(_), false) | (_, true) => {}
+        (_, false) => report(
+            at(&["conflict", "priority"]),
+            format!("`priority` ranks origins for `source-priority`; `{name}` does not use it"),
+            Some("remove `priority`, or use `strategy: source-priority`".into()),
+        ),
+    }
+    let table = &config.table;
+    let same = |a: &str, b: &str| {
+        if table.case_insensitive {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    for (option, column) in [
+        ("version_column", &builtin.version_column),
+        ("origin_column", &builtin.origin_column),
+    ] {
+        let Some(column) = column else { continue };
+        if table.primary_key.iter().any(|k| same(k, column)) {
+            report(
+                at(&["conflict", option]),
+                format!("`{column}` is a primary key column; it cannot also be the {option}"),
+                None,
+            );
+        } else if !table.columns.is_empty() && !table.columns.keys().any(|c| same(c, column)) {
+            report(
+                at(&["conflict", option]),
+                format!("`{column}` is not in `table.columns`"),
+                diagnostic::did_you_mean(column, table.columns.keys().map(String::as_str))
+                    .map(|c| format!("did you mean `{c}`?")),
+            );
+        }
+    }
+    if let (Some(site), Some(source)) = (&builtin.site, &builtin.source_site)
+        && site == source
+    {
+        report(
+            at(&["conflict", "source_site"]),
+            format!(
+                "`source_site` and `site` are both `{site}`: every change without an origin \
+                 would count as this site's own and be dropped"
+            ),
+            Some(
+                "`site` is the site this pipeline writes to; `source_site` the one it reads from"
+                    .into(),
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -500,6 +612,59 @@ dead_letter:
         );
         assert_eq!(err.diagnostics[0].mark, Some(Mark { line: 10, col: 9 }));
         assert_eq!(err.diagnostics[1].path, "batch.max_wait");
+    }
+
+    #[test]
+    fn the_issue_s_conflict_section_loads_and_bad_ones_are_explained() {
+        let postgres = MINIMAL.replace(
+            "  type: sqlite\n  path: target.db\n",
+            "  type: postgres\n  url: postgres://localhost/db\n",
+        );
+        let with = |text: &str, conflict: &str| format!("{text}conflict:\n{conflict}");
+        let config = load(&with(
+            &postgres,
+            "  strategy: last-write-wins\n  version_column: version\n  lanes: 4\n",
+        ))
+        .unwrap();
+        assert_eq!(config.config.conflict.as_ref().unwrap().lanes(), 4);
+
+        let problems = |text: String| {
+            let err = load(&text).unwrap_err();
+            err.diagnostics
+                .iter()
+                .map(|d| format!("{} {}", d.message, d.hint.as_deref().unwrap_or("")))
+                .collect::<Vec<_>>()
+        };
+        let got = problems(with(
+            &postgres,
+            "  strategy: first-write-wins\n  priority: [a]\n",
+        ));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].contains("no `version_column`"), "{got:?}");
+        assert!(got[1].contains("`priority` ranks origins"), "{got:?}");
+        let got = problems(with(
+            MINIMAL,
+            "  strategy: source-priority\n  version_column: id\n",
+        ));
+        assert!(got.iter().any(|p| p.contains("postgres sink")), "{got:?}");
+        assert!(
+            got.iter().any(|p| p.contains("needs `priority`")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|p| p.contains("primary key column")),
+            "{got:?}"
+        );
+        let got = problems(with(
+            &postgres,
+            "  strategy: last-write-wins\n  lanes: 65\n",
+        ));
+        assert!(got[0].contains("at most 64"), "{got:?}");
+        let got = problems(with(
+            &postgres,
+            "  strategy: last-write-wins\n  site: a\n  source_site: a\n",
+        ));
+        assert!(got[0].contains("every change"), "{got:?}");
     }
 
     #[test]

@@ -42,15 +42,6 @@ pub struct TransformConfig {
     pub limits: LimitsConfig,
 }
 
-/// The `conflict` section: how a change that meets an existing target row is resolved.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(tag = "strategy", rename_all = "kebab-case")]
-pub enum ConflictConfig {
-    /// A resolver plugin (the `weir:plugin/resolver` world) decides per change: apply it,
-    /// skip it, or write a merged row.
-    Wasm(ResolverConfig),
-}
-
 /// A resolver plugin in the pipeline YAML (`conflict: { strategy: wasm, … }`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

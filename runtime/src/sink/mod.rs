@@ -9,10 +9,12 @@
 pub mod compact;
 pub mod jsonl;
 pub mod kafka;
+pub mod lanes;
 pub mod parquet;
 pub mod postgres;
 pub mod resolve;
 pub mod sqlite;
+pub mod versioned;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -78,6 +80,8 @@ pub struct Applied {
     pub skipped: u64,
     /// Changes a conflict resolver replaced by a merged row.
     pub merged: u64,
+    /// Changes dropped because they came from the target's own site (`conflict.site`).
+    pub echoes: u64,
 }
 
 /// Where a sink sends rows it cannot apply (a value the target refuses). The pipeline
@@ -146,7 +150,19 @@ pub fn build(pipeline: &LoadedPipeline, metrics: Arc<Metrics>) -> Result<Box<dyn
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
         SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
         SinkConfig::Postgres(config) => {
-            Ok(Box::new(postgres::PostgresSink::open(pipeline, config)?))
+            let lanes = pipeline.config.conflict.as_ref().map_or(1, |c| c.lanes());
+            if lanes == 1 {
+                return Ok(Box::new(postgres::PostgresSink::open(pipeline, config)?));
+            }
+            let name = &pipeline.config.name;
+            let sinks = (0..lanes)
+                .map(|lane| {
+                    let checkpoint = lanes::lane_name(name, lane, lanes);
+                    postgres::PostgresSink::open_as(pipeline, config, &checkpoint)
+                        .map(|sink| Box::new(sink) as Box<dyn Sink>)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Box::new(lanes::Lanes::new(sinks)))
         }
         SinkConfig::Kafka(config) => {
             Ok(Box::new(kafka::KafkaSink::open(pipeline, config, metrics)?))

@@ -30,7 +30,10 @@ use postgres::{Client, NoTls, Transaction};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod conflict;
+
 use super::compact::compact;
+use super::versioned::Versioning;
 use super::{Applied, Prepared, Preparer, Rejects, Sink, SinkError, unapplied};
 use crate::config::LoadedPipeline;
 use crate::decode::types::{ColumnType, SEMANTIC_KEY, Unit};
@@ -303,10 +306,25 @@ pub struct PostgresSink {
     staging_created: RefCell<Option<String>>,
     /// Whether the staging tables may hold rows from an earlier merge of this transaction.
     staging_dirty: Cell<bool>,
+    /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
+    versioning: Option<Versioning>,
+    /// Whether this connection has made sure of the tombstone table and trigger.
+    conflict_ready: bool,
+    /// When tombstones past the horizon were last removed.
+    tombstones_collected: Option<std::time::Instant>,
 }
 
 impl PostgresSink {
     pub fn open(pipeline: &LoadedPipeline, config: &PostgresSinkConfig) -> Result<Self, SinkError> {
+        Self::open_as(pipeline, config, &pipeline.config.name)
+    }
+
+    /// Opens the sink storing its checkpoint under `checkpoint_name` (a lane's name).
+    pub fn open_as(
+        pipeline: &LoadedPipeline,
+        config: &PostgresSinkConfig,
+        checkpoint_name: &str,
+    ) -> Result<Self, SinkError> {
         let qualified = config
             .table
             .clone()
@@ -320,7 +338,7 @@ impl PostgresSink {
             client: None,
             schema,
             table,
-            pipeline: pipeline.config.name.clone(),
+            pipeline: checkpoint_name.to_string(),
             mode: config.mode,
             create: config.create,
             columns: BTreeMap::new(),
@@ -329,6 +347,13 @@ impl PostgresSink {
             staged: RefCell::new(None),
             staging_created: RefCell::new(None),
             staging_dirty: Cell::new(false),
+            versioning: pipeline
+                .config
+                .conflict
+                .as_ref()
+                .and_then(Versioning::from_config),
+            conflict_ready: false,
+            tombstones_collected: None,
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
@@ -375,6 +400,7 @@ impl PostgresSink {
             self.columns.clear();
             self.checked = None;
             self.staged.replace(None);
+            self.conflict_ready = false;
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -579,11 +605,25 @@ impl PostgresSink {
         }
         if batch.num_rows() > 0 && include.as_ref().is_none_or(|m| m.iter().any(|x| *x)) {
             self.ensure_table(tx, batch)?;
-            match self.mode {
-                PostgresMode::Upsert => {
-                    self.upsert(tx, batch, include.as_deref(), prepared, rejects, applied)?
-                }
-                PostgresMode::Append => {
+            match (self.mode, self.versioning.clone()) {
+                (PostgresMode::Upsert, Some(versioning)) => self.upsert_versioned(
+                    tx,
+                    &versioning,
+                    batch,
+                    include.as_deref(),
+                    rejects,
+                    applied,
+                )?,
+                (PostgresMode::Upsert, None) => self.upsert(
+                    tx,
+                    batch,
+                    include.as_deref(),
+                    prepared,
+                    rejects,
+                    applied,
+                    None,
+                )?,
+                (PostgresMode::Append, _) => {
                     self.append(tx, batch, include.as_deref(), rejects, applied)?
                 }
             }
@@ -591,6 +631,11 @@ impl PostgresSink {
         self.store_checkpoint(tx, &batch.checkpoint)
     }
 
+    /// Applies the included rows, compacted. With `present` (per row: whether its key had
+    /// a row when the batch began, as read under lock), checks that the rows inserted and
+    /// deleted are exactly those: a key that appeared meanwhile fails the batch as
+    /// retryable, rather than being overwritten unread.
+    #[allow(clippy::too_many_arguments)]
     fn upsert(
         &self,
         tx: &mut Transaction<'_>,
@@ -599,6 +644,7 @@ impl PostgresSink {
         prepared: Option<&PreparedUpsert>,
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
+        present: Option<&[bool]>,
     ) -> Result<(), SinkError> {
         // Prepared ahead (on another thread) assuming every row is new; rows to skip mean
         // preparing again without them.
@@ -654,7 +700,7 @@ impl PostgresSink {
                 applied.truncates += 1;
             }
             let mut merge = |tx: &mut Transaction<'_>, actions: &[Action]| {
-                self.merge(tx, batch, segment, actions)
+                self.merge(tx, batch, segment, actions, present)
             };
             self.isolating(tx, batch, &segment.actions, &mut merge, rejects, applied)?;
         }
@@ -701,6 +747,10 @@ impl PostgresSink {
                 self.isolating(tx, batch, right, write, rejects, applied)
             }
             Err(MergeError::Pg(e)) => Err(self.pg_error(T::FAILED, &e)),
+            Err(MergeError::Raced(message)) => Err(SinkError {
+                retryable: true,
+                ..self.error(message)
+            }),
             Err(MergeError::Io(e)) => Err(SinkError {
                 retryable: true,
                 ..self.error(format!("writing COPY data failed: {e}"))
@@ -716,6 +766,7 @@ impl PostgresSink {
         batch: &ChangeBatch,
         segment: &PreparedSegment,
         actions: &[Action],
+        present: Option<&[bool]>,
     ) -> Result<Applied, MergeError> {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
@@ -749,12 +800,29 @@ impl PostgresSink {
             // The staging table has no statistics, so the planner may pick a hash join,
             // which reads the whole target for every batch. A nested loop over the few
             // staged keys with the key index is always the right plan here.
-            tx.batch_execute(&format!(
-                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;
-                 DELETE FROM {target} t USING weir_keys k WHERE {};
-                 RESET enable_hashjoin; RESET enable_mergejoin;",
+            let delete = format!(
+                "DELETE FROM {target} t USING weir_keys k WHERE {}",
                 on.join(" AND ")
-            ))?;
+            );
+            tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
+            let deleted = tx.execute(&delete, &[])?;
+            tx.batch_execute("RESET enable_hashjoin; RESET enable_mergejoin")?;
+            if let Some(present) = present {
+                // A delete of a key that was present removes one row; one of a key that was
+                // not, none; the old key of an update that moved it, either.
+                let ops: Vec<Op> = batch.ops().collect();
+                let deletes = actions.iter().filter(|a| !a.upsert);
+                let sure = deletes.clone().filter(|a| ops[a.row] == Op::Delete);
+                let least = sure.clone().filter(|a| present[a.row]).count() as u64;
+                let most = least + deletes.filter(|a| ops[a.row] != Op::Delete).count() as u64;
+                if !(least..=most).contains(&deleted) {
+                    return Err(MergeError::Raced(format!(
+                        "the batch deleted {deleted} rows where {least} were read under lock; \
+                         another writer changed these keys meanwhile, so the batch is applied \
+                         again"
+                    )));
+                }
+            }
         }
         if let Some(span) = span(true) {
             done.upserts = actions.iter().filter(|a| a.upsert).count() as u64;
@@ -773,11 +841,37 @@ impl PostgresSink {
             } else {
                 format!("UPDATE SET {}", updates.join(", "))
             };
-            tx.batch_execute(&format!(
+            let insert = format!(
                 "INSERT INTO {target} ({cols}) SELECT {cols} FROM weir_rows ON CONFLICT ({keys}) DO {action}",
                 cols = names.join(", "),
                 keys = key_names.join(", ")
-            ))?;
+            );
+            match present {
+                None => tx.batch_execute(&insert)?,
+                Some(present) => {
+                    // `xmax = 0` marks a row this statement inserted rather than updated.
+                    let inserted: i64 = tx
+                        .query_one(
+                            &format!(
+                                "WITH written AS ({insert} RETURNING (xmax = 0) AS inserted)
+                                 SELECT count(*) FILTER (WHERE inserted) FROM written"
+                            ),
+                            &[],
+                        )?
+                        .get(0);
+                    let expected = actions
+                        .iter()
+                        .filter(|a| a.upsert && !present[a.row])
+                        .count() as i64;
+                    if inserted != expected {
+                        return Err(MergeError::Raced(format!(
+                            "the batch inserted {inserted} rows where {expected} keys had none \
+                             when read under lock; another writer inserted some meanwhile, so \
+                             the batch is applied again"
+                        )));
+                    }
+                }
+            }
         }
         Ok(done)
     }
@@ -977,6 +1071,8 @@ fn prepare_upsert(
 enum MergeError {
     Pg(postgres::Error),
     Io(std::io::Error),
+    /// Another writer changed a key between the locked read and the write.
+    Raced(String),
 }
 
 impl From<postgres::Error> for MergeError {
@@ -1054,7 +1150,9 @@ impl Sink for PostgresSink {
     }
 
     fn preparer(&self) -> Option<Preparer> {
-        (self.mode == PostgresMode::Upsert).then(|| -> Preparer {
+        // Under a conflict strategy the rows to apply are known only inside the
+        // transaction, so there is nothing to prepare ahead.
+        (self.mode == PostgresMode::Upsert && self.versioning.is_none()).then(|| -> Preparer {
             Arc::new(|batch: &ChangeBatch| {
                 // A batch that cannot be prepared is prepared again, and fails with its
                 // error, when it is applied.
@@ -1082,6 +1180,12 @@ impl Sink for PostgresSink {
         self.staging_dirty.set(false);
         self.staging_created.replace(None);
         let result = (|| {
+            if let Some(versioning) = self.versioning.clone()
+                && batch.num_rows() > 0
+                && self.mode == PostgresMode::Upsert
+            {
+                self.prepare_conflict_tables(&mut client, batch, &versioning)?;
+            }
             let mut tx = client
                 .transaction()
                 .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;

@@ -23,10 +23,10 @@ use super::compact::{compact, keys};
 use super::resolve::{Round, rounds};
 use super::{Applied, Rejects, Sink, SinkError};
 use crate::config::LoadedPipeline;
+use crate::conflict::ConflictConfig;
 use crate::decode::types::{ColumnType, from_sql_declaration};
 use crate::encode;
 use crate::envelope::{ChangeBatch, Op};
-use crate::plugin::ConflictConfig;
 use crate::plugin::resolver::{ResolverPlugin, Verdict};
 use crate::position::{Checkpoint, ResumePoint};
 
@@ -176,7 +176,8 @@ impl SqliteSink {
                 ResolverPlugin::load(config.spec(pipeline))
                     .map_err(|e| SinkError::new(&name, e))?,
             ),
-            None => None,
+            // Built-in strategies are refused for this sink when the pipeline is loaded.
+            _ => None,
         };
         Ok(SqliteSink {
             conn,

@@ -1,0 +1,372 @@
+//! The built-in conflict strategies in the PostgreSQL sink (docs/sync.md).
+//!
+//! Inside the batch's transaction the sink locks the target rows of the batch's keys
+//! (`SELECT … FOR UPDATE`) and reads their versions and origins, reads the tombstones of
+//! keys without a row, lets [`Versioning::decide`] keep the winning changes, applies them
+//! as any batch, and records the tombstones of the deletes it applied.
+//!
+//! Tombstones live in `weir."<schema>.<table>.tombstones"`, keyed by the target's key
+//! columns with their types. A trigger on the target records a tombstone for every delete
+//! made there — by applications too, whose deletes weir never sees as changes of this
+//! sink — so a late, older update cannot bring back a row deleted at this site.
+//!
+//! A key without a row is not locked by `FOR UPDATE`. If an application inserts it
+//! between the read and the write, the sink's count of inserted (or deleted) rows does
+//! not match what it read, and the batch fails as retryable: it is applied again and sees
+//! the new row.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use postgres::Transaction;
+use postgres::types::ToSql;
+
+use super::{PostgresSink, quote};
+use crate::envelope::ChangeBatch;
+use crate::sink::versioned::{StoredWrite, Versioning};
+use crate::sink::{Applied, Rejects, Sink, SinkError};
+
+/// Tombstones older than the horizon are removed at most this often.
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+
+/// What the target holds, by key index.
+type StoredWrites = HashMap<usize, StoredWrite>;
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENTIFIER: usize = 63;
+
+/// `'text'` as an SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+impl PostgresSink {
+    /// The tombstone table's name (quoted, in schema `weir`).
+    pub(super) fn tombstone_table(&self) -> Result<String, SinkError> {
+        let name = format!("{}.{}.tombstones", self.schema, self.table);
+        if name.len() > MAX_IDENTIFIER {
+            return Err(self.error(format!(
+                "the tombstone table's name `{name}` is longer than PostgreSQL's 63 bytes; \
+                 give the target table a shorter name"
+            )));
+        }
+        Ok(format!("weir.{}", quote(&name)))
+    }
+
+    /// Creates the tombstone table and the trigger that records deletes made at the
+    /// target, once per connection. Runs in its own transaction, before the batch's, under
+    /// an advisory lock: lanes start together, and DDL on one table must not race.
+    pub(super) fn prepare_conflict_tables(
+        &mut self,
+        client: &mut postgres::Client,
+        batch: &ChangeBatch,
+        versioning: &Versioning,
+    ) -> Result<(), SinkError> {
+        if self.conflict_ready || !versioning.compares_versions() {
+            return Ok(());
+        }
+        let mut tx = client
+            .transaction()
+            .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+        tx.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&format!("weir.ddl {}", self.target())],
+        )
+        .map_err(|e| self.pg_error("cannot lock for DDL", &e))?;
+        self.ensure_table(&mut tx, batch)?;
+        let tombstones = self.tombstone_table()?;
+        let key = &batch.table.primary_key;
+        let typed = key
+            .iter()
+            .map(|k| {
+                self.columns
+                    .get(k)
+                    .map(|t| format!("{} {t}", quote(k)))
+                    .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let old: Vec<String> = key.iter().map(|k| format!("OLD.{}", quote(k))).collect();
+        let version = quote(versioning.version_column.as_deref().unwrap_or_default());
+        let site = literal(versioning.site.as_deref().unwrap_or_default());
+        let function = format!(
+            "weir.{}",
+            quote(&format!("{}.{}.tombstone", self.schema, self.table))
+        );
+        let target = self.target();
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {tombstones} (
+                 {typed},
+                 _weir_version text NOT NULL,
+                 _weir_origin text NOT NULL,
+                 _weir_deleted_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY ({keys})
+             );
+             CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+             LANGUAGE plpgsql AS $weir$
+             BEGIN
+                 INSERT INTO {tombstones} ({keys}, _weir_version, _weir_origin)
+                 VALUES ({old}, to_jsonb(OLD.{version}) #>> '{{}}', {site})
+                 ON CONFLICT ({keys}) DO UPDATE SET
+                     _weir_version = excluded._weir_version,
+                     _weir_origin = excluded._weir_origin,
+                     _weir_deleted_at = now();
+                 RETURN NULL;
+             END
+             $weir$;
+             CREATE OR REPLACE TRIGGER weir_tombstone AFTER DELETE ON {target}
+                 FOR EACH ROW WHEN (OLD.{version} IS NOT NULL) EXECUTE FUNCTION {function}();",
+            typed = typed.join(", "),
+            keys = keys.join(", "),
+            old = old.join(", "),
+        ))
+        .map_err(|e| self.pg_error("cannot create the tombstone table and trigger", &e))?;
+        tx.commit()
+            .map_err(|e| self.pg_error("cannot create the tombstone table and trigger", &e))?;
+        self.conflict_ready = true;
+        Ok(())
+    }
+
+    /// Applies a batch under a built-in strategy (see the module's documentation).
+    pub(super) fn upsert_versioned(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        versioning: &Versioning,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        let filled = versioning.fill_origins(batch).map_err(|e| self.error(e))?;
+        let batch = filled.as_ref().unwrap_or(batch);
+        let incoming = versioning.incoming(batch, include, rejects, &self.describe())?;
+        let (rows, tombstones) = match versioning.compares_versions() {
+            true => self.read_stored(tx, versioning, batch, &incoming.keys)?,
+            false => Default::default(),
+        };
+        let outcome = versioning
+            .decide(batch, incoming, &rows, &tombstones)
+            .map_err(|e| self.error(e))?;
+        applied.skipped += outcome.skipped;
+        applied.echoes += outcome.echoes;
+        if outcome.include.iter().any(|x| *x) {
+            let present = versioning
+                .compares_versions()
+                .then_some(outcome.present.as_slice());
+            self.upsert(
+                tx,
+                batch,
+                Some(&outcome.include),
+                None,
+                rejects,
+                applied,
+                present,
+            )?;
+        }
+        if !outcome.tombstones.is_empty() {
+            self.record_tombstones(tx, batch, &outcome.tombstones)?;
+        }
+        self.collect_tombstones(tx, versioning)
+    }
+
+    /// `unnest($1::text[], …, $n::int[]) AS k(c0, …, i)` and the join condition of the
+    /// key columns of `alias` with it.
+    fn key_join(&self, key: &[String], alias: &str) -> Result<(String, String), SinkError> {
+        let arrays: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
+        let unnest = format!(
+            "unnest({}, ${}::int[]) AS k({}, i)",
+            arrays.join(", "),
+            key.len() + 1,
+            names.join(", ")
+        );
+        let on = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let ty = self
+                    .columns
+                    .get(k)
+                    .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))?;
+                Ok(format!("{alias}.{} = k.c{i}::{ty}", quote(k)))
+            })
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        Ok((unnest, on.join(" AND ")))
+    }
+
+    /// Locks and reads the rows of `keys`, then reads the tombstones of the keys without
+    /// one. Both maps are by key index.
+    fn read_stored(
+        &self,
+        tx: &mut Transaction<'_>,
+        versioning: &Versioning,
+        batch: &ChangeBatch,
+        keys: &[Vec<String>],
+    ) -> Result<(StoredWrites, StoredWrites), SinkError> {
+        let mut rows = HashMap::new();
+        let mut tombstones = HashMap::new();
+        if keys.is_empty() {
+            return Ok((rows, tombstones));
+        }
+        let key = &batch.table.primary_key;
+        let mut columns: Vec<Vec<&str>> = vec![Vec::with_capacity(keys.len()); key.len()];
+        for values in keys {
+            for (column, value) in columns.iter_mut().zip(values) {
+                column.push(value);
+            }
+        }
+        let ordinals: Vec<i32> = (0..keys.len() as i32).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        params.push(&ordinals);
+        let (unnest, on) = self.key_join(key, "t")?;
+        let version = quote(versioning.version_column.as_deref().unwrap_or_default());
+        let origin = versioning
+            .origin_column
+            .as_ref()
+            .map_or("NULL::text".to_string(), |c| {
+                format!("t.{}::text", quote(c))
+            });
+        let locked = tx
+            .query(
+                &format!(
+                    "SELECT k.i, to_jsonb(t.{version}) #>> '{{}}', {origin}
+                     FROM {} t JOIN {unnest} ON {on} ORDER BY k.i FOR UPDATE OF t",
+                    self.target()
+                ),
+                &params,
+            )
+            .map_err(|e| self.pg_error("cannot read the current rows", &e))?;
+        for row in locked {
+            rows.insert(
+                row.get::<_, i32>(0) as usize,
+                StoredWrite {
+                    version: row.get(1),
+                    origin: row.get(2),
+                    deleted: false,
+                },
+            );
+        }
+        if rows.len() == keys.len() {
+            return Ok((rows, tombstones));
+        }
+        let deleted = tx
+            .query(
+                &format!(
+                    "SELECT k.i, t._weir_version, t._weir_origin
+                     FROM {} t JOIN {unnest} ON {on}",
+                    self.tombstone_table()?
+                ),
+                &params,
+            )
+            .map_err(|e| self.pg_error("cannot read the tombstones", &e))?;
+        for row in deleted {
+            let index = row.get::<_, i32>(0) as usize;
+            if !rows.contains_key(&index) {
+                tombstones.insert(
+                    index,
+                    StoredWrite {
+                        version: Some(row.get(1)),
+                        origin: Some(row.get(2)),
+                        deleted: true,
+                    },
+                );
+            }
+        }
+        Ok((rows, tombstones))
+    }
+
+    /// Records the tombstones of the applied deletes `deletes` (batch rows), replacing any
+    /// the key had: the delete beat it. The trigger has already written one for each row
+    /// the delete removed, with this site as origin; this one carries the change's.
+    fn record_tombstones(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        deletes: &[crate::sink::versioned::Tombstone],
+    ) -> Result<(), SinkError> {
+        let key = &batch.table.primary_key;
+        let mut columns: Vec<Vec<&str>> = vec![Vec::with_capacity(deletes.len()); key.len()];
+        for tombstone in deletes {
+            for (column, value) in columns.iter_mut().zip(&tombstone.key) {
+                column.push(value);
+            }
+        }
+        let versions: Vec<&str> = deletes.iter().map(|t| t.version.as_str()).collect();
+        let origins: Vec<&str> = deletes.iter().map(|t| t.origin.as_str()).collect();
+        let ordinals: Vec<i32> = (0..deletes.len() as i32).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        params.extend([
+            &ordinals as &(dyn ToSql + Sync),
+            &versions as &(dyn ToSql + Sync),
+            &origins as &(dyn ToSql + Sync),
+        ]);
+        let n = key.len();
+        let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let typed = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                Ok(format!(
+                    "k.c{i}::{}",
+                    self.columns
+                        .get(k)
+                        .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))?
+                ))
+            })
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        let (unnest, _) = self.key_join(key, "t")?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({keys}, _weir_version, _weir_origin)
+                 SELECT {typed}, v.version, v.origin
+                 FROM {unnest}
+                 JOIN unnest(${}::text[], ${}::text[]) WITH ORDINALITY AS v(version, origin, n)
+                   ON v.n = k.i + 1
+                 ON CONFLICT ({keys}) DO UPDATE SET
+                     _weir_version = excluded._weir_version,
+                     _weir_origin = excluded._weir_origin,
+                     _weir_deleted_at = now()",
+                self.tombstone_table()?,
+                n + 2,
+                n + 3,
+                keys = keys.join(", "),
+                typed = typed.join(", "),
+            ),
+            &params,
+        )
+        .map_err(|e| self.pg_error("cannot record the tombstones", &e))?;
+        Ok(())
+    }
+
+    /// Removes tombstones older than the horizon, at most once a minute.
+    fn collect_tombstones(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        versioning: &Versioning,
+    ) -> Result<(), SinkError> {
+        if !versioning.compares_versions()
+            || self
+                .tombstones_collected
+                .is_some_and(|at| at.elapsed() < COLLECT_EVERY)
+        {
+            return Ok(());
+        }
+        let horizon = versioning.horizon.as_secs_f64();
+        let removed = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE _weir_deleted_at < now() - make_interval(secs => $1)",
+                    self.tombstone_table()?
+                ),
+                &[&horizon],
+            )
+            .map_err(|e| self.pg_error("cannot remove old tombstones", &e))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed tombstones past the horizon");
+        }
+        self.tombstones_collected = Some(Instant::now());
+        Ok(())
+    }
+}

@@ -85,6 +85,25 @@ pub struct TableConfig {
     pub unknown_columns: UnknownColumns,
 }
 
+impl TableConfig {
+    /// Whether two column names name the same column (ignoring case if the table does).
+    fn same_column(&self, a: &str, b: &str) -> bool {
+        if self.case_insensitive {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    }
+}
+
+/// The path of a configuration key, e.g. `["conflict", "lanes"]`.
+fn key_path(parts: &[&str]) -> Vec<PathSegment> {
+    parts
+        .iter()
+        .map(|p| PathSegment::Key(p.to_string()))
+        .collect()
+}
+
 /// A declared column type, e.g. `int64` or `decimal(10,3)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeclaredType(pub ColumnDef);
@@ -353,12 +372,7 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             hint,
         ));
     };
-    let key = |parts: &[&str]| -> Vec<PathSegment> {
-        parts
-            .iter()
-            .map(|p| PathSegment::Key(p.to_string()))
-            .collect()
-    };
+    let key = key_path;
     if let SourceConfig::Kafka(kafka) = &config.source {
         if kafka.topics.is_empty() == kafka.topic_pattern.is_none() {
             report(
@@ -385,13 +399,7 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         conflict_checks(config, conflict, &mut report);
     }
     let table = &config.table;
-    let same = |a: &str, b: &str| {
-        if table.case_insensitive {
-            a.eq_ignore_ascii_case(b)
-        } else {
-            a == b
-        }
-    };
+    let same = |a: &str, b: &str| table.same_column(a, b);
     for (i, column) in table.primary_key.iter().enumerate() {
         let mut path = key(&["table", "primary_key"]);
         path.push(PathSegment::Index(i));
@@ -422,12 +430,7 @@ fn conflict_checks(
 ) {
     use crate::conflict::Strategy;
     use crate::sink::postgres::PostgresMode;
-    let at = |parts: &[&str]| -> Vec<PathSegment> {
-        parts
-            .iter()
-            .map(|p| PathSegment::Key(p.to_string()))
-            .collect()
-    };
+    let at = key_path;
     let sqlite = matches!(config.sink, SinkConfig::Sqlite(_));
     let postgres_upsert =
         matches!(&config.sink, SinkConfig::Postgres(p) if p.mode == PostgresMode::Upsert);
@@ -488,13 +491,7 @@ fn conflict_checks(
         ),
     }
     let table = &config.table;
-    let same = |a: &str, b: &str| {
-        if table.case_insensitive {
-            a.eq_ignore_ascii_case(b)
-        } else {
-            a == b
-        }
-    };
+    let same = |a: &str, b: &str| table.same_column(a, b);
     for (option, column) in [
         ("version_column", &builtin.version_column),
         ("origin_column", &builtin.origin_column),

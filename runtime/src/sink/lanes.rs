@@ -165,12 +165,9 @@ impl Sink for Lanes {
             for (lane, (sink, part)) in self.lanes.iter_mut().zip(&batches).enumerate() {
                 let to = to.clone();
                 scope.spawn(move || {
-                    let mut forward = Forward {
-                        lane,
-                        to: to.clone(),
-                    };
+                    let mut forward = Forward { lane, to };
                     let result = sink.apply(part, &mut forward);
-                    let _ = to.send(Message::Done { lane, result });
+                    let _ = forward.to.send(Message::Done { lane, result });
                 });
             }
             drop(to);

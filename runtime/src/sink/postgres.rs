@@ -307,11 +307,11 @@ pub struct PostgresSink {
     /// Whether the staging tables may hold rows from an earlier merge of this transaction.
     staging_dirty: Cell<bool>,
     /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
-    versioning: Option<Versioning>,
+    versioning: Option<Arc<Versioning>>,
     /// Whether this connection has made sure of the tombstone table and trigger.
     conflict_ready: bool,
     /// When tombstones past the horizon were last removed.
-    tombstones_collected: Option<std::time::Instant>,
+    tombstones_collected: Cell<Option<std::time::Instant>>,
 }
 
 impl PostgresSink {
@@ -351,9 +351,10 @@ impl PostgresSink {
                 .config
                 .conflict
                 .as_ref()
-                .and_then(Versioning::from_config),
+                .and_then(Versioning::from_config)
+                .map(Arc::new),
             conflict_ready: false,
-            tombstones_collected: None,
+            tombstones_collected: Cell::new(None),
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
@@ -605,10 +606,10 @@ impl PostgresSink {
         }
         if batch.num_rows() > 0 && include.as_ref().is_none_or(|m| m.iter().any(|x| *x)) {
             self.ensure_table(tx, batch)?;
-            match (self.mode, self.versioning.clone()) {
+            match (self.mode, self.versioning.as_deref()) {
                 (PostgresMode::Upsert, Some(versioning)) => self.upsert_versioned(
                     tx,
-                    &versioning,
+                    versioning,
                     batch,
                     include.as_deref(),
                     rejects,
@@ -804,23 +805,32 @@ impl PostgresSink {
                 "DELETE FROM {target} t USING weir_keys k WHERE {}",
                 on.join(" AND ")
             );
-            tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
-            let deleted = tx.execute(&delete, &[])?;
-            tx.batch_execute("RESET enable_hashjoin; RESET enable_mergejoin")?;
-            if let Some(present) = present {
-                // A delete of a key that was present removes one row; one of a key that was
-                // not, none; the old key of an update that moved it, either.
-                let ops: Vec<Op> = batch.ops().collect();
-                let deletes = actions.iter().filter(|a| !a.upsert);
-                let sure = deletes.clone().filter(|a| ops[a.row] == Op::Delete);
-                let least = sure.clone().filter(|a| present[a.row]).count() as u64;
-                let most = least + deletes.filter(|a| ops[a.row] != Op::Delete).count() as u64;
-                if !(least..=most).contains(&deleted) {
-                    return Err(MergeError::Raced(format!(
-                        "the batch deleted {deleted} rows where {least} were read under lock; \
-                         another writer changed these keys meanwhile, so the batch is applied \
-                         again"
-                    )));
+            const NESTED_LOOP: &str =
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+            const RESET: &str = "RESET enable_hashjoin; RESET enable_mergejoin";
+            match present {
+                // One round trip when the count is not needed.
+                None => tx.batch_execute(&format!("{NESTED_LOOP}; {delete}; {RESET}"))?,
+                Some(present) => {
+                    tx.batch_execute(NESTED_LOOP)?;
+                    let deleted = tx.execute(&delete, &[])?;
+                    tx.batch_execute(RESET)?;
+                    // A delete of a key that was present removes one row; one of a key that
+                    // was not, none; the old key of an update that moved it, either.
+                    let ops: Vec<Op> = batch.ops().collect();
+                    let deletes = actions.iter().filter(|a| !a.upsert);
+                    let least = deletes
+                        .clone()
+                        .filter(|a| ops[a.row] == Op::Delete && present[a.row])
+                        .count() as u64;
+                    let moved = deletes.filter(|a| ops[a.row] != Op::Delete).count() as u64;
+                    if !(least..=least + moved).contains(&deleted) {
+                        return Err(MergeError::Raced(format!(
+                            "the batch deleted {deleted} rows where {least} were read under \
+                             lock; another writer changed these keys meanwhile, so the batch \
+                             is applied again"
+                        )));
+                    }
                 }
             }
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StructArray};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Decimal128Type, Decimal256Type, Field};
+use arrow::datatypes::{DataType, Decimal128Type, Decimal256Type, Field, Int64Type};
 
 use super::{Rejects, SinkError};
 use crate::conflict::{ConflictConfig, Decision, Stamp, Strategy, Version};
@@ -188,18 +188,20 @@ impl Versioning {
                 .collect()
         };
         let (keys_before, keys_after) = (key_columns(before)?, key_columns(after)?);
-        let versions =
-            match &self.version_column {
-                Some(name) => Some(column(before, name).zip(column(after, name)).ok_or_else(
-                    || {
+        let versions = match &self.version_column {
+            Some(name) => Some(
+                column(before, name)
+                    .map(Versions::new)
+                    .zip(column(after, name).map(Versions::new))
+                    .ok_or_else(|| {
                         SinkError::new(
                             sink,
                             format!("the events have no column `{name}` (conflict.version_column)"),
                         )
-                    },
-                )?),
-                None => None,
-            };
+                    })?,
+            ),
+            None => None,
+        };
         let origins = self
             .origin_column
             .as_ref()
@@ -242,7 +244,7 @@ impl Versioning {
                 .iter()
                 .map(|k| encode::text(k.as_ref(), row).map(Cow::into_owned))
                 .collect();
-            let problem = match (key, version_of(image.as_ref(), row)) {
+            let problem = match (key, image.get(row)) {
                 (None, _) => Some("a primary key column is null".to_string()),
                 (_, Err(e)) => Some(e),
                 (_, Ok(None)) => Some(format!(
@@ -376,41 +378,55 @@ impl Versioning {
     }
 }
 
-/// The version in row `row` of a version column; `None` when it is null.
-pub fn version_of(array: &dyn Array, row: usize) -> Result<Option<Version>, String> {
-    if array.is_null(row) {
-        return Ok(None);
+/// A version column, read for a whole batch: integer, date and timestamp columns are cast
+/// to their count of units once, not row by row.
+pub struct Versions {
+    array: ArrayRef,
+    /// `array` as 64-bit counts (null where a value does not fit), for integer and
+    /// temporal columns; the cast's error if it has none.
+    counts: Option<Result<ArrayRef, String>>,
+}
+
+impl Versions {
+    pub fn new(array: ArrayRef) -> Versions {
+        let ty = array.data_type();
+        let counts = (ty.is_integer() || ty.is_temporal()).then(|| {
+            cast_with_options(&array, &DataType::Int64, &CastOptions::default())
+                .map_err(|e| format!("its version cannot be read as a number: {e}"))
+        });
+        Versions { array, counts }
     }
-    let int = |v: i128| Ok(Some(Version::Int(v)));
-    match array.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            Ok(encode::text(array, row).map(|t| Version::Text(t.into_owned())))
+
+    /// The version in row `row`; `None` when it is null.
+    pub fn get(&self, row: usize) -> Result<Option<Version>, String> {
+        let array = self.array.as_ref();
+        if array.is_null(row) {
+            return Ok(None);
         }
-        DataType::Decimal128(..) => int(array.as_primitive::<Decimal128Type>().value(row)),
-        DataType::Decimal256(..) => {
-            match array.as_primitive::<Decimal256Type>().value(row).to_i128() {
-                Some(v) => int(v),
-                None => Err("its version is a decimal beyond 38 digits".into()),
-            }
-        }
-        t if t.is_integer() || t.is_temporal() => {
-            // Integers, dates and timestamps: their count of units, as a signed integer.
-            let as_int = cast_with_options(
-                &array.slice(row, 1),
-                &DataType::Int64,
-                &CastOptions::default(),
-            )
-            .map_err(|e| format!("its version cannot be read as a number: {e}"))?;
-            let value = as_int.as_primitive::<arrow::datatypes::Int64Type>();
-            match value.is_valid(0) {
-                true => int(value.value(0) as i128),
+        let int = |v: i128| Ok(Some(Version::Int(v)));
+        if let Some(counts) = &self.counts {
+            let counts = counts.as_ref().map_err(Clone::clone)?;
+            return match counts.is_valid(row) {
+                true => int(counts.as_primitive::<Int64Type>().value(row) as i128),
                 false => Err("its version does not fit in 64 bits".into()),
-            }
+            };
         }
-        other => Err(format!(
-            "its version column is {other}; versions must be integers, decimals, dates, \
-             timestamps or text"
-        )),
+        match array.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                Ok(encode::text(array, row).map(|t| Version::Text(t.into_owned())))
+            }
+            DataType::Decimal128(..) => int(array.as_primitive::<Decimal128Type>().value(row)),
+            DataType::Decimal256(..) => {
+                match array.as_primitive::<Decimal256Type>().value(row).to_i128() {
+                    Some(v) => int(v),
+                    None => Err("its version is a decimal beyond 38 digits".into()),
+                }
+            }
+            other => Err(format!(
+                "its version column is {other}; versions must be integers, decimals, dates, \
+                 timestamps or text"
+            )),
+        }
     }
 }
 
@@ -432,7 +448,8 @@ pub fn parse_version(field: &Field, text: &str) -> Result<Version, String> {
             field.name()
         )
     })?;
-    version_of(typed.as_ref(), 0)?
+    Versions::new(typed)
+        .get(0)?
         .ok_or_else(|| format!("the stored version of `{}` is null", field.name()))
 }
 

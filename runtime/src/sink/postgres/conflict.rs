@@ -23,7 +23,7 @@ use postgres::types::ToSql;
 
 use super::{PostgresSink, quote};
 use crate::envelope::ChangeBatch;
-use crate::sink::versioned::{StoredWrite, Versioning};
+use crate::sink::versioned::{StoredWrite, Tombstone, Versioning};
 use crate::sink::{Applied, Rejects, Sink, SinkError};
 
 /// Tombstones older than the horizon are removed at most this often.
@@ -78,13 +78,8 @@ impl PostgresSink {
         let key = &batch.table.primary_key;
         let typed = key
             .iter()
-            .map(|k| {
-                self.columns
-                    .get(k)
-                    .map(|t| format!("{} {t}", quote(k)))
-                    .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|k| Ok(format!("{} {}", quote(k), self.key_type(k)?)))
+            .collect::<Result<Vec<_>, SinkError>>()?;
         let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
         let old: Vec<String> = key.iter().map(|k| format!("OLD.{}", quote(k))).collect();
         let version = quote(versioning.version_column.as_deref().unwrap_or_default());
@@ -129,7 +124,7 @@ impl PostgresSink {
 
     /// Applies a batch under a built-in strategy (see the module's documentation).
     pub(super) fn upsert_versioned(
-        &mut self,
+        &self,
         tx: &mut Transaction<'_>,
         versioning: &Versioning,
         batch: &ChangeBatch,
@@ -169,29 +164,36 @@ impl PostgresSink {
         self.collect_tombstones(tx, versioning)
     }
 
-    /// `unnest($1::text[], …, $n::int[]) AS k(c0, …, i)` and the join condition of the
-    /// key columns of `alias` with it.
-    fn key_join(&self, key: &[String], alias: &str) -> Result<(String, String), SinkError> {
-        let arrays: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
-        let names: Vec<String> = (0..key.len()).map(|i| format!("c{i}")).collect();
-        let unnest = format!(
-            "unnest({}, ${}::int[]) AS k({}, i)",
-            arrays.join(", "),
-            key.len() + 1,
-            names.join(", ")
-        );
-        let on = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let ty = self
-                    .columns
-                    .get(k)
-                    .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))?;
-                Ok(format!("{alias}.{} = k.c{i}::{ty}", quote(k)))
-            })
-            .collect::<Result<Vec<_>, SinkError>>()?;
-        Ok((unnest, on.join(" AND ")))
+    /// The declared type of key column `k` in the target.
+    fn key_type(&self, k: &str) -> Result<&str, SinkError> {
+        self.columns
+            .get(k)
+            .map(String::as_str)
+            .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))
+    }
+
+    /// `unnest($1::text[], …) AS k(c0, …, <extra>…)`: the key columns as text, then one
+    /// array per `(name, type)` of `extra`, as parameters in that order; and the key
+    /// columns cast to their types (`k.c0::bigint`, …).
+    fn unnest_keys(
+        &self,
+        key: &[String],
+        extra: &[(&str, &str)],
+    ) -> Result<(String, Vec<String>), SinkError> {
+        let mut arrays = Vec::new();
+        let mut names = Vec::new();
+        let mut typed = Vec::new();
+        for (i, k) in key.iter().enumerate() {
+            arrays.push(format!("${}::text[]", i + 1));
+            names.push(format!("c{i}"));
+            typed.push(format!("k.c{i}::{}", self.key_type(k)?));
+        }
+        for (name, ty) in extra {
+            arrays.push(format!("${}::{ty}[]", arrays.len() + 1));
+            names.push(name.to_string());
+        }
+        let unnest = format!("unnest({}) AS k({})", arrays.join(", "), names.join(", "));
+        Ok((unnest, typed))
     }
 
     /// Locks and reads the rows of `keys`, then reads the tombstones of the keys without
@@ -209,17 +211,18 @@ impl PostgresSink {
             return Ok((rows, tombstones));
         }
         let key = &batch.table.primary_key;
-        let mut columns: Vec<Vec<&str>> = vec![Vec::with_capacity(keys.len()); key.len()];
-        for values in keys {
-            for (column, value) in columns.iter_mut().zip(values) {
-                column.push(value);
-            }
-        }
+        let columns = key_columns(key.len(), keys);
         let ordinals: Vec<i32> = (0..keys.len() as i32).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         params.push(&ordinals);
-        let (unnest, on) = self.key_join(key, "t")?;
+        let (unnest, typed) = self.unnest_keys(key, &[("i", "int")])?;
+        let on = key
+            .iter()
+            .zip(&typed)
+            .map(|(k, value)| format!("t.{} = {value}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let version = quote(versioning.version_column.as_deref().unwrap_or_default());
         let origin = versioning
             .origin_column
@@ -276,61 +279,36 @@ impl PostgresSink {
         Ok((rows, tombstones))
     }
 
-    /// Records the tombstones of the applied deletes `deletes` (batch rows), replacing any
-    /// the key had: the delete beat it. The trigger has already written one for each row
-    /// the delete removed, with this site as origin; this one carries the change's.
+    /// Records the tombstones of the applied deletes, replacing any the key had: the
+    /// delete beat it. The trigger has already written one for each row the delete
+    /// removed, with this site as origin; this one carries the change's.
     fn record_tombstones(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
-        deletes: &[crate::sink::versioned::Tombstone],
+        deletes: &[Tombstone],
     ) -> Result<(), SinkError> {
         let key = &batch.table.primary_key;
-        let mut columns: Vec<Vec<&str>> = vec![Vec::with_capacity(deletes.len()); key.len()];
-        for tombstone in deletes {
-            for (column, value) in columns.iter_mut().zip(&tombstone.key) {
-                column.push(value);
-            }
-        }
+        let columns = key_columns(key.len(), deletes.iter().map(|t| &t.key));
         let versions: Vec<&str> = deletes.iter().map(|t| t.version.as_str()).collect();
         let origins: Vec<&str> = deletes.iter().map(|t| t.origin.as_str()).collect();
-        let ordinals: Vec<i32> = (0..deletes.len() as i32).collect();
         let mut params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         params.extend([
-            &ordinals as &(dyn ToSql + Sync),
             &versions as &(dyn ToSql + Sync),
             &origins as &(dyn ToSql + Sync),
         ]);
-        let n = key.len();
         let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
-        let typed = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                Ok(format!(
-                    "k.c{i}::{}",
-                    self.columns
-                        .get(k)
-                        .ok_or_else(|| self.error(format!("key column {} is missing", quote(k))))?
-                ))
-            })
-            .collect::<Result<Vec<_>, SinkError>>()?;
-        let (unnest, _) = self.key_join(key, "t")?;
+        let (unnest, typed) = self.unnest_keys(key, &[("version", "text"), ("origin", "text")])?;
         tx.execute(
             &format!(
                 "INSERT INTO {} ({keys}, _weir_version, _weir_origin)
-                 SELECT {typed}, v.version, v.origin
-                 FROM {unnest}
-                 JOIN unnest(${}::text[], ${}::text[]) WITH ORDINALITY AS v(version, origin, n)
-                   ON v.n = k.i + 1
+                 SELECT {typed}, k.version, k.origin FROM {unnest}
                  ON CONFLICT ({keys}) DO UPDATE SET
                      _weir_version = excluded._weir_version,
                      _weir_origin = excluded._weir_origin,
                      _weir_deleted_at = now()",
                 self.tombstone_table()?,
-                n + 2,
-                n + 3,
                 keys = keys.join(", "),
                 typed = typed.join(", "),
             ),
@@ -342,13 +320,14 @@ impl PostgresSink {
 
     /// Removes tombstones older than the horizon, at most once a minute.
     fn collect_tombstones(
-        &mut self,
+        &self,
         tx: &mut Transaction<'_>,
         versioning: &Versioning,
     ) -> Result<(), SinkError> {
         if !versioning.compares_versions()
             || self
                 .tombstones_collected
+                .get()
                 .is_some_and(|at| at.elapsed() < COLLECT_EVERY)
         {
             return Ok(());
@@ -366,7 +345,22 @@ impl PostgresSink {
         if removed > 0 {
             tracing::info!(removed, "removed tombstones past the horizon");
         }
-        self.tombstones_collected = Some(Instant::now());
+        self.tombstones_collected.set(Some(Instant::now()));
         Ok(())
     }
+}
+
+/// The key values of `keys` as one text array per key column, the parameters
+/// [`PostgresSink::unnest_keys`] expects first.
+fn key_columns<'a>(
+    columns: usize,
+    keys: impl IntoIterator<Item = &'a Vec<String>>,
+) -> Vec<Vec<&'a str>> {
+    let mut arrays: Vec<Vec<&str>> = vec![Vec::new(); columns];
+    for values in keys {
+        for (array, value) in arrays.iter_mut().zip(values) {
+            array.push(value);
+        }
+    }
+    arrays
 }

@@ -229,6 +229,9 @@ const TEXT_TABLE: usize = 4;
 const TEXT_POSITION: usize = 5;
 const TEXT_TXID: usize = 6;
 const TEXT_SNAPSHOT: usize = 7;
+/// `source.origin`: not Debezium's, but the field a change capture fills with the site
+/// that made the write (multi-site sync, docs/sync.md).
+const TEXT_ORIGIN: usize = 8;
 
 /// Source-block fields that together locate an event in the source's log.
 const POSITION_KEYS: [&str; 12] = [
@@ -336,6 +339,7 @@ impl SourceKey {
             b"table" => SourceKey::Text(TEXT_TABLE),
             b"snapshot" => SourceKey::Text(TEXT_SNAPSHOT),
             b"txId" => SourceKey::Text(TEXT_TXID),
+            b"origin" => SourceKey::Text(TEXT_ORIGIN),
             b"ts_ms" => SourceKey::Time(Key::TsMs),
             b"ts_us" => SourceKey::Time(Key::TsUs),
             b"ts_ns" => SourceKey::Time(Key::TsNs),

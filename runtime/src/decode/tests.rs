@@ -195,6 +195,10 @@ fn source_coordinates_fill_the_envelope() {
         "source.txId wins over transaction.id"
     );
     assert_eq!(text("source_snapshot"), "false");
+    assert!(
+        batch.data.column_by_name("origin").unwrap().is_null(0),
+        "Debezium's source block names no origin"
+    );
     // ts_ns has 19 digits and is the finest time the event offers.
     let event_time = batch.data.column_by_name("event_time").unwrap();
     assert_eq!(
@@ -654,4 +658,16 @@ fn flattened_rows_decode_with_the_unwrapped_format() {
     assert_eq!(result, Ok(Outcome::Row));
     let batch = decoder.finish(Checkpoint::default());
     assert_eq!(batch.ops().next(), Some(Op::Delete));
+}
+
+#[test]
+fn a_capture_s_origin_fills_the_envelope_origin() {
+    let event = json!({
+        "op": "d", "before": {"id": 1}, "after": null,
+        "source": {"connector": "outbox", "name": "site-b", "origin": "site-a"}
+    });
+    let mut decoder = Decoder::new(spec(), Format::DebeziumJson);
+    let batch = ok(&mut decoder, &[event.to_string()]);
+    let origin = batch.data.column_by_name("origin").unwrap();
+    assert_eq!(origin.as_string::<i32>().value(0), "site-a");
 }

@@ -358,6 +358,15 @@ impl PostgresSink {
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
+        if let Some(versioning) = sink.versioning.clone()
+            && sink.mode == PostgresMode::Upsert
+        {
+            let mut client = sink.client.take().expect("connected above");
+            let key = &pipeline.config.table.primary_key;
+            let prepared = sink.prepare_conflict_tables(&mut client, None, key, &versioning);
+            sink.client = Some(client);
+            prepared?;
+        }
         Ok(sink)
     }
 
@@ -1194,7 +1203,8 @@ impl Sink for PostgresSink {
                 && batch.num_rows() > 0
                 && self.mode == PostgresMode::Upsert
             {
-                self.prepare_conflict_tables(&mut client, batch, &versioning)?;
+                let key = batch.table.primary_key.clone();
+                self.prepare_conflict_tables(&mut client, Some(batch), &key, &versioning)?;
             }
             let mut tx = client
                 .transaction()

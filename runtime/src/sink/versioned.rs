@@ -66,6 +66,8 @@ pub struct Incoming {
 pub struct Tombstone {
     /// The batch row of the delete.
     pub row: usize,
+    /// The key's index in [`Incoming::keys`] (and [`Outcome::key_of`]).
+    pub key_index: usize,
     /// The text of each key column.
     pub key: Vec<String>,
     /// The version's text form (as the `before` image holds it).
@@ -84,6 +86,8 @@ pub struct Outcome {
     /// The tombstones the sink records: the last applied delete of each key that no
     /// later applied change brought back.
     pub tombstones: Vec<Tombstone>,
+    /// Per row: the index of its key, for the rows that were stamped.
+    pub key_of: Vec<Option<usize>>,
     /// Changes that lost to the stored write.
     pub skipped: u64,
     /// Changes dropped because they came from the target's own site.
@@ -317,6 +321,11 @@ impl Versioning {
         let mut tombstone_of: HashMap<usize, (usize, String)> = HashMap::new();
         let mut truncated = false;
         let ops: Vec<Op> = batch.ops().collect();
+        outcome.key_of = incoming
+            .changes
+            .iter()
+            .map(|c| c.as_ref().map(|(key, _)| *key))
+            .collect();
         for (row, change) in incoming.changes.iter().enumerate() {
             if ops[row] == Op::Truncate && outcome.include[row] {
                 truncated = true;
@@ -356,6 +365,7 @@ impl Versioning {
                 let version = encode::text(before_versions.as_ref()?.as_ref(), row)?;
                 Some(Tombstone {
                     row,
+                    key_index: key,
                     key: incoming.keys[key].clone(),
                     version: version.into_owned(),
                     origin,
@@ -519,12 +529,17 @@ mod tests {
         assert_eq!(outcome.skipped, 2);
         let tombstone = Tombstone {
             row: 3,
+            key_index: 1,
             key: vec!["3".into()],
             version: "4".into(),
             origin: "b".into(),
         };
         assert_eq!(outcome.tombstones, vec![tombstone]);
         assert_eq!(outcome.present, vec![true, true, false, true, false, false]);
+        assert_eq!(
+            outcome.key_of,
+            vec![Some(0), Some(0), None, Some(1), Some(2), None]
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use postgres::types::ToSql;
 
 use super::{PostgresSink, quote};
 use crate::envelope::ChangeBatch;
-use crate::sink::versioned::{StoredWrite, Tombstone, Versioning};
+use crate::sink::versioned::{Outcome, StoredWrite, Tombstone, Versioning};
 use crate::sink::{Applied, Rejects, Sink, SinkError};
 
 /// Tombstones older than the horizon are removed at most this often.
@@ -56,10 +56,15 @@ impl PostgresSink {
     /// Creates the tombstone table and the trigger that records deletes made at the
     /// target, once per connection. Runs in its own transaction, before the batch's, under
     /// an advisory lock: lanes start together, and DDL on one table must not race.
+    ///
+    /// The sink calls it when it opens (`batch` is `None`) so that deletes applications
+    /// make before weir's first batch leave tombstones too; then a table that does not
+    /// exist yet is left for the first batch, which creates it (`create: true`).
     pub(super) fn prepare_conflict_tables(
         &mut self,
         client: &mut postgres::Client,
-        batch: &ChangeBatch,
+        batch: Option<&ChangeBatch>,
+        key: &[String],
         versioning: &Versioning,
     ) -> Result<(), SinkError> {
         if self.conflict_ready || !versioning.compares_versions() {
@@ -73,9 +78,16 @@ impl PostgresSink {
             &[&format!("weir.ddl {}", self.target())],
         )
         .map_err(|e| self.pg_error("cannot lock for DDL", &e))?;
-        self.ensure_table(&mut tx, batch)?;
+        match batch {
+            Some(batch) => self.ensure_table(&mut tx, batch)?,
+            None => {
+                self.read_columns(&mut tx)?;
+                if self.columns.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
         let tombstones = self.tombstone_table()?;
-        let key = &batch.table.primary_key;
         let typed = key
             .iter()
             .map(|k| Ok(format!("{} {}", quote(k), self.key_type(k)?)))
@@ -148,15 +160,18 @@ impl PostgresSink {
             let present = versioning
                 .compares_versions()
                 .then_some(outcome.present.as_slice());
-            self.upsert(
-                tx,
-                batch,
-                Some(&outcome.include),
-                None,
-                rejects,
-                applied,
-                present,
-            )?;
+            let groups = delete_groups(&outcome);
+            for (origin, include) in &groups {
+                if let Some(origin) = origin {
+                    tx.execute("SELECT set_config('weir.origin', $1, true)", &[origin])
+                        .map_err(|e| self.pg_error("cannot set weir.origin", &e))?;
+                }
+                self.upsert(tx, batch, Some(include), None, rejects, applied, present)?;
+            }
+            if groups.iter().any(|(origin, _)| origin.is_some()) {
+                tx.execute("SELECT set_config('weir.origin', '', true)", &[])
+                    .map_err(|e| self.pg_error("cannot reset weir.origin", &e))?;
+            }
         }
         if !outcome.tombstones.is_empty() {
             self.record_tombstones(tx, batch, &outcome.tombstones)?;
@@ -350,6 +365,47 @@ impl PostgresSink {
     }
 }
 
+/// The rows to apply, split so that every `DELETE` weir runs removes the rows of one
+/// origin, with that origin (`weir.origin` is set to it for the statement, so a capture
+/// trigger at this site can tell who deleted the row; docs/sync.md). A key goes to the
+/// group of the origin of its last applied delete; keys that end with a row go to the
+/// first group. With one origin (or none) there is one group: the usual single write.
+fn delete_groups(outcome: &Outcome) -> Vec<(Option<&str>, Vec<bool>)> {
+    let mut origins: Vec<&str> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for tombstone in &outcome.tombstones {
+        let group = match origins.iter().position(|o| *o == tombstone.origin) {
+            Some(group) => group,
+            None => {
+                origins.push(&tombstone.origin);
+                origins.len() - 1
+            }
+        };
+        group_of.insert(tombstone.key_index, group);
+    }
+    // A row without a key (a truncate) must stay in order with the rest: no split.
+    let unkeyed = (outcome.include.iter().zip(&outcome.key_of)).any(|(i, k)| *i && k.is_none());
+    if origins.len() <= 1 || unkeyed {
+        let origin = (origins.len() == 1).then(|| origins[0]);
+        return vec![(origin, outcome.include.clone())];
+    }
+    origins
+        .iter()
+        .enumerate()
+        .map(|(group, origin)| {
+            let include = outcome
+                .include
+                .iter()
+                .zip(&outcome.key_of)
+                .map(|(included, key)| {
+                    *included && key.and_then(|k| group_of.get(&k).copied()).unwrap_or(0) == group
+                })
+                .collect();
+            (Some(*origin), include)
+        })
+        .collect()
+}
+
 /// The key values of `keys` as one text array per key column, the parameters
 /// [`PostgresSink::unnest_keys`] expects first.
 fn key_columns<'a>(
@@ -363,4 +419,58 @@ fn key_columns<'a>(
         }
     }
     arrays
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tombstone(row: usize, key_index: usize, origin: &str) -> Tombstone {
+        Tombstone {
+            row,
+            key_index,
+            key: vec![key_index.to_string()],
+            version: "1".into(),
+            origin: origin.into(),
+        }
+    }
+
+    #[test]
+    fn deletes_are_grouped_by_origin_and_rows_stay_with_their_key() {
+        // Keys 0..3; key 1 ends deleted by b, key 2 by c, keys 0 and 3 end with a row.
+        let outcome = Outcome {
+            include: vec![true, true, true, true, false],
+            key_of: vec![Some(0), Some(1), Some(2), Some(1), Some(3)],
+            tombstones: vec![tombstone(3, 1, "b"), tombstone(2, 2, "c")],
+            ..Outcome::default()
+        };
+        let groups = delete_groups(&outcome);
+        assert_eq!(
+            groups,
+            vec![
+                (Some("b"), vec![true, true, false, true, false]),
+                (Some("c"), vec![false, false, true, false, false]),
+            ]
+        );
+        // One origin: one group, the whole batch.
+        let one = Outcome {
+            tombstones: vec![tombstone(3, 1, "b")],
+            ..outcome
+        };
+        assert_eq!(
+            delete_groups(&one),
+            vec![(Some("b"), vec![true, true, true, true, false])]
+        );
+    }
+
+    #[test]
+    fn a_truncate_keeps_the_batch_in_one_write() {
+        let outcome = Outcome {
+            include: vec![true, true, true],
+            key_of: vec![Some(0), None, Some(1)],
+            tombstones: vec![tombstone(0, 0, "b"), tombstone(2, 1, "c")],
+            ..Outcome::default()
+        };
+        assert_eq!(delete_groups(&outcome), vec![(None, vec![true; 3])]);
+    }
 }

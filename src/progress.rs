@@ -125,6 +125,12 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
             s.conflicts_skipped, s.conflicts_merged
         );
     }
+    if s.duplicates_skipped > 0 {
+        out += &format!(
+            "  duplicates    {} changes skipped: applied before (same source position)\n",
+            s.duplicates_skipped
+        );
+    }
     if s.echoes_dropped > 0 {
         out += &format!(
             "  echoes        {} changes dropped: they came from this target's own site\n",
@@ -166,6 +172,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "conflicts_skipped": s.conflicts_skipped,
         "conflicts_merged": s.conflicts_merged,
         "echoes_dropped": s.echoes_dropped,
+        "duplicates_skipped": s.duplicates_skipped,
         "tombstones": s.tombstones,
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,

@@ -76,6 +76,7 @@ pub struct Metrics {
     pub conflicts_merged: AtomicU64,
     /// Changes dropped because they came from the target's own site (loop prevention).
     pub echoes_dropped: AtomicU64,
+    pub duplicates_skipped: AtomicU64,
     pub dead_letters: AtomicU64,
     pub tombstones: AtomicU64,
     pub schema_changes: AtomicU64,
@@ -97,6 +98,7 @@ pub struct Snapshot {
     pub conflicts_skipped: u64,
     pub conflicts_merged: u64,
     pub echoes_dropped: u64,
+    pub duplicates_skipped: u64,
     pub dead_letters: u64,
     pub tombstones: u64,
     pub schema_changes: u64,
@@ -123,6 +125,7 @@ impl Metrics {
             conflicts_skipped: get(&self.conflicts_skipped),
             conflicts_merged: get(&self.conflicts_merged),
             echoes_dropped: get(&self.echoes_dropped),
+            duplicates_skipped: get(&self.duplicates_skipped),
             dead_letters: get(&self.dead_letters),
             tombstones: get(&self.tombstones),
             schema_changes: get(&self.schema_changes),

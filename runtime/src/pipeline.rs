@@ -333,6 +333,7 @@ impl Applier<'_> {
             Metrics::add(&self.metrics.conflicts_skipped, applied.skipped);
             Metrics::add(&self.metrics.conflicts_merged, applied.merged);
             Metrics::add(&self.metrics.echoes_dropped, applied.echoes);
+            Metrics::add(&self.metrics.duplicates_skipped, applied.duplicates);
             Metrics::add(&self.metrics.batches, 1);
             if let Some(checkpoint) = applied.durable {
                 if let Some(committer) = &self.committer {

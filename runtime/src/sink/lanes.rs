@@ -195,6 +195,7 @@ impl Sink for Lanes {
             total.skipped += applied.skipped;
             total.merged += applied.merged;
             total.echoes += applied.echoes;
+            total.duplicates += applied.duplicates;
         }
         total.durable = Some(batch.checkpoint.clone());
         Ok(total)

@@ -6,6 +6,7 @@
 //! the same transaction as the data, so `committed` after a crash says exactly where the data
 //! stops. The pipeline never moves a checkpoint past data the sink has not made durable.
 
+pub mod applied;
 pub mod compact;
 pub mod jsonl;
 pub mod kafka;
@@ -82,6 +83,9 @@ pub struct Applied {
     pub merged: u64,
     /// Changes dropped because they came from the target's own site (`conflict.site`).
     pub echoes: u64,
+    /// Changes recognised as already applied by their identity (source, table, key and
+    /// position), under a resolver plugin (docs/sync.md, "Once-only apply").
+    pub duplicates: u64,
 }
 
 /// Where a sink sends rows it cannot apply (a value the target refuses). The pipeline

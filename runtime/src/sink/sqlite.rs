@@ -56,6 +56,20 @@ pub struct SqliteSink {
     checked: bool,
     /// The `conflict: { strategy: wasm }` resolver, called with the current rows.
     resolver: Option<ResolverPlugin>,
+    /// How long identities of decided changes are kept in `_weir_applied`.
+    applied_horizon: std::time::Duration,
+    /// When identities past the horizon were last removed.
+    applied_pruned: Option<std::time::Instant>,
+}
+
+/// Identities past the horizon are removed at most this often.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub fn quote(identifier: &str) -> String {
@@ -171,13 +185,22 @@ impl SqliteSink {
              );",
         )
         .map_err(|e| SinkError::new(&name, format!("cannot prepare the database: {e}")))?;
-        let resolver = match &pipeline.config.conflict {
-            Some(ConflictConfig::Wasm(config)) => Some(
-                ResolverPlugin::load(config.spec(pipeline))
-                    .map_err(|e| SinkError::new(&name, e))?,
-            ),
+        let (resolver, applied_horizon) = match &pipeline.config.conflict {
+            Some(ConflictConfig::Wasm(config)) => {
+                // The identities of the changes the resolver decided (docs/sync.md).
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS _weir_applied (
+                         identity TEXT PRIMARY KEY,
+                         applied_at INTEGER NOT NULL
+                     ) WITHOUT ROWID;",
+                )
+                .map_err(|e| SinkError::new(&name, format!("cannot prepare _weir_applied: {e}")))?;
+                let plugin = ResolverPlugin::load(config.spec(pipeline))
+                    .map_err(|e| SinkError::new(&name, e))?;
+                (Some(plugin), config.applied_horizon.0)
+            }
             // Built-in strategies are refused for this sink when the pipeline is loaded.
-            _ => None,
+            _ => (None, Default::default()),
         };
         Ok(SqliteSink {
             conn,
@@ -191,6 +214,8 @@ impl SqliteSink {
             columns: Vec::new(),
             checked: false,
             resolver,
+            applied_horizon,
+            applied_pruned: None,
         })
     }
 
@@ -494,8 +519,51 @@ impl SqliteSink {
         applied: &mut Applied,
         rejects: &mut dyn Rejects,
     ) -> Result<(), SinkError> {
+        if self
+            .applied_pruned
+            .is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+        {
+            let horizon = self.applied_horizon.as_secs().min(i64::MAX as u64) as i64;
+            self.conn
+                .execute(
+                    "DELETE FROM _weir_applied WHERE applied_at < ?1",
+                    [unix_now().saturating_sub(horizon)],
+                )
+                .map_err(|e| self.error(format!("_weir_applied: {e}")))?;
+            self.applied_pruned = Some(std::time::Instant::now());
+        }
+        let sql_error = |e: rusqlite::Error| self.error(format!("_weir_applied: {e}"));
+        // A change whose identity is held was decided before, under another position:
+        // deciding it again would apply it twice. Copies within the batch count too.
+        let identities = super::applied::identities(batch);
+        let mut include: Vec<bool> = (0..batch.num_rows())
+            .map(|row| include.is_none_or(|m| m[row]))
+            .collect();
+        {
+            let mut known = self
+                .conn
+                .prepare_cached("SELECT 1 FROM _weir_applied WHERE identity = ?1")
+                .map_err(sql_error)?;
+            let mut seen = std::collections::HashSet::new();
+            for (row, identity) in identities.iter().enumerate() {
+                let Some(identity) = identity.as_deref().filter(|_| include[row]) else {
+                    continue;
+                };
+                if !seen.insert(identity) || known.exists([identity]).map_err(sql_error)? {
+                    include[row] = false;
+                    applied.duplicates += 1;
+                }
+            }
+        }
         let mut resolver = self.resolver.take().expect("a resolver");
-        let result = self.resolve_rounds(&mut resolver, batch, include, applied, rejects);
+        let result = self.resolve_rounds(
+            &mut resolver,
+            batch,
+            &include,
+            &identities,
+            applied,
+            rejects,
+        );
         self.resolver = Some(resolver);
         result
     }
@@ -504,7 +572,8 @@ impl SqliteSink {
         &self,
         resolver: &mut ResolverPlugin,
         batch: &ChangeBatch,
-        include: Option<&[bool]>,
+        include: &[bool],
+        identities: &[Option<String>],
         applied: &mut Applied,
         rejects: &mut dyn Rejects,
     ) -> Result<(), SinkError> {
@@ -517,7 +586,8 @@ impl SqliteSink {
         let sql_error = |e: rusqlite::Error| self.error(e.to_string());
         let fields = batch.row_fields();
         let ops: Vec<Op> = batch.ops().collect();
-        for round in rounds(batch, &keys, include) {
+        let now = unix_now();
+        for round in rounds(batch, &keys, Some(include)) {
             let rows = match round {
                 Round::Truncate => {
                     self.conn
@@ -571,7 +641,22 @@ impl SqliteSink {
                 .iter()
                 .map(|c| c.as_ref())
                 .collect();
+            let mut record = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO _weir_applied (identity, applied_at) VALUES (?1, ?2)",
+                )
+                .map_err(sql_error)?;
             for (&row, verdict) in rows.iter().zip(&resolution.verdicts) {
+                // A decided change (applied, skipped or merged) is remembered; a refused
+                // one is not: it went to the dead-letter output, and a copy is decided anew.
+                if !matches!(verdict, Verdict::Rejected(_))
+                    && let Some(identity) = &identities[row]
+                {
+                    record
+                        .execute(rusqlite::params![identity, now])
+                        .map_err(sql_error)?;
+                }
                 match verdict {
                     Verdict::Apply if ops[row] == Op::Delete => {
                         execute(&mut delete, &key_before, row).map_err(sql_error)?;

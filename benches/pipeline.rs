@@ -6,6 +6,7 @@
 //! cargo bench --bench pipeline -- --events 200000 --partitions 1
 //! cargo bench --bench pipeline -- --repeat 3        # 3 interleaved rounds, medians
 //! cargo bench --bench pipeline -- --only raw,kafka-parquet   # some runs only
+//! cargo bench --bench pipeline -- --keys 100000 --only file-postgres   # lanes (issue 5)
 //! ```
 //!
 //! Every figure comes from the same run on the same machine, so the ratios mean something
@@ -18,6 +19,9 @@
 //!    that only counts bytes, with the same fetch settings).
 //! 3. The same two pipelines from a file source: weir's own throughput, without the
 //!    broker's fetch latency in the way.
+//! 4. File → PostgreSQL under `conflict: last-write-wins` (locked reads, versions,
+//!    tombstones) with 1 lane and with 4, beside the same ceiling; `--keys` spreads the
+//!    changes over that many keys.
 //!
 //! Beside every weir rate: its CPU time per event (user + sys of the weir process over the
 //! events it read). Rates count from process start (including the consumer group join)
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 use common::services::{Broker, Postgres, find_pg_binary};
 use common::{Workspace, weir};
 use support::{cpu_seconds, median};
-use weir_runtime::bench::{COLUMNS, generate};
+use weir_runtime::bench::{COLUMNS, generate_over};
 
 /// The librdkafka fetch settings for weir and the raw consumer alike: tansu answers a
 /// fetch only when `fetch.wait.max.ms` expires, so the default 500 ms caps throughput.
@@ -51,6 +55,8 @@ struct Args {
     only: Option<String>,
     /// Rounds of every run, interleaved; the table shows medians.
     repeat: usize,
+    /// Draw every change's key from this many keys (default: new keys for inserts).
+    keys: Option<u64>,
 }
 
 fn args() -> Args {
@@ -59,6 +65,7 @@ fn args() -> Args {
         partitions: 4,
         only: None,
         repeat: 1,
+        keys: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -72,6 +79,7 @@ fn args() -> Args {
             "--partitions" => args.partitions = value() as u32,
             "--only" => args.only = it.next(),
             "--repeat" => args.repeat = value().max(1),
+            "--keys" => args.keys = Some(value() as u64),
             // `cargo bench` passes `--bench`.
             _ => {}
         }
@@ -457,7 +465,7 @@ fn main() {
         "weir pipeline benchmark: {} events, {} partitions",
         args.events, args.partitions
     );
-    let generated = generate(args.events, false, 42);
+    let generated = generate_over(args.events, args.keys, false, 42);
     println!(
         "  generated {:.0} MB of schemaless Debezium events ({} bytes each on average)",
         generated.events.len() as f64 / 1e6,
@@ -526,6 +534,16 @@ fn main() {
                 "weir file -> postgres upsert",
                 Some(CEILING),
             ),
+            (
+                "file-postgres-lww-1",
+                "weir file -> postgres, last-write-wins, 1 lane",
+                Some(CEILING),
+            ),
+            (
+                "file-postgres-lww-4",
+                "weir file -> postgres, last-write-wins, 4 lanes",
+                Some(CEILING),
+            ),
         ];
         let mut postgres_tables = Vec::new();
         for (run, label, baseline) in runs {
@@ -544,7 +562,15 @@ fn main() {
                 parquet_sink(&name)
             } else {
                 postgres_tables.push(name.replace('-', "_"));
-                postgres_sink(&pg, &name.replace('-', "_"))
+                let mut sink = postgres_sink(&pg, &name.replace('-', "_"));
+                if let Some(lanes) = run.strip_prefix("file-postgres-lww-") {
+                    let _ = write!(
+                        sink,
+                        "conflict:\n  strategy: last-write-wins\n  version_column: version\n  \
+                         lanes: {lanes}\n"
+                    );
+                }
+                sink
             };
             let kafka = run.starts_with("kafka");
             let (measured, summary) = run_weir(

@@ -245,3 +245,144 @@ fn local_deletes_keep_their_version_and_echoes_are_dropped() {
     ws.run_ok(&ws.path(&from_b));
     assert_eq!(final_rows(&pg, "local")[&1], (6, "b".to_string(), 12));
 }
+
+/// A key with no row cannot be locked. When an application inserts it after weir read
+/// the batch's keys and before weir's write, weir's insert finds the row: the count check
+/// fails the batch as retryable, and applied again it reads the application's row and
+/// keeps it (its version is newer). Without the check the older change would overwrite it.
+#[test]
+fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
+    let pg = Postgres::start();
+    pg.create_database("sync");
+    let ws = Workspace::new();
+    let from_b = pipeline(
+        &ws,
+        &pg,
+        "raced",
+        "b",
+        "strategy: last-write-wins\n  site: a",
+    );
+    // A first run creates the table.
+    ws.append_lines(
+        "b.jsonl",
+        &[Write {
+            key: 1,
+            version: 1,
+            origin: "b",
+            value: Some(1),
+        }
+        .event()],
+    );
+    ws.run_ok(&ws.path(&from_b));
+    // The application inserts key 2 (version 10) and holds its transaction open.
+    let mut app = pg.client("sync");
+    let mut tx = app.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO raced (id, v, o, val) VALUES (2, 10, 'a', 100)",
+        &[],
+    )
+    .unwrap();
+    // weir brings an older write of key 2: it reads no row (the insert is uncommitted),
+    // then its own insert waits on the application's.
+    ws.append_lines(
+        "b.jsonl",
+        &[Write {
+            key: 2,
+            version: 5,
+            origin: "b",
+            value: Some(50),
+        }
+        .event()],
+    );
+    let weir = common::weir()
+        .args(["run", "--json"])
+        .arg(ws.path(&from_b))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = pg.client("sync");
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'WITH written AS (INSERT INTO%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "weir's insert never waited on the application's"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tx.commit().unwrap();
+    let output = weir.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another writer inserted"),
+        "the batch must have been applied again: {stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["conflicts_skipped"], 1, "{summary}");
+    assert_eq!(final_rows(&pg, "raced")[&2], (10, "a".to_string(), 100));
+}
+
+/// Tombstones past `tombstones.horizon` are removed (at the first batch of a run, then at
+/// most once a minute); a change older than the delete that arrives after that is
+/// treated as new, as docs/sync.md says.
+#[test]
+fn tombstones_past_the_horizon_are_removed() {
+    let pg = Postgres::start();
+    pg.create_database("sync");
+    let ws = Workspace::new();
+    let from_b = pipeline(
+        &ws,
+        &pg,
+        "horizon",
+        "b",
+        "strategy: last-write-wins\n  tombstones: { horizon: 1s }",
+    );
+    let write = |key, version, value| Write {
+        key,
+        version,
+        origin: "b",
+        value,
+    };
+    ws.append_lines(
+        "b.jsonl",
+        &[write(1, 5, Some(1)).event(), write(1, 5, None).event()],
+    );
+    ws.run_ok(&ws.path(&from_b));
+    let tombstones = |pg: &Postgres| -> Vec<(i64, String)> {
+        pg.client("sync")
+            .query(
+                r#"SELECT id, _weir_version FROM weir."public.horizon.tombstones""#,
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    assert_eq!(tombstones(&pg), vec![(1, "5".to_string())]);
+    // Within the horizon an older write stays deleted...
+    ws.append_lines("b.jsonl", &[write(1, 4, Some(2)).event()]);
+    let summary = ws.run_ok(&ws.path(&from_b));
+    assert_eq!(summary["conflicts_skipped"], 1, "{summary}");
+    assert!(final_rows(&pg, "horizon").is_empty());
+    // ...past it the tombstone is gone, and the next run removes it first thing.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ws.append_lines("b.jsonl", &[write(2, 1, Some(3)).event()]);
+    ws.run_ok(&ws.path(&from_b));
+    assert_eq!(tombstones(&pg), vec![]);
+    ws.append_lines("b.jsonl", &[write(1, 3, Some(4)).event()]);
+    ws.run_ok(&ws.path(&from_b));
+    assert_eq!(final_rows(&pg, "horizon")[&1], (3, "b".to_string(), 4));
+}

@@ -179,6 +179,13 @@ pub struct Generated {
 }
 
 pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
+    generate_over(count, None, with_schema, seed)
+}
+
+/// [`generate`], with every change's key drawn from `keys` keys when given (so inserts
+/// may meet existing keys, and updates and deletes missing ones) instead of new keys for
+/// inserts and earlier ones for the rest. Versions still grow with every change.
+pub fn generate_over(count: usize, keys: Option<u64>, with_schema: bool, seed: u64) -> Generated {
     let mut rng = Rng::new(seed);
     let schema = schema_block();
     let mut events = String::with_capacity(count * if with_schema { 4800 } else { 1400 });
@@ -196,10 +203,10 @@ pub fn generate(count: usize, with_schema: bool, seed: u64) -> Generated {
             5..=8 => "u",
             _ => "d",
         };
-        let id = if op == "c" || op == "r" {
-            i as u64
-        } else {
-            rng.below(i.max(1) as u64)
+        let id = match keys {
+            Some(keys) => rng.below(keys),
+            None if op == "c" || op == "r" => i as u64,
+            None => rng.below(i.max(1) as u64),
         };
         ids.push(id);
         after.clear();

@@ -120,14 +120,31 @@ impl PostgresSink {
                      _weir_deleted_at = now();
                  RETURN NULL;
              END
-             $weir$;
-             CREATE OR REPLACE TRIGGER weir_tombstone AFTER DELETE ON {target}
-                 FOR EACH ROW WHEN (OLD.{version} IS NOT NULL) EXECUTE FUNCTION {function}();",
+             $weir$;",
             typed = typed.join(", "),
             keys = keys.join(", "),
             old = old.join(", "),
         ))
         .map_err(|e| self.pg_error("cannot create the tombstone table and trigger", &e))?;
+        // Creating a trigger locks the table against writes, and waits for every open
+        // transaction on it: only when it is missing, not at every start.
+        let installed = tx
+            .query_opt(
+                "SELECT 1 FROM pg_trigger t
+                 JOIN pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = 'weir_tombstone'",
+                &[&self.schema, &self.table],
+            )
+            .map_err(|e| self.pg_error("cannot read the target's triggers", &e))?
+            .is_some();
+        if !installed {
+            tx.batch_execute(&format!(
+                "CREATE TRIGGER weir_tombstone AFTER DELETE ON {target}
+                     FOR EACH ROW WHEN (OLD.{version} IS NOT NULL) EXECUTE FUNCTION {function}();"
+            ))
+            .map_err(|e| self.pg_error("cannot create the tombstone trigger", &e))?;
+        }
         tx.commit()
             .map_err(|e| self.pg_error("cannot create the tombstone table and trigger", &e))?;
         self.conflict_ready = true;

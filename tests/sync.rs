@@ -193,16 +193,22 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
     }
 }
 
+/// A PostgreSQL server with database `sync`, a workspace, and the pipeline that applies
+/// site b's changes (`b.jsonl`) to `table` under `conflict`.
+fn applying_site_b(table: &str, conflict: &str) -> (Postgres, Workspace, String) {
+    let pg = Postgres::start();
+    pg.create_database("sync");
+    let ws = Workspace::new();
+    let from_b = pipeline(&ws, &pg, table, "b", conflict);
+    (pg, ws, from_b)
+}
+
 /// A delete made by an application at the target leaves a tombstone (the trigger weir
 /// installs), so an older update that arrives later does not bring the row back; a newer
 /// one does. Changes from the target's own site are dropped as echoes.
 #[test]
 fn local_deletes_keep_their_version_and_echoes_are_dropped() {
-    let pg = Postgres::start();
-    pg.create_database("sync");
-    let ws = Workspace::new();
-    let conflict = "strategy: last-write-wins\n  site: a";
-    let from_b = pipeline(&ws, &pg, "local", "b", conflict);
+    let (pg, ws, from_b) = applying_site_b("local", "strategy: last-write-wins\n  site: a");
     let write = |key, version, origin, value| Write {
         key,
         version,
@@ -252,16 +258,7 @@ fn local_deletes_keep_their_version_and_echoes_are_dropped() {
 /// keeps it (its version is newer). Without the check the older change would overwrite it.
 #[test]
 fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
-    let pg = Postgres::start();
-    pg.create_database("sync");
-    let ws = Workspace::new();
-    let from_b = pipeline(
-        &ws,
-        &pg,
-        "raced",
-        "b",
-        "strategy: last-write-wins\n  site: a",
-    );
+    let (pg, ws, from_b) = applying_site_b("raced", "strategy: last-write-wins\n  site: a");
     // A first run creates the table.
     ws.append_lines(
         "b.jsonl",
@@ -339,14 +336,8 @@ fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
 /// treated as new, as docs/sync.md says.
 #[test]
 fn tombstones_past_the_horizon_are_removed() {
-    let pg = Postgres::start();
-    pg.create_database("sync");
-    let ws = Workspace::new();
-    let from_b = pipeline(
-        &ws,
-        &pg,
+    let (pg, ws, from_b) = applying_site_b(
         "horizon",
-        "b",
         "strategy: last-write-wins\n  tombstones: { horizon: 1s }",
     );
     let write = |key, version, value| Write {

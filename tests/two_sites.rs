@@ -165,13 +165,8 @@ fn application(pg: &Postgres, site: &str, seed: u64) -> Vec<Write> {
     let started = Instant::now();
     while started.elapsed() < WRITING {
         let roll = rng.random_range(0..100);
-        let key = |client: &mut postgres::Client| -> Option<i64> {
-            client
-                .query_opt("SELECT id FROM items ORDER BY random() LIMIT 1", &[])
-                .unwrap()
-                .map(|r| r.get(0))
-        };
-        if roll < 15 {
+        // The write made: key, version (a delete's is the deleted row's) and value.
+        let made: Option<(i64, i64, Option<String>)> = if roll < 15 {
             let id = first_new + 2 * created;
             created += 1;
             let version = tick(&mut clock);
@@ -182,48 +177,38 @@ fn application(pg: &Postgres, site: &str, seed: u64) -> Vec<Write> {
                     &[&id, &value, &version, &site],
                 )
                 .unwrap();
+            Some((id, version, Some(value)))
+        } else {
+            let Some(id) = client
+                .query_opt("SELECT id FROM items ORDER BY random() LIMIT 1", &[])
+                .unwrap()
+                .map(|r| r.get::<_, i64>(0))
+            else {
+                continue;
+            };
+            let (row, value) = if roll < 30 {
+                let sql = "DELETE FROM items WHERE id = $1 RETURNING version";
+                (client.query_opt(sql, &[&id]).unwrap(), None)
+            } else {
+                let value = format!("{site} set {id} at {}", rng.random::<u32>());
+                let floor = tick(&mut clock);
+                let sql = "UPDATE items SET val = $2, version = greatest(version + 1, $3), \
+                           origin = $4 WHERE id = $1 RETURNING version";
+                let params: [&(dyn postgres::types::ToSql + Sync); 4] =
+                    [&id, &value, &floor, &site];
+                (client.query_opt(sql, &params).unwrap(), Some(value))
+            };
+            // The row may be gone already (deleted by weir meanwhile): no write then.
+            row.map(|row| (id, row.get(0), value))
+        };
+        if let Some((key, version, value)) = made {
+            clock = clock.max(version);
             writes.push(Write {
-                key: id,
+                key,
                 version,
                 origin: site.into(),
-                value: Some(value),
+                value,
             });
-        } else if roll < 30 {
-            let Some(id) = key(&mut client) else { continue };
-            if let Some(row) = client
-                .query_opt("DELETE FROM items WHERE id = $1 RETURNING version", &[&id])
-                .unwrap()
-            {
-                let version: i64 = row.get(0);
-                clock = clock.max(version);
-                writes.push(Write {
-                    key: id,
-                    version,
-                    origin: site.into(),
-                    value: None,
-                });
-            }
-        } else {
-            let Some(id) = key(&mut client) else { continue };
-            let value = format!("{site} set {id} at {}", rng.random::<u32>());
-            let floor = tick(&mut clock);
-            if let Some(row) = client
-                .query_opt(
-                    "UPDATE items SET val = $2, version = greatest(version + 1, $3), origin = $4
-                     WHERE id = $1 RETURNING version",
-                    &[&id, &value, &floor, &site],
-                )
-                .unwrap()
-            {
-                let version: i64 = row.get(0);
-                clock = clock.max(version);
-                writes.push(Write {
-                    key: id,
-                    version,
-                    origin: site.into(),
-                    value: Some(value),
-                });
-            }
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(2..8)));
     }

@@ -92,7 +92,9 @@ pub struct TombstonesConfig {
     pub horizon: HumanDuration,
 }
 
-fn default_horizon() -> HumanDuration {
+/// Seven days: how long tombstones, and the identities of changes a resolver decided,
+/// are kept unless the pipeline says otherwise.
+pub(crate) fn default_horizon() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600))
 }
 

@@ -60,12 +60,8 @@ pub struct ResolverConfig {
     /// How long the identities of decided changes are kept, to recognise a change
     /// delivered again under a new stream position (docs/sync.md, "Once-only apply").
     /// It must exceed the longest time a copy can arrive after the original.
-    #[serde(default = "default_applied_horizon")]
+    #[serde(default = "crate::conflict::config::default_horizon")]
     pub applied_horizon: crate::config::HumanDuration,
-}
-
-fn default_applied_horizon() -> crate::config::HumanDuration {
-    crate::config::HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600))
 }
 
 impl ResolverConfig {

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use arrow::array::{Array, AsArray};
 
+use super::compact::key_columns;
 use crate::encode;
 use crate::envelope::{
     ChangeBatch, Op, SOURCE_CONNECTOR, SOURCE_DB, SOURCE_NAME, SOURCE_POSITION, SOURCE_SCHEMA,
@@ -22,7 +23,7 @@ use crate::envelope::{
 /// Each row's identity, as JSON text (unambiguous, and readable in the table), or `None`
 /// when the row has no source position — such a change relies on the checkpoint alone —
 /// or is a truncate.
-pub fn identities(batch: &ChangeBatch) -> Vec<Option<String>> {
+pub fn identities(batch: &ChangeBatch) -> Result<Vec<Option<String>>, String> {
     let text_column = |name: &str| {
         batch
             .data
@@ -40,14 +41,9 @@ pub fn identities(batch: &ChangeBatch) -> Vec<Option<String>> {
     .iter()
     .map(|name| text_column(name))
     .collect();
-    let (before, after) = (batch.before(), batch.after());
-    let key_columns = |image: &arrow::array::StructArray| -> Vec<Option<arrow::array::ArrayRef>> {
-        (batch.table.primary_key.iter())
-            .map(|k| image.column_by_name(k).cloned())
-            .collect()
-    };
-    let (keys_before, keys_after) = (key_columns(before), key_columns(after));
-    batch
+    let keys_before = key_columns(batch, batch.before())?;
+    let keys_after = key_columns(batch, batch.after())?;
+    let identities = batch
         .ops()
         .enumerate()
         .map(|(row, op)| {
@@ -57,17 +53,16 @@ pub fn identities(batch: &ChangeBatch) -> Vec<Option<String>> {
                 Op::Delete => &keys_before,
                 _ => &keys_after,
             };
-            let key: Vec<Option<Cow<'_, str>>> = keys
-                .iter()
-                .map(|k| k.as_ref().and_then(|k| encode::text(k.as_ref(), row)))
-                .collect();
+            let key: Vec<Option<Cow<'_, str>>> =
+                keys.iter().map(|k| encode::text(k.as_ref(), row)).collect();
             let source: Vec<Option<&str>> = coordinates
                 .iter()
                 .map(|c| c.filter(|c| c.is_valid(row)).map(|c| c.value(row)))
                 .collect();
             Some(serde_json::json!([source, key, position]).to_string())
         })
-        .collect()
+        .collect();
+    Ok(identities)
 }
 
 #[cfg(test)]
@@ -91,7 +86,7 @@ mod tests {
         ];
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         let batch = batch(&lines);
-        let ids = identities(&batch);
+        let ids = identities(&batch).unwrap();
         assert_eq!(
             ids[0].as_deref(),
             Some(r#"[["postgresql","srv","app","s","t"],["1"],"lsn=10"]"#)

@@ -1203,8 +1203,8 @@ impl Sink for PostgresSink {
                 && batch.num_rows() > 0
                 && self.mode == PostgresMode::Upsert
             {
-                let key = batch.table.primary_key.clone();
-                self.prepare_conflict_tables(&mut client, Some(batch), &key, &versioning)?;
+                let key = &batch.table.primary_key;
+                self.prepare_conflict_tables(&mut client, Some(batch), key, &versioning)?;
             }
             let mut tx = client
                 .transaction()

@@ -535,7 +535,7 @@ impl SqliteSink {
         let sql_error = |e: rusqlite::Error| self.error(format!("_weir_applied: {e}"));
         // A change whose identity is held was decided before, under another position:
         // deciding it again would apply it twice. Copies within the batch count too.
-        let identities = super::applied::identities(batch);
+        let identities = super::applied::identities(batch).map_err(|e| self.error(e))?;
         let mut include: Vec<bool> = (0..batch.num_rows())
             .map(|row| include.is_none_or(|m| m[row]))
             .collect();

@@ -179,17 +179,8 @@ impl Versioning {
         };
         let (before, after) = (batch.before(), batch.after());
         let column = |image: &'_ StructArray, name: &str| image.column_by_name(name).cloned();
-        let key_columns = |image: &StructArray| -> Result<Vec<ArrayRef>, SinkError> {
-            batch
-                .table
-                .primary_key
-                .iter()
-                .map(|k| {
-                    column(image, k).ok_or_else(|| {
-                        SinkError::new(sink, format!("the events have no key column `{k}`"))
-                    })
-                })
-                .collect()
+        let key_columns = |image: &StructArray| {
+            super::compact::key_columns(batch, image).map_err(|e| SinkError::new(sink, e))
         };
         let (keys_before, keys_after) = (key_columns(before)?, key_columns(after)?);
         let versions = match &self.version_column {

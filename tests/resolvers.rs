@@ -1,7 +1,8 @@
 //! Conflict resolver plugins in real pipelines: the example resolvers, built from
 //! `plugins/` with `weir plugin build`, wired in through `conflict: { strategy: wasm }`,
-//! run by the real `weir` binary over a file source into a SQLite target that already
-//! holds rows of its own (the writes of the local site).
+//! run by the real `weir` binary over a file source into a target that already holds rows
+//! of its own (the writes of the local site). Every case runs against both sinks that
+//! read the current rows: SQLite, and a real PostgreSQL server.
 //!
 //! Each test checks the final table against an oracle that replays the same events one at
 //! a time against a map, following the resolver's documented rule.
@@ -10,8 +11,91 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::services::Postgres;
 use common::{Workspace, plugin_wasm, sqlite_rows};
 use weir_runtime::bench::Rng;
+
+/// The target a case applies to.
+enum Target {
+    Sqlite,
+    Postgres(Postgres),
+}
+
+impl Target {
+    fn sqlite() -> Target {
+        Target::Sqlite
+    }
+
+    fn postgres() -> Target {
+        let pg = Postgres::start();
+        pg.create_database("resolvers");
+        Target::Postgres(pg)
+    }
+
+    /// The pipeline's `sink` section for `table`.
+    fn sink(&self, table: &str, create: bool) -> String {
+        match self {
+            Target::Sqlite => format!(
+                "sink:\n  type: sqlite\n  path: target.db\n  table: {table}\n  create: {create}\n"
+            ),
+            Target::Postgres(pg) => format!(
+                "sink:\n  type: postgres\n  url: {}\n  table: {table}\n  create: {create}\n",
+                pg.url("resolvers")
+            ),
+        }
+    }
+
+    /// Runs DDL and DML on the target (each statement as written, for both).
+    fn execute(&self, ws: &Workspace, sql: &str) {
+        match self {
+            Target::Sqlite => rusqlite::Connection::open(ws.path("target.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Target::Postgres(pg) => pg.client("resolvers").batch_execute(sql).unwrap(),
+        }
+    }
+
+    /// The rows of a query whose columns are all text.
+    fn rows(&self, ws: &Workspace, sql: &str) -> Vec<Vec<String>> {
+        match self {
+            Target::Sqlite => sqlite_rows(&ws.path("target.db"), sql),
+            Target::Postgres(pg) => pg
+                .client("resolvers")
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
+                .collect(),
+        }
+    }
+}
+
+/// Runs each named case, a function of a [`Target`], once per sink: `sqlite::<case>` and
+/// `postgres::<case>`.
+macro_rules! in_both_sinks {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() {
+                super::$case(&super::Target::sqlite());
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $case() {
+                super::$case(&super::Target::postgres());
+            })*
+        }
+    };
+}
+
+in_both_sinks!(
+    last_write_wins_keeps_the_highest_version_of_every_key,
+    max_merge_keeps_counters_from_going_back,
+    a_failing_resolver_dead_letters_its_round_and_the_rest_applies,
+    a_counter_resolver_counts_each_change_once_under_duplicated_delivery,
+);
 
 /// (name, price text, version): a row of the target, as the oracle holds it.
 type Row = (String, String, i64);
@@ -26,37 +110,48 @@ fn row_json(id: i64, (name, price, version): &Row) -> String {
 }
 
 /// Creates the target table and fills it with `rows`.
-fn seed_target(ws: &Workspace, rows: &Rows) {
-    let conn = rusqlite::Connection::open(ws.path("target.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price DECIMAL(12,2), version INTEGER)",
-    )
-    .unwrap();
+fn seed_target(target: &Target, ws: &Workspace, rows: &Rows) {
+    let mut sql = match target {
+        Target::Sqlite => "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, \
+                           price DECIMAL(12,2), version INTEGER);"
+            .to_string(),
+        Target::Postgres(_) => "CREATE TABLE items (id bigint PRIMARY KEY, name text, \
+                                price numeric(12,2), version bigint);"
+            .to_string(),
+    };
     for (id, (name, price, version)) in rows {
-        conn.execute(
-            "INSERT INTO items VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![id, name, price, version],
-        )
-        .unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO items VALUES ({id}, '{}', {price}, {version});",
+            name.replace('\'', "''")
+        ));
     }
+    target.execute(ws, &sql);
 }
 
-fn target(ws: &Workspace) -> Rows {
-    sqlite_rows(
-        &ws.path("target.db"),
-        "SELECT id, name, printf('%.2f', price), version FROM items",
-    )
-    .into_iter()
-    .map(|r| {
-        (
-            r[0].parse().unwrap(),
-            (r[1].clone(), r[2].clone(), r[3].parse().unwrap()),
-        )
-    })
-    .collect()
+fn target_rows(target: &Target, ws: &Workspace) -> Rows {
+    let sql = match target {
+        Target::Sqlite => "SELECT id, name, printf('%.2f', price), version FROM items",
+        Target::Postgres(_) => "SELECT id::text, name, price::text, version::text FROM items",
+    };
+    target
+        .rows(ws, sql)
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].parse().unwrap(),
+                (r[1].clone(), r[2].clone(), r[3].parse().unwrap()),
+            )
+        })
+        .collect()
 }
 
-fn pipeline(ws: &Workspace, crate_dir: &str, config: &str, batch: usize) -> std::path::PathBuf {
+fn pipeline(
+    target: &Target,
+    ws: &Workspace,
+    crate_dir: &str,
+    config: &str,
+    batch: usize,
+) -> std::path::PathBuf {
     let wasm = plugin_wasm(crate_dir);
     let yaml = format!(
         "name: resolvers\n\
@@ -64,10 +159,11 @@ fn pipeline(ws: &Workspace, crate_dir: &str, config: &str, batch: usize) -> std:
          table:\n  name: items\n  primary_key: [id]\n{}\
          batch:\n  max_events: {batch}\n\
          conflict:\n  strategy: wasm\n  wasm: {}\n  config: {config}\n\
-         sink:\n  type: sqlite\n  path: target.db\n  table: items\n\
+         {}\
          dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
         common::STREAM_COLUMNS,
-        wasm.display()
+        wasm.display(),
+        target.sink("items", false)
     );
     ws.write("pipeline.yaml", &yaml)
 }
@@ -133,14 +229,14 @@ fn local_rows(keys: i64, seed: u64) -> Rows {
     rows
 }
 
-#[test]
-fn last_write_wins_keeps_the_highest_version_of_every_key() {
+fn last_write_wins_keeps_the_highest_version_of_every_key(target: &Target) {
     let ws = Workspace::new();
     let local = local_rows(150, 7);
-    seed_target(&ws, &local);
+    seed_target(target, &ws, &local);
     let remote = remote_changes(4000, 150, 8, 97);
     ws.append_lines("events.jsonl", &remote.lines);
     let pipeline = pipeline(
+        target,
         &ws,
         "examples/lww-resolver",
         "{ version_column: version }",
@@ -171,7 +267,7 @@ fn last_write_wins_keeps_the_highest_version_of_every_key() {
         }
     }
     assert!(skipped > 1000, "the stream must exercise skips ({skipped})");
-    assert_eq!(target(&ws), expected);
+    assert_eq!(target_rows(target, &ws), expected);
     assert_eq!(summary["conflicts_skipped"], skipped, "{summary}");
     assert_eq!(summary["dead_letters"], refused, "{summary}");
     let letters = ws.dead_letters();
@@ -187,15 +283,20 @@ fn last_write_wins_keeps_the_highest_version_of_every_key() {
     }
 }
 
-#[test]
-fn max_merge_keeps_counters_from_going_back() {
+fn max_merge_keeps_counters_from_going_back(target: &Target) {
     let ws = Workspace::new();
     // `version` plays the counter here; the rest of the row comes from the change.
     let local = local_rows(100, 11);
-    seed_target(&ws, &local);
+    seed_target(target, &ws, &local);
     let remote = remote_changes(3000, 100, 12, 0);
     ws.append_lines("events.jsonl", &remote.lines);
-    let pipeline = pipeline(&ws, "examples/max-merge", "{ columns: [version] }", 50);
+    let pipeline = pipeline(
+        target,
+        &ws,
+        "examples/max-merge",
+        "{ columns: [version] }",
+        50,
+    );
     let summary = ws.run_ok(&pipeline);
 
     // The oracle: deletes and changes to a missing key apply; otherwise the change's row
@@ -219,15 +320,14 @@ fn max_merge_keeps_counters_from_going_back() {
         }
     }
     assert!(merged > 500, "the stream must exercise merges ({merged})");
-    assert_eq!(target(&ws), expected);
+    assert_eq!(target_rows(target, &ws), expected);
     assert_eq!(summary["conflicts_merged"], merged, "{summary}");
     assert_eq!(summary["dead_letters"], 0, "{summary}");
 }
 
-#[test]
-fn a_failing_resolver_dead_letters_its_round_and_the_rest_applies() {
+fn a_failing_resolver_dead_letters_its_round_and_the_rest_applies(target: &Target) {
     let ws = Workspace::new();
-    seed_target(&ws, &Rows::new());
+    seed_target(target, &ws, &Rows::new());
     // max-merge refuses a config naming a column the table lacks only when it meets a
     // current row: the first batch inserts, the second updates and fails row by row.
     let lines: Vec<String> = (0..20)
@@ -240,7 +340,13 @@ fn a_failing_resolver_dead_letters_its_round_and_the_rest_applies() {
         })
         .collect();
     ws.append_lines("events.jsonl", &lines);
-    let pipeline = pipeline(&ws, "examples/max-merge", "{ columns: [views] }", 10);
+    let pipeline = pipeline(
+        target,
+        &ws,
+        "examples/max-merge",
+        "{ columns: [views] }",
+        10,
+    );
     let summary = ws.run_ok(&pipeline);
     assert_eq!(
         summary["dead_letters"],
@@ -257,7 +363,7 @@ fn a_failing_resolver_dead_letters_its_round_and_the_rest_applies() {
         );
     }
     // The inserts applied; the refused updates did not.
-    let rows = target(&ws);
+    let rows = target_rows(target, &ws);
     assert_eq!(rows.len(), 10);
     assert!(
         rows.values().all(|(_, _, version)| *version < 10),
@@ -281,7 +387,7 @@ fn conflict_resolution_needs_a_sink_that_reads_rows() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("conflict") && stderr.contains("sqlite sink"),
+        stderr.contains("conflict") && stderr.contains("postgres (upsert mode) or sqlite"),
         "{stderr}"
     );
 }
@@ -291,8 +397,7 @@ fn conflict_resolution_needs_a_sink_that_reads_rows() {
 /// under new stream positions — a producer retry, a replayed log — because weir keeps the
 /// identity of every change it decided (source, table, key, source position) and skips a
 /// copy. The checkpoint alone would not: a copy's position is new.
-#[test]
-fn a_counter_resolver_counts_each_change_once_under_duplicated_delivery() {
+fn a_counter_resolver_counts_each_change_once_under_duplicated_delivery(target: &Target) {
     let ws = Workspace::new();
     let mut rng = Rng::new(21);
     let source = |lsn: u64| {
@@ -334,9 +439,10 @@ fn a_counter_resolver_counts_each_change_once_under_duplicated_delivery() {
          table:\n  name: counters\n  primary_key: [id]\n  columns: {{id: int64, hits: int64}}\n\
          batch:\n  max_events: 64\n\
          conflict:\n  strategy: wasm\n  wasm: {}\n  config: {{ columns: [hits] }}\n\
-         sink:\n  type: sqlite\n  path: target.db\n  table: counters\n  create: true\n\
+         {}\
          dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
-        wasm.display()
+        wasm.display(),
+        target.sink("counters", true)
     );
     let pipeline = ws.write("pipeline.yaml", &yaml);
     // Three runs over the growing log, as a pipeline restarted twice would see it.
@@ -347,11 +453,14 @@ fn a_counter_resolver_counts_each_change_once_under_duplicated_delivery() {
         assert_eq!(summary["dead_letters"], 0, "{summary}");
         duplicates += summary["duplicates_skipped"].as_u64().unwrap();
     }
-    let counters: BTreeMap<i64, i64> =
-        sqlite_rows(&ws.path("target.db"), "SELECT id, hits FROM counters")
-            .into_iter()
-            .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
-            .collect();
+    let counters: BTreeMap<i64, i64> = target
+        .rows(
+            &ws,
+            "SELECT CAST(id AS TEXT), CAST(hits AS TEXT) FROM counters",
+        )
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
     assert_eq!(counters, expected, "each increment must count once");
     assert!(copies > 400, "the delivery must repeat changes ({copies})");
     assert_eq!(duplicates, copies);

@@ -1,12 +1,12 @@
-//! Multi-site sync against a real PostgreSQL: the built-in conflict strategies, tombstones
-//! and lanes (docs/sync.md).
+//! Multi-site sync against a real PostgreSQL and SQLite: the built-in conflict strategies,
+//! tombstones and lanes (docs/sync.md).
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::Workspace;
 use common::services::Postgres;
+use common::{Workspace, plugin_wasm, sqlite_rows};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -109,9 +109,88 @@ fn oracle(strategy: Strategy, writes: &[Write]) -> BTreeMap<i64, (i64, String, i
         .collect()
 }
 
-/// A pipeline that applies the changes captured at `origin` (its file) to `table`.
-fn pipeline(ws: &Workspace, pg: &Postgres, table: &str, origin: &str, conflict: &str) -> String {
+/// Where the pipelines apply: database `sync` of a PostgreSQL server, or `target.db` in
+/// the test's workspace.
+enum Target {
+    Postgres(Postgres),
+    Sqlite,
+}
+
+impl Target {
+    fn postgres() -> Target {
+        let pg = Postgres::start();
+        pg.create_database("sync");
+        Target::Postgres(pg)
+    }
+
+    fn pg(&self) -> &Postgres {
+        match self {
+            Target::Postgres(pg) => pg,
+            Target::Sqlite => panic!("a PostgreSQL target"),
+        }
+    }
+
+    fn sink(&self, table: &str) -> String {
+        match self {
+            Target::Postgres(pg) => format!(
+                "sink:\n  type: postgres\n  url: {}\n  table: public.{table}\n  create: true\n",
+                pg.url("sync")
+            ),
+            Target::Sqlite => format!(
+                "sink:\n  type: sqlite\n  path: target.db\n  table: {table}\n  create: true\n"
+            ),
+        }
+    }
+
+    fn execute(&self, ws: &Workspace, sql: &str) {
+        match self {
+            Target::Postgres(pg) => pg.client("sync").batch_execute(sql).unwrap(),
+            Target::Sqlite => rusqlite::Connection::open(ws.path("target.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+        }
+    }
+
+    /// Text of every column of `sql`'s rows.
+    fn rows(&self, ws: &Workspace, sql: &str) -> Vec<Vec<String>> {
+        match self {
+            Target::Postgres(pg) => pg
+                .client("sync")
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
+                .collect(),
+            Target::Sqlite => sqlite_rows(&ws.path("target.db"), sql),
+        }
+    }
+
+    /// `(key, version)` of the tombstones of `table`.
+    fn tombstones(&self, ws: &Workspace, table: &str) -> Vec<(i64, String)> {
+        let sql = match self {
+            Target::Postgres(_) => {
+                format!(r#"SELECT id::text, _weir_version FROM weir."public.{table}.tombstones""#)
+            }
+            Target::Sqlite => {
+                format!(r#"SELECT id, _weir_version FROM "_weir_tombstones.{table}""#)
+            }
+        };
+        self.rows(ws, &sql)
+            .into_iter()
+            .map(|r| (r[0].parse().unwrap(), r[1].clone()))
+            .collect()
+    }
+}
+
+/// A pipeline that applies the changes captured at `origin` (its file) to `table`. A
+/// built-in strategy gets the version, origin and source site columns.
+fn pipeline(ws: &Workspace, target: &Target, table: &str, origin: &str, conflict: &str) -> String {
     let name = format!("{table}-from-{origin}.yaml");
+    let builtin = match conflict.starts_with("strategy: wasm") {
+        true => String::new(),
+        false => format!("  version_column: v\n  origin_column: o\n  source_site: {origin}\n"),
+    };
     ws.write(
         &name,
         &format!(
@@ -120,37 +199,43 @@ fn pipeline(ws: &Workspace, pg: &Postgres, table: &str, origin: &str, conflict: 
              table:\n  name: {table}\n  primary_key: [id]\n  \
              columns: {{id: int64, v: int64, o: string, val: int64}}\n\
              batch:\n  max_events: 3\n\
-             sink:\n  type: postgres\n  url: {}\n  table: public.{table}\n  create: true\n\
-             conflict:\n  {conflict}\n  version_column: v\n  origin_column: o\n  \
-             source_site: {origin}\n\
+             {}\
+             conflict:\n  {conflict}\n{builtin}\
              dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
-            pg.url("sync")
+            target.sink(table)
         ),
     );
     name
 }
 
-fn final_rows(pg: &Postgres, table: &str) -> BTreeMap<i64, (i64, String, i64)> {
-    pg.client("sync")
-        .query(&format!("SELECT id, v, o, val FROM {table}"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+fn final_rows(ws: &Workspace, target: &Target, table: &str) -> BTreeMap<i64, (i64, String, i64)> {
+    let sql =
+        format!("SELECT CAST(id AS TEXT), CAST(v AS TEXT), o, CAST(val AS TEXT) FROM {table}");
+    target
+        .rows(ws, &sql)
+        .into_iter()
+        .map(|r| {
+            let number = |i: usize| r[i].parse::<i64>().unwrap();
+            (number(0), (number(1), r[2].clone(), number(3)))
+        })
         .collect()
 }
 
 /// Property 1 of issue 5: random writes from three sites, delivered in random order with
-/// duplicates, through one pipeline per site into one PostgreSQL table, end in the state
-/// the oracle computes, for every strategy.
+/// duplicates, through one pipeline per site into one table, end in the state the oracle
+/// computes, for every strategy, in PostgreSQL and in SQLite.
 #[test]
 fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
-    let pg = Postgres::start();
-    pg.create_database("sync");
+    let pg = Target::postgres();
+    let sqlite = Target::Sqlite;
     let cases = [
-        (Strategy::LastWriteWins, "lanes: 1"),
-        (Strategy::LastWriteWins, "lanes: 4"),
-        (Strategy::FirstWriteWins, "lanes: 1"),
-        (Strategy::SourcePriority, "lanes: 2"),
+        (Strategy::LastWriteWins, "lanes: 1", &pg),
+        (Strategy::LastWriteWins, "lanes: 4", &pg),
+        (Strategy::FirstWriteWins, "lanes: 1", &pg),
+        (Strategy::SourcePriority, "lanes: 2", &pg),
+        (Strategy::LastWriteWins, "lanes: 1", &sqlite),
+        (Strategy::FirstWriteWins, "lanes: 1", &sqlite),
+        (Strategy::SourcePriority, "lanes: 1", &sqlite),
     ];
     for seed in 0..6u64 {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -159,13 +244,13 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
         let mut delivered = writes.clone();
         delivered.extend(writes.iter().filter(|_| rng.random_bool(0.3)).cloned());
         delivered.shuffle(&mut rng);
-        for (case, (strategy, lanes)) in cases.iter().enumerate() {
+        for (case, (strategy, lanes, target)) in cases.iter().enumerate() {
             let ws = Workspace::new();
             let table = format!("t{seed}_{case}");
             let conflict = format!("{}\n  {lanes}", strategy.yaml());
             let pipelines: BTreeMap<&str, String> = ORIGINS
                 .iter()
-                .map(|o| (*o, pipeline(&ws, &pg, &table, o, &conflict)))
+                .map(|o| (*o, pipeline(&ws, target, &table, o, &conflict)))
                 .collect();
             // Runs of consecutive deliveries from one site are applied by its pipeline,
             // in delivery order.
@@ -183,9 +268,9 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
                 ws.dead_letters()
             );
             assert_eq!(
-                final_rows(&pg, &table),
+                final_rows(&ws, target, &table),
                 oracle(*strategy, &writes),
-                "seed {seed}, {strategy:?} with {lanes}, delivered {delivered:?}"
+                "seed {seed}, {strategy:?} with {lanes} (case {case}), delivered {delivered:?}"
             );
             // Every duplicate, at least, lost to its first delivery.
             assert!(skipped as usize >= delivered.len() - writes.len());
@@ -193,22 +278,29 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
     }
 }
 
-/// A PostgreSQL server with database `sync`, a workspace, and the pipeline that applies
-/// site b's changes (`b.jsonl`) to `table` under `conflict`.
-fn applying_site_b(table: &str, conflict: &str) -> (Postgres, Workspace, String) {
-    let pg = Postgres::start();
-    pg.create_database("sync");
+/// A workspace and the pipeline that applies site b's changes (`b.jsonl`) to `table` in
+/// `target` under `conflict`.
+fn applying_site_b(target: &Target, table: &str, conflict: &str) -> (Workspace, String) {
     let ws = Workspace::new();
-    let from_b = pipeline(&ws, &pg, table, "b", conflict);
-    (pg, ws, from_b)
+    let from_b = pipeline(&ws, target, table, "b", conflict);
+    (ws, from_b)
+}
+
+#[test]
+fn local_deletes_keep_their_version_and_echoes_are_dropped_in_postgres() {
+    local_deletes_keep_their_version_and_echoes_are_dropped(&Target::postgres());
+}
+
+#[test]
+fn local_deletes_keep_their_version_and_echoes_are_dropped_in_sqlite() {
+    local_deletes_keep_their_version_and_echoes_are_dropped(&Target::Sqlite);
 }
 
 /// A delete made by an application at the target leaves a tombstone (the trigger weir
 /// installs), so an older update that arrives later does not bring the row back; a newer
 /// one does. Changes from the target's own site are dropped as echoes.
-#[test]
-fn local_deletes_keep_their_version_and_echoes_are_dropped() {
-    let (pg, ws, from_b) = applying_site_b("local", "strategy: last-write-wins\n  site: a");
+fn local_deletes_keep_their_version_and_echoes_are_dropped(target: &Target) {
+    let (ws, from_b) = applying_site_b(target, "local", "strategy: last-write-wins\n  site: a");
     let write = |key, version, origin, value| Write {
         key,
         version,
@@ -224,13 +316,10 @@ fn local_deletes_keep_their_version_and_echoes_are_dropped() {
     );
     ws.run_ok(&ws.path(&from_b));
     // The application at site a deletes key 1 (version 5) and updates key 2.
-    let mut client = pg.client("sync");
-    client
-        .batch_execute("DELETE FROM local WHERE id = 1")
-        .unwrap();
-    client
-        .batch_execute("UPDATE local SET v = 7, o = 'a', val = 21 WHERE id = 2")
-        .unwrap();
+    target.execute(
+        &ws,
+        "DELETE FROM local WHERE id = 1; UPDATE local SET v = 7, o = 'a', val = 21 WHERE id = 2;",
+    );
     // Late: key 1 at version 4 (older than the delete), key 2 at version 6 from b, and
     // an echo of site a's own write of key 2.
     ws.append_lines(
@@ -245,20 +334,40 @@ fn local_deletes_keep_their_version_and_echoes_are_dropped() {
     assert_eq!(summary["conflicts_skipped"], 2, "{summary}");
     assert_eq!(summary["echoes_dropped"], 1, "{summary}");
     let expected = BTreeMap::from([(2, (7, "a".to_string(), 21))]);
-    assert_eq!(final_rows(&pg, "local"), expected);
+    assert_eq!(final_rows(&ws, target, "local"), expected);
     // A newer write brings key 1 back.
     ws.append_lines("b.jsonl", &[write(1, 6, "b", Some(12)).event()]);
     ws.run_ok(&ws.path(&from_b));
-    assert_eq!(final_rows(&pg, "local")[&1], (6, "b".to_string(), 12));
+    assert_eq!(
+        final_rows(&ws, target, "local")[&1],
+        (6, "b".to_string(), 12)
+    );
+}
+
+#[test]
+fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
+    a_key_inserted_during_the_batch_is_read_again("strategy: last-write-wins\n  site: a");
+}
+
+/// The same race under a resolver plugin: the lww-resolver example, which keeps the
+/// higher version.
+#[test]
+fn a_key_inserted_during_a_resolver_s_batch_is_read_again_not_overwritten() {
+    let wasm = plugin_wasm("examples/lww-resolver");
+    a_key_inserted_during_the_batch_is_read_again(&format!(
+        "strategy: wasm\n  wasm: {}\n  config: {{ version_column: v }}",
+        wasm.display()
+    ));
 }
 
 /// A key with no row cannot be locked. When an application inserts it after weir read
 /// the batch's keys and before weir's write, weir's insert finds the row: the count check
 /// fails the batch as retryable, and applied again it reads the application's row and
 /// keeps it (its version is newer). Without the check the older change would overwrite it.
-#[test]
-fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
-    let (pg, ws, from_b) = applying_site_b("raced", "strategy: last-write-wins\n  site: a");
+fn a_key_inserted_during_the_batch_is_read_again(conflict: &str) {
+    let target = Target::postgres();
+    let pg = target.pg();
+    let (ws, from_b) = applying_site_b(&target, "raced", conflict);
     // A first run creates the table.
     ws.append_lines(
         "b.jsonl",
@@ -328,15 +437,28 @@ fn a_key_inserted_during_the_batch_is_read_again_not_overwritten() {
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["conflicts_skipped"], 1, "{summary}");
-    assert_eq!(final_rows(&pg, "raced")[&2], (10, "a".to_string(), 100));
+    assert_eq!(
+        final_rows(&ws, &target, "raced")[&2],
+        (10, "a".to_string(), 100)
+    );
 }
 
 /// Tombstones past `tombstones.horizon` are removed (at the first batch of a run, then at
 /// most once a minute); a change older than the delete that arrives after that is
 /// treated as new, as docs/sync.md says.
 #[test]
-fn tombstones_past_the_horizon_are_removed() {
-    let (pg, ws, from_b) = applying_site_b(
+fn tombstones_past_the_horizon_are_removed_in_postgres() {
+    tombstones_past_the_horizon_are_removed(&Target::postgres());
+}
+
+#[test]
+fn tombstones_past_the_horizon_are_removed_in_sqlite() {
+    tombstones_past_the_horizon_are_removed(&Target::Sqlite);
+}
+
+fn tombstones_past_the_horizon_are_removed(target: &Target) {
+    let (ws, from_b) = applying_site_b(
+        target,
         "horizon",
         "strategy: last-write-wins\n  tombstones: { horizon: 1s }",
     );
@@ -351,29 +473,22 @@ fn tombstones_past_the_horizon_are_removed() {
         &[write(1, 5, Some(1)).event(), write(1, 5, None).event()],
     );
     ws.run_ok(&ws.path(&from_b));
-    let tombstones = |pg: &Postgres| -> Vec<(i64, String)> {
-        pg.client("sync")
-            .query(
-                r#"SELECT id, _weir_version FROM weir."public.horizon.tombstones""#,
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
-    assert_eq!(tombstones(&pg), vec![(1, "5".to_string())]);
+    let tombstones = || target.tombstones(&ws, "horizon");
+    assert_eq!(tombstones(), vec![(1, "5".to_string())]);
     // Within the horizon an older write stays deleted...
     ws.append_lines("b.jsonl", &[write(1, 4, Some(2)).event()]);
     let summary = ws.run_ok(&ws.path(&from_b));
     assert_eq!(summary["conflicts_skipped"], 1, "{summary}");
-    assert!(final_rows(&pg, "horizon").is_empty());
+    assert!(final_rows(&ws, target, "horizon").is_empty());
     // ...past it the tombstone is gone, and the next run removes it first thing.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     ws.append_lines("b.jsonl", &[write(2, 1, Some(3)).event()]);
     ws.run_ok(&ws.path(&from_b));
-    assert_eq!(tombstones(&pg), vec![]);
+    assert_eq!(tombstones(), vec![]);
     ws.append_lines("b.jsonl", &[write(1, 3, Some(4)).event()]);
     ws.run_ok(&ws.path(&from_b));
-    assert_eq!(final_rows(&pg, "horizon")[&1], (3, "b".to_string(), 4));
+    assert_eq!(
+        final_rows(&ws, target, "horizon")[&1],
+        (3, "b".to_string(), 4)
+    );
 }

@@ -435,27 +435,34 @@ fn conflict_checks(
     let postgres_upsert =
         matches!(&config.sink, SinkConfig::Postgres(p) if p.mode == PostgresMode::Upsert);
     let Some((strategy, builtin)) = conflict.builtin() else {
-        if !sqlite {
+        if !sqlite && !postgres_upsert {
             report(
                 at(&["conflict"]),
-                "resolver plugins run in the sqlite sink so far".into(),
-                Some(
-                    "use `sink: { type: sqlite, … }`, or a built-in strategy such as \
-                     `last-write-wins`"
-                        .into(),
-                ),
+                "resolver plugins need a sink that reads the target's rows: postgres \
+                 (upsert mode) or sqlite"
+                    .into(),
+                Some("use `sink: { type: postgres, … }` or `sink: { type: sqlite, … }`".into()),
             );
         }
         return;
     };
-    if !postgres_upsert {
+    if !postgres_upsert && !sqlite {
         report(
             at(&["conflict"]),
-            "the built-in strategies run in the postgres sink (upsert mode) so far".into(),
-            Some(
-                "use `sink: { type: postgres, … }`, or a resolver plugin with the sqlite sink"
-                    .into(),
+            "the built-in strategies need a sink that reads the target's rows: postgres \
+             (upsert mode) or sqlite"
+                .into(),
+            Some("use `sink: { type: postgres, … }` or `sink: { type: sqlite, … }`".into()),
+        );
+    }
+    if sqlite && builtin.lanes > 1 {
+        report(
+            at(&["conflict", "lanes"]),
+            format!(
+                "the sqlite sink applies in one lane (SQLite has one writer), not {}",
+                builtin.lanes
             ),
+            Some("remove `lanes`, or set `lanes: 1`".into()),
         );
     }
     if !(1..=64).contains(&builtin.lanes) {
@@ -641,15 +648,35 @@ dead_letter:
         assert!(got[1].contains("`priority` ranks origins"), "{got:?}");
         let got = problems(with(
             MINIMAL,
-            "  strategy: source-priority\n  version_column: id\n",
+            "  strategy: source-priority\n  version_column: id\n  lanes: 2\n",
         ));
-        assert!(got.iter().any(|p| p.contains("postgres sink")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|p| p.contains("sqlite sink applies in one lane")),
+            "{got:?}"
+        );
         assert!(
             got.iter().any(|p| p.contains("needs `priority`")),
             "{got:?}"
         );
         assert!(
             got.iter().any(|p| p.contains("primary key column")),
+            "{got:?}"
+        );
+        // The built-in strategies run in SQLite too, but not in a sink that cannot read rows.
+        let sqlite = with(
+            MINIMAL,
+            "  strategy: last-write-wins\n  version_column: v\n",
+        );
+        assert!(load(&sqlite).is_ok());
+        let parquet = sqlite.replace(
+            "  type: sqlite\n  path: target.db\n  table: orders\n  create: true\n",
+            "  type: parquet\n  path: out\n",
+        );
+        let got = problems(parquet);
+        assert!(
+            got.iter()
+                .any(|p| p.contains("postgres (upsert mode) or sqlite")),
             "{got:?}"
         );
         let got = problems(with(

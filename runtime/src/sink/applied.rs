@@ -65,6 +65,28 @@ pub fn identities(batch: &ChangeBatch) -> Result<Vec<Option<String>>, String> {
     Ok(identities)
 }
 
+/// Leaves out of `include` every row whose identity `known` reports as applied before,
+/// or that repeats the identity of a row earlier in the batch, and returns how many rows
+/// it left out.
+pub fn skip_known<E>(
+    identities: &[Option<String>],
+    include: &mut [bool],
+    mut known: impl FnMut(&str) -> Result<bool, E>,
+) -> Result<u64, E> {
+    let mut seen = std::collections::HashSet::new();
+    let mut skipped = 0;
+    for (row, identity) in identities.iter().enumerate() {
+        let Some(identity) = identity.as_deref().filter(|_| include[row]) else {
+            continue;
+        };
+        if !seen.insert(identity) || known(identity)? {
+            include[row] = false;
+            skipped += 1;
+        }
+    }
+    Ok(skipped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +117,20 @@ mod tests {
         assert_ne!(ids[0], ids[2], "another key at the same position");
         assert!(ids[3].as_deref().unwrap().contains(r#"["1"],"lsn=11""#));
         assert_eq!(ids[4], None, "no source position: no identity");
+    }
+
+    #[test]
+    fn known_identities_and_copies_in_the_batch_are_left_out() {
+        let ids: Vec<Option<String>> = ["a", "b", "a", "c", "d"]
+            .iter()
+            .map(|i| Some(i.to_string()))
+            .chain([None])
+            .collect();
+        // Row 4 is excluded already; row 5 has no identity.
+        let mut include = vec![true, true, true, true, false, true];
+        let skipped =
+            skip_known(&ids, &mut include, |id| Ok::<_, ()>(id == "c" || id == "d")).unwrap();
+        assert_eq!(skipped, 2);
+        assert_eq!(include, vec![true, true, false, false, false, true]);
     }
 }

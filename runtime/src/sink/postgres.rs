@@ -31,6 +31,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod conflict;
+mod resolved;
 
 use super::compact::compact;
 use super::versioned::Versioning;
@@ -39,6 +40,7 @@ use crate::config::LoadedPipeline;
 use crate::decode::types::{ColumnType, SEMANTIC_KEY, Unit};
 use crate::encode;
 use crate::envelope::{self, ChangeBatch, Op};
+use crate::plugin::resolver::ResolverPlugin;
 use crate::position::{Checkpoint, ResumePoint};
 use crate::redact::Secret;
 
@@ -312,6 +314,12 @@ pub struct PostgresSink {
     conflict_ready: bool,
     /// When tombstones past the horizon were last removed.
     tombstones_collected: Cell<Option<std::time::Instant>>,
+    /// The `conflict: { strategy: wasm }` resolver, called with the current rows.
+    resolver: Option<ResolverPlugin>,
+    /// How long identities of decided changes are kept in `weir.applied`.
+    applied_horizon: std::time::Duration,
+    /// When identities past the horizon were last removed.
+    applied_pruned: Cell<Option<std::time::Instant>>,
 }
 
 impl PostgresSink {
@@ -355,9 +363,21 @@ impl PostgresSink {
                 .map(Arc::new),
             conflict_ready: false,
             tombstones_collected: Cell::new(None),
+            resolver: None,
+            applied_horizon: Default::default(),
+            applied_pruned: Cell::new(None),
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
+        if let Some(crate::conflict::ConflictConfig::Wasm(config)) = &pipeline.config.conflict {
+            let client = sink.client.as_mut().expect("connected above");
+            if let Err(e) = Self::prepare_applied(client) {
+                return Err(sink.pg_error("cannot prepare weir.applied", &e));
+            }
+            sink.resolver =
+                Some(ResolverPlugin::load(config.spec(pipeline)).map_err(|e| sink.error(e))?);
+            sink.applied_horizon = config.applied_horizon.0;
+        }
         if let Some(versioning) = sink.versioning.clone()
             && sink.mode == PostgresMode::Upsert
         {
@@ -616,6 +636,19 @@ impl PostgresSink {
         if batch.num_rows() > 0 && include.as_ref().is_none_or(|m| m.iter().any(|x| *x)) {
             self.ensure_table(tx, batch)?;
             match (self.mode, self.versioning.as_deref()) {
+                (PostgresMode::Upsert, _) if self.resolver.is_some() => {
+                    let mut resolver = self.resolver.take().expect("a resolver");
+                    let result = self.upsert_resolved(
+                        tx,
+                        &mut resolver,
+                        batch,
+                        include.as_deref(),
+                        rejects,
+                        applied,
+                    );
+                    self.resolver = Some(resolver);
+                    result?
+                }
                 (PostgresMode::Upsert, Some(versioning)) => self.upsert_versioned(
                     tx,
                     versioning,
@@ -1171,7 +1204,8 @@ impl Sink for PostgresSink {
     fn preparer(&self) -> Option<Preparer> {
         // Under a conflict strategy the rows to apply are known only inside the
         // transaction, so there is nothing to prepare ahead.
-        (self.mode == PostgresMode::Upsert && self.versioning.is_none()).then(|| -> Preparer {
+        let plain = self.versioning.is_none() && self.resolver.is_none();
+        (self.mode == PostgresMode::Upsert && plain).then(|| -> Preparer {
             Arc::new(|batch: &ChangeBatch| {
                 // A batch that cannot be prepared is prepared again, and fails with its
                 // error, when it is applied.
@@ -1216,6 +1250,11 @@ impl Sink for PostgresSink {
             && let Some(created) = self.staging_created.take()
         {
             self.staged.replace(Some(created));
+        }
+        if result.is_err() {
+            // The rollback took back any table or column the batch created: read the
+            // target again before the retry.
+            self.checked = None;
         }
         if !client.is_closed() {
             self.client = Some(client);

@@ -68,10 +68,33 @@ pub fn rounds(batch: &ChangeBatch, keys: &Keys, include: Option<&[bool]>) -> Vec
     rounds
 }
 
-/// A column of values read from SQLite, as an Arrow array of `field`'s type. The SQLite
+/// The target's rows, one per incoming change, as a struct of the batch's row columns:
+/// `values` holds one vector per field, `found` whether the key had a row (the struct is
+/// null where it had none).
+pub fn current_rows(
+    fields: &arrow::datatypes::Fields,
+    values: &[Vec<Value>],
+    found: Vec<bool>,
+) -> Result<arrow::array::StructArray, String> {
+    let columns = fields
+        .iter()
+        .zip(values)
+        .map(|(field, values)| arrow_column(field, values))
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow::array::StructArray::try_new(
+        fields.clone(),
+        columns,
+        Some(arrow::buffer::NullBuffer::from(found)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A column of values read from the target, as an Arrow array of `field`'s type. SQLite's
+/// value type serves both sinks: integers, floats, blobs, and text for every other type. The SQLite
 /// sink stores integers and floats natively, booleans as 0/1, binary as blobs, and every
 /// other type (decimals, dates, times, timestamps) as exact text, which Arrow's cast reads
-/// back; nested values (stored as JSON text) cannot be read back.
+/// back; the PostgreSQL sink reads its columns in those forms. Nested values (stored as
+/// JSON) cannot be read back.
 pub fn arrow_column(field: &Field, values: &[Value]) -> Result<ArrayRef, String> {
     let ty = field.data_type();
     let name = field.name();
@@ -177,8 +200,8 @@ pub fn arrow_column(field: &Field, values: &[Value]) -> Result<ArrayRef, String>
             Ok(arrow::array::make_array(data))
         }
         other => Err(format!(
-            "column `{name}` is {other}, which the sqlite sink stores as JSON text and \
-             cannot read back for a resolver"
+            "column `{name}` is {other}, which the sink stores as JSON and cannot read back \
+             for a resolver"
         )),
     }
 }

@@ -19,8 +19,11 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod conflict;
+
 use super::compact::{compact, keys};
 use super::resolve::{Round, rounds};
+use super::versioned::Versioning;
 use super::{Applied, Rejects, Sink, SinkError};
 use crate::config::LoadedPipeline;
 use crate::conflict::ConflictConfig;
@@ -60,6 +63,12 @@ pub struct SqliteSink {
     applied_horizon: std::time::Duration,
     /// When identities past the horizon were last removed.
     applied_pruned: Option<std::time::Instant>,
+    /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
+    versioning: Option<Versioning>,
+    /// Whether the tombstone table and trigger are in place.
+    tombstones_ready: bool,
+    /// When tombstones past the horizon were last removed.
+    tombstones_collected: Option<std::time::Instant>,
 }
 
 /// Identities past the horizon are removed at most this often.
@@ -185,13 +194,19 @@ impl SqliteSink {
              );",
         )
         .map_err(|e| SinkError::new(&name, format!("cannot prepare the database: {e}")))?;
+        let table = config
+            .table
+            .clone()
+            .unwrap_or_else(|| pipeline.config.table.name.clone());
         let (resolver, applied_horizon) = match &pipeline.config.conflict {
             Some(ConflictConfig::Wasm(config)) => {
                 // The identities of the changes the resolver decided (docs/sync.md).
                 conn.execute_batch(
                     "CREATE TABLE IF NOT EXISTS _weir_applied (
-                         identity TEXT PRIMARY KEY,
-                         applied_at INTEGER NOT NULL
+                         target TEXT NOT NULL,
+                         identity TEXT NOT NULL,
+                         applied_at INTEGER NOT NULL,
+                         PRIMARY KEY (target, identity)
                      ) WITHOUT ROWID;",
                 )
                 .map_err(|e| SinkError::new(&name, format!("cannot prepare _weir_applied: {e}")))?;
@@ -199,16 +214,12 @@ impl SqliteSink {
                     .map_err(|e| SinkError::new(&name, e))?;
                 (Some(plugin), config.applied_horizon.0)
             }
-            // Built-in strategies are refused for this sink when the pipeline is loaded.
             _ => (None, Default::default()),
         };
-        Ok(SqliteSink {
+        let mut sink = SqliteSink {
             conn,
             path,
-            table: config
-                .table
-                .clone()
-                .unwrap_or_else(|| pipeline.config.table.name.clone()),
+            table,
             pipeline: pipeline.config.name.clone(),
             create: config.create,
             columns: Vec::new(),
@@ -216,7 +227,17 @@ impl SqliteSink {
             resolver,
             applied_horizon,
             applied_pruned: None,
-        })
+            versioning: pipeline
+                .config
+                .conflict
+                .as_ref()
+                .and_then(Versioning::from_config),
+            tombstones_ready: false,
+            tombstones_collected: None,
+        };
+        // Deletes applications make before weir's first batch must leave tombstones too.
+        sink.prepare_tombstones(&pipeline.config.table.primary_key)?;
+        Ok(sink)
     }
 
     fn error(&self, message: impl Into<String>) -> SinkError {
@@ -464,8 +485,22 @@ impl SqliteSink {
         if self.resolver.is_some() {
             return self.apply_resolved(batch, include.as_deref(), applied, rejects);
         }
+        if self.versioning.is_some() {
+            self.prepare_tombstones(&batch.table.primary_key)?;
+            return self.apply_versioned(batch, include.as_deref(), applied, rejects);
+        }
+        self.write_compacted(batch, include.as_deref(), applied)
+    }
+
+    /// Applies the included rows, compacted to one action per key.
+    fn write_compacted(
+        &self,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
         let tx = &self.conn;
-        let segments = compact(batch, include.as_deref()).map_err(|e| self.error(e))?;
+        let segments = compact(batch, include).map_err(|e| self.error(e))?;
         if segments.is_empty() {
             return Ok(());
         }
@@ -526,8 +561,8 @@ impl SqliteSink {
             let horizon = self.applied_horizon.as_secs().min(i64::MAX as u64) as i64;
             self.conn
                 .execute(
-                    "DELETE FROM _weir_applied WHERE applied_at < ?1",
-                    [unix_now().saturating_sub(horizon)],
+                    "DELETE FROM _weir_applied WHERE target = ?1 AND applied_at < ?2",
+                    params![self.table, unix_now().saturating_sub(horizon)],
                 )
                 .map_err(|e| self.error(format!("_weir_applied: {e}")))?;
             self.applied_pruned = Some(std::time::Instant::now());
@@ -542,18 +577,11 @@ impl SqliteSink {
         {
             let mut known = self
                 .conn
-                .prepare_cached("SELECT 1 FROM _weir_applied WHERE identity = ?1")
+                .prepare_cached("SELECT 1 FROM _weir_applied WHERE target = ?1 AND identity = ?2")
                 .map_err(sql_error)?;
-            let mut seen = std::collections::HashSet::new();
-            for (row, identity) in identities.iter().enumerate() {
-                let Some(identity) = identity.as_deref().filter(|_| include[row]) else {
-                    continue;
-                };
-                if !seen.insert(identity) || known.exists([identity]).map_err(sql_error)? {
-                    include[row] = false;
-                    applied.duplicates += 1;
-                }
-            }
+            applied.duplicates += super::applied::skip_known(&identities, &mut include, |id| {
+                known.exists(params![self.table, id]).map_err(sql_error)
+            })?;
         }
         let mut resolver = self.resolver.take().expect("a resolver");
         let result = self.resolve_rounds(
@@ -644,7 +672,8 @@ impl SqliteSink {
             let mut record = self
                 .conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO _weir_applied (identity, applied_at) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO _weir_applied (target, identity, applied_at)
+                     VALUES (?1, ?2, ?3)",
                 )
                 .map_err(sql_error)?;
             for (&row, verdict) in rows.iter().zip(&resolution.verdicts) {
@@ -654,7 +683,7 @@ impl SqliteSink {
                     && let Some(identity) = &identities[row]
                 {
                     record
-                        .execute(rusqlite::params![identity, now])
+                        .execute(params![self.table, identity, now])
                         .map_err(sql_error)?;
                 }
                 match verdict {
@@ -742,17 +771,7 @@ fn read_current<'a>(
             }
         }
     }
-    let columns = fields
-        .iter()
-        .zip(&values)
-        .map(|(field, values)| super::resolve::arrow_column(field, values))
-        .collect::<Result<Vec<_>, _>>()?;
-    arrow::array::StructArray::try_new(
-        fields.clone(),
-        columns,
-        Some(arrow::buffer::NullBuffer::from(found)),
-    )
-    .map_err(|e| e.to_string())
+    super::resolve::current_rows(fields, &values, found)
 }
 
 impl SqliteSink {
@@ -823,6 +842,10 @@ impl Sink for SqliteSink {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                // The rollback took back any table, column or tombstone table the batch
+                // created: read the target again before the retry.
+                self.checked = false;
+                self.tombstones_ready = false;
                 Err(e)
             }
         }

@@ -61,6 +61,20 @@ pub struct Incoming {
     pub echoes: u64,
 }
 
+impl Incoming {
+    /// The first row that changes each key, by key index: a row whose image holds the key
+    /// with its original types (`before` for a delete, `after` otherwise).
+    pub fn first_rows(&self) -> Vec<usize> {
+        let mut first = vec![usize::MAX; self.keys.len()];
+        for (row, change) in self.changes.iter().enumerate() {
+            if let Some((key, _)) = change {
+                first[*key] = first[*key].min(row);
+            }
+        }
+        first
+    }
+}
+
 /// A delete's tombstone, to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {

@@ -207,7 +207,7 @@ impl PostgresSink {
     /// `unnest($1::text[], …) AS k(c0, …, <extra>…)`: the key columns as text, then one
     /// array per `(name, type)` of `extra`, as parameters in that order; and the key
     /// columns cast to their types (`k.c0::bigint`, …).
-    fn unnest_keys(
+    pub(super) fn unnest_keys(
         &self,
         key: &[String],
         extra: &[(&str, &str)],
@@ -425,7 +425,7 @@ fn delete_groups(outcome: &Outcome) -> Vec<(Option<&str>, Vec<bool>)> {
 
 /// The key values of `keys` as one text array per key column, the parameters
 /// [`PostgresSink::unnest_keys`] expects first.
-fn key_columns<'a>(
+pub(super) fn key_columns<'a>(
     columns: usize,
     keys: impl IntoIterator<Item = &'a Vec<String>>,
 ) -> Vec<Vec<&'a str>> {

@@ -58,6 +58,23 @@ enum Command {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
     },
+    /// Compare the pipeline's `reconcile.source` with its `reconcile.target`: missing,
+    /// extra and mismatched rows, and the named queries. Exits 0 when the two are equal,
+    /// 1 when they differ, 2 when they cannot be compared.
+    Reconcile {
+        /// The pipeline file (its `reconcile` section).
+        pipeline: PathBuf,
+        /// More queries: an SQL file of statements separated by `;`, each optionally
+        /// named by a `-- name: <name>` line.
+        #[arg(long)]
+        sql: Option<PathBuf>,
+        /// Print the report as JSON on standard output.
+        #[arg(long)]
+        json: bool,
+        /// Most rows of each kind listed (all are counted).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
     /// Work with WebAssembly plugins.
@@ -149,6 +166,52 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Exit codes of `weir reconcile`, for cutover scripts.
+const RECONCILE_DIFFERENT: u8 = 1;
+const RECONCILE_ERROR: u8 = 2;
+
+fn reconcile(
+    pipeline: &std::path::Path,
+    sql: Option<&std::path::Path>,
+    json: bool,
+    limit: usize,
+) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(RECONCILE_ERROR)
+    };
+    let loaded = match config::load(pipeline) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(RECONCILE_ERROR);
+        }
+    };
+    let queries = match sql.map(weir_reconcile::queries_from_file).transpose() {
+        Ok(queries) => queries.unwrap_or_default(),
+        Err(e) => return fail(e.to_string()),
+    };
+    let options = weir_reconcile::Options { limit, queries };
+    match weir_reconcile::reconcile(&loaded, &options) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("the report serialises")
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            if report.equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(RECONCILE_DIFFERENT)
+            }
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -160,6 +223,12 @@ fn main() -> ExitCode {
             quiet,
         } => run(pipeline, stop_when_idle, json, quiet),
         Command::Validate { pipelines } => validate(&pipelines),
+        Command::Reconcile {
+            pipeline,
+            sql,
+            json,
+            limit,
+        } => reconcile(&pipeline, sql.as_deref(), json, limit),
         Command::Schema => {
             println!(
                 "{}",

@@ -9,6 +9,7 @@
 
 pub mod diagnostic;
 pub mod interpolate;
+pub mod reconcile;
 pub mod validate;
 pub mod yaml;
 
@@ -59,6 +60,10 @@ pub struct PipelineConfig {
     /// is applied as it comes (the source is the truth).
     #[serde(default)]
     pub conflict: Option<crate::conflict::ConflictConfig>,
+    /// What `weir reconcile` compares: source and target snapshots, the key, columns to
+    /// ignore, and named queries (docs/reconcile.md).
+    #[serde(default)]
+    pub reconcile: Option<reconcile::ReconcileConfig>,
 }
 
 /// The table a pipeline's change events describe.
@@ -398,6 +403,11 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
     if let Some(conflict) = &config.conflict {
         conflict_checks(config, conflict, &mut report);
     }
+    if let Some(reconcile) = &config.reconcile {
+        for (path, message, hint) in reconcile::checks(reconcile, &config.table.primary_key) {
+            report(path, message, hint);
+        }
+    }
     let table = &config.table;
     let same = |a: &str, b: &str| table.same_column(a, b);
     for (i, column) in table.primary_key.iter().enumerate() {
@@ -616,6 +626,49 @@ dead_letter:
         );
         assert_eq!(err.diagnostics[0].mark, Some(Mark { line: 10, col: 9 }));
         assert_eq!(err.diagnostics[1].path, "batch.max_wait");
+    }
+
+    #[test]
+    fn the_issue_s_reconcile_section_loads_and_bad_ones_are_explained() {
+        let issue = format!(
+            "{MINIMAL}reconcile:
+  source: {{ type: parquet, path: source-snapshot/ }}
+  target: {{ type: sqlite, path: target.db, table: orders }}
+  key: [id]
+  queries:
+    - name: revenue_by_status
+      sql: SELECT status, sum(price) FROM target GROUP BY status ORDER BY status
+"
+        );
+        let loaded = load(&issue).unwrap();
+        let reconcile = loaded.config.reconcile.unwrap();
+        assert_eq!(reconcile.key, vec!["id"]);
+        assert_eq!(reconcile.queries[0].name, "revenue_by_status");
+
+        let bad = format!(
+            "{MINIMAL}reconcile:
+  source: {{ type: postgres, url: postgres://h/db }}
+  target: {{ type: sqlite, path: target.db, table: orders }}
+  ignore: [id]
+  queries:
+    - {{ name: q, sql: SELECT 1 }}
+    - {{ name: q, sql: SELECT 2 }}
+"
+        );
+        let messages: Vec<String> = load(&bad)
+            .unwrap_err()
+            .diagnostics
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
+        let has = |text: &str| messages.iter().any(|m| m.contains(text));
+        assert!(has("`table` or `query`"), "{messages:?}");
+        assert!(has("`id` is a key column"), "{messages:?}");
+        assert!(has("two queries are named `q`"), "{messages:?}");
+        // Unknown keys are refused, with where they are.
+        let typo = issue.replace("table: orders }", "tabel: orders }");
+        let messages = format!("{:?}", load(&typo).unwrap_err().diagnostics);
+        assert!(messages.contains("`tabel`"), "{messages}");
     }
 
     #[test]

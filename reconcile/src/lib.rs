@@ -1,0 +1,244 @@
+//! `weir reconcile`: proves that a target holds the source's rows, or lists what differs
+//! (docs/reconcile.md).
+//!
+//! The pipeline's `reconcile` section names two snapshots. Each is registered as a
+//! DataFusion table (`source`, `target`; see [`tables`]); a full comparison by key lists
+//! missing, extra and mismatched rows ([`compare`]); the named queries run over the same
+//! tables; and [`report`] shows the result.
+
+pub mod compare;
+pub mod report;
+pub mod tables;
+
+use std::path::Path;
+use std::time::Instant;
+
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use weir_runtime::config::LoadedPipeline;
+use weir_runtime::config::reconcile::NamedQuery;
+
+use report::{QueryResult, Report, Side};
+
+/// Why reconciliation could not be done (exit code 2), as opposed to a difference found.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReconcileError(String);
+
+impl ReconcileError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ReconcileError(weir_runtime::redact::redact(&message.into()).into_owned())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most rows of each kind listed in the report (all are counted).
+    pub limit: usize,
+    /// Queries besides the pipeline's (`--sql FILE`).
+    pub queries: Vec<NamedQuery>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limit: 100,
+            queries: Vec::new(),
+        }
+    }
+}
+
+/// Compares the pipeline's `reconcile.source` with its `reconcile.target`.
+pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Report, ReconcileError> {
+    let started = Instant::now();
+    let config = pipeline.config.reconcile.as_ref().ok_or_else(|| {
+        ReconcileError::new(format!(
+            "{} has no `reconcile` section; add one naming `source` and `target` \
+             (docs/reconcile.md)",
+            pipeline.file.display()
+        ))
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .build()
+        .map_err(|e| ReconcileError::new(format!("cannot start the query runtime: {e}")))?;
+    let ctx = SessionContext::new();
+    let source = tables::register(&runtime, &ctx, "source", &config.source, pipeline)?;
+    let target = tables::register(&runtime, &ctx, "target", &config.target, pipeline)?;
+    let key = config
+        .key_columns(&pipeline.config.table.primary_key)
+        .to_vec();
+    runtime.block_on(async {
+        let schema = |name: &'static str| {
+            let ctx = &ctx;
+            async move {
+                let table = ctx
+                    .table(name)
+                    .await
+                    .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
+                Ok::<_, ReconcileError>(table.schema().as_arrow().clone())
+            }
+        };
+        let plan = compare::Plan::new(
+            &schema("source").await?,
+            &schema("target").await?,
+            &key,
+            &config.ignore,
+            &config.columns,
+            config.float_tolerance,
+        )?;
+        let found = compare::full(&ctx, &plan, options.limit).await?;
+        let mut queries = Vec::new();
+        for query in config.queries.iter().chain(&options.queries) {
+            queries.push(run_query(&ctx, query).await?);
+        }
+        let equal = found.missing.count == 0
+            && found.extra.count == 0
+            && found.mismatched.count == 0
+            && plan.missing_in_target.is_empty();
+        Ok(Report {
+            pipeline: pipeline.config.name.clone(),
+            source: Side {
+                description: source,
+                rows: count(&ctx, "source").await?,
+            },
+            target: Side {
+                description: target,
+                rows: count(&ctx, "target").await?,
+            },
+            key,
+            compared: plan.compared.iter().map(|p| p.source.clone()).collect(),
+            ignored: config.ignore.clone(),
+            columns_missing_in_target: plan.missing_in_target.clone(),
+            columns_only_in_target: plan.only_in_target.clone(),
+            missing: found.missing,
+            extra: found.extra,
+            mismatched: found.mismatched,
+            queries,
+            equal,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+        })
+    })
+}
+
+async fn count(ctx: &SessionContext, table: &str) -> Result<u64, ReconcileError> {
+    let df = ctx
+        .table(table)
+        .await
+        .map_err(|e| ReconcileError::new(e.to_string()))?;
+    df.count()
+        .await
+        .map(|n| n as u64)
+        .map_err(|e| ReconcileError::new(format!("cannot count {table}: {e}")))
+}
+
+async fn run_query(
+    ctx: &SessionContext,
+    query: &NamedQuery,
+) -> Result<QueryResult, ReconcileError> {
+    let fail = |e: datafusion::error::DataFusionError| {
+        ReconcileError::new(format!("query `{}` failed: {e}", query.name))
+    };
+    let batches = ctx
+        .sql(&query.sql)
+        .await
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let table = pretty_format_batches(&batches)
+        .map_err(|e| ReconcileError::new(e.to_string()))?
+        .to_string();
+    let columns = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| compare::cell(c.as_ref(), row))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+    }
+    Ok(QueryResult {
+        name: query.name.clone(),
+        sql: query.sql.clone(),
+        columns,
+        rows,
+        table,
+    })
+}
+
+/// The queries of an SQL file (`--sql FILE`): statements separated by `;`, each named by
+/// a `-- name: <name>` line before it, else `<file stem>#<n>`.
+pub fn queries_from_file(path: &Path) -> Result<Vec<NamedQuery>, ReconcileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ReconcileError::new(format!("cannot read {}: {e}", path.display())))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "query".into());
+    let mut queries = Vec::new();
+    for statement in text.split(';') {
+        let mut name = None;
+        let mut sql = Vec::new();
+        for line in statement.lines() {
+            match line.trim().strip_prefix("-- name:") {
+                Some(n) => name = Some(n.trim().to_string()),
+                None => sql.push(line),
+            }
+        }
+        let sql = sql.join("\n");
+        if sql
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
+        {
+            continue;
+        }
+        let name = name.unwrap_or_else(|| format!("{stem}#{}", queries.len() + 1));
+        queries.push(NamedQuery {
+            name,
+            sql: sql.trim().to_string(),
+        });
+    }
+    Ok(queries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sql_file_gives_named_and_numbered_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checks.sql");
+        std::fs::write(
+            &path,
+            "-- name: totals\nSELECT sum(price) FROM target;\n\n-- a comment only;\n\
+             SELECT count(*)\nFROM source;\n",
+        )
+        .unwrap();
+        let queries = queries_from_file(&path).unwrap();
+        let named: Vec<(&str, &str)> = queries
+            .iter()
+            .map(|q| (q.name.as_str(), q.sql.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                ("totals", "SELECT sum(price) FROM target"),
+                ("checks#2", "SELECT count(*)\nFROM source"),
+            ]
+        );
+    }
+}

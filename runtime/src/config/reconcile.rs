@@ -1,0 +1,168 @@
+//! The pipeline's `reconcile` section: which snapshots `weir reconcile` compares, and how
+//! (docs/reconcile.md). The comparison itself lives in the `weir-reconcile` crate; this
+//! is only its configuration, so `weir validate` checks it with the rest of the file.
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::yaml::PathSegment;
+use crate::redact::Secret;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// The side that holds the truth, registered as table `source`.
+    pub source: SnapshotConfig,
+    /// The side to check, registered as table `target`.
+    pub target: SnapshotConfig,
+    /// Columns rows are matched by (source names). Defaults to `table.primary_key`.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Target column names by source column name, where they differ.
+    #[serde(default)]
+    pub columns: IndexMap<String, String>,
+    /// Source columns left out of the comparison: they differ by design (a masked value,
+    /// a load time).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Floating-point columns compare equal within this absolute difference. Other types
+    /// always compare exactly.
+    #[serde(default)]
+    pub float_tolerance: Option<f64>,
+    /// Named SQL queries over `source` and `target`; their results are printed and
+    /// included in the report.
+    #[serde(default)]
+    pub queries: Vec<NamedQuery>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedQuery {
+    pub name: String,
+    pub sql: String,
+}
+
+/// Where a snapshot is read from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SnapshotConfig {
+    /// Parquet files: one file, or a directory of `.parquet` files.
+    Parquet(ParquetSnapshot),
+    /// A table of a SQLite database.
+    Sqlite(SqliteSnapshot),
+    /// A PostgreSQL table, or the rows of a query.
+    Postgres(PostgresSnapshot),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSnapshot {
+    /// A file or a directory; relative to the pipeline file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSnapshot {
+    /// The database file; relative to the pipeline file.
+    pub path: PathBuf,
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSnapshot {
+    /// Connection URL; take the password from the environment (`${PG_PASSWORD}`).
+    pub url: Secret,
+    /// `schema.table` or `table` (in `public`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A query whose rows are the snapshot (instead of `table`).
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// Problems the types cannot express: `(path, message, hint)`.
+pub fn checks(
+    config: &ReconcileConfig,
+    primary_key: &[String],
+) -> Vec<(Vec<PathSegment>, String, Option<String>)> {
+    let at = |parts: &[&str]| -> Vec<PathSegment> {
+        parts
+            .iter()
+            .map(|p| PathSegment::Key(p.to_string()))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    for (side, snapshot) in [("source", &config.source), ("target", &config.target)] {
+        if let SnapshotConfig::Postgres(pg) = snapshot
+            && pg.table.is_some() == pg.query.is_some()
+        {
+            problems.push((
+                at(&["reconcile", side]),
+                "a postgres snapshot needs `table` or `query` (one of them)".into(),
+                Some("e.g. `table: public.orders`".into()),
+            ));
+        }
+    }
+    if config.key.is_empty() && primary_key.is_empty() {
+        problems.push((
+            at(&["reconcile", "key"]),
+            "no key to match rows by".into(),
+            Some("name the key columns: `key: [id]`".into()),
+        ));
+    }
+    let key = if config.key.is_empty() {
+        primary_key
+    } else {
+        &config.key
+    };
+    for column in &config.ignore {
+        if key.contains(column) {
+            problems.push((
+                at(&["reconcile", "ignore"]),
+                format!(
+                    "`{column}` is a key column; rows are matched by it, so it cannot be ignored"
+                ),
+                None,
+            ));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, query) in config.queries.iter().enumerate() {
+        if !names.insert(query.name.as_str()) {
+            let mut path = at(&["reconcile", "queries"]);
+            path.push(PathSegment::Index(i));
+            path.push(PathSegment::Key("name".into()));
+            problems.push((
+                path,
+                format!("two queries are named `{}`", query.name),
+                None,
+            ));
+        }
+    }
+    if let Some(tolerance) = config.float_tolerance
+        && !(tolerance >= 0.0 && tolerance.is_finite())
+    {
+        problems.push((
+            at(&["reconcile", "float_tolerance"]),
+            format!("the tolerance must be a finite number ≥ 0, not {tolerance}"),
+            None,
+        ));
+    }
+    problems
+}
+
+impl ReconcileConfig {
+    /// The key columns: `key`, else the table's primary key.
+    pub fn key_columns<'a>(&'a self, primary_key: &'a [String]) -> &'a [String] {
+        if self.key.is_empty() {
+            primary_key
+        } else {
+            &self.key
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! `weir reconcile` over real snapshots: a Parquet source against a SQLite target, and
+//! PostgreSQL against PostgreSQL, each with differences of every kind injected (missing
+//! rows, extra rows, a mismatch in each column type, NULL against '', awkward identifiers).
+//! The report must name exactly the injected differences, and the exit code must say
+//! equal (0), different (1) or error (2).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use common::Workspace;
+use common::services::Postgres;
+
+/// One row of the test table. `a"b` and `select` are columns too.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    id: i64,
+    name: Option<String>,
+    /// Hundredths.
+    price: i128,
+    /// Microseconds since the epoch.
+    ts: i64,
+    flag: bool,
+    ratio: f64,
+    quoted: String,
+    select: i32,
+}
+
+const BASE_MICROS: i64 = 1_795_000_000_000_000;
+
+fn source_rows() -> Vec<Row> {
+    (0..200)
+        .map(|id| Row {
+            id,
+            name: (id % 7 != 0).then(|| format!("name {id} 'q' \"d\" ünï")),
+            price: 1000 + id as i128 * 37,
+            ts: BASE_MICROS + id * 1_000_001,
+            flag: id % 2 == 0,
+            ratio: id as f64 / 3.0,
+            quoted: format!("v{id}"),
+            select: id as i32 * 3,
+        })
+        .collect()
+}
+
+/// The differences injected into the target, by key: the columns that differ.
+fn injected() -> BTreeMap<i64, Vec<&'static str>> {
+    BTreeMap::from([
+        (20, vec!["name"]),
+        (21, vec!["name"]),
+        (30, vec!["price"]),
+        (40, vec!["ts"]),
+        (50, vec!["flag"]),
+        (60, vec!["ratio"]),
+        (70, vec!["a\"b"]),
+        (80, vec!["select"]),
+    ])
+}
+
+const MISSING: [i64; 2] = [10, 11];
+const EXTRA: i64 = 1000;
+
+/// The source with the injected differences: rows 10 and 11 gone, row 1000 added, and
+/// one column changed in each of the rows `injected` names.
+fn target_rows() -> Vec<Row> {
+    let mut rows: Vec<Row> = source_rows()
+        .into_iter()
+        .filter(|r| !MISSING.contains(&r.id))
+        .collect();
+    for row in rows.iter_mut() {
+        match row.id {
+            // Row 20 has a name in the source and NULL here; row 21 (21 % 7 == 0) has
+            // NULL in the source and '' here.
+            20 => row.name = None,
+            21 => row.name = Some(String::new()),
+            30 => row.price += 1,
+            40 => row.ts += 1,
+            50 => row.flag = !row.flag,
+            60 => row.ratio += 1e-9,
+            70 => row.quoted.push('!'),
+            80 => row.select += 1,
+            _ => {}
+        }
+    }
+    let mut extra = rows[0].clone();
+    extra.id = EXTRA;
+    rows.push(extra);
+    rows
+}
+
+fn timestamp_text(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+fn price_text(hundredths: i128) -> String {
+    format!("{}.{:02}", hundredths / 100, hundredths % 100)
+}
+
+fn write_parquet(path: &std::path::Path, rows: &[Row]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("price", DataType::Decimal128(12, 2), true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("flag", DataType::Boolean, true),
+        Field::new("ratio", DataType::Float64, true),
+        Field::new("a\"b", DataType::Utf8, true),
+        Field::new("select", DataType::Int32, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.id))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.name.clone()))),
+        Arc::new(
+            Decimal128Array::from_iter_values(rows.iter().map(|r| r.price))
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.flag)))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.ratio))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.quoted),
+        )),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.select))),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// `tab'le` in a SQLite database, typed as weir's SQLite sink declares its columns.
+fn write_sqlite(path: &std::path::Path, rows: &[Row]) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        r#"DROP TABLE IF EXISTS "tab'le";
+           CREATE TABLE "tab'le" ("id" INTEGER PRIMARY KEY, "name" TEXT, "price" DECIMAL(12,2),
+               "ts" TIMESTAMPTZ, "flag" BOOLEAN, "ratio" REAL, "a""b" TEXT, "select" INTEGER)"#,
+    )
+    .unwrap();
+    for r in rows {
+        conn.execute(
+            r#"INSERT INTO "tab'le" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"#,
+            rusqlite::params![
+                r.id,
+                r.name,
+                price_text(r.price),
+                timestamp_text(r.ts),
+                r.flag,
+                r.ratio,
+                r.quoted,
+                r.select
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// `table` in PostgreSQL, with the types a migration would give it.
+fn write_postgres(pg: &Postgres, table: &str, rows: &[Row]) {
+    let mut client = pg.client("reconcile");
+    let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+    client
+        .batch_execute(&format!(
+            r#"DROP TABLE IF EXISTS {quoted};
+               CREATE TABLE {quoted} (id bigint PRIMARY KEY, name text, price numeric(12,2),
+                   ts timestamptz, flag boolean, ratio double precision, "a""b" text,
+                   "select" integer)"#
+        ))
+        .unwrap();
+    for r in rows {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {quoted} VALUES ($1, $2, $3::text::numeric, $4::text::timestamptz, \
+                     $5, $6, $7, $8)"
+                ),
+                &[
+                    &r.id,
+                    &r.name,
+                    &price_text(r.price),
+                    &timestamp_text(r.ts),
+                    &r.flag,
+                    &r.ratio,
+                    &r.quoted,
+                    &r.select,
+                ],
+            )
+            .unwrap();
+    }
+}
+
+fn pipeline(ws: &Workspace, reconcile: &str) -> std::path::PathBuf {
+    ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: orders\n\
+             source: {{ type: file, path: events.jsonl }}\n\
+             table: {{ name: orders, primary_key: [id] }}\n\
+             sink: {{ type: sqlite, path: target.db }}\n\
+             reconcile:\n{reconcile}"
+        ),
+    )
+}
+
+struct Outcome {
+    code: i32,
+    report: serde_json::Value,
+    stderr: String,
+}
+
+fn reconcile(pipeline: &std::path::Path) -> Outcome {
+    let output = common::weir()
+        .args(["reconcile", "--json"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    Outcome {
+        code: output.status.code().unwrap(),
+        report: serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn keys(rows: &serde_json::Value) -> BTreeSet<i64> {
+    rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Checks that the report names exactly the injected differences (all of them, or all
+/// but the float one when a tolerance covers it).
+fn assert_injected(report: &serde_json::Value, with_tolerance: bool) {
+    assert_eq!(report["equal"], false, "{report:#}");
+    assert_eq!(report["missing"]["count"], 2, "{report:#}");
+    assert_eq!(keys(&report["missing"]), BTreeSet::from(MISSING));
+    assert_eq!(report["extra"]["count"], 1, "{report:#}");
+    assert_eq!(keys(&report["extra"]), BTreeSet::from([EXTRA]));
+    let mut expected = injected();
+    if with_tolerance {
+        expected.remove(&60);
+    }
+    let found: BTreeMap<i64, Vec<String>> = report["mismatched"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let key = m["key"][0].as_str().unwrap().parse().unwrap();
+            let columns = m["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["column"].as_str().unwrap().to_string())
+                .collect();
+            (key, columns)
+        })
+        .collect();
+    let expected: BTreeMap<i64, Vec<String>> = expected
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(String::from).collect()))
+        .collect();
+    assert_eq!(found, expected, "{report:#}");
+    assert_eq!(report["mismatched"]["count"], expected.len());
+    // NULL and '' are different values, shown as null and "".
+    let name = |id: i64| {
+        report["mismatched"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["key"][0].as_str() == Some(id.to_string().as_str()))
+            .unwrap()["columns"][0]
+            .clone()
+    };
+    assert_eq!(name(20)["target"], serde_json::Value::Null, "{report:#}");
+    assert!(name(20)["source"].is_string());
+    assert_eq!(name(21)["target"], "", "{report:#}");
+    // Decimals and timestamps are shown exactly.
+    let price = name(30);
+    assert_eq!(
+        (price["source"].as_str(), price["target"].as_str()),
+        (
+            Some(price_text(1000 + 30 * 37).as_str()),
+            Some(price_text(1000 + 30 * 37 + 1).as_str())
+        ),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn parquet_against_sqlite_names_every_injected_difference() {
+    let ws = Workspace::new();
+    std::fs::create_dir(ws.path("snapshot")).unwrap();
+    write_parquet(&ws.path("snapshot/part-0.parquet"), &source_rows());
+    write_sqlite(&ws.path("target.db"), &target_rows());
+    let section = |extra: &str| {
+        format!(
+            "  source: {{ type: parquet, path: snapshot/ }}\n\
+             \x20 target: {{ type: sqlite, path: target.db, table: \"tab'le\" }}\n\
+             \x20 key: [id]\n{extra}\
+             \x20 queries:\n\
+             \x20   - name: rows\n\
+             \x20     sql: SELECT count(*) AS n FROM target\n"
+        )
+    };
+    let exact = reconcile(&pipeline(&ws, &section("")));
+    if std::env::var("SHOW").is_ok() {
+        let out = common::weir()
+            .arg("reconcile")
+            .arg(ws.path("pipeline.yaml"))
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(exact.code, 1, "{}", exact.stderr);
+    assert_injected(&exact.report, false);
+    assert_eq!(exact.report["source"]["rows"], 200);
+    assert_eq!(exact.report["target"]["rows"], 199);
+    assert_eq!(
+        exact.report["queries"][0]["rows"],
+        serde_json::json!([["199"]])
+    );
+
+    let tolerant = reconcile(&pipeline(&ws, &section("  float_tolerance: 0.000001\n")));
+    assert_eq!(tolerant.code, 1, "{}", tolerant.stderr);
+    assert_injected(&tolerant.report, true);
+
+    // The target brought back to the source: equal, exit 0, and the terminal report says so.
+    write_sqlite(&ws.path("target.db"), &source_rows());
+    let output = common::weir()
+        .arg("reconcile")
+        .arg(pipeline(&ws, &section("")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("EQUAL"), "{text}");
+}
+
+#[test]
+fn postgres_against_postgres_names_every_injected_difference() {
+    let pg = Postgres::start();
+    pg.create_database("reconcile");
+    write_postgres(&pg, "src", &source_rows());
+    write_postgres(&pg, "tab'le", &target_rows());
+    let ws = Workspace::new();
+    let url = pg.url("reconcile");
+    let section = format!(
+        "  source: {{ type: postgres, url: \"{url}\", query: \"SELECT * FROM src\" }}\n\
+         \x20 target: {{ type: postgres, url: \"{url}\", table: \"public.tab'le\" }}\n"
+    );
+    let outcome = reconcile(&pipeline(&ws, &section));
+    assert_eq!(outcome.code, 1, "{}", outcome.stderr);
+    assert_injected(&outcome.report, false);
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_read_exits_2_with_the_reason() {
+    let ws = Workspace::new();
+    let outcome = reconcile(&pipeline(
+        &ws,
+        "  source: { type: parquet, path: nowhere/ }\n  target: { type: sqlite, path: t.db, table: t }\n",
+    ));
+    assert_eq!(outcome.code, 2);
+    assert!(
+        outcome.stderr.contains("does not exist")
+            && outcome.stderr.contains("reconcile.source.path"),
+        "{}",
+        outcome.stderr
+    );
+    // A password in the URL never reaches the message.
+    let outcome = reconcile(&pipeline(
+        &ws,
+        "  source: { type: postgres, url: \"postgres://u:hunter2@127.0.0.1:1/db\", table: t }\n\
+         \x20 target: { type: sqlite, path: t.db, table: t }\n",
+    ));
+    assert_eq!(outcome.code, 2);
+    assert!(!outcome.stderr.contains("hunter2"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("cannot connect"),
+        "{}",
+        outcome.stderr
+    );
+}

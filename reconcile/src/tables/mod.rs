@@ -1,6 +1,7 @@
 //! The snapshots `weir reconcile` compares, registered as DataFusion tables. Adding a kind
 //! of snapshot is one module here plus one arm in [`register`].
 
+mod debezium;
 mod parquet;
 mod postgres;
 mod sqlite;
@@ -30,5 +31,6 @@ pub fn register(
         }
         SnapshotConfig::Sqlite(config) => sqlite::register(ctx, name, config, pipeline),
         SnapshotConfig::Postgres(config) => postgres::register(ctx, name, config),
+        SnapshotConfig::Debezium(config) => debezium::register(ctx, name, config, pipeline),
     }
 }

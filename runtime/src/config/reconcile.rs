@@ -55,6 +55,25 @@ pub enum SnapshotConfig {
     Sqlite(SqliteSnapshot),
     /// A PostgreSQL table, or the rows of a query.
     Postgres(PostgresSnapshot),
+    /// A Debezium change log, materialised to its final state by key: the last change of
+    /// each key, without the deleted ones.
+    Debezium(DebeziumSnapshot),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebeziumSnapshot {
+    /// A file of change events, one per line; relative to the pipeline file. Decoded with
+    /// the pipeline's `table` settings (key, declared column types).
+    pub path: PathBuf,
+    /// The shape of each line, as for the file source.
+    #[serde(default)]
+    pub format: crate::decode::Format,
+    /// Run the pipeline's `transforms` over the log first, as `weir run` does, so the
+    /// snapshot is what the target should hold (masked columns masked, filtered rows
+    /// gone). Rows a plugin refuses are left out and counted.
+    #[serde(default)]
+    pub transforms: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

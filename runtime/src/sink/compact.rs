@@ -38,7 +38,7 @@ fn action_row(a: Action) -> usize {
 }
 
 /// Key columns of one row image, in primary-key order.
-pub(super) fn key_columns(
+pub fn key_columns(
     batch: &ChangeBatch,
     image: &arrow::array::StructArray,
 ) -> Result<Vec<ArrayRef>, String> {

@@ -74,6 +74,11 @@ enum Command {
         /// Most rows of each kind listed (all are counted).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// `sql`: print the SQL that brings the target to the source on standard output
+        /// (the report goes to standard error). `apply`: run it against the target in one
+        /// transaction, then reconcile again; the exit code is the second comparison's.
+        #[arg(long, value_parser = ["sql", "apply"])]
+        repair: Option<String>,
     },
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
@@ -175,6 +180,7 @@ fn reconcile(
     sql: Option<&std::path::Path>,
     json: bool,
     limit: usize,
+    repair: Option<&str>,
 ) -> ExitCode {
     let fail = |message: String| {
         eprintln!("error: {message}");
@@ -191,24 +197,64 @@ fn reconcile(
         Ok(queries) => queries.unwrap_or_default(),
         Err(e) => return fail(e.to_string()),
     };
-    let options = weir_reconcile::Options { limit, queries };
-    match weir_reconcile::reconcile(&loaded, &options) {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("the report serialises")
-                );
-            } else {
-                print!("{}", report.text());
+    let options = weir_reconcile::Options {
+        limit,
+        queries,
+        repair: repair.is_some(),
+    };
+    // With a repair script on standard output, the report goes to standard error.
+    let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {
+        let text = match json {
+            true => serde_json::to_string_pretty(report).expect("the report serialises") + "\n",
+            false => report.text(),
+        };
+        match to_stderr {
+            true => eprint!("{text}"),
+            false => print!("{text}"),
+        }
+    };
+    let outcome = match weir_reconcile::reconcile(&loaded, &options) {
+        Ok(outcome) => outcome,
+        Err(e) => return fail(e.to_string()),
+    };
+    let code = |equal: bool| match equal {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(RECONCILE_DIFFERENT),
+    };
+    match (repair, outcome.repair) {
+        (Some("sql"), Some(script)) => {
+            show(&outcome.report, true);
+            print!("{}", script.sql);
+            code(outcome.report.equal)
+        }
+        (Some("apply"), Some(script)) => {
+            show(&outcome.report, false);
+            if script.statements() == 0 {
+                return code(outcome.report.equal);
             }
-            if report.equal {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(RECONCILE_DIFFERENT)
+            if let Err(e) = weir_reconcile::apply_repair(&loaded, &script) {
+                return fail(e.to_string());
+            }
+            println!(
+                "\nrepaired: {} inserted, {} deleted, {} updated; reconciling again\n",
+                script.inserts, script.deletes, script.updates
+            );
+            let options = weir_reconcile::Options {
+                repair: false,
+                ..options
+            };
+            match weir_reconcile::reconcile(&loaded, &options) {
+                Ok(again) => {
+                    show(&again.report, false);
+                    code(again.report.equal)
+                }
+                Err(e) => fail(e.to_string()),
             }
         }
-        Err(e) => fail(e.to_string()),
+        _ => {
+            show(&outcome.report, false);
+            code(outcome.report.equal)
+        }
     }
 }
 
@@ -228,7 +274,8 @@ fn main() -> ExitCode {
             sql,
             json,
             limit,
-        } => reconcile(&pipeline, sql.as_deref(), json, limit),
+            repair,
+        } => reconcile(&pipeline, sql.as_deref(), json, limit, repair.as_deref()),
         Command::Schema => {
             println!(
                 "{}",

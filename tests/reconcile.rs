@@ -38,7 +38,9 @@ fn source_rows() -> Vec<Row> {
     (0..200)
         .map(|id| Row {
             id,
-            name: (id % 7 != 0).then(|| format!("name {id} 'q' \"d\" ünï")),
+            // Quotes, a backslash, a newline, a tab and non-ASCII letters, which a repair
+            // script must carry exactly.
+            name: (id % 7 != 0).then(|| format!("name {id} 'q' \"d\" ünï \\ back\nslash\t")),
             price: 1000 + id as i128 * 37,
             ts: BASE_MICROS + id * 1_000_001,
             flag: id % 2 == 0,
@@ -344,15 +346,36 @@ fn parquet_against_sqlite_names_every_injected_difference() {
     assert_eq!(tolerant.code, 1, "{}", tolerant.stderr);
     assert_injected(&tolerant.report, true);
 
-    // The target brought back to the source: equal, exit 0, and the terminal report says so.
-    write_sqlite(&ws.path("target.db"), &source_rows());
+    // The repair script, on standard output alone (the report goes to standard error),
+    // run by SQLite itself, brings the target to the source: equal, exit 0, and the
+    // terminal report says so.
+    let output = common::weir()
+        .args(["reconcile", "--repair", "sql"])
+        .arg(pipeline(&ws, &section("")))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let script = String::from_utf8(output.stdout).unwrap();
+    assert!(script.starts_with("-- weir reconcile"), "{script}");
+    assert!(!script.contains("missing in target"), "{script}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing in target"));
+    let count = |prefix: &str| script.lines().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(
+        (count("INSERT"), count("DELETE"), count("UPDATE")),
+        (2, 1, 8),
+        "{script}"
+    );
+    rusqlite::Connection::open(ws.path("target.db"))
+        .unwrap()
+        .execute_batch(&script)
+        .unwrap();
     let output = common::weir()
         .arg("reconcile")
         .arg(pipeline(&ws, &section("")))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_eq!(output.status.code(), Some(0), "{text}\n{script}");
     assert!(text.contains("EQUAL"), "{text}");
 }
 
@@ -371,6 +394,40 @@ fn postgres_against_postgres_names_every_injected_difference() {
     let outcome = reconcile(&pipeline(&ws, &section));
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     assert_injected(&outcome.report, false);
+
+    // `--repair apply` runs the script in PostgreSQL, reconciles again, and exits 0.
+    let output = common::weir()
+        .args(["reconcile", "--repair", "apply"])
+        .arg(ws.path("pipeline.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("repaired: 2 inserted, 1 deleted, 8 updated"),
+        "{text}"
+    );
+    assert_eq!(reconcile(&ws.path("pipeline.yaml")).code, 0);
+    // The repaired rows hold the source's exact values.
+    let mut client = pg.client("reconcile");
+    let read = |client: &mut postgres::Client, table: &str, id: i64| -> Vec<String> {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(name, '<null>'), price::text, ts::text, \"a\"\"b\" \
+                     FROM \"{table}\" WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .unwrap();
+        (0..4).map(|i| row.get::<_, String>(i)).collect()
+    };
+    for id in [10, 20, 21, 30, 40, 70] {
+        assert_eq!(
+            read(&mut client, "tab'le", id),
+            read(&mut client, "src", id)
+        );
+    }
 }
 
 #[test]

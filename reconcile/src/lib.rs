@@ -7,6 +7,7 @@
 //! tables; and [`report`] shows the result.
 
 pub mod compare;
+pub mod repair;
 pub mod report;
 pub mod tables;
 
@@ -37,6 +38,15 @@ pub struct Options {
     pub limit: usize,
     /// Queries besides the pipeline's (`--sql FILE`).
     pub queries: Vec<NamedQuery>,
+    /// Also write the SQL that repairs the target ([`Outcome::repair`]).
+    pub repair: bool,
+}
+
+/// A report, and the repair script when one was asked for.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: Report,
+    pub repair: Option<repair::Script>,
 }
 
 impl Default for Options {
@@ -44,12 +54,13 @@ impl Default for Options {
         Options {
             limit: 100,
             queries: Vec::new(),
+            repair: false,
         }
     }
 }
 
 /// Compares the pipeline's `reconcile.source` with its `reconcile.target`.
-pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Report, ReconcileError> {
+pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome, ReconcileError> {
     let started = Instant::now();
     let config = pipeline.config.reconcile.as_ref().ok_or_else(|| {
         ReconcileError::new(format!(
@@ -67,6 +78,11 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Report,
     let key = config
         .key_columns(&pipeline.config.table.primary_key)
         .to_vec();
+    // Known before anything is read: a target that cannot be repaired is an error now.
+    let repair_target = match options.repair {
+        true => Some(repair::target_table(&config.target)?),
+        false => None,
+    };
     runtime.block_on(async {
         let schema = |name: &'static str| {
             let ctx = &ctx;
@@ -95,7 +111,11 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Report,
             && found.extra.count == 0
             && found.mismatched.count == 0
             && plan.missing_in_target.is_empty();
-        Ok(Report {
+        let repair = match &repair_target {
+            Some((dialect, table)) => Some(repair::script(&ctx, &plan, *dialect, table).await?),
+            None => None,
+        };
+        let report = Report {
             pipeline: pipeline.config.name.clone(),
             source: Side {
                 description: source,
@@ -116,8 +136,22 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Report,
             queries,
             equal,
             elapsed_seconds: started.elapsed().as_secs_f64(),
-        })
+        };
+        Ok(Outcome { report, repair })
     })
+}
+
+/// Applies a repair script to the pipeline's `reconcile.target`, in one transaction.
+pub fn apply_repair(
+    pipeline: &LoadedPipeline,
+    script: &repair::Script,
+) -> Result<(), ReconcileError> {
+    let config = pipeline
+        .config
+        .reconcile
+        .as_ref()
+        .ok_or_else(|| ReconcileError::new("the pipeline has no `reconcile` section"))?;
+    repair::apply(&config.target, script, pipeline)
 }
 
 async fn count(ctx: &SessionContext, table: &str) -> Result<u64, ReconcileError> {

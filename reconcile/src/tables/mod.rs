@@ -6,6 +6,8 @@ mod parquet;
 mod postgres;
 mod sqlite;
 
+pub use postgres::qualified as postgres_table;
+
 use datafusion::prelude::SessionContext;
 use weir_runtime::config::LoadedPipeline;
 use weir_runtime::config::reconcile::SnapshotConfig;

@@ -74,6 +74,9 @@ enum Command {
         /// Most rows of each kind listed (all are counted).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Also write the report as one HTML page (a summary chart, the rows, the queries).
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// `sql`: print the SQL that brings the target to the source on standard output
         /// (the report goes to standard error). `apply`: run it against the target in one
         /// transaction, then reconcile again; the exit code is the second comparison's.
@@ -180,6 +183,7 @@ fn reconcile(
     sql: Option<&std::path::Path>,
     json: bool,
     limit: usize,
+    html: Option<&std::path::Path>,
     repair: Option<&str>,
 ) -> ExitCode {
     let fail = |message: String| {
@@ -204,6 +208,10 @@ fn reconcile(
     };
     // With a repair script on standard output, the report goes to standard error.
     let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {
+        if let Some(path) = html {
+            std::fs::write(path, report.html())
+                .map_err(|e| format!("cannot write the HTML report {}: {e}", path.display()))?;
+        }
         let text = match json {
             true => serde_json::to_string_pretty(report).expect("the report serialises") + "\n",
             false => report.text(),
@@ -212,6 +220,7 @@ fn reconcile(
             true => eprint!("{text}"),
             false => print!("{text}"),
         }
+        Ok::<_, String>(())
     };
     let outcome = match weir_reconcile::reconcile(&loaded, &options) {
         Ok(outcome) => outcome,
@@ -223,12 +232,16 @@ fn reconcile(
     };
     match (repair, outcome.repair) {
         (Some("sql"), Some(script)) => {
-            show(&outcome.report, true);
+            if let Err(e) = show(&outcome.report, true) {
+                return fail(e);
+            }
             print!("{}", script.sql);
             code(outcome.report.equal)
         }
         (Some("apply"), Some(script)) => {
-            show(&outcome.report, false);
+            if let Err(e) = show(&outcome.report, false) {
+                return fail(e);
+            }
             if script.statements() == 0 {
                 return code(outcome.report.equal);
             }
@@ -244,17 +257,17 @@ fn reconcile(
                 ..options
             };
             match weir_reconcile::reconcile(&loaded, &options) {
-                Ok(again) => {
-                    show(&again.report, false);
-                    code(again.report.equal)
-                }
+                Ok(again) => match show(&again.report, false) {
+                    Ok(()) => code(again.report.equal),
+                    Err(e) => fail(e),
+                },
                 Err(e) => fail(e.to_string()),
             }
         }
-        _ => {
-            show(&outcome.report, false);
-            code(outcome.report.equal)
-        }
+        _ => match show(&outcome.report, false) {
+            Ok(()) => code(outcome.report.equal),
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -274,8 +287,16 @@ fn main() -> ExitCode {
             sql,
             json,
             limit,
+            html,
             repair,
-        } => reconcile(&pipeline, sql.as_deref(), json, limit, repair.as_deref()),
+        } => reconcile(
+            &pipeline,
+            sql.as_deref(),
+            json,
+            limit,
+            html.as_deref(),
+            repair.as_deref(),
+        ),
         Command::Schema => {
             println!(
                 "{}",

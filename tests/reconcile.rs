@@ -342,6 +342,27 @@ fn parquet_against_sqlite_names_every_injected_difference() {
         serde_json::json!([["199"]])
     );
 
+    // The HTML page: the verdict, the chart, the differing values, escaped.
+    let html = ws.path("report.html");
+    let status = common::weir()
+        .args(["reconcile", "--html"])
+        .arg(&html)
+        .arg(ws.path("pipeline.yaml"))
+        .output()
+        .unwrap()
+        .status;
+    assert_eq!(status.code(), Some(1));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("DIFFERENT") && page.contains("<svg"),
+        "{page}"
+    );
+    assert!(
+        page.contains("tab&#39;le") && page.contains("a&quot;b"),
+        "{page}"
+    );
+    assert!(page.contains("<td>21.10</td><td>21.11</td>"), "{page}");
+
     let tolerant = reconcile(&pipeline(&ws, &section("  float_tolerance: 0.000001\n")));
     assert_eq!(tolerant.code, 1, "{}", tolerant.stderr);
     assert_injected(&tolerant.report, true);

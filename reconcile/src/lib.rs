@@ -7,6 +7,7 @@
 //! tables; and [`report`] shows the result.
 
 pub mod compare;
+pub mod html;
 pub mod repair;
 pub mod report;
 pub mod tables;

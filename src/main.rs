@@ -77,6 +77,12 @@ enum Command {
         /// Also write the report as one HTML page (a summary chart, the rows, the queries).
         #[arg(long)]
         html: Option<PathBuf>,
+        /// `full` or `checksum`, instead of the section's `mode`.
+        #[arg(long, value_parser = ["full", "checksum"])]
+        mode: Option<String>,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
         /// `sql`: print the SQL that brings the target to the source on standard output
         /// (the report goes to standard error). `apply`: run it against the target in one
         /// transaction, then reconcile again; the exit code is the second comparison's.
@@ -178,25 +184,61 @@ fn init_logging(verbose: u8) {
 const RECONCILE_DIFFERENT: u8 = 1;
 const RECONCILE_ERROR: u8 = 2;
 
-fn reconcile(
-    pipeline: &std::path::Path,
-    sql: Option<&std::path::Path>,
+/// The options of `weir reconcile`.
+struct ReconcileArgs<'a> {
+    sql: Option<&'a std::path::Path>,
     json: bool,
     limit: usize,
-    html: Option<&std::path::Path>,
-    repair: Option<&str>,
-) -> ExitCode {
+    html: Option<&'a std::path::Path>,
+    mode: Option<&'a str>,
+    quiet: bool,
+    repair: Option<&'a str>,
+}
+
+fn reconcile(pipeline: &std::path::Path, args: ReconcileArgs<'_>) -> ExitCode {
+    let ReconcileArgs {
+        sql,
+        json,
+        limit,
+        html,
+        mode,
+        quiet,
+        repair,
+    } = args;
     let fail = |message: String| {
         eprintln!("error: {message}");
         ExitCode::from(RECONCILE_ERROR)
     };
-    let loaded = match config::load(pipeline) {
+    let mut loaded = match config::load(pipeline) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(RECONCILE_ERROR);
         }
     };
+    if let (Some(mode), Some(section)) = (mode, loaded.config.reconcile.as_mut()) {
+        section.mode = match mode {
+            "checksum" => config::reconcile::Mode::Checksum,
+            _ => config::reconcile::Mode::Full,
+        };
+    }
+    // Checksum mode reports its key ranges as they finish.
+    let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "checksums {bar:40} {pos}/{len} key ranges {elapsed}",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let progress = bar.clone().map(|bar| {
+        Arc::new(move |done: u64, all: u64| {
+            bar.set_length(all);
+            bar.set_position(done);
+        }) as Arc<dyn Fn(u64, u64) + Send + Sync>
+    });
     let queries = match sql.map(weir_reconcile::queries_from_file).transpose() {
         Ok(queries) => queries.unwrap_or_default(),
         Err(e) => return fail(e.to_string()),
@@ -205,6 +247,7 @@ fn reconcile(
         limit,
         queries,
         repair: repair.is_some(),
+        progress,
     };
     // With a repair script on standard output, the report goes to standard error.
     let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {
@@ -222,7 +265,11 @@ fn reconcile(
         }
         Ok::<_, String>(())
     };
-    let outcome = match weir_reconcile::reconcile(&loaded, &options) {
+    let outcome = weir_reconcile::reconcile(&loaded, &options);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => return fail(e.to_string()),
     };
@@ -288,14 +335,20 @@ fn main() -> ExitCode {
             json,
             limit,
             html,
+            mode,
+            quiet,
             repair,
         } => reconcile(
             &pipeline,
-            sql.as_deref(),
-            json,
-            limit,
-            html.as_deref(),
-            repair.as_deref(),
+            ReconcileArgs {
+                sql: sql.as_deref(),
+                json,
+                limit,
+                html: html.as_deref(),
+                mode: mode.as_deref(),
+                quiet,
+                repair: repair.as_deref(),
+            },
         ),
         Command::Schema => {
             println!(

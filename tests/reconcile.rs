@@ -416,6 +416,56 @@ fn postgres_against_postgres_names_every_injected_difference() {
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     assert_injected(&outcome.report, false);
 
+    // Checksum mode finds the same rows: the checksums are computed in PostgreSQL, and
+    // only the rows of key ranges whose checksums differ are read.
+    let checksum_section = format!(
+        "{}  mode: checksum\n  checksum: {{ bucket_keys: 64, ranges: 3 }}\n",
+        section.replace("query: \"SELECT * FROM src\"", "table: public.src")
+    );
+    let checksum = reconcile(&pipeline(&ws, &checksum_section));
+    assert_eq!(checksum.code, 1, "{}", checksum.stderr);
+    assert_injected(&checksum.report, false);
+    for part in ["missing", "extra", "mismatched"] {
+        assert_eq!(
+            checksum.report[part], outcome.report[part],
+            "{part}: checksum mode against full mode"
+        );
+    }
+    let stats = &checksum.report["checksum"];
+    assert_eq!(stats["ranges"], 3, "{stats}");
+    // Rows 10, 11, 20…80 and 1000 differ: only their 32-key leaves are read, not the
+    // 399 rows of both tables.
+    assert!(stats["rows_read"].as_u64().unwrap() < 300, "{stats}");
+    assert_eq!(checksum.report["source"]["rows"], 200);
+    assert_eq!(checksum.report["target"]["rows"], 199);
+
+    // A killed run resumes: the first run dies after one key range is recorded; the next
+    // takes that range from the state file and finds the same rows.
+    let killed = common::weir()
+        .args(["reconcile", "--json"])
+        .arg(ws.path("pipeline.yaml"))
+        .env("WEIR_TEST_ABORT_AFTER_RANGES", "1")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let state = ws.path("orders.reconcile-state.json");
+    assert!(state.exists(), "the killed run left its state");
+    let resumed = reconcile(&ws.path("pipeline.yaml"));
+    assert_eq!(resumed.code, 1, "{}", resumed.stderr);
+    assert!(
+        resumed.report["checksum"]["ranges_resumed"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{:#}",
+        resumed.report["checksum"]
+    );
+    for part in ["missing", "extra", "mismatched"] {
+        assert_eq!(resumed.report[part], outcome.report[part], "{part}");
+    }
+    assert!(!state.exists(), "a finished run removes its state");
+    pipeline(&ws, &section);
+
     // `--repair apply` runs the script in PostgreSQL, reconciles again, and exits 0.
     let output = common::weir()
         .args(["reconcile", "--repair", "apply"])

@@ -202,6 +202,7 @@ mod tests {
     fn the_page_escapes_values_and_charts_the_counts() {
         let report = Report {
             pipeline: "orders<1>".into(),
+            mode: "full".into(),
             source: Side {
                 description: "parquet s/".into(),
                 rows: 3,
@@ -233,6 +234,7 @@ mod tests {
                     }],
                 }],
             },
+            checksum: None,
             queries: vec![QueryResult {
                 name: "n".into(),
                 sql: "SELECT 1 < 2".into(),

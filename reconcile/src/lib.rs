@@ -6,6 +6,7 @@
 //! missing, extra and mismatched rows ([`compare`]); the named queries run over the same
 //! tables; and [`report`] shows the result.
 
+pub mod checksum;
 pub mod compare;
 pub mod html;
 pub mod repair;
@@ -18,7 +19,9 @@ use std::time::Instant;
 use arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 use weir_runtime::config::LoadedPipeline;
-use weir_runtime::config::reconcile::NamedQuery;
+use weir_runtime::config::reconcile::{
+    Mode, NamedQuery, PostgresSnapshot, ReconcileConfig, SnapshotConfig,
+};
 
 use report::{QueryResult, Report, Side};
 
@@ -33,7 +36,7 @@ impl ReconcileError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Most rows of each kind listed in the report (all are counted).
     pub limit: usize,
@@ -41,6 +44,8 @@ pub struct Options {
     pub queries: Vec<NamedQuery>,
     /// Also write the SQL that repairs the target ([`Outcome::repair`]).
     pub repair: bool,
+    /// Called as checksum mode finishes key ranges: `(done, all)`.
+    pub progress: Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
 
 /// A report, and the repair script when one was asked for.
@@ -56,6 +61,7 @@ impl Default for Options {
             limit: 100,
             queries: Vec::new(),
             repair: false,
+            progress: None,
         }
     }
 }
@@ -74,8 +80,6 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         .build()
         .map_err(|e| ReconcileError::new(format!("cannot start the query runtime: {e}")))?;
     let ctx = SessionContext::new();
-    let source = tables::register(&runtime, &ctx, "source", &config.source, pipeline)?;
-    let target = tables::register(&runtime, &ctx, "target", &config.target, pipeline)?;
     let key = config
         .key_columns(&pipeline.config.table.primary_key)
         .to_vec();
@@ -84,61 +88,202 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         true => Some(repair::target_table(&config.target)?),
         false => None,
     };
-    runtime.block_on(async {
-        let schema = |name: &'static str| {
-            let ctx = &ctx;
-            async move {
-                let table = ctx
-                    .table(name)
-                    .await
-                    .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
-                Ok::<_, ReconcileError>(table.schema().as_arrow().clone())
-            }
+    let prepared = match config.mode {
+        Mode::Full => prepare_full(&runtime, &ctx, pipeline, config, &key)?,
+        Mode::Checksum => prepare_checksum(&ctx, pipeline, config, &key, options)?,
+    };
+    let plan = &prepared.plan;
+    let (found, repair) = runtime.block_on(async {
+        let found = compare::full(&ctx, plan, options.limit).await?;
+        let repair = match &repair_target {
+            Some((dialect, table)) => Some(repair::script(&ctx, plan, *dialect, table).await?),
+            None => None,
         };
-        let plan = compare::Plan::new(
+        Ok::<_, ReconcileError>((found, repair))
+    })?;
+    let (source_rows, target_rows) = match prepared.rows {
+        Some(rows) => rows,
+        None => runtime.block_on(async {
+            Ok::<_, ReconcileError>((count(&ctx, "source").await?, count(&ctx, "target").await?))
+        })?,
+    };
+    let queries: Vec<&NamedQuery> = config.queries.iter().chain(&options.queries).collect();
+    if prepared.rows.is_some() && !queries.is_empty() {
+        // Checksum mode registered only the differing rows; queries see whole tables.
+        for (name, snapshot) in [("source", &config.source), ("target", &config.target)] {
+            let _ = ctx.deregister_table(name);
+            tables::register(&runtime, &ctx, name, snapshot, pipeline)?;
+        }
+    }
+    let queries = runtime.block_on(async {
+        let mut results = Vec::new();
+        for query in queries {
+            results.push(run_query(&ctx, query).await?);
+        }
+        Ok::<_, ReconcileError>(results)
+    })?;
+    if let Some(state) = &prepared.state_file {
+        checksum::finish(state);
+    }
+    let equal = found.missing.count == 0
+        && found.extra.count == 0
+        && found.mismatched.count == 0
+        && plan.missing_in_target.is_empty();
+    let report = Report {
+        pipeline: pipeline.config.name.clone(),
+        mode: match config.mode {
+            Mode::Full => "full",
+            Mode::Checksum => "checksum",
+        }
+        .into(),
+        source: Side {
+            description: prepared.source,
+            rows: source_rows,
+        },
+        target: Side {
+            description: prepared.target,
+            rows: target_rows,
+        },
+        key,
+        compared: plan.compared.iter().map(|p| p.source.clone()).collect(),
+        ignored: config.ignore.clone(),
+        columns_missing_in_target: plan.missing_in_target.clone(),
+        columns_only_in_target: plan.only_in_target.clone(),
+        missing: found.missing,
+        extra: found.extra,
+        mismatched: found.mismatched,
+        checksum: prepared.checksum,
+        queries,
+        equal,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(Outcome { report, repair })
+}
+
+/// The tables registered and the plan made, before the comparison runs.
+struct Prepared {
+    source: String,
+    target: String,
+    plan: compare::Plan,
+    /// Row counts, when known without counting the registered tables (checksum mode).
+    rows: Option<(u64, u64)>,
+    checksum: Option<checksum::Stats>,
+    state_file: Option<std::path::PathBuf>,
+}
+
+fn prepare_full(
+    runtime: &tokio::runtime::Runtime,
+    ctx: &SessionContext,
+    pipeline: &LoadedPipeline,
+    config: &ReconcileConfig,
+    key: &[String],
+) -> Result<Prepared, ReconcileError> {
+    let source = tables::register(runtime, ctx, "source", &config.source, pipeline)?;
+    let target = tables::register(runtime, ctx, "target", &config.target, pipeline)?;
+    let plan = runtime.block_on(async {
+        let schema = |name: &'static str| async move {
+            let table = ctx
+                .table(name)
+                .await
+                .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
+            Ok::<_, ReconcileError>(table.schema().as_arrow().clone())
+        };
+        compare::Plan::new(
             &schema("source").await?,
             &schema("target").await?,
-            &key,
+            key,
             &config.ignore,
             &config.columns,
             config.float_tolerance,
-        )?;
-        let found = compare::full(&ctx, &plan, options.limit).await?;
-        let mut queries = Vec::new();
-        for query in config.queries.iter().chain(&options.queries) {
-            queries.push(run_query(&ctx, query).await?);
-        }
-        let equal = found.missing.count == 0
-            && found.extra.count == 0
-            && found.mismatched.count == 0
-            && plan.missing_in_target.is_empty();
-        let repair = match &repair_target {
-            Some((dialect, table)) => Some(repair::script(&ctx, &plan, *dialect, table).await?),
-            None => None,
-        };
-        let report = Report {
-            pipeline: pipeline.config.name.clone(),
-            source: Side {
-                description: source,
-                rows: count(&ctx, "source").await?,
-            },
-            target: Side {
-                description: target,
-                rows: count(&ctx, "target").await?,
-            },
+        )
+    })?;
+    Ok(Prepared {
+        source,
+        target,
+        plan,
+        rows: None,
+        checksum: None,
+        state_file: None,
+    })
+}
+
+/// Checksum mode: narrows the comparison to the key ranges whose checksums differ and
+/// registers only their rows (see [`checksum`]).
+fn prepare_checksum(
+    ctx: &SessionContext,
+    pipeline: &LoadedPipeline,
+    config: &ReconcileConfig,
+    key: &[String],
+    options: &Options,
+) -> Result<Prepared, ReconcileError> {
+    let (SnapshotConfig::Postgres(s), SnapshotConfig::Postgres(t)) =
+        (&config.source, &config.target)
+    else {
+        return Err(ReconcileError::new(
+            "checksum mode needs PostgreSQL tables on both sides",
+        ));
+    };
+    let [key_column] = key else {
+        return Err(ReconcileError::new("checksum mode needs one key column"));
+    };
+    let mut source_side = checksum::Side {
+        config: s,
+        columns: Vec::new(),
+    };
+    let mut target_side = checksum::Side {
+        config: t,
+        columns: Vec::new(),
+    };
+    let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
+    let plan = compare::Plan::new(
+        &source_schema,
+        &target_schema,
+        key,
+        &config.ignore,
+        &config.columns,
+        config.float_tolerance,
+    )?;
+    (source_side.columns, target_side.columns) = checksum::columns(&plan);
+    let state_file = checksum::state_path(pipeline, &config.checksum);
+    let narrowed = checksum::narrow(
+        &source_side,
+        &target_side,
+        key_column,
+        &config.checksum,
+        &state_file,
+        options.progress.as_deref(),
+    )?;
+    let target_key = plan.key[0].target.clone();
+    let mut rows_read = 0;
+    for (name, side, key) in [
+        ("source", s, key_column.as_str()),
+        ("target", t, target_key.as_str()),
+    ] {
+        let relation = checksum::restricted(
+            side.table.as_deref().unwrap_or_default(),
             key,
-            compared: plan.compared.iter().map(|p| p.source.clone()).collect(),
-            ignored: config.ignore.clone(),
-            columns_missing_in_target: plan.missing_in_target.clone(),
-            columns_only_in_target: plan.only_in_target.clone(),
-            missing: found.missing,
-            extra: found.extra,
-            mismatched: found.mismatched,
-            queries,
-            equal,
-            elapsed_seconds: started.elapsed().as_secs_f64(),
-        };
-        Ok(Outcome { report, repair })
+            &narrowed.ranges,
+        );
+        let mut client = postgres::Client::connect(side.url.expose(), postgres::NoTls)
+            .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))?;
+        rows_read += tables::postgres::register_relation(ctx, name, &mut client, &relation)
+            .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
+    }
+    let mut stats = narrowed.stats;
+    stats.rows_read = rows_read;
+    let describe = |side: &PostgresSnapshot| {
+        format!(
+            "postgres table {}",
+            side.table.as_deref().unwrap_or_default()
+        )
+    };
+    Ok(Prepared {
+        source: describe(s),
+        target: describe(t),
+        plan,
+        rows: Some((narrowed.source_rows, narrowed.target_rows)),
+        checksum: Some(stats),
+        state_file: Some(state_file),
     })
 }
 

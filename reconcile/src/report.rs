@@ -12,6 +12,8 @@ pub type Cell = Option<String>;
 pub struct Report {
     /// The pipeline's name.
     pub pipeline: String,
+    /// `full` or `checksum`.
+    pub mode: String,
     pub source: Side,
     pub target: Side,
     /// Key columns (source names).
@@ -29,6 +31,9 @@ pub struct Report {
     pub extra: Rows,
     /// Rows whose key both hold, with columns that differ.
     pub mismatched: Mismatches,
+    /// What checksum mode did (ranges, buckets, rows read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<crate::checksum::Stats>,
     /// The named queries' results.
     pub queries: Vec<QueryResult>,
     /// Whether the two sides are equal (exit code 0).
@@ -119,6 +124,19 @@ impl Report {
             self.target.description, self.target.rows
         );
         let _ = writeln!(out, "  key: {}", self.key.join(", "));
+        if let Some(stats) = &self.checksum {
+            let _ = writeln!(
+                out,
+                "  checksum mode: {} buckets of {} keys in {} ranges ({} resumed), {} \
+                 differing; {} leaves of at most 32 keys read and compared",
+                stats.buckets,
+                stats.bucket_keys,
+                stats.ranges,
+                stats.ranges_resumed,
+                stats.buckets_differing,
+                stats.leaves
+            );
+        }
         let _ = writeln!(out, "  compared: {}", list(&self.compared));
         if !self.ignored.is_empty() {
             let _ = writeln!(out, "  ignored: {}", self.ignored.join(", "));

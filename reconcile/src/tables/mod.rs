@@ -3,7 +3,7 @@
 
 mod debezium;
 mod parquet;
-mod postgres;
+pub mod postgres;
 mod sqlite;
 
 pub use postgres::qualified as postgres_table;

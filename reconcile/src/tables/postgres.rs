@@ -35,11 +35,42 @@ pub fn register(
         (None, Some(query)) => format!("({query}) AS q"),
         (None, None) => return Err(fail("give `table` or `query`".into())),
     };
-    let (schema, batches) = read(&mut client, &relation).map_err(fail)?;
-    let table = MemTable::try_new(schema, vec![batches]).map_err(|e| fail(e.to_string()))?;
-    ctx.register_table(name, Arc::new(table))
-        .map_err(|e| fail(e.to_string()))?;
+    register_relation(ctx, name, &mut client, &relation).map_err(fail)?;
     Ok(description)
+}
+
+/// Reads `relation` (a quoted table, or `(query) AS q`) and registers its rows as `name`.
+pub fn register_relation(
+    ctx: &SessionContext,
+    name: &str,
+    client: &mut Client,
+    relation: &str,
+) -> Result<u64, String> {
+    let (schema, batches) = read(client, relation)?;
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let table = MemTable::try_new(schema, vec![batches]).map_err(|e| e.to_string())?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// The Arrow schema of `relation`, from its declared types, without reading rows.
+pub fn schema(client: &mut Client, relation: &str) -> Result<Arc<Schema>, String> {
+    let mut tx = client.transaction().map_err(|e| describe(&e))?;
+    let declared = declared_columns(&mut tx, relation)?;
+    Ok(arrow_schema(&declared))
+}
+
+fn arrow_schema(declared: &[(String, String)]) -> Arc<Schema> {
+    // An unknown type (an enum, an array, JSON) compares as its text.
+    let fields: Vec<Field> = declared
+        .iter()
+        .map(|(column, ty)| {
+            let ty = from_pg_declaration(ty).unwrap_or(ColumnType::String);
+            Field::new(column, ty.arrow_type(), true)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// `schema.table` (or `table`) quoted.
@@ -100,15 +131,7 @@ fn text_expression(column: &str, ty: &DataType) -> String {
 fn read(client: &mut Client, relation: &str) -> Result<(Arc<Schema>, Vec<RecordBatch>), String> {
     let mut tx = client.transaction().map_err(|e| describe(&e))?;
     let declared = declared_columns(&mut tx, relation)?;
-    // An unknown type (an enum, an array, JSON) compares as its text.
-    let fields: Vec<Field> = declared
-        .iter()
-        .map(|(column, ty)| {
-            let ty = from_pg_declaration(ty).unwrap_or(ColumnType::String);
-            Field::new(column, ty.arrow_type(), true)
-        })
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
+    let schema = arrow_schema(&declared);
     let expressions: Vec<String> = schema
         .fields()
         .iter()

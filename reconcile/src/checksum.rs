@@ -1,0 +1,392 @@
+//! Checksum mode: compare two PostgreSQL tables without moving their rows.
+//!
+//! The key range is cut into buckets of `bucket_keys` consecutive keys. Each database
+//! computes, per bucket, the row count and the XOR of a 64-bit hash of every row's text
+//! (`hashtextextended(ROW(…)::text, 0)`, over the key and the compared columns in the same
+//! order on both sides), grouped in one pass over a key range — the hashing is pushed down
+//! as SQL, and both databases work at the same time. A bucket whose count or hash differs
+//! is split in 32 and hashed again (only its keys, through the key's index), until buckets
+//! hold at most 32 keys; then the rows of those buckets alone are read from both sides and
+//! compared as in full mode, which reports them and applies the same type-aware rules.
+//!
+//! The first pass runs in `ranges` key ranges; each finished range is recorded in a state
+//! file, so a killed run resumes from the ranges it finished. The state is keyed by the
+//! comparison's settings and both tables' key bounds, and removed when a run completes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use arrow::datatypes::Schema;
+use postgres::{Client, NoTls};
+use serde::{Deserialize, Serialize};
+use weir_runtime::config::reconcile::{ChecksumConfig, PostgresSnapshot};
+
+use crate::ReconcileError;
+use crate::compare::Plan;
+use crate::tables::postgres::qualified;
+
+/// Buckets are split by this factor at each level, down to this many keys.
+const SPLIT: i64 = 32;
+
+/// `(row count, XOR of row hashes)` per bucket.
+type Buckets = BTreeMap<i64, (i64, i64)>;
+
+/// One side of the comparison.
+pub struct Side<'a> {
+    pub config: &'a PostgresSnapshot,
+    /// The key and compared columns, quoted, in pair order.
+    pub columns: Vec<String>,
+}
+
+impl Side<'_> {
+    fn table(&self) -> String {
+        qualified(self.config.table.as_deref().unwrap_or_default())
+    }
+
+    fn connect(&self, name: &str) -> Result<Client, ReconcileError> {
+        Client::connect(self.config.url.expose(), NoTls)
+            .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))
+    }
+
+    fn hash(&self) -> String {
+        format!(
+            "hashtextextended(ROW({})::text, 0)",
+            self.columns
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// What checksum mode did, for the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub bucket_keys: i64,
+    pub ranges: u32,
+    /// Ranges whose checksums came from the state file of a killed run.
+    pub ranges_resumed: u32,
+    pub buckets: u64,
+    pub buckets_differing: u64,
+    /// Buckets of at most 32 keys whose rows were read and compared.
+    pub leaves: u64,
+    pub rows_read: u64,
+}
+
+/// The recorded progress of a run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// The settings and bounds this state belongs to.
+    fingerprint: String,
+    /// Range index -> the buckets of each side.
+    source: BTreeMap<u32, Buckets>,
+    target: BTreeMap<u32, Buckets>,
+}
+
+/// Progress callback: `(ranges done, ranges in all)`.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// The rows to compare: key ranges `[from, to)` of the buckets that differ.
+pub struct Narrowed {
+    pub ranges: Vec<(i64, i64)>,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub stats: Stats,
+}
+
+/// The state file for a pipeline.
+pub fn state_path(
+    pipeline: &weir_runtime::config::LoadedPipeline,
+    config: &ChecksumConfig,
+) -> PathBuf {
+    match &config.state {
+        Some(path) => pipeline.resolve(path),
+        None => pipeline
+            .base_dir
+            .join(format!("{}.reconcile-state.json", pipeline.config.name)),
+    }
+}
+
+/// Runs the checksum passes and returns the key ranges whose rows differ.
+pub fn narrow(
+    source: &Side<'_>,
+    target: &Side<'_>,
+    key: &str,
+    config: &ChecksumConfig,
+    state_file: &Path,
+    progress: Option<Progress<'_>>,
+) -> Result<Narrowed, ReconcileError> {
+    let key = crate::compare::ident(key);
+    let mut source_client = source.connect("source")?;
+    let mut target_client = target.connect("target")?;
+    let bounds = |client: &mut Client, side: &Side<'_>, name: &str| {
+        client
+            .query_one(
+                &format!(
+                    "SELECT min({key})::bigint, max({key})::bigint, count(*) FROM {}",
+                    side.table()
+                ),
+                &[],
+            )
+            .map(|r| (r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)))
+            .map_err(|e| {
+                ReconcileError::new(format!(
+                    "{name}: cannot read the key's bounds (checksum mode needs an integer key): {e}"
+                ))
+            })
+    };
+    let (s_lo, s_hi) = bounds(&mut source_client, source, "source")?;
+    let (t_lo, t_hi) = bounds(&mut target_client, target, "target")?;
+    let lo = [s_lo, t_lo].into_iter().flatten().min();
+    let hi = [s_hi, t_hi].into_iter().flatten().max();
+    let width = config.bucket_keys.max(SPLIT);
+    let mut stats = Stats {
+        bucket_keys: width,
+        ranges: config.ranges.max(1),
+        ..Stats::default()
+    };
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        // Both tables are empty.
+        return Ok(Narrowed {
+            ranges: Vec::new(),
+            source_rows: 0,
+            target_rows: 0,
+            stats,
+        });
+    };
+    let buckets = (hi - lo) / width + 1;
+    let ranges = (stats.ranges as i64).min(buckets).max(1);
+    let per_range = (buckets + ranges - 1) / ranges;
+    let fingerprint = format!(
+        "v1 {} {} {width} {ranges} {lo} {hi} {:?} {:?}",
+        source.table(),
+        target.table(),
+        source.columns,
+        target.columns
+    );
+    let mut state = read_state(state_file)
+        .filter(|s| s.fingerprint == fingerprint)
+        .unwrap_or(State {
+            fingerprint,
+            ..State::default()
+        });
+    stats.ranges = ranges as u32;
+    stats.ranges_resumed = (0..ranges as u32)
+        .filter(|r| state.source.contains_key(r) && state.target.contains_key(r))
+        .count() as u32;
+
+    // The first pass: both sides at once, one range at a time each.
+    let first_pass = |client: &mut Client,
+                      side: &Side<'_>,
+                      done: &BTreeMap<u32, Buckets>,
+                      sender: mpsc::Sender<(u32, Buckets)>| {
+        for range in 0..ranges as u32 {
+            if done.contains_key(&range) {
+                continue;
+            }
+            let first = range as i64 * per_range;
+            let from = lo + first * width;
+            let to = lo + (first + per_range).min(buckets) * width;
+            let sql = format!(
+                "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
+                 FROM {} t WHERE t.{key} >= $3 AND t.{key} < $4 GROUP BY 1",
+                side.hash(),
+                side.table()
+            );
+            let rows = client
+                .query(&sql, &[&lo, &width, &from, &to])
+                .map_err(|e| ReconcileError::new(format!("checksums failed: {e}")))?;
+            let found: Buckets = rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
+                .collect();
+            if sender.send((range, found)).is_err() {
+                break;
+            }
+        }
+        Ok::<_, ReconcileError>(())
+    };
+    let total = ranges as u64;
+    let abort_after: Option<u64> = std::env::var("WEIR_TEST_ABORT_AFTER_RANGES")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let (source_done, target_done) = (state.source.clone(), state.target.clone());
+    let result = std::thread::scope(|scope| {
+        let (source_tx, source_rx) = mpsc::channel();
+        let (target_tx, target_rx) = mpsc::channel();
+        let s = scope.spawn(|| first_pass(&mut source_client, source, &source_done, source_tx));
+        let t = scope.spawn(|| first_pass(&mut target_client, target, &target_done, target_tx));
+        // Record each finished range as it comes, so a killed run loses at most the
+        // ranges in flight.
+        let mut source_open = true;
+        let mut target_open = true;
+        while source_open || target_open {
+            let mut changed = false;
+            if source_open {
+                match source_rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                    Ok((range, found)) => {
+                        state.source.insert(range, found);
+                        changed = true;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => source_open = false,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+            if target_open {
+                match target_rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                    Ok((range, found)) => {
+                        state.target.insert(range, found);
+                        changed = true;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => target_open = false,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
+            if changed {
+                write_state(state_file, &state)?;
+                let done = (0..ranges as u32)
+                    .filter(|r| state.source.contains_key(r) && state.target.contains_key(r))
+                    .count() as u64;
+                if let Some(progress) = progress {
+                    progress(done, total);
+                }
+                // A failpoint for the resume test: die like a killed process, with the
+                // state file as it is on disk.
+                if abort_after.is_some_and(|n| done >= n) {
+                    std::process::abort();
+                }
+            }
+        }
+        s.join().expect("the source pass does not panic")?;
+        t.join().expect("the target pass does not panic")?;
+        Ok::<_, ReconcileError>(())
+    });
+    result?;
+    let merge = |per_range: &BTreeMap<u32, Buckets>| -> Buckets {
+        per_range
+            .values()
+            .flat_map(|b| b.iter().map(|(k, v)| (*k, *v)))
+            .collect()
+    };
+    let (source_buckets, target_buckets) = (merge(&state.source), merge(&state.target));
+    let source_rows = source_buckets.values().map(|(n, _)| *n as u64).sum();
+    let target_rows = target_buckets.values().map(|(n, _)| *n as u64).sum();
+    stats.buckets = source_buckets
+        .keys()
+        .chain(target_buckets.keys())
+        .collect::<BTreeSet<_>>()
+        .len() as u64;
+    let mut differing = differing(&source_buckets, &target_buckets);
+    stats.buckets_differing = differing.len() as u64;
+
+    // Split differing buckets until they hold at most SPLIT keys: each level hashes only
+    // the keys of the buckets that still differ, on both sides at once.
+    let mut level_width = width;
+    while level_width > SPLIT && !differing.is_empty() {
+        let sub = (level_width / SPLIT).max(1);
+        let from: Vec<i64> = differing.iter().map(|b| lo + b * level_width).collect();
+        let level = |client: &mut Client, side: &Side<'_>| -> Result<Buckets, ReconcileError> {
+            let sql = format!(
+                "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
+                 FROM unnest($3::bigint[]) AS r(start)
+                 JOIN {} t ON t.{key} >= r.start AND t.{key} < r.start + $4
+                 GROUP BY 1",
+                side.hash(),
+                side.table()
+            );
+            let rows = client
+                .query(&sql, &[&lo, &sub, &from, &level_width])
+                .map_err(|e| ReconcileError::new(format!("checksums failed: {e}")))?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
+                .collect())
+        };
+        let (s, t) = std::thread::scope(|scope| {
+            let s = scope.spawn(|| level(&mut source_client, source));
+            let t = scope.spawn(|| level(&mut target_client, target));
+            (s.join().expect("no panic"), t.join().expect("no panic"))
+        });
+        differing = self::differing(&s?, &t?);
+        level_width = sub;
+    }
+    stats.leaves = differing.len() as u64;
+    let ranges: Vec<(i64, i64)> = differing
+        .iter()
+        .map(|b| (lo + b * level_width, lo + (b + 1) * level_width))
+        .collect();
+    Ok(Narrowed {
+        ranges,
+        source_rows,
+        target_rows,
+        stats,
+    })
+}
+
+/// Buckets whose count or hash differs (a bucket one side lacks counts as empty).
+fn differing(source: &Buckets, target: &Buckets) -> Vec<i64> {
+    let keys: BTreeSet<i64> = source.keys().chain(target.keys()).copied().collect();
+    keys.into_iter()
+        .filter(|k| source.get(k).unwrap_or(&(0, 0)) != target.get(k).unwrap_or(&(0, 0)))
+        .collect()
+}
+
+/// `(SELECT * FROM table WHERE key in the ranges) AS q`, for reading the differing rows.
+pub fn restricted(table: &str, key: &str, ranges: &[(i64, i64)]) -> String {
+    let key = crate::compare::ident(key);
+    let conditions: Vec<String> = ranges
+        .iter()
+        .map(|(from, to)| format!("({key} >= {from} AND {key} < {to})"))
+        .collect();
+    let filter = if conditions.is_empty() {
+        "false".to_string()
+    } else {
+        conditions.join(" OR ")
+    };
+    format!("(SELECT * FROM {} WHERE {filter}) AS q", qualified(table))
+}
+
+/// The key and compared columns of each side, quoted, in the plan's pair order.
+pub fn columns(plan: &Plan) -> (Vec<String>, Vec<String>) {
+    plan.key
+        .iter()
+        .chain(&plan.compared)
+        .map(|p| {
+            (
+                crate::compare::ident(&p.source),
+                crate::compare::ident(&p.target),
+            )
+        })
+        .unzip()
+}
+
+fn read_state(path: &Path) -> Option<State> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(path: &Path, state: &State) -> Result<(), ReconcileError> {
+    let text = serde_json::to_vec(state).expect("the state serialises");
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| ReconcileError::new(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Removes the state file once a run has completed.
+pub fn finish(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Both schemas, read from the catalogs (no rows).
+pub fn schemas(source: &Side<'_>, target: &Side<'_>) -> Result<(Schema, Schema), ReconcileError> {
+    let read = |side: &Side<'_>, name: &str| {
+        let mut client = side.connect(name)?;
+        crate::tables::postgres::schema(&mut client, &side.table())
+            .map(|schema| schema.as_ref().clone())
+            .map_err(|e| ReconcileError::new(format!("{name}: {e}")))
+    };
+    Ok((read(source, "source")?, read(target, "target")?))
+}

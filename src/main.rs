@@ -248,6 +248,7 @@ fn reconcile(pipeline: &std::path::Path, args: ReconcileArgs<'_>) -> ExitCode {
         queries,
         repair: repair.is_some(),
         progress,
+        now: None,
     };
     // With a repair script on standard output, the report goes to standard error.
     let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {

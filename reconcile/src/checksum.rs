@@ -37,6 +37,8 @@ pub struct Side<'a> {
     pub config: &'a PostgresSnapshot,
     /// The key and compared columns, quoted, in pair order.
     pub columns: Vec<String>,
+    /// `AND …` leaving out rows past the cut, or empty.
+    pub filter: String,
 }
 
 impl Side<'_> {
@@ -160,11 +162,13 @@ pub fn narrow(
     let ranges = (stats.ranges as i64).min(buckets).max(1);
     let per_range = (buckets + ranges - 1) / ranges;
     let fingerprint = format!(
-        "v1 {} {} {width} {ranges} {lo} {hi} {:?} {:?}",
+        "v1 {} {} {width} {ranges} {lo} {hi} {:?} {:?} {:?} {:?}",
         source.table(),
         target.table(),
         source.columns,
-        target.columns
+        target.columns,
+        source.filter,
+        target.filter
     );
     let mut state = read_state(state_file)
         .filter(|s| s.fingerprint == fingerprint)
@@ -191,9 +195,10 @@ pub fn narrow(
             let to = lo + (first + per_range).min(buckets) * width;
             let sql = format!(
                 "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
-                 FROM {} t WHERE t.{key} >= $3 AND t.{key} < $4 GROUP BY 1",
+                 FROM {} t WHERE t.{key} >= $3 AND t.{key} < $4 {} GROUP BY 1",
                 side.hash(),
-                side.table()
+                side.table(),
+                side.filter
             );
             let rows = client
                 .query(&sql, &[&lo, &width, &from, &to])
@@ -292,9 +297,11 @@ pub fn narrow(
                 "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
                  FROM unnest($3::bigint[]) AS r(start)
                  JOIN {} t ON t.{key} >= r.start AND t.{key} < r.start + $4
+                 WHERE true {}
                  GROUP BY 1",
                 side.hash(),
-                side.table()
+                side.table(),
+                side.filter
             );
             let rows = client
                 .query(&sql, &[&lo, &sub, &from, &level_width])

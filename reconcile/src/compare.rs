@@ -27,6 +27,19 @@ pub struct Plan {
     pub missing_in_target: Vec<String>,
     pub only_in_target: Vec<String>,
     pub float_tolerance: Option<f64>,
+    /// The consistent cut, if any: `(source column, target expression, cutoff literal)`.
+    /// Keys whose row on either side changed after the cutoff are left out.
+    pub cut: Option<Cut>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub source: String,
+    pub target: String,
+    target_expression: String,
+    literal: String,
+    /// The cutoff as text (the column's form), for the report and for PostgreSQL.
+    pub cutoff: String,
 }
 
 #[derive(Debug, Clone)]
@@ -119,7 +132,49 @@ impl Plan {
             missing_in_target,
             only_in_target,
             float_tolerance,
+            cut: None,
         })
+    }
+
+    /// Leaves out keys whose row changed after `cutoff`, by compared column `column`.
+    pub fn with_cut(
+        mut self,
+        source: &Schema,
+        column: &str,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Plan, ReconcileError> {
+        let pair = self
+            .compared
+            .iter()
+            .find(|p| p.source == column)
+            .ok_or_else(|| {
+                ReconcileError::new(format!(
+                    "the cut's column `{column}` is not a compared column of both sides"
+                ))
+            })?;
+        let ty = source
+            .field_with_name(column)
+            .map_err(|e| ReconcileError::new(e.to_string()))?
+            .data_type()
+            .clone();
+        let cutoff = match &ty {
+            DataType::Timestamp(_, Some(_)) => cutoff.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            DataType::Timestamp(_, None) => cutoff.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            DataType::Date32 | DataType::Date64 => cutoff.format("%Y-%m-%d").to_string(),
+            other => {
+                return Err(ReconcileError::new(format!(
+                    "the cut's column `{column}` is {other}; it must be a timestamp or a date"
+                )));
+            }
+        };
+        self.cut = Some(Cut {
+            source: pair.source.clone(),
+            target: pair.target.clone(),
+            target_expression: pair.target_expression.clone(),
+            literal: format!("arrow_cast('{cutoff}', '{ty}')"),
+            cutoff,
+        });
+        Ok(self)
     }
 
     /// Whether a compared column differs, as SQL.
@@ -161,8 +216,17 @@ impl Plan {
             format!("t.{} IS NULL", ident(&first.target)),
         ];
         filter.extend(flags);
+        let cut = match &self.cut {
+            Some(cut) => format!(
+                " AND NOT (coalesce(s.{} > {literal}, false) OR coalesce({} > {literal}, false))",
+                ident(&cut.source),
+                cut.target_expression,
+                literal = cut.literal
+            ),
+            None => String::new(),
+        };
         format!(
-            "SELECT {} FROM source s FULL OUTER JOIN target t ON {} WHERE {}",
+            "SELECT {} FROM source s FULL OUTER JOIN target t ON {} WHERE ({}){cut}",
             select.join(", "),
             on.join(" AND "),
             filter.join(" OR ")

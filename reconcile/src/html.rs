@@ -235,6 +235,7 @@ mod tests {
                 }],
             },
             checksum: None,
+            cut: None,
             queries: vec![QueryResult {
                 name: "n".into(),
                 sql: "SELECT 1 < 2".into(),

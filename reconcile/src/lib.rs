@@ -46,6 +46,8 @@ pub struct Options {
     pub repair: bool,
     /// Called as checksum mode finishes key ranges: `(done, all)`.
     pub progress: Option<std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// The time the cut is measured from (default: now).
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A report, and the repair script when one was asked for.
@@ -62,6 +64,7 @@ impl Default for Options {
             queries: Vec::new(),
             repair: false,
             progress: None,
+            now: None,
         }
     }
 }
@@ -89,7 +92,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         false => None,
     };
     let prepared = match config.mode {
-        Mode::Full => prepare_full(&runtime, &ctx, pipeline, config, &key)?,
+        Mode::Full => prepare_full(&runtime, &ctx, pipeline, config, &key, options)?,
         Mode::Checksum => prepare_checksum(&ctx, pipeline, config, &key, options)?,
     };
     let plan = &prepared.plan;
@@ -153,6 +156,12 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         extra: found.extra,
         mismatched: found.mismatched,
         checksum: prepared.checksum,
+        cut: plan.cut.as_ref().map(|cut| {
+            format!(
+                "rows whose `{}` is after {} are left out on both sides",
+                cut.source, cut.cutoff
+            )
+        }),
         queries,
         equal,
         elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -171,12 +180,30 @@ struct Prepared {
     state_file: Option<std::path::PathBuf>,
 }
 
+/// The plan with the section's cut, if it has one: the cutoff is `min_age` before now
+/// (or before `options.now`, for tests).
+fn with_cut(
+    plan: compare::Plan,
+    source: &arrow::datatypes::Schema,
+    config: &ReconcileConfig,
+    options: &Options,
+) -> Result<compare::Plan, ReconcileError> {
+    let Some(cut) = &config.cut else {
+        return Ok(plan);
+    };
+    let now = options.now.unwrap_or_else(chrono::Utc::now);
+    let age = chrono::Duration::from_std(cut.min_age.0)
+        .map_err(|e| ReconcileError::new(format!("cut.min_age: {e}")))?;
+    plan.with_cut(source, &cut.column, now - age)
+}
+
 fn prepare_full(
     runtime: &tokio::runtime::Runtime,
     ctx: &SessionContext,
     pipeline: &LoadedPipeline,
     config: &ReconcileConfig,
     key: &[String],
+    options: &Options,
 ) -> Result<Prepared, ReconcileError> {
     let source = tables::register(runtime, ctx, "source", &config.source, pipeline)?;
     let target = tables::register(runtime, ctx, "target", &config.target, pipeline)?;
@@ -188,14 +215,16 @@ fn prepare_full(
                 .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
             Ok::<_, ReconcileError>(table.schema().as_arrow().clone())
         };
-        compare::Plan::new(
-            &schema("source").await?,
+        let source = schema("source").await?;
+        let plan = compare::Plan::new(
+            &source,
             &schema("target").await?,
             key,
             &config.ignore,
             &config.columns,
             config.float_tolerance,
-        )
+        )?;
+        with_cut(plan, &source, config, options)
     })?;
     Ok(Prepared {
         source,
@@ -229,10 +258,12 @@ fn prepare_checksum(
     let mut source_side = checksum::Side {
         config: s,
         columns: Vec::new(),
+        filter: String::new(),
     };
     let mut target_side = checksum::Side {
         config: t,
         columns: Vec::new(),
+        filter: String::new(),
     };
     let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
     let plan = compare::Plan::new(
@@ -243,7 +274,20 @@ fn prepare_checksum(
         &config.columns,
         config.float_tolerance,
     )?;
+    let plan = with_cut(plan, &source_schema, config, options)?;
     (source_side.columns, target_side.columns) = checksum::columns(&plan);
+    if let Some(cut) = &plan.cut {
+        for (side, column) in [
+            (&mut source_side, &cut.source),
+            (&mut target_side, &cut.target),
+        ] {
+            side.filter = format!(
+                "AND (t.{0} IS NULL OR t.{0} <= '{1}')",
+                compare::ident(column),
+                cut.cutoff
+            );
+        }
+    }
     let state_file = checksum::state_path(pipeline, &config.checksum);
     let narrowed = checksum::narrow(
         &source_side,

@@ -34,6 +34,9 @@ pub struct Report {
     /// What checksum mode did (ranges, buckets, rows read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checksum: Option<crate::checksum::Stats>,
+    /// The consistent cut, when the comparison left out recent changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
     /// The named queries' results.
     pub queries: Vec<QueryResult>,
     /// Whether the two sides are equal (exit code 0).
@@ -124,6 +127,9 @@ impl Report {
             self.target.description, self.target.rows
         );
         let _ = writeln!(out, "  key: {}", self.key.join(", "));
+        if let Some(cut) = &self.cut {
+            let _ = writeln!(out, "  cut: {cut}");
+        }
         if let Some(stats) = &self.checksum {
             let _ = writeln!(
                 out,

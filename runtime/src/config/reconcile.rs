@@ -44,6 +44,20 @@ pub struct ReconcileConfig {
     /// Settings of checksum mode.
     #[serde(default)]
     pub checksum: ChecksumConfig,
+    /// Compare a live pipeline at a consistent cut: rows changed within `min_age`, by a
+    /// timestamp column, on either side, are left out (they may still be in flight).
+    #[serde(default)]
+    pub cut: Option<CutConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CutConfig {
+    /// A timestamp (or date) column both sides keep current: a row's last change time.
+    pub column: String,
+    /// Rows whose `column` is later than this long before the comparison starts are left
+    /// out on both sides (`5m`, `1h`).
+    pub min_age: super::HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -228,6 +242,18 @@ pub fn checks(
                 Some("use `mode: full`".into()),
             ));
         }
+    }
+    if let Some(cut) = &config.cut
+        && (key.contains(&cut.column) || config.ignore.contains(&cut.column))
+    {
+        problems.push((
+            at(&["reconcile", "cut", "column"]),
+            format!(
+                "`{}` is a key or ignored column; the cut needs a compared timestamp column",
+                cut.column
+            ),
+            None,
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, query) in config.queries.iter().enumerate() {

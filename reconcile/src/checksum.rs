@@ -29,6 +29,9 @@ use crate::tables::postgres::qualified;
 /// Buckets are split by this factor at each level, down to this many keys.
 const SPLIT: i64 = 32;
 
+/// Rows per first-pass range when `checksum.ranges` is not set.
+const ROWS_PER_RANGE: f64 = 4_000_000.0;
+
 /// `(row count, XOR of row hashes)` per bucket.
 type Buckets = BTreeMap<i64, (i64, i64)>;
 
@@ -39,6 +42,9 @@ pub struct Side<'a> {
     pub columns: Vec<String>,
     /// `AND …` leaving out rows past the cut, or empty.
     pub filter: String,
+    /// The columns are the table's own, in its order: the row's text is `t::text`, which
+    /// PostgreSQL makes without building a new row.
+    pub whole_row: bool,
 }
 
 impl Side<'_> {
@@ -52,6 +58,9 @@ impl Side<'_> {
     }
 
     fn hash(&self) -> String {
+        if self.whole_row {
+            return "hashtextextended(t::text, 0)".into();
+        }
         format!(
             "hashtextextended(ROW({})::text, 0)",
             self.columns
@@ -75,6 +84,9 @@ pub struct Stats {
     /// Buckets of at most 32 keys whose rows were read and compared.
     pub leaves: u64,
     pub rows_read: u64,
+    /// Seconds spent on the first pass (both sides at once) and on the finer levels.
+    pub first_pass_seconds: f64,
+    pub levels_seconds: f64,
 }
 
 /// The recorded progress of a run.
@@ -127,7 +139,7 @@ pub fn narrow(
         client
             .query_one(
                 &format!(
-                    "SELECT min({key})::bigint, max({key})::bigint, count(*) FROM {}",
+                    "SELECT min({key})::bigint, max({key})::bigint FROM {}",
                     side.table()
                 ),
                 &[],
@@ -144,9 +156,22 @@ pub fn narrow(
     let lo = [s_lo, t_lo].into_iter().flatten().min();
     let hi = [s_hi, t_hi].into_iter().flatten().max();
     let width = config.bucket_keys.max(SPLIT);
+    let ranges = match config.ranges {
+        Some(ranges) => ranges.max(1),
+        None => {
+            let estimate: f64 = source_client
+                .query_one(
+                    "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::regclass",
+                    &[&source.table()],
+                )
+                .map(|r| r.get(0))
+                .unwrap_or(0.0);
+            ((estimate / ROWS_PER_RANGE).ceil() as u32).max(1)
+        }
+    };
     let mut stats = Stats {
         bucket_keys: width,
-        ranges: config.ranges.max(1),
+        ranges,
         ..Stats::default()
     };
     let (Some(lo), Some(hi)) = (lo, hi) else {
@@ -214,6 +239,7 @@ pub fn narrow(
         Ok::<_, ReconcileError>(())
     };
     let total = ranges as u64;
+    let started = std::time::Instant::now();
     let abort_after: Option<u64> = std::env::var("WEIR_TEST_ABORT_AFTER_RANGES")
         .ok()
         .and_then(|n| n.parse().ok());
@@ -269,6 +295,8 @@ pub fn narrow(
         Ok::<_, ReconcileError>(())
     });
     result?;
+    stats.first_pass_seconds = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
     let merge = |per_range: &BTreeMap<u32, Buckets>| -> Buckets {
         per_range
             .values()
@@ -293,11 +321,14 @@ pub fn narrow(
         let sub = (level_width / SPLIT).max(1);
         let from: Vec<i64> = differing.iter().map(|b| lo + b * level_width).collect();
         let level = |client: &mut Client, side: &Side<'_>| -> Result<Buckets, ReconcileError> {
+            // LATERAL: one index range scan per bucket, never a scan of the table.
             let sql = format!(
-                "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
+                "SELECT b, count(*), coalesce(bit_xor(h), 0)
                  FROM unnest($3::bigint[]) AS r(start)
-                 JOIN {} t ON t.{key} >= r.start AND t.{key} < r.start + $4
-                 WHERE true {}
+                 CROSS JOIN LATERAL (
+                     SELECT ((t.{key} - $1) / $2)::bigint AS b, {} AS h FROM {} t
+                     WHERE t.{key} >= r.start AND t.{key} < r.start + $4 {}
+                 ) x
                  GROUP BY 1",
                 side.hash(),
                 side.table(),
@@ -320,6 +351,7 @@ pub fn narrow(
         level_width = sub;
     }
     stats.leaves = differing.len() as u64;
+    stats.levels_seconds = started.elapsed().as_secs_f64();
     let ranges: Vec<(i64, i64)> = differing
         .iter()
         .map(|b| (lo + b * level_width, lo + (b + 1) * level_width))

@@ -259,11 +259,13 @@ fn prepare_checksum(
         config: s,
         columns: Vec::new(),
         filter: String::new(),
+        whole_row: false,
     };
     let mut target_side = checksum::Side {
         config: t,
         columns: Vec::new(),
         filter: String::new(),
+        whole_row: false,
     };
     let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
     let plan = compare::Plan::new(
@@ -276,6 +278,15 @@ fn prepare_checksum(
     )?;
     let plan = with_cut(plan, &source_schema, config, options)?;
     (source_side.columns, target_side.columns) = checksum::columns(&plan);
+    let own = |schema: &arrow::datatypes::Schema| -> Vec<String> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| compare::ident(f.name()))
+            .collect()
+    };
+    source_side.whole_row = source_side.columns == own(&source_schema);
+    target_side.whole_row = target_side.columns == own(&target_schema);
     if let Some(cut) = &plan.cut {
         for (side, column) in [
             (&mut source_side, &cut.source),

@@ -77,10 +77,11 @@ pub struct ChecksumConfig {
     #[schemars(range(min = 32))]
     pub bucket_keys: i64,
     /// Key ranges the first pass is cut into: each is one query per side, and the unit
-    /// a killed run resumes from.
-    #[serde(default = "default_ranges")]
+    /// a killed run resumes from. Default: one per 4 million rows (PostgreSQL's estimate
+    /// of the source table's size), since one scan hashes fastest.
+    #[serde(default)]
     #[schemars(range(min = 1))]
-    pub ranges: u32,
+    pub ranges: Option<u32>,
     /// Where finished ranges are recorded so a killed run resumes; relative to the
     /// pipeline file. Default: `<pipeline name>.reconcile-state.json` beside it.
     #[serde(default)]
@@ -91,15 +92,11 @@ fn default_bucket_keys() -> i64 {
     1024
 }
 
-fn default_ranges() -> u32 {
-    16
-}
-
 impl Default for ChecksumConfig {
     fn default() -> Self {
         ChecksumConfig {
             bucket_keys: default_bucket_keys(),
-            ranges: default_ranges(),
+            ranges: None,
             state: None,
         }
     }

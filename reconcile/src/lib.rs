@@ -180,14 +180,23 @@ struct Prepared {
     state_file: Option<std::path::PathBuf>,
 }
 
-/// The plan with the section's cut, if it has one: the cutoff is `min_age` before now
-/// (or before `options.now`, for tests).
-fn with_cut(
-    plan: compare::Plan,
+/// How the two schemas' columns pair up, with the section's cut if it has one (the
+/// cutoff is `min_age` before now, or before `options.now`).
+fn make_plan(
     source: &arrow::datatypes::Schema,
+    target: &arrow::datatypes::Schema,
+    key: &[String],
     config: &ReconcileConfig,
     options: &Options,
 ) -> Result<compare::Plan, ReconcileError> {
+    let plan = compare::Plan::new(
+        source,
+        target,
+        key,
+        &config.ignore,
+        &config.columns,
+        config.float_tolerance,
+    )?;
     let Some(cut) = &config.cut else {
         return Ok(plan);
     };
@@ -215,16 +224,8 @@ fn prepare_full(
                 .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;
             Ok::<_, ReconcileError>(table.schema().as_arrow().clone())
         };
-        let source = schema("source").await?;
-        let plan = compare::Plan::new(
-            &source,
-            &schema("target").await?,
-            key,
-            &config.ignore,
-            &config.columns,
-            config.float_tolerance,
-        )?;
-        with_cut(plan, &source, config, options)
+        let (source, target) = (schema("source").await?, schema("target").await?);
+        make_plan(&source, &target, key, config, options)
     })?;
     Ok(Prepared {
         source,
@@ -268,15 +269,7 @@ fn prepare_checksum(
         whole_row: false,
     };
     let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
-    let plan = compare::Plan::new(
-        &source_schema,
-        &target_schema,
-        key,
-        &config.ignore,
-        &config.columns,
-        config.float_tolerance,
-    )?;
-    let plan = with_cut(plan, &source_schema, config, options)?;
+    let plan = make_plan(&source_schema, &target_schema, key, config, options)?;
     (source_side.columns, target_side.columns) = checksum::columns(&plan);
     let own = |schema: &arrow::datatypes::Schema| -> Vec<String> {
         schema

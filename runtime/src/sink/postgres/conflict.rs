@@ -228,6 +228,20 @@ impl PostgresSink {
         Ok((unnest, typed))
     }
 
+    /// `unnest(…) AS k(c0, …, i)` over the key columns' text arrays and an ordinal array
+    /// (the parameters, in that order), and the join condition `t.<key> = k.c0::<type> AND
+    /// …` that matches the target's rows to them.
+    pub(super) fn numbered_keys(&self, key: &[String]) -> Result<(String, String), SinkError> {
+        let (unnest, typed) = self.unnest_keys(key, &[("i", "int")])?;
+        let on = key
+            .iter()
+            .zip(&typed)
+            .map(|(k, value)| format!("t.{} = {value}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        Ok((unnest, on))
+    }
+
     /// Locks and reads the rows of `keys`, then reads the tombstones of the keys without
     /// one. Both maps are by key index.
     fn read_stored(
@@ -248,13 +262,7 @@ impl PostgresSink {
         let mut params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         params.push(&ordinals);
-        let (unnest, typed) = self.unnest_keys(key, &[("i", "int")])?;
-        let on = key
-            .iter()
-            .zip(&typed)
-            .map(|(k, value)| format!("t.{} = {value}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let (unnest, on) = self.numbered_keys(key)?;
         let version = quote(versioning.version_column.as_deref().unwrap_or_default());
         let origin = versioning
             .origin_column

@@ -333,13 +333,7 @@ impl PostgresSink {
         let mut params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         params.push(&ordinals);
-        let (unnest, typed) = self.unnest_keys(key, &[("i", "int")])?;
-        let on = key
-            .iter()
-            .zip(&typed)
-            .map(|(k, value)| format!("t.{} = {value}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let (unnest, on) = self.numbered_keys(key)?;
         let fields = batch.row_fields();
         let (expressions, forms): (Vec<String>, Vec<Form>) =
             fields.iter().map(|f| read_expression(f)).unzip();

@@ -266,11 +266,13 @@ pub struct Found {
     pub mismatched: Mismatches,
 }
 
-/// Runs the full comparison, keeping the first `limit` rows of each kind.
+/// Runs the full comparison, keeping the first `limit` rows of each kind; hands every
+/// batch of differing rows to `repair` too, when a repair script is being written.
 pub async fn full(
     ctx: &SessionContext,
     plan: &Plan,
     limit: usize,
+    mut repair: Option<&mut crate::repair::Writer<'_>>,
 ) -> Result<Found, ReconcileError> {
     let sql = plan.diff_sql();
     tracing::debug!(%sql, "full comparison");
@@ -316,6 +318,9 @@ pub async fn full(
         let batch =
             batch.map_err(|e| ReconcileError::new(format!("the comparison failed: {e}")))?;
         classify(&batch, columns.len(), keys, plan, limit, &mut found)?;
+        if let Some(repair) = repair.as_deref_mut() {
+            repair.add(&batch);
+        }
     }
     found.mismatched.by_column.retain(|(_, n)| *n > 0);
     Ok(found)

@@ -96,14 +96,10 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         Mode::Checksum => prepare_checksum(&ctx, pipeline, config, &key, options)?,
     };
     let plan = &prepared.plan;
-    let (found, repair) = runtime.block_on(async {
-        let found = compare::full(&ctx, plan, options.limit).await?;
-        let repair = match &repair_target {
-            Some((dialect, table)) => Some(repair::script(&ctx, plan, *dialect, table).await?),
-            None => None,
-        };
-        Ok::<_, ReconcileError>((found, repair))
-    })?;
+    let mut repair =
+        repair_target.map(|(dialect, table)| repair::Writer::new(plan, dialect, table));
+    let found = runtime.block_on(compare::full(&ctx, plan, options.limit, repair.as_mut()))?;
+    let repair = repair.map(repair::Writer::finish);
     let (source_rows, target_rows) = match prepared.rows {
         Some(rows) => rows,
         None => runtime.block_on(async {

@@ -12,11 +12,9 @@
 
 use std::fmt::Write;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float32Type, Float64Type};
-use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use weir_runtime::config::reconcile::SnapshotConfig;
 use weir_runtime::encode;
 
@@ -131,40 +129,52 @@ fn encode_display(array: &dyn Array, row: usize) -> String {
     }
 }
 
-/// Writes the script that repairs the differences `plan` finds.
-pub async fn script(
-    ctx: &SessionContext,
-    plan: &Plan,
+/// Builds the script that repairs the differences `plan` finds, from the rows of the
+/// comparison's own query ([`crate::compare::full`] hands each batch to [`Writer::add`]),
+/// so the tables are joined once whether or not a repair is asked for.
+pub struct Writer<'a> {
+    plan: &'a Plan,
     dialect: Dialect,
-    table: &str,
-) -> Result<Script, ReconcileError> {
-    let fail = |e: datafusion::error::DataFusionError| {
-        ReconcileError::new(format!("the comparison for the repair failed: {e}"))
-    };
-    let mut stream = ctx
-        .sql(&plan.diff_sql())
-        .await
-        .map_err(fail)?
-        .execute_stream()
-        .await
-        .map_err(fail)?;
-    let keys = plan.key.len();
-    let pairs: Vec<_> = plan.key.iter().chain(&plan.compared).collect();
-    let width = pairs.len();
-    let names: Vec<String> = pairs.iter().map(|p| ident(&p.target)).collect();
-    let mut script = Script::default();
-    let out = &mut script.sql;
-    let _ = writeln!(
-        out,
-        "-- weir reconcile: brings {table} to the source ({} dialect)",
-        match dialect {
-            Dialect::Postgres => "PostgreSQL",
-            Dialect::Sqlite => "SQLite",
+    table: String,
+    /// The target's column names, quoted: the key's, then the compared columns'.
+    names: Vec<String>,
+    script: Script,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(plan: &'a Plan, dialect: Dialect, table: String) -> Writer<'a> {
+        let names = plan
+            .key
+            .iter()
+            .chain(&plan.compared)
+            .map(|p| ident(&p.target))
+            .collect();
+        let mut script = Script::default();
+        let _ = writeln!(
+            script.sql,
+            "-- weir reconcile: brings {table} to the source ({} dialect)",
+            match dialect {
+                Dialect::Postgres => "PostgreSQL",
+                Dialect::Sqlite => "SQLite",
+            }
+        );
+        script.sql.push_str("BEGIN;\n");
+        Writer {
+            plan,
+            dialect,
+            table,
+            names,
+            script,
         }
-    );
-    out.push_str("BEGIN;\n");
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(fail)?;
+    }
+
+    /// Adds the statements for a batch of the comparison's rows (`plan.diff_sql()`).
+    pub fn add(&mut self, batch: &RecordBatch) {
+        let (plan, dialect, table, names) = (self.plan, self.dialect, &self.table, &self.names);
+        let keys = plan.key.len();
+        let width = names.len();
+        let script = &mut self.script;
+        let out = &mut script.sql;
         let column = |i: usize| -> ArrayRef { batch.column(i).clone() };
         let flags: Vec<ArrayRef> = (0..plan.compared.len())
             .map(|i| column(2 * width + i))
@@ -221,8 +231,12 @@ pub async fn script(
             }
         }
     }
-    out.push_str("COMMIT;\n");
-    Ok(script)
+
+    /// The script, closed.
+    pub fn finish(mut self) -> Script {
+        self.script.sql.push_str("COMMIT;\n");
+        self.script
+    }
 }
 
 /// Runs `script` against the target, in its one transaction.

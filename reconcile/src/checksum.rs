@@ -209,10 +209,11 @@ pub fn narrow(
     // The first pass: both sides at once, one range at a time each.
     let first_pass = |client: &mut Client,
                       side: &Side<'_>,
-                      done: &BTreeMap<u32, Buckets>,
-                      sender: mpsc::Sender<(u32, Buckets)>| {
+                      is_source: bool,
+                      done: &BTreeSet<u32>,
+                      sender: mpsc::Sender<(bool, u32, Buckets)>| {
         for range in 0..ranges as u32 {
-            if done.contains_key(&range) {
+            if done.contains(&range) {
                 continue;
             }
             let first = range as i64 * per_range;
@@ -225,14 +226,8 @@ pub fn narrow(
                 side.table(),
                 side.filter
             );
-            let rows = client
-                .query(&sql, &[&lo, &width, &from, &to])
-                .map_err(|e| ReconcileError::new(format!("checksums failed: {e}")))?;
-            let found: Buckets = rows
-                .iter()
-                .map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
-                .collect();
-            if sender.send((range, found)).is_err() {
+            let found = buckets_of(client.query(&sql, &[&lo, &width, &from, &to]))?;
+            if sender.send((is_source, range, found)).is_err() {
                 break;
             }
         }
@@ -243,51 +238,39 @@ pub fn narrow(
     let abort_after: Option<u64> = std::env::var("WEIR_TEST_ABORT_AFTER_RANGES")
         .ok()
         .and_then(|n| n.parse().ok());
-    let (source_done, target_done) = (state.source.clone(), state.target.clone());
+    let source_done: BTreeSet<u32> = state.source.keys().copied().collect();
+    let target_done: BTreeSet<u32> = state.target.keys().copied().collect();
     let result = std::thread::scope(|scope| {
-        let (source_tx, source_rx) = mpsc::channel();
-        let (target_tx, target_rx) = mpsc::channel();
-        let s = scope.spawn(|| first_pass(&mut source_client, source, &source_done, source_tx));
-        let t = scope.spawn(|| first_pass(&mut target_client, target, &target_done, target_tx));
+        let (sender, finished) = mpsc::channel();
+        let target_sender = sender.clone();
+        let s = scope.spawn(|| first_pass(&mut source_client, source, true, &source_done, sender));
+        let t = scope.spawn(|| {
+            first_pass(
+                &mut target_client,
+                target,
+                false,
+                &target_done,
+                target_sender,
+            )
+        });
         // Record each finished range as it comes, so a killed run loses at most the
-        // ranges in flight.
-        let mut source_open = true;
-        let mut target_open = true;
-        while source_open || target_open {
-            let mut changed = false;
-            if source_open {
-                match source_rx.recv_timeout(std::time::Duration::from_millis(20)) {
-                    Ok((range, found)) => {
-                        state.source.insert(range, found);
-                        changed = true;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => source_open = false,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                }
+        // ranges in flight. The loop ends when both passes have ended.
+        for (is_source, range, found) in finished {
+            match is_source {
+                true => state.source.insert(range, found),
+                false => state.target.insert(range, found),
+            };
+            write_state(state_file, &state)?;
+            let done = (0..ranges as u32)
+                .filter(|r| state.source.contains_key(r) && state.target.contains_key(r))
+                .count() as u64;
+            if let Some(progress) = progress {
+                progress(done, total);
             }
-            if target_open {
-                match target_rx.recv_timeout(std::time::Duration::from_millis(20)) {
-                    Ok((range, found)) => {
-                        state.target.insert(range, found);
-                        changed = true;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => target_open = false,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                }
-            }
-            if changed {
-                write_state(state_file, &state)?;
-                let done = (0..ranges as u32)
-                    .filter(|r| state.source.contains_key(r) && state.target.contains_key(r))
-                    .count() as u64;
-                if let Some(progress) = progress {
-                    progress(done, total);
-                }
-                // A failpoint for the resume test: die like a killed process, with the
-                // state file as it is on disk.
-                if abort_after.is_some_and(|n| done >= n) {
-                    std::process::abort();
-                }
+            // A failpoint for the resume test: die like a killed process, with the state
+            // file as it is on disk.
+            if abort_after.is_some_and(|n| done >= n) {
+                std::process::abort();
             }
         }
         s.join().expect("the source pass does not panic")?;
@@ -334,13 +317,7 @@ pub fn narrow(
                 side.table(),
                 side.filter
             );
-            let rows = client
-                .query(&sql, &[&lo, &sub, &from, &level_width])
-                .map_err(|e| ReconcileError::new(format!("checksums failed: {e}")))?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
-                .collect())
+            buckets_of(client.query(&sql, &[&lo, &sub, &from, &level_width]))
         };
         let (s, t) = std::thread::scope(|scope| {
             let s = scope.spawn(|| level(&mut source_client, source));
@@ -362,6 +339,17 @@ pub fn narrow(
         target_rows,
         stats,
     })
+}
+
+/// The buckets a checksum query returned: `(bucket, count, hash)` rows.
+fn buckets_of(
+    rows: Result<Vec<postgres::Row>, postgres::Error>,
+) -> Result<Buckets, ReconcileError> {
+    let rows = rows.map_err(|e| ReconcileError::new(format!("checksums failed: {e}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
+        .collect())
 }
 
 /// Buckets whose count or hash differs (a bucket one side lacks counts as empty).

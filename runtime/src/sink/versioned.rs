@@ -20,7 +20,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StructArr
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Decimal128Type, Decimal256Type, Field, Int64Type};
 
-use super::{Rejects, SinkError};
+use super::{Applied, Rejects, SinkError};
 use crate::conflict::{ConflictConfig, Decision, Stamp, Strategy, Version};
 use crate::encode;
 use crate::envelope::{AFTER, ChangeBatch, ORIGIN, Op};
@@ -74,6 +74,9 @@ impl Incoming {
         first
     }
 }
+
+/// What the target holds, by key index (rows, or tombstones).
+pub type StoredWrites = HashMap<usize, StoredWrite>;
 
 /// A delete's tombstone, to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +285,37 @@ impl Versioning {
             }
         }
         Ok(incoming)
+    }
+
+    /// Steps 1–3 for one batch, in a sink's transaction: fills origins, stamps the rows
+    /// `include` selects, reads what the target holds for their keys with `read` (only
+    /// when versions are compared), decides, and counts skips and echoes in `applied`.
+    /// Returns the batch with origins filled, when any were, and the outcome; the sink
+    /// applies `outcome.include` of that batch and records its tombstones.
+    pub fn decide_batch(
+        &self,
+        batch: &ChangeBatch,
+        include: Option<&[bool]>,
+        rejects: &mut dyn Rejects,
+        sink: &str,
+        applied: &mut Applied,
+        read: impl FnOnce(&ChangeBatch, &Incoming) -> Result<(StoredWrites, StoredWrites), SinkError>,
+    ) -> Result<(Option<ChangeBatch>, Outcome), SinkError> {
+        let filled = self
+            .fill_origins(batch)
+            .map_err(|e| SinkError::new(sink, e))?;
+        let batch = filled.as_ref().unwrap_or(batch);
+        let incoming = self.incoming(batch, include, rejects, sink)?;
+        let (rows, tombstones) = match self.compares_versions() {
+            true => read(batch, &incoming)?,
+            false => Default::default(),
+        };
+        let outcome = self
+            .decide(batch, incoming, &rows, &tombstones)
+            .map_err(|e| SinkError::new(sink, e))?;
+        applied.skipped += outcome.skipped;
+        applied.echoes += outcome.echoes;
+        Ok((filled, outcome))
     }
 
     /// Decides the stamped changes in order against what the target holds: `rows` and

@@ -23,14 +23,11 @@ use postgres::types::ToSql;
 
 use super::{PostgresSink, quote};
 use crate::envelope::ChangeBatch;
-use crate::sink::versioned::{Outcome, StoredWrite, Tombstone, Versioning};
+use crate::sink::versioned::{Outcome, StoredWrite, StoredWrites, Tombstone, Versioning};
 use crate::sink::{Applied, Rejects, Sink, SinkError};
 
 /// Tombstones older than the horizon are removed at most this often.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
-
-/// What the target holds, by key index.
-type StoredWrites = HashMap<usize, StoredWrite>;
 
 /// PostgreSQL's limit on identifier length, in bytes.
 const MAX_IDENTIFIER: usize = 63;
@@ -161,18 +158,15 @@ impl PostgresSink {
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        let filled = versioning.fill_origins(batch).map_err(|e| self.error(e))?;
+        let (filled, outcome) = versioning.decide_batch(
+            batch,
+            include,
+            rejects,
+            &self.describe(),
+            applied,
+            |batch, incoming| self.read_stored(tx, versioning, batch, &incoming.keys),
+        )?;
         let batch = filled.as_ref().unwrap_or(batch);
-        let incoming = versioning.incoming(batch, include, rejects, &self.describe())?;
-        let (rows, tombstones) = match versioning.compares_versions() {
-            true => self.read_stored(tx, versioning, batch, &incoming.keys)?,
-            false => Default::default(),
-        };
-        let outcome = versioning
-            .decide(batch, incoming, &rows, &tombstones)
-            .map_err(|e| self.error(e))?;
-        applied.skipped += outcome.skipped;
-        applied.echoes += outcome.echoes;
         if outcome.include.iter().any(|x| *x) {
             let present = versioning
                 .compares_versions()

@@ -20,14 +20,11 @@ use rusqlite::types::Value;
 
 use super::{SqliteSink, quote, sql_value};
 use crate::envelope::{ChangeBatch, Op};
-use crate::sink::versioned::{Incoming, StoredWrite, Tombstone, Versioning};
+use crate::sink::versioned::{Incoming, StoredWrite, StoredWrites, Tombstone, Versioning};
 use crate::sink::{Applied, Rejects, Sink, SinkError};
 
 /// Tombstones older than the horizon are removed at most this often.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
-
-/// What the target holds, by key index.
-type StoredWrites = HashMap<usize, StoredWrite>;
 
 /// `'text'` as an SQL string literal.
 fn literal(text: &str) -> String {
@@ -127,18 +124,15 @@ impl SqliteSink {
         rejects: &mut dyn Rejects,
     ) -> Result<(), SinkError> {
         let versioning = self.versioning.clone().expect("a built-in strategy");
-        let filled = versioning.fill_origins(batch).map_err(|e| self.error(e))?;
+        let (filled, outcome) = versioning.decide_batch(
+            batch,
+            include,
+            rejects,
+            &self.describe(),
+            applied,
+            |batch, incoming| self.read_stored(&versioning, batch, incoming),
+        )?;
         let batch = filled.as_ref().unwrap_or(batch);
-        let incoming = versioning.incoming(batch, include, rejects, &self.describe())?;
-        let (rows, tombstones) = match versioning.compares_versions() {
-            true => self.read_stored(&versioning, batch, &incoming)?,
-            false => Default::default(),
-        };
-        let outcome = versioning
-            .decide(batch, incoming, &rows, &tombstones)
-            .map_err(|e| self.error(e))?;
-        applied.skipped += outcome.skipped;
-        applied.echoes += outcome.echoes;
         if outcome.include.iter().any(|x| *x) {
             self.write_compacted(batch, Some(&outcome.include), applied)?;
         }

@@ -61,34 +61,7 @@ enum Command {
     /// Compare the pipeline's `reconcile.source` with its `reconcile.target`: missing,
     /// extra and mismatched rows, and the named queries. Exits 0 when the two are equal,
     /// 1 when they differ, 2 when they cannot be compared.
-    Reconcile {
-        /// The pipeline file (its `reconcile` section).
-        pipeline: PathBuf,
-        /// More queries: an SQL file of statements separated by `;`, each optionally
-        /// named by a `-- name: <name>` line.
-        #[arg(long)]
-        sql: Option<PathBuf>,
-        /// Print the report as JSON on standard output.
-        #[arg(long)]
-        json: bool,
-        /// Most rows of each kind listed (all are counted).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Also write the report as one HTML page (a summary chart, the rows, the queries).
-        #[arg(long)]
-        html: Option<PathBuf>,
-        /// `full` or `checksum`, instead of the section's `mode`.
-        #[arg(long, value_parser = ["full", "checksum"])]
-        mode: Option<String>,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
-        /// `sql`: print the SQL that brings the target to the source on standard output
-        /// (the report goes to standard error). `apply`: run it against the target in one
-        /// transaction, then reconcile again; the exit code is the second comparison's.
-        #[arg(long, value_parser = ["sql", "apply"])]
-        repair: Option<String>,
-    },
+    Reconcile(ReconcileArgs),
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
     /// Work with WebAssembly plugins.
@@ -185,26 +158,40 @@ const RECONCILE_DIFFERENT: u8 = 1;
 const RECONCILE_ERROR: u8 = 2;
 
 /// The options of `weir reconcile`.
-struct ReconcileArgs<'a> {
-    sql: Option<&'a std::path::Path>,
+#[derive(clap::Args)]
+struct ReconcileArgs {
+    /// The pipeline file (its `reconcile` section).
+    pipeline: PathBuf,
+    /// More queries: an SQL file of statements separated by `;`, each optionally
+    /// named by a `-- name: <name>` line.
+    #[arg(long)]
+    sql: Option<PathBuf>,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
     json: bool,
+    /// Most rows of each kind listed (all are counted).
+    #[arg(long, default_value_t = 100)]
     limit: usize,
-    html: Option<&'a std::path::Path>,
-    mode: Option<&'a str>,
+    /// Also write the report as one HTML page (a summary chart, the rows, the queries).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// `full` or `checksum`, instead of the section's `mode`.
+    #[arg(long, value_parser = ["full", "checksum"])]
+    mode: Option<String>,
+    /// No progress bar.
+    #[arg(short, long)]
     quiet: bool,
-    repair: Option<&'a str>,
+    /// `sql`: print the SQL that brings the target to the source on standard output
+    /// (the report goes to standard error). `apply`: run it against the target in one
+    /// transaction, then reconcile again; the exit code is the second comparison's.
+    #[arg(long, value_parser = ["sql", "apply"])]
+    repair: Option<String>,
 }
 
-fn reconcile(pipeline: &std::path::Path, args: ReconcileArgs<'_>) -> ExitCode {
-    let ReconcileArgs {
-        sql,
-        json,
-        limit,
-        html,
-        mode,
-        quiet,
-        repair,
-    } = args;
+fn reconcile(args: &ReconcileArgs) -> ExitCode {
+    let (pipeline, json, limit) = (&args.pipeline, args.json, args.limit);
+    let (sql, html) = (args.sql.as_deref(), args.html.as_deref());
+    let (mode, repair) = (args.mode.as_deref(), args.repair.as_deref());
     let fail = |message: String| {
         eprintln!("error: {message}");
         ExitCode::from(RECONCILE_ERROR)
@@ -223,7 +210,7 @@ fn reconcile(pipeline: &std::path::Path, args: ReconcileArgs<'_>) -> ExitCode {
         };
     }
     // Checksum mode reports its key ranges as they finish.
-    let bar = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+    let bar = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -330,27 +317,7 @@ fn main() -> ExitCode {
             quiet,
         } => run(pipeline, stop_when_idle, json, quiet),
         Command::Validate { pipelines } => validate(&pipelines),
-        Command::Reconcile {
-            pipeline,
-            sql,
-            json,
-            limit,
-            html,
-            mode,
-            quiet,
-            repair,
-        } => reconcile(
-            &pipeline,
-            ReconcileArgs {
-                sql: sql.as_deref(),
-                json,
-                limit,
-                html: html.as_deref(),
-                mode: mode.as_deref(),
-                quiet,
-                repair: repair.as_deref(),
-            },
-        ),
+        Command::Reconcile(args) => reconcile(&args),
         Command::Schema => {
             println!(
                 "{}",

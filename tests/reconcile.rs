@@ -438,6 +438,34 @@ fn postgres_against_postgres_names_every_injected_difference() {
     assert!(stats["rows_read"].as_u64().unwrap() < 300, "{stats}");
     assert_eq!(checksum.report["source"]["rows"], 200);
     assert_eq!(checksum.report["target"]["rows"], 199);
+    // Every column is hashed by its type's own hash function.
+    assert_eq!(stats["hashed_as_text"], serde_json::json!([]), "{stats}");
+
+    // A column whose type differs between the sides, and one whose type has no hash
+    // function, are hashed as their text; the rows found stay the same.
+    pg.client("reconcile")
+        .batch_execute(
+            r#"ALTER TABLE "tab'le" ALTER COLUMN "select" TYPE bigint;
+               ALTER TABLE src ADD COLUMN doc json DEFAULT '{"a": [1, "ü"]}';
+               ALTER TABLE "tab'le" ADD COLUMN doc json DEFAULT '{"a": [1, "ü"]}';"#,
+        )
+        .unwrap();
+    let mixed = reconcile(&pipeline(&ws, &checksum_section));
+    assert_eq!(mixed.code, 1, "{}", mixed.stderr);
+    assert_eq!(
+        mixed.report["checksum"]["hashed_as_text"],
+        serde_json::json!(["select", "doc"]),
+        "{}",
+        mixed.report["checksum"]
+    );
+    assert_injected(&mixed.report, false);
+    pg.client("reconcile")
+        .batch_execute(
+            r#"ALTER TABLE "tab'le" ALTER COLUMN "select" TYPE integer;
+               ALTER TABLE src DROP COLUMN doc;
+               ALTER TABLE "tab'le" DROP COLUMN doc;"#,
+        )
+        .unwrap();
 
     // A killed run resumes: the first run dies after one key range is recorded; the next
     // takes that range from the state file and finds the same rows.

@@ -1,10 +1,10 @@
 //! Checksum mode: compare two PostgreSQL tables without moving their rows.
 //!
 //! The key range is cut into buckets of `bucket_keys` consecutive keys. Each database
-//! computes, per bucket, the row count and the XOR of a 64-bit hash of every row's text
-//! (`hashtextextended(ROW(…)::text, 0)`, over the key and the compared columns in the same
-//! order on both sides), grouped in one pass over a key range — the hashing is pushed down
-//! as SQL, and both databases work at the same time. A bucket whose count or hash differs
+//! computes, per bucket, the row count and the XOR of a 64-bit hash of every row
+//! (`hash_record_extended(ROW(…), 0)` over the key and the compared columns, in the same
+//! order on both sides; see [`choose_hash`]), grouped in one pass over a key range — the
+//! hashing is pushed down as SQL, and both databases work at the same time. A bucket whose count or hash differs
 //! is split in 32 and hashed again (only its keys, through the key's index), until buckets
 //! hold at most 32 keys; then the rows of those buckets alone are read from both sides and
 //! compared as in full mode, which reports them and applies the same type-aware rules.
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use weir_runtime::config::reconcile::{ChecksumConfig, PostgresSnapshot};
 
 use crate::ReconcileError;
-use crate::compare::Plan;
+use crate::compare::{Plan, ident};
 use crate::tables::postgres::qualified;
 
 /// Buckets are split by this factor at each level, down to this many keys.
@@ -38,13 +38,14 @@ type Buckets = BTreeMap<i64, (i64, i64)>;
 /// One side of the comparison.
 pub struct Side<'a> {
     pub config: &'a PostgresSnapshot,
-    /// The key and compared columns, quoted, in pair order.
+    /// The key column, quoted.
+    pub key: String,
+    /// The key and compared columns, unquoted, in pair order.
     pub columns: Vec<String>,
     /// `AND …` leaving out rows past the cut, or empty.
     pub filter: String,
-    /// The columns are the table's own, in its order: the row's text is `t::text`, which
-    /// PostgreSQL makes without building a new row.
-    pub whole_row: bool,
+    /// The row hash, an SQL expression over `t` (set by [`choose_hash`]).
+    pub hash: String,
 }
 
 impl Side<'_> {
@@ -57,24 +58,120 @@ impl Side<'_> {
             .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))
     }
 
-    fn hash(&self) -> String {
-        if self.whole_row {
-            return "hashtextextended(t::text, 0)".into();
-        }
-        format!(
-            "hashtextextended(ROW({})::text, 0)",
-            self.columns
-                .iter()
-                .map(|c| format!("t.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+    /// Each column's type name, from the catalog.
+    fn column_types(&self, client: &mut Client) -> Result<BTreeMap<String, String>, String> {
+        let rows = client
+            .query(
+                "SELECT attname::text, atttypid::regtype::text FROM pg_attribute
+                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                &[&self.table()],
+            )
+            .map_err(|e| format!("cannot read the column types: {e}"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    /// The columns of `candidates` whose values PostgreSQL can hash as they are (their
+    /// type has an extended hash function, and the server has `hash_record_extended`,
+    /// PostgreSQL 14 and later). A probe hashes one row; when it fails, each column is
+    /// probed alone. An empty table refuses nothing, which is safe: it has no rows to
+    /// hash, and the other side's probe decides.
+    fn hashable(&self, client: &mut Client, candidates: &[String]) -> BTreeSet<String> {
+        let probe = |client: &mut Client, columns: &[String]| {
+            let hashes: Vec<String> = columns
+                .iter()
+                .map(|c| format!("hash_record_extended(ROW(t.{}), 0)", ident(c)))
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM {} t LIMIT 1",
+                hashes.join(", "),
+                self.table()
+            );
+            client.query(&sql, &[]).is_ok()
+        };
+        if candidates.is_empty() || probe(client, candidates) {
+            return candidates.iter().cloned().collect();
+        }
+        candidates
+            .iter()
+            .filter(|c| probe(client, std::slice::from_ref(c)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Chooses the row hash of both sides. A column whose type is the same on both sides and
+/// has a hash function goes into `hash_record_extended(ROW(…), 0)` as it is: each value
+/// is hashed by its type's own hash function, with no text built, which takes about half
+/// the time of hashing the row's text (docs/benchmarks.md). Other columns go in as their
+/// text (`t.c::text`), so a column held as `integer` on one side and `bigint` or `text`
+/// on the other still compares by value's text. Values equal by their type hash equal
+/// (`1.10` and `1.1` as `numeric`), as full mode compares them. Returns the source
+/// columns hashed as text.
+pub fn choose_hash<'a>(
+    source: &mut Side<'a>,
+    target: &mut Side<'a>,
+) -> Result<Vec<String>, ReconcileError> {
+    let mut source_client = source.connect("source")?;
+    let mut target_client = target.connect("target")?;
+    let source_types = source
+        .column_types(&mut source_client)
+        .map_err(|e| ReconcileError::new(format!("source: {e}")))?;
+    let target_types = target
+        .column_types(&mut target_client)
+        .map_err(|e| ReconcileError::new(format!("target: {e}")))?;
+    let same_type: Vec<(String, String)> = source
+        .columns
+        .iter()
+        .zip(&target.columns)
+        .filter(|(s, t)| {
+            source_types
+                .get(*s)
+                .is_some_and(|ty| target_types.get(*t) == Some(ty))
+        })
+        .map(|(s, t)| (s.clone(), t.clone()))
+        .collect();
+    let (s, t): (Vec<String>, Vec<String>) = same_type.into_iter().unzip();
+    let s_ok = source.hashable(&mut source_client, &s);
+    let t_ok = target.hashable(&mut target_client, &t);
+    let raw: BTreeSet<usize> = source
+        .columns
+        .iter()
+        .zip(&target.columns)
+        .enumerate()
+        .filter(|(_, (s, t))| s_ok.contains(*s) && t_ok.contains(*t))
+        .map(|(i, _)| i)
+        .collect();
+    for side in [&mut *source, &mut *target] {
+        let inputs: Vec<String> = side
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match raw.contains(&i) {
+                true => format!("t.{}", ident(c)),
+                false => format!("t.{}::text", ident(c)),
+            })
+            .collect();
+        side.hash = match raw.is_empty() {
+            // Without any hashable column (or before PostgreSQL 14): the row's text.
+            true => format!("hashtextextended(ROW({})::text, 0)", inputs.join(", ")),
+            false => format!("hash_record_extended(ROW({}), 0)", inputs.join(", ")),
+        };
+    }
+    Ok(source
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !raw.contains(i))
+        .map(|(_, c)| c.clone())
+        .collect())
 }
 
 /// What checksum mode did, for the report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
+    /// Source columns hashed as their text, not by their type's hash function (their type
+    /// differs between the sides, or has no hash function).
+    pub hashed_as_text: Vec<String>,
     pub bucket_keys: i64,
     pub ranges: u32,
     /// Ranges whose checksums came from the state file of a killed run.
@@ -127,19 +224,18 @@ pub fn state_path(
 pub fn narrow(
     source: &Side<'_>,
     target: &Side<'_>,
-    key: &str,
     config: &ChecksumConfig,
     state_file: &Path,
     progress: Option<Progress<'_>>,
 ) -> Result<Narrowed, ReconcileError> {
-    let key = crate::compare::ident(key);
     let mut source_client = source.connect("source")?;
     let mut target_client = target.connect("target")?;
     let bounds = |client: &mut Client, side: &Side<'_>, name: &str| {
         client
             .query_one(
                 &format!(
-                    "SELECT min({key})::bigint, max({key})::bigint FROM {}",
+                    "SELECT min({0})::bigint, max({0})::bigint FROM {1}",
+                    side.key,
                     side.table()
                 ),
                 &[],
@@ -161,7 +257,7 @@ pub fn narrow(
         None => {
             let estimate: f64 = source_client
                 .query_one(
-                    "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::regclass",
+                    "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::text::regclass",
                     &[&source.table()],
                 )
                 .map(|r| r.get(0))
@@ -187,11 +283,11 @@ pub fn narrow(
     let ranges = (stats.ranges as i64).min(buckets).max(1);
     let per_range = (buckets + ranges - 1) / ranges;
     let fingerprint = format!(
-        "v1 {} {} {width} {ranges} {lo} {hi} {:?} {:?} {:?} {:?}",
+        "v2 {} {} {width} {ranges} {lo} {hi} {:?} {:?} {:?} {:?}",
         source.table(),
         target.table(),
-        source.columns,
-        target.columns,
+        source.hash,
+        target.hash,
         source.filter,
         target.filter
     );
@@ -222,9 +318,10 @@ pub fn narrow(
             let sql = format!(
                 "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
                  FROM {} t WHERE t.{key} >= $3 AND t.{key} < $4 {} GROUP BY 1",
-                side.hash(),
+                side.hash,
                 side.table(),
-                side.filter
+                side.filter,
+                key = side.key
             );
             let found = buckets_of(client.query(&sql, &[&lo, &width, &from, &to]))?;
             if sender.send((is_source, range, found)).is_err() {
@@ -313,9 +410,10 @@ pub fn narrow(
                      WHERE t.{key} >= r.start AND t.{key} < r.start + $4 {}
                  ) x
                  GROUP BY 1",
-                side.hash(),
+                side.hash,
                 side.table(),
-                side.filter
+                side.filter,
+                key = side.key
             );
             buckets_of(client.query(&sql, &[&lo, &sub, &from, &level_width]))
         };
@@ -375,17 +473,12 @@ pub fn restricted(table: &str, key: &str, ranges: &[(i64, i64)]) -> String {
     format!("(SELECT * FROM {} WHERE {filter}) AS q", qualified(table))
 }
 
-/// The key and compared columns of each side, quoted, in the plan's pair order.
+/// The key and compared columns of each side, in the plan's pair order.
 pub fn columns(plan: &Plan) -> (Vec<String>, Vec<String>) {
     plan.key
         .iter()
         .chain(&plan.compared)
-        .map(|p| {
-            (
-                crate::compare::ident(&p.source),
-                crate::compare::ident(&p.target),
-            )
-        })
+        .map(|p| (p.source.clone(), p.target.clone()))
         .unzip()
 }
 

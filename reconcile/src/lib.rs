@@ -252,30 +252,20 @@ fn prepare_checksum(
     let [key_column] = key else {
         return Err(ReconcileError::new("checksum mode needs one key column"));
     };
-    let mut source_side = checksum::Side {
-        config: s,
+    let side = |config| checksum::Side {
+        config,
+        key: String::new(),
         columns: Vec::new(),
         filter: String::new(),
-        whole_row: false,
+        hash: String::new(),
     };
-    let mut target_side = checksum::Side {
-        config: t,
-        columns: Vec::new(),
-        filter: String::new(),
-        whole_row: false,
-    };
+    let (mut source_side, mut target_side) = (side(s), side(t));
     let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
     let plan = make_plan(&source_schema, &target_schema, key, config, options)?;
     (source_side.columns, target_side.columns) = checksum::columns(&plan);
-    let own = |schema: &arrow::datatypes::Schema| -> Vec<String> {
-        schema
-            .fields()
-            .iter()
-            .map(|f| compare::ident(f.name()))
-            .collect()
-    };
-    source_side.whole_row = source_side.columns == own(&source_schema);
-    target_side.whole_row = target_side.columns == own(&target_schema);
+    source_side.key = compare::ident(&plan.key[0].source);
+    target_side.key = compare::ident(&plan.key[0].target);
+    let hashed_as_text = checksum::choose_hash(&mut source_side, &mut target_side)?;
     if let Some(cut) = &plan.cut {
         for (side, column) in [
             (&mut source_side, &cut.source),
@@ -292,7 +282,6 @@ fn prepare_checksum(
     let narrowed = checksum::narrow(
         &source_side,
         &target_side,
-        key_column,
         &config.checksum,
         &state_file,
         options.progress.as_deref(),
@@ -315,6 +304,7 @@ fn prepare_checksum(
     }
     let mut stats = narrowed.stats;
     stats.rows_read = rows_read;
+    stats.hashed_as_text = hashed_as_text;
     let describe = |side: &PostgresSnapshot| {
         format!(
             "postgres table {}",

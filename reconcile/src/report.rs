@@ -142,6 +142,14 @@ impl Report {
                 stats.buckets_differing,
                 stats.leaves
             );
+            if !stats.hashed_as_text.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  hashed as text (types differ between the sides, or have no hash \
+                     function): {}",
+                    stats.hashed_as_text.join(", ")
+                );
+            }
         }
         let _ = writeln!(out, "  compared: {}", list(&self.compared));
         if !self.ignored.is_empty() {

@@ -15,7 +15,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use common::Workspace;
-use common::services::Postgres;
+use common::services::{Broker, Postgres};
 
 /// One row of the test table. `a"b` and `select` are columns too.
 #[derive(Debug, Clone, PartialEq)]
@@ -747,4 +747,151 @@ fn changes_within_min_age_are_left_out_of_the_comparison() {
     ));
     assert_eq!(outcome.code, 1, "{}", outcome.stderr);
     expect(&outcome.report);
+}
+
+/// A live pipeline from Kafka: `weir reconcile` reads the change log from the topic up to
+/// its end, waits until the running pipeline has applied every partition up to that end
+/// (the checkpoint its SQLite sink stores), and only then compares.
+#[test]
+fn a_kafka_change_log_against_a_running_pipeline_after_waiting_for_it() {
+    let broker = Broker::start();
+    broker.create_topic("products", 3);
+    let records: Vec<(Option<String>, Option<String>)> =
+        common::json_lines(&common::fixture("flink/debezium-data-schema-exclude.txt"))
+            .into_iter()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let image = if v["op"] == "d" { "before" } else { "after" };
+                (Some(format!("{{\"id\":{}}}", v[image]["id"])), Some(line))
+            })
+            .collect();
+    broker.produce("products", &records);
+
+    let ws = Workspace::new();
+    let yaml = |group: &str, sink: &str, wait: &str| {
+        format!(
+            "name: live\n\
+             source: {{ type: kafka, brokers: \"{b}\", topics: [products], group_id: {group} }}\n\
+             table:\n  name: products\n  primary_key: [id]\n  \
+             columns: {{id: int32, name: string, description: string, weight: float32}}\n\
+             sink: {sink}\n\
+             reconcile:\n  source: {{ type: debezium, topic: products }}\n  \
+             target: {{ type: sqlite, path: target.db, table: products }}\n  wait: {wait}\n",
+            b = broker.address()
+        )
+    };
+    let sqlite_sink = "{ type: sqlite, path: target.db, create: true }";
+    let pipeline = ws.write(
+        "pipeline.yaml",
+        &yaml("live", sqlite_sink, "{ timeout: 90s }"),
+    );
+    let run = common::weir()
+        .args(["run", "-q", "--stop-when-idle", "5s"])
+        .arg(&pipeline)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Started at once: the pipeline is still joining its group, and the target database
+    // may not exist yet. The comparison waits for the pipeline to apply the topic's end.
+    let live = reconcile(&pipeline);
+    assert_eq!(live.code, 0, "{}\n{:#}", live.stderr, live.report);
+    let positions = live.report["waited"]["positions"].as_object().unwrap();
+    assert_eq!(positions.len(), 3, "{positions:?}");
+    assert!(positions.contains_key("kafka:products/0"), "{positions:?}");
+    let ends: i64 = positions.values().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(ends, records.len() as i64, "{positions:?}");
+    assert_eq!(live.report["source"]["rows"], 10, "{:#}", live.report);
+    assert_eq!(live.report["target"]["rows"], 10, "{:#}", live.report);
+    assert!(
+        live.report["source"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("topic products (16 changes"),
+        "{:#}",
+        live.report["source"]
+    );
+    let finished = run.wait_with_output().unwrap();
+    assert!(
+        finished.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+
+    // The log read from the topic catches a row the target lost.
+    rusqlite::Connection::open(ws.path("target.db"))
+        .unwrap()
+        .execute("DELETE FROM products WHERE id = 105", [])
+        .unwrap();
+    let tampered = reconcile(&pipeline);
+    assert_eq!(tampered.code, 1, "{}", tampered.stderr);
+    assert_eq!(keys(&tampered.report["missing"]), BTreeSet::from([105]));
+
+    // The log stops where the wait stopped: with partition 1 waited for only up to its
+    // first record, the log holds that partition's first change alone, and the target,
+    // which has all of them, differs.
+    let partition_1 = positions["kafka:products/1"].as_i64().unwrap();
+    assert!(partition_1 > 1, "{positions:?}");
+    ws.write(
+        "pipeline.yaml",
+        &yaml(
+            "live",
+            sqlite_sink,
+            "{ positions: { products/1: 1 }, timeout: 30s }",
+        ),
+    );
+    let early = reconcile(&pipeline);
+    assert_eq!(early.code, 1, "{}", early.stderr);
+    let changes = records.len() as i64 - (partition_1 - 1);
+    assert!(
+        early.report["source"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("topic products ({changes} changes")),
+        "{:#}",
+        early.report["source"]
+    );
+
+    // A position the pipeline never reaches: exit 2 once the timeout passes, naming the
+    // stream and how far it got.
+    ws.write(
+        "pipeline.yaml",
+        &yaml(
+            "live",
+            sqlite_sink,
+            "{ positions: { products/1: 100000 }, timeout: 1s }",
+        ),
+    );
+    let behind = reconcile(&pipeline);
+    assert_eq!(behind.code, 2, "{:#}", behind.report);
+    assert!(
+        behind.stderr.contains("kafka:products/1 at ") && behind.stderr.contains("of 100000"),
+        "{}",
+        behind.stderr
+    );
+
+    // A sink that stores no checkpoint (JSON lines): the wait reads the consumer group's
+    // committed offsets instead. The group `live` committed the topic's end; a group that
+    // never ran has committed nothing, and the wait gives up.
+    let jsonl_sink = "{ type: jsonl, path: out.jsonl }";
+    ws.write(
+        "pipeline.yaml",
+        &yaml("live", jsonl_sink, "{ timeout: 30s }"),
+    );
+    let committed = reconcile(&pipeline);
+    assert_eq!(committed.code, 1, "{}", committed.stderr);
+    assert_eq!(
+        committed.report["waited"]["positions"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
+    ws.write(
+        "pipeline.yaml",
+        &yaml("never-ran", jsonl_sink, "{ timeout: 1s }"),
+    );
+    let never = reconcile(&pipeline);
+    assert_eq!(never.code, 2, "{:#}", never.report);
+    assert!(never.stderr.contains(" at 0 of "), "{}", never.stderr);
 }

@@ -236,6 +236,7 @@ mod tests {
             },
             checksum: None,
             cut: None,
+            waited: None,
             queries: vec![QueryResult {
                 name: "n".into(),
                 sql: "SELECT 1 < 2".into(),

@@ -12,6 +12,7 @@ pub mod html;
 pub mod repair;
 pub mod report;
 pub mod tables;
+pub mod wait;
 
 use std::path::Path;
 use std::time::Instant;
@@ -79,10 +80,21 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
             pipeline.file.display()
         ))
     })?;
+    // A live pipeline: compare once it has applied its source up to the positions.
+    let waited = config
+        .wait
+        .as_ref()
+        .map(|wait| wait::until_applied(pipeline, wait))
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .build()
         .map_err(|e| ReconcileError::new(format!("cannot start the query runtime: {e}")))?;
     let ctx = SessionContext::new();
+    let reader = tables::Reader {
+        runtime: &runtime,
+        pipeline,
+        log_end: waited.as_ref().map(|w| &w.positions),
+    };
     let key = config
         .key_columns(&pipeline.config.table.primary_key)
         .to_vec();
@@ -92,7 +104,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         false => None,
     };
     let prepared = match config.mode {
-        Mode::Full => prepare_full(&runtime, &ctx, pipeline, config, &key, options)?,
+        Mode::Full => prepare_full(&reader, &ctx, config, &key, options)?,
         Mode::Checksum => prepare_checksum(&ctx, pipeline, config, &key, options)?,
     };
     let plan = &prepared.plan;
@@ -111,7 +123,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         // Checksum mode registered only the differing rows; queries see whole tables.
         for (name, snapshot) in [("source", &config.source), ("target", &config.target)] {
             let _ = ctx.deregister_table(name);
-            tables::register(&runtime, &ctx, name, snapshot, pipeline)?;
+            reader.register(&ctx, name, snapshot)?;
         }
     }
     let queries = runtime.block_on(async {
@@ -152,6 +164,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         extra: found.extra,
         mismatched: found.mismatched,
         checksum: prepared.checksum,
+        waited,
         cut: plan.cut.as_ref().map(|cut| {
             format!(
                 "rows whose `{}` is after {} are left out on both sides",
@@ -203,16 +216,15 @@ fn make_plan(
 }
 
 fn prepare_full(
-    runtime: &tokio::runtime::Runtime,
+    reader: &tables::Reader<'_>,
     ctx: &SessionContext,
-    pipeline: &LoadedPipeline,
     config: &ReconcileConfig,
     key: &[String],
     options: &Options,
 ) -> Result<Prepared, ReconcileError> {
-    let source = tables::register(runtime, ctx, "source", &config.source, pipeline)?;
-    let target = tables::register(runtime, ctx, "target", &config.target, pipeline)?;
-    let plan = runtime.block_on(async {
+    let source = reader.register(ctx, "source", &config.source)?;
+    let target = reader.register(ctx, "target", &config.target)?;
+    let plan = reader.runtime.block_on(async {
         let schema = |name: &'static str| async move {
             let table = ctx
                 .table(name)

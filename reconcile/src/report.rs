@@ -37,6 +37,9 @@ pub struct Report {
     /// The consistent cut, when the comparison left out recent changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut: Option<String>,
+    /// The source positions the comparison waited for the pipeline to apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited: Option<crate::wait::Waited>,
     /// The named queries' results.
     pub queries: Vec<QueryResult>,
     /// Whether the two sides are equal (exit code 0).
@@ -129,6 +132,19 @@ impl Report {
         let _ = writeln!(out, "  key: {}", self.key.join(", "));
         if let Some(cut) = &self.cut {
             let _ = writeln!(out, "  cut: {cut}");
+        }
+        if let Some(waited) = &self.waited {
+            let positions: Vec<String> = waited
+                .positions
+                .iter()
+                .map(|(stream, position)| format!("{stream} @ {position}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  waited {:.1} s for the pipeline to apply its source up to: {}",
+                waited.seconds,
+                positions.join(", ")
+            );
         }
         if let Some(stats) = &self.checksum {
             let _ = writeln!(

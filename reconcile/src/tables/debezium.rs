@@ -1,6 +1,7 @@
-//! Debezium change-log snapshots: a file of change events decoded with the pipeline's
-//! `table` settings (the same decoder `weir run` uses), optionally run through the
-//! pipeline's transforms, and folded to its final state by key — the last change of each
+//! Debezium change-log snapshots: change events from a file, or from a Kafka topic up to
+//! the end it has when the read starts, decoded with the pipeline's `table` settings (the
+//! same decoder `weir run` uses), optionally run through the pipeline's transforms, and
+//! folded to its final state by key — the last change of each
 //! key wins, a delete removes the key, a truncate empties the table, an update that moves
 //! its key leaves the old key. The result is the table the log describes, which a target
 //! fed from the same log must hold.
@@ -10,6 +11,7 @@
 //! follow is an error.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::sync::Arc;
 
@@ -24,9 +26,11 @@ use weir_runtime::config::reconcile::DebeziumSnapshot;
 use weir_runtime::decode::{DecodeError, Decoder, RawRecord};
 use weir_runtime::encode;
 use weir_runtime::envelope::{ChangeBatch, Op};
+use weir_runtime::kafka::offsets::Offsets;
 use weir_runtime::plugin::chain::{RejectRow, TransformChain};
 use weir_runtime::position::{Checkpoint, Position};
 use weir_runtime::sink::compact::key_columns;
+use weir_runtime::source::SourceConfig;
 
 use crate::ReconcileError;
 
@@ -53,16 +57,33 @@ pub fn register(
     name: &str,
     config: &DebeziumSnapshot,
     pipeline: &LoadedPipeline,
+    log_end: Option<&BTreeMap<String, i64>>,
 ) -> Result<String, ReconcileError> {
-    let path = pipeline.resolve(&config.path);
-    let fail =
-        |e: String| ReconcileError::new(format!("{name}: change log {}: {e}", path.display()));
-    let (batches, stats) = read(pipeline, config, &path).map_err(fail)?;
+    let (what, read) = match (&config.path, &config.topic) {
+        (Some(path), _) => {
+            let path = pipeline.resolve(path);
+            (
+                format!("change log {}", path.display()),
+                read_file(pipeline, config, &path),
+            )
+        }
+        (None, Some(topic)) => (
+            format!("change log topic {topic}"),
+            read_topic(pipeline, config, topic, log_end),
+        ),
+        (None, None) => {
+            return Err(ReconcileError::new(format!(
+                "{name}: a debezium snapshot needs `path` or `topic`"
+            )));
+        }
+    };
+    let fail = |e: String| ReconcileError::new(format!("{name}: {what}: {e}"));
+    let (batches, stats) = read.map_err(fail)?;
     let (schema, rows) = final_rows(&batches).map_err(fail)?;
     let table = MemTable::try_new(schema, vec![rows]).map_err(|e| fail(e.to_string()))?;
     ctx.register_table(name, Arc::new(table))
         .map_err(|e| fail(e.to_string()))?;
-    let mut description = format!("change log {} ({} changes", path.display(), stats.changes);
+    let mut description = format!("{what} ({} changes", stats.changes);
     if stats.undecodable > 0 {
         description.push_str(&format!(
             "; {} records could not be decoded and were skipped",
@@ -79,9 +100,75 @@ pub fn register(
     Ok(description)
 }
 
-/// The log's changes, in batches of the pipeline's `batch.max_events`, transformed when
-/// the snapshot asks for it.
-fn read(
+/// Decodes change events into batches of the pipeline's `batch.max_events`, run through
+/// the pipeline's transforms when the snapshot asks for it.
+struct LogReader {
+    decoder: Decoder,
+    chain: Option<TransformChain>,
+    refused: Refused,
+    stats: LogStats,
+    batches: Vec<ChangeBatch>,
+    max_events: usize,
+}
+
+impl LogReader {
+    fn new(pipeline: &LoadedPipeline, config: &DebeziumSnapshot) -> Result<Self, String> {
+        Ok(LogReader {
+            decoder: Decoder::new(pipeline.table_spec(), config.format),
+            chain: match config.transforms {
+                true => TransformChain::load(pipeline)?,
+                false => None,
+            },
+            refused: Refused(0),
+            stats: LogStats::default(),
+            batches: Vec::new(),
+            max_events: pipeline.config.batch.max_events.max(1),
+        })
+    }
+
+    fn push(&mut self, record: RawRecord<'_>, position: &Position) -> Result<(), String> {
+        match self.decoder.decode(record, position) {
+            Ok(_) => {}
+            Err(DecodeError::Record(e)) => {
+                self.stats.undecodable += 1;
+                tracing::debug!(%position, error = %e.message, "skipped a record");
+            }
+            Err(DecodeError::Fatal(change)) => {
+                return Err(format!(
+                    "at {position}: column `{}` changes type from {} to {}, which weir cannot \
+                     follow without losing data",
+                    change.column, change.from, change.to
+                ));
+            }
+        }
+        if self.decoder.rows() >= self.max_events {
+            self.close_batch()?;
+        }
+        Ok(())
+    }
+
+    fn close_batch(&mut self) -> Result<(), String> {
+        self.stats.changes += self.decoder.rows() as u64;
+        let batch = self.decoder.finish(Checkpoint::default());
+        let batch = match self.chain.as_mut() {
+            Some(chain) => chain
+                .run(batch, &mut self.refused)
+                .map_err(|e| e.to_string())?,
+            None => batch,
+        };
+        self.batches.push(batch);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Vec<ChangeBatch>, LogStats), String> {
+        self.close_batch()?;
+        self.stats.refused = self.refused.0;
+        Ok((self.batches, self.stats))
+    }
+}
+
+/// The changes of a file, one event per line.
+fn read_file(
     pipeline: &LoadedPipeline,
     config: &DebeziumSnapshot,
     path: &std::path::Path,
@@ -92,25 +179,8 @@ fn read(
              pipeline file's directory)"
         )
     })?;
-    let mut chain = match config.transforms {
-        true => TransformChain::load(pipeline)?,
-        false => None,
-    };
-    let mut refused = Refused(0);
-    let mut decoder = Decoder::new(pipeline.table_spec(), config.format);
+    let mut log = LogReader::new(pipeline, config)?;
     let stream: Arc<str> = format!("file:{}", path.display()).into();
-    let mut stats = LogStats::default();
-    let mut batches = Vec::new();
-    let max_events = pipeline.config.batch.max_events.max(1);
-    let mut finish = |decoder: &mut Decoder, batches: &mut Vec<ChangeBatch>| {
-        let batch = decoder.finish(Checkpoint::default());
-        let batch = match chain.as_mut() {
-            Some(chain) => chain.run(batch, &mut refused).map_err(|e| e.to_string())?,
-            None => batch,
-        };
-        batches.push(batch);
-        Ok::<_, String>(())
-    };
     let mut offset = 0u64;
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| format!("read failed at line {}: {e}", index + 1))?;
@@ -129,32 +199,40 @@ fn read(
             value: Some(line.as_bytes()),
             ..RawRecord::default()
         };
-        match decoder.decode(record, &position) {
-            Ok(_) => {}
-            Err(DecodeError::Record(e)) => {
-                stats.undecodable += 1;
-                tracing::debug!(line = index + 1, error = %e.message, "skipped a record");
-            }
-            Err(DecodeError::Fatal(change)) => {
-                return Err(format!(
-                    "line {}: column `{}` changes type from {} to {}, which weir cannot \
-                     follow without losing data",
-                    index + 1,
-                    change.column,
-                    change.from,
-                    change.to
-                ));
-            }
-        }
-        if decoder.rows() >= max_events {
-            stats.changes += decoder.rows() as u64;
-            finish(&mut decoder, &mut batches)?;
-        }
+        log.push(record, &position)?;
     }
-    stats.changes += decoder.rows() as u64;
-    finish(&mut decoder, &mut batches)?;
-    stats.refused = refused.0;
-    Ok((batches, stats))
+    log.finish()
+}
+
+/// The changes of a Kafka topic, from its start up to the end it has now (or `log_end`).
+/// Brokers and settings default to the pipeline's Kafka source's.
+fn read_topic(
+    pipeline: &LoadedPipeline,
+    config: &DebeziumSnapshot,
+    topic: &str,
+    log_end: Option<&BTreeMap<String, i64>>,
+) -> Result<(Vec<ChangeBatch>, LogStats), String> {
+    let pipeline_source = match &pipeline.config.source {
+        SourceConfig::Kafka(source) => Some(source),
+        _ => None,
+    };
+    let brokers = config
+        .brokers
+        .as_deref()
+        .or(pipeline_source.map(|s| s.brokers.as_str()))
+        .ok_or("no `brokers` to read the topic from (the pipeline's source is not Kafka)")?;
+    let options = match (&config.options, &config.brokers, pipeline_source) {
+        (Some(options), _, _) => options.clone(),
+        (None, None, Some(source)) => source.options.clone(),
+        _ => Default::default(),
+    };
+    let group = format!("weir-reconcile-{}", pipeline.config.name);
+    let kafka = Offsets::connect(brokers, &options, &group)?;
+    let mut log = LogReader::new(pipeline, config)?;
+    kafka.read_to_end(topic, log_end, |record, position| {
+        log.push(record, position)
+    })?;
+    log.finish()
 }
 
 /// The rows the log leaves: the `after` image of each key's last change, with the

@@ -404,7 +404,7 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         conflict_checks(config, conflict, &mut report);
     }
     if let Some(reconcile) = &config.reconcile {
-        for (path, message, hint) in reconcile::checks(reconcile, &config.table.primary_key) {
+        for (path, message, hint) in reconcile::checks(reconcile, config) {
             report(path, message, hint);
         }
     }
@@ -669,6 +669,43 @@ dead_letter:
         let typo = issue.replace("table: orders }", "tabel: orders }");
         let messages = format!("{:?}", load(&typo).unwrap_err().diagnostics);
         assert!(messages.contains("`tabel`"), "{messages}");
+    }
+
+    #[test]
+    fn change_log_snapshots_name_a_file_or_a_topic_and_waits_are_checked() {
+        // MINIMAL has a file source: a topic needs its own brokers.
+        let with = |source: &str, wait: &str| {
+            format!(
+                "{MINIMAL}reconcile:
+  source: {source}
+  target: {{ type: sqlite, path: target.db, table: orders }}
+{wait}"
+            )
+        };
+        let topic = with(
+            "{ type: debezium, topic: orders, brokers: \"k:9092\" }",
+            "  wait: { timeout: 2m }\n",
+        );
+        let loaded = load(&topic).unwrap().config.reconcile.unwrap();
+        assert_eq!(loaded.wait.unwrap().timeout.0.as_secs(), 120);
+        let problems = |text: String| format!("{:?}", load(&text).unwrap_err().diagnostics);
+        let both = problems(with(
+            "{ type: debezium, topic: orders, path: log.jsonl, brokers: \"k:9092\" }",
+            "",
+        ));
+        assert!(both.contains("`path` (a file) or `topic`"), "{both}");
+        let no_brokers = problems(with("{ type: debezium, topic: orders }", ""));
+        assert!(no_brokers.contains("no brokers"), "{no_brokers}");
+        let managed = problems(with(
+            "{ type: debezium, topic: o, brokers: k, options: { group.id: x } }",
+            "",
+        ));
+        assert!(managed.contains("managed by weir"), "{managed}");
+        let two_files = problems(with(
+            "{ type: debezium, path: log.jsonl }",
+            "  wait: { positions: { a: 1, b: 2 } }\n",
+        ));
+        assert!(two_files.contains("one position"), "{two_files}");
     }
 
     #[test]

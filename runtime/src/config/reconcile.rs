@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::yaml::PathSegment;
 use crate::redact::Secret;
+use crate::source::SourceConfig;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +49,28 @@ pub struct ReconcileConfig {
     /// timestamp column, on either side, are left out (they may still be in flight).
     #[serde(default)]
     pub cut: Option<CutConfig>,
+    /// Before comparing, wait until the running pipeline has applied its source up to a
+    /// position: by default the end each of its streams has when `weir reconcile` starts.
+    #[serde(default)]
+    pub wait: Option<WaitConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitConfig {
+    /// The positions to wait for, by stream: `orders/0: 1500` (topic `orders`, partition
+    /// 0: every offset below 1500 applied), or the file source's `path` and a byte
+    /// offset. Empty (the default): the end of every stream of the pipeline's source
+    /// when the wait starts (each partition's high watermark, the file's length).
+    #[serde(default)]
+    pub positions: IndexMap<String, i64>,
+    /// How long to wait before giving up (exit 2, naming the streams behind).
+    #[serde(default = "default_wait_timeout")]
+    pub timeout: super::HumanDuration,
+}
+
+fn default_wait_timeout() -> super::HumanDuration {
+    super::HumanDuration(std::time::Duration::from_secs(600))
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -127,10 +150,23 @@ pub enum SnapshotConfig {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DebeziumSnapshot {
-    /// A file of change events, one per line; relative to the pipeline file. Decoded with
-    /// the pipeline's `table` settings (key, declared column types).
-    pub path: PathBuf,
-    /// The shape of each line, as for the file source.
+    /// A file of change events, one per line; relative to the pipeline file. Give this
+    /// or `topic`. Events are decoded with the pipeline's `table` settings (key, declared
+    /// column types).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A Kafka topic of change events, read from its start up to the end it has when
+    /// `weir reconcile` starts. Give this or `path`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Bootstrap servers of `topic`. Default: the pipeline's Kafka source's `brokers`
+    /// (and its `options`, unless `options` is given here).
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// librdkafka settings for reading `topic` (TLS, SASL), as for the Kafka source.
+    #[serde(default)]
+    pub options: Option<crate::kafka::KafkaOptions>,
+    /// The shape of each event (a line, or a record's value), as for the sources.
     #[serde(default)]
     pub format: crate::decode::Format,
     /// Run the pipeline's `transforms` over the log first, as `weir run` does, so the
@@ -171,8 +207,10 @@ pub struct PostgresSnapshot {
 /// Problems the types cannot express: `(path, message, hint)`.
 pub fn checks(
     config: &ReconcileConfig,
-    primary_key: &[String],
+    pipeline: &super::PipelineConfig,
 ) -> Vec<(Vec<PathSegment>, String, Option<String>)> {
+    let primary_key = &pipeline.table.primary_key;
+    let kafka_source = matches!(pipeline.source, SourceConfig::Kafka(_));
     let at = |parts: &[&str]| -> Vec<PathSegment> {
         parts
             .iter()
@@ -190,6 +228,49 @@ pub fn checks(
                 Some("e.g. `table: public.orders`".into()),
             ));
         }
+        if let SnapshotConfig::Debezium(log) = snapshot {
+            if log.path.is_some() == log.topic.is_some() {
+                problems.push((
+                    at(&["reconcile", side]),
+                    "a debezium snapshot needs `path` (a file) or `topic` (a Kafka topic), \
+                     one of them"
+                        .into(),
+                    Some("e.g. `topic: shop.public.orders`".into()),
+                ));
+            }
+            if log.path.is_some() && (log.brokers.is_some() || log.options.is_some()) {
+                problems.push((
+                    at(&["reconcile", side, "brokers"]),
+                    "`brokers` and `options` are for a `topic`, not a file".into(),
+                    None,
+                ));
+            }
+            if log.topic.is_some() && log.brokers.is_none() && !kafka_source {
+                problems.push((
+                    at(&["reconcile", side, "brokers"]),
+                    "no brokers to read the topic from: the pipeline's source is not Kafka".into(),
+                    Some("give `brokers: host:9092`".into()),
+                ));
+            }
+            for (option, message) in log
+                .options
+                .as_ref()
+                .map(crate::kafka::check_options)
+                .unwrap_or_default()
+            {
+                problems.push((at(&["reconcile", side, "options", &option]), message, None));
+            }
+        }
+    }
+    if let Some(wait) = &config.wait
+        && !kafka_source
+        && wait.positions.len() > 1
+    {
+        problems.push((
+            at(&["reconcile", "wait", "positions"]),
+            "a file source has one stream: give one position (its path and a byte offset)".into(),
+            None,
+        ));
     }
     if config.key.is_empty() && primary_key.is_empty() {
         problems.push((

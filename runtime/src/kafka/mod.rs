@@ -2,6 +2,7 @@
 //! settings (with pass-through librdkafka options for TLS, SASL and tuning), librdkafka's
 //! log routed to `tracing`, and a status that says whether the broker is reachable.
 
+pub mod offsets;
 pub mod producer;
 
 use std::borrow::Cow;

@@ -15,6 +15,7 @@ pub mod parquet;
 pub mod postgres;
 pub mod resolve;
 pub mod sqlite;
+pub mod stored;
 pub mod versioned;
 
 use schemars::JsonSchema;

@@ -827,6 +827,19 @@ fn a_kafka_change_log_against_a_running_pipeline_after_waiting_for_it() {
     assert_eq!(tampered.code, 1, "{}", tampered.stderr);
     assert_eq!(keys(&tampered.report["missing"]), BTreeSet::from([105]));
 
+    // A source that names its topics by a pattern: the wait finds them on the broker.
+    ws.write(
+        "pipeline.yaml",
+        &yaml("live", sqlite_sink, "{ timeout: 30s }")
+            .replace("topics: [products]", "topic_pattern: \"prod.*\""),
+    );
+    let by_pattern = reconcile(&pipeline);
+    assert_eq!(by_pattern.code, 1, "{}", by_pattern.stderr);
+    assert_eq!(
+        by_pattern.report["waited"]["positions"],
+        live.report["waited"]["positions"]
+    );
+
     // The log stops where the wait stopped: with partition 1 waited for only up to its
     // first record, the log holds that partition's first change alone, and the target,
     // which has all of them, differs.

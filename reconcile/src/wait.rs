@@ -85,19 +85,21 @@ pub fn until_applied(
 }
 
 /// The pipeline's source, as far as waiting needs it.
-enum Source<'a> {
-    Kafka(&'a KafkaSourceConfig, Offsets),
+enum Source {
+    /// The topics the pipeline reads (`topics`, or those matching `topic_pattern` when
+    /// the wait starts), and a client reading its group's offsets.
+    Kafka(Vec<String>, Offsets),
     /// The file's checkpoint stream key and its resolved path.
     File(String, std::path::PathBuf),
 }
 
-impl<'a> Source<'a> {
-    fn of(pipeline: &'a LoadedPipeline) -> Result<Self, String> {
+impl Source {
+    fn of(pipeline: &LoadedPipeline) -> Result<Self, String> {
         match &pipeline.config.source {
-            SourceConfig::Kafka(kafka) => Ok(Source::Kafka(
-                kafka,
-                Offsets::connect(&kafka.brokers, &kafka.options, &kafka.group_id)?,
-            )),
+            SourceConfig::Kafka(kafka) => {
+                let offsets = Offsets::connect(&kafka.brokers, &kafka.options, &kafka.group_id)?;
+                Ok(Source::Kafka(topics(kafka, &offsets)?, offsets))
+            }
             SourceConfig::File(file) => Ok(Source::File(
                 format!("file:{}", file.path.display()),
                 pipeline.resolve(&file.path),
@@ -105,29 +107,10 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// The topics the source reads: `topics`, or those matching `topic_pattern` now.
-    fn topics(&self) -> Result<Vec<String>, String> {
-        let Source::Kafka(config, kafka) = self else {
-            return Ok(Vec::new());
-        };
-        match &config.topic_pattern {
-            None => Ok(config.topics.clone()),
-            Some(pattern) => {
-                let anchored = match pattern.starts_with('^') {
-                    true => pattern.clone(),
-                    false => format!("^{pattern}"),
-                };
-                let regex = regex::Regex::new(&anchored)
-                    .map_err(|e| format!("topic_pattern `{pattern}`: {e}"))?;
-                kafka.topics(|name| regex.is_match(name))
-            }
-        }
-    }
-
     /// Each stream's end now.
     fn ends(&self) -> Result<BTreeMap<String, i64>, String> {
         match self {
-            Source::Kafka(_, kafka) => kafka.ends(&self.topics()?),
+            Source::Kafka(topics, kafka) => kafka.ends(topics),
             Source::File(stream, path) => {
                 let length = std::fs::metadata(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -186,13 +169,29 @@ impl<'a> Source<'a> {
                 .into_iter()
                 .map(|(stream, point)| (stream, point.next))
                 .collect()),
-            (None, Source::Kafka(_, kafka)) => kafka.committed(&self.topics()?),
+            (None, Source::Kafka(topics, kafka)) => kafka.committed(topics),
             (None, Source::File(..)) => Err(
                 "the pipeline's sink stores no checkpoint that weir can read from outside \
                  (Parquet, JSON lines, Kafka), and its file source has no consumer group; \
                  compare after `weir run` has finished instead"
                     .into(),
             ),
+        }
+    }
+}
+
+/// The topics a Kafka source reads: `topics`, or those matching `topic_pattern` now.
+fn topics(config: &KafkaSourceConfig, kafka: &Offsets) -> Result<Vec<String>, String> {
+    match &config.topic_pattern {
+        None => Ok(config.topics.clone()),
+        Some(pattern) => {
+            let anchored = match pattern.starts_with('^') {
+                true => pattern.clone(),
+                false => format!("^{pattern}"),
+            };
+            let regex = regex::Regex::new(&anchored)
+                .map_err(|e| format!("topic_pattern `{pattern}`: {e}"))?;
+            kafka.topics(|name| regex.is_match(name))
         }
     }
 }

@@ -173,7 +173,10 @@ impl Offsets {
         self.consumer
             .assign(&list)
             .map_err(|e| format!("cannot read {topic}: {e}"))?;
-        let stream: Arc<str> = Arc::from(kafka_stream(topic, 0).as_str());
+        let streams: BTreeMap<i32, Arc<str>> = remaining
+            .keys()
+            .map(|&p| (p, kafka_stream(topic, p).into()))
+            .collect();
         let topic_name: Arc<str> = Arc::from(topic);
         let mut read = 0;
         let (mut header_bytes, mut header_spans) = (Vec::new(), Vec::new());
@@ -203,10 +206,7 @@ impl Offsets {
                         continue;
                     }
                     let position = Position::Kafka {
-                        stream: match partition {
-                            0 => stream.clone(),
-                            p => kafka_stream(topic, p).into(),
-                        },
+                        stream: streams[&partition].clone(),
                         topic: topic_name.clone(),
                         partition,
                         offset: message.offset(),

@@ -6,7 +6,7 @@ mod common;
 use common::services::Broker;
 use common::{
     FULL_TYPES_COLUMNS, FULL_TYPES_SQLITE_QUERY, Run, Workspace, compact_json, fixture,
-    full_types_sqlite_rows, json_lines, sqlite_rows,
+    full_types_sqlite_rows, json_lines, keyed_by_id, sqlite_rows,
 };
 
 /// The Flink fixture's 16 events, keyed by id, through a real broker into SQLite.
@@ -14,15 +14,7 @@ use common::{
 fn fixture_events_from_kafka_end_as_the_final_table() {
     let broker = Broker::start();
     broker.create_topic("products", 3);
-    let records: Vec<(Option<String>, Option<String>)> =
-        json_lines(&fixture("flink/debezium-data-schema-exclude.txt"))
-            .into_iter()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let image = if v["op"] == "d" { "before" } else { "after" };
-                (Some(format!("{{\"id\":{}}}", v[image]["id"])), Some(line))
-            })
-            .collect();
+    let records = keyed_by_id(&fixture("flink/debezium-data-schema-exclude.txt"));
     broker.produce("products", &records);
 
     let ws = Workspace::new();

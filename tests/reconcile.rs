@@ -756,15 +756,7 @@ fn changes_within_min_age_are_left_out_of_the_comparison() {
 fn a_kafka_change_log_against_a_running_pipeline_after_waiting_for_it() {
     let broker = Broker::start();
     broker.create_topic("products", 3);
-    let records: Vec<(Option<String>, Option<String>)> =
-        common::json_lines(&common::fixture("flink/debezium-data-schema-exclude.txt"))
-            .into_iter()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let image = if v["op"] == "d" { "before" } else { "after" };
-                (Some(format!("{{\"id\":{}}}", v[image]["id"])), Some(line))
-            })
-            .collect();
+    let records = common::keyed_by_id(&common::fixture("flink/debezium-data-schema-exclude.txt"));
     broker.produce("products", &records);
 
     let ws = Workspace::new();

@@ -56,6 +56,19 @@ pub fn json_lines(path: &Path) -> Vec<String> {
 }
 
 /// A pretty-printed JSON fixture (possibly after a `/* … */` header), compacted to one line.
+/// A fixture's change events as Kafka records keyed by their row's `id`, as Debezium
+/// keys them (a delete by its `before` image).
+pub fn keyed_by_id(path: &Path) -> Vec<(Option<String>, Option<String>)> {
+    json_lines(path)
+        .into_iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let image = if v["op"] == "d" { "before" } else { "after" };
+            (Some(format!("{{\"id\":{}}}", v[image]["id"])), Some(line))
+        })
+        .collect()
+}
+
 pub fn compact_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let body = match text.find("*/") {

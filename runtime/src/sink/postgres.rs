@@ -1164,6 +1164,24 @@ fn widens(from: &str, to: &str) -> bool {
     }
 }
 
+/// A checkpoint from `(stream, next, line)` rows.
+pub(super) fn checkpoint_of(rows: &[postgres::Row]) -> Checkpoint {
+    Checkpoint {
+        streams: rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    ResumePoint {
+                        next: r.get(1),
+                        line: r.get::<_, i64>(2) as u64,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
 impl Sink for PostgresSink {
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         let pipeline = self.pipeline.clone();
@@ -1174,23 +1192,8 @@ impl Sink for PostgresSink {
                 &[&pipeline],
             )
             .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Checkpoint {
-            streams: rows
-                .iter()
-                .map(|r| {
-                    (
-                        r.get::<_, String>(0),
-                        ResumePoint {
-                            next: r.get(1),
-                            line: r.get::<_, i64>(2) as u64,
-                        },
-                    )
-                })
-                .collect(),
-        }))
+        let checkpoint = checkpoint_of(&rows);
+        Ok((!checkpoint.streams.is_empty()).then_some(checkpoint))
     }
 
     fn apply(

@@ -791,35 +791,29 @@ impl SqliteSink {
     }
 }
 
+/// The checkpoint stored under `pipeline` (empty when there is none).
+pub(super) fn stored_checkpoint(conn: &Connection, pipeline: &str) -> rusqlite::Result<Checkpoint> {
+    let mut stmt =
+        conn.prepare("SELECT stream, next, line FROM _weir_checkpoints WHERE pipeline = ?1")?;
+    let streams = stmt
+        .query_map([pipeline], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                ResumePoint {
+                    next: r.get(1)?,
+                    line: r.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Checkpoint { streams })
+}
+
 impl Sink for SqliteSink {
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT stream, next, line FROM _weir_checkpoints WHERE pipeline = ?1")
-            .map_err(|e| self.error(e.to_string()))?;
-        let rows = stmt
-            .query_map([&self.pipeline], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    ResumePoint {
-                        next: r.get(1)?,
-                        line: r.get::<_, i64>(2)? as u64,
-                    },
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                SinkError::new(
-                    format!("sqlite sink {}", self.path.display()),
-                    e.to_string(),
-                )
-            })?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Checkpoint {
-            streams: rows.into_iter().collect(),
-        }))
+        let checkpoint =
+            stored_checkpoint(&self.conn, &self.pipeline).map_err(|e| self.error(e.to_string()))?;
+        Ok((!checkpoint.streams.is_empty()).then_some(checkpoint))
     }
 
     fn apply(

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{SinkConfig, SinkError, lanes};
 use crate::config::LoadedPipeline;
-use crate::position::{Checkpoint, ResumePoint};
+use crate::position::Checkpoint;
 
 /// The stored checkpoint: `None` when this kind of sink stores none in its target (Kafka,
 /// Parquet, JSON lines); an empty checkpoint when it stores one but has applied nothing
@@ -39,29 +39,12 @@ fn sqlite(path: &std::path::Path, pipeline: &str) -> Result<Checkpoint, SinkErro
         .map_err(|e| error(e.to_string()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| error(e.to_string()))?;
-    let mut stmt = match conn
-        .prepare("SELECT stream, next, line FROM _weir_checkpoints WHERE pipeline = ?1")
-    {
-        Ok(stmt) => stmt,
+    match super::sqlite::stored_checkpoint(&conn, pipeline) {
+        Ok(checkpoint) => Ok(checkpoint),
         // The pipeline has not prepared the database yet.
-        Err(e) if e.to_string().contains("no such table") => {
-            return Ok(Checkpoint::default());
-        }
-        Err(e) => return Err(error(e.to_string())),
-    };
-    let streams = stmt
-        .query_map([pipeline], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                ResumePoint {
-                    next: r.get(1)?,
-                    line: r.get::<_, i64>(2)? as u64,
-                },
-            ))
-        })
-        .and_then(|rows| rows.collect::<Result<_, _>>())
-        .map_err(|e| error(e.to_string()))?;
-    Ok(Checkpoint { streams })
+        Err(e) if e.to_string().contains("no such table") => Ok(Checkpoint::default()),
+        Err(e) => Err(error(e.to_string())),
+    }
 }
 
 /// With lanes, each lane stores its own checkpoint: a stream is applied up to the lowest
@@ -86,18 +69,5 @@ fn postgres(url: &str, names: &[String]) -> Result<Checkpoint, SinkError> {
         }
         Err(e) => return Err(error(&e)),
     };
-    Ok(Checkpoint {
-        streams: rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    ResumePoint {
-                        next: r.get(1),
-                        line: r.get::<_, i64>(2) as u64,
-                    },
-                )
-            })
-            .collect(),
-    })
+    Ok(super::postgres::checkpoint_of(&rows))
 }

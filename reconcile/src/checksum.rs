@@ -4,8 +4,8 @@
 //! computes, per bucket, the row count and the XOR of a 64-bit hash of every row
 //! (`hash_record_extended(ROW(…), 0)` over the key and the compared columns, in the same
 //! order on both sides; see [`choose_hash`]), grouped in one pass over a key range — the
-//! hashing is pushed down as SQL, and both databases work at the same time. A bucket whose count or hash differs
-//! is split in 32 and hashed again (only its keys, through the key's index), until buckets
+//! hashing is pushed down as SQL, and both databases work at the same time. A bucket
+//! whose count or hash differs is split in 32 and hashed again (only its keys, through the key's index), until buckets
 //! hold at most 32 keys; then the rows of those buckets alone are read from both sides and
 //! compared as in full mode, which reports them and applies the same type-aware rules.
 //!
@@ -58,18 +58,6 @@ impl Side<'_> {
             .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))
     }
 
-    /// Each column's type name, from the catalog.
-    fn column_types(&self, client: &mut Client) -> Result<BTreeMap<String, String>, String> {
-        let rows = client
-            .query(
-                "SELECT attname::text, atttypid::regtype::text FROM pg_attribute
-                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-                &[&self.table()],
-            )
-            .map_err(|e| format!("cannot read the column types: {e}"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
     /// The columns of `candidates` whose values PostgreSQL can hash as they are (their
     /// type has an extended hash function, and the server has `hash_record_extended`,
     /// PostgreSQL 14 and later). A probe hashes one row; when it fails, each column is
@@ -106,19 +94,16 @@ impl Side<'_> {
 /// text (`t.c::text`), so a column held as `integer` on one side and `bigint` or `text`
 /// on the other still compares by value's text. Values equal by their type hash equal
 /// (`1.10` and `1.1` as `numeric`), as full mode compares them. Returns the source
-/// columns hashed as text.
+/// columns hashed as text. `*_types` are each column's type without modifiers, from
+/// [`schemas`].
 pub fn choose_hash<'a>(
     source: &mut Side<'a>,
     target: &mut Side<'a>,
+    source_types: &ColumnTypes,
+    target_types: &ColumnTypes,
 ) -> Result<Vec<String>, ReconcileError> {
     let mut source_client = source.connect("source")?;
     let mut target_client = target.connect("target")?;
-    let source_types = source
-        .column_types(&mut source_client)
-        .map_err(|e| ReconcileError::new(format!("source: {e}")))?;
-    let target_types = target
-        .column_types(&mut target_client)
-        .map_err(|e| ReconcileError::new(format!("target: {e}")))?;
     let same_type: Vec<(String, String)> = source
         .columns
         .iter()
@@ -500,12 +485,18 @@ pub fn finish(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Both schemas, read from the catalogs (no rows).
-pub fn schemas(source: &Side<'_>, target: &Side<'_>) -> Result<(Schema, Schema), ReconcileError> {
+/// A table's column types without modifiers, by column name.
+pub type ColumnTypes = BTreeMap<String, String>;
+
+/// A table's Arrow schema and its column types.
+pub type Catalog = (Schema, ColumnTypes);
+
+/// Both sides' schemas and column types, read from the catalogs (no rows).
+pub fn schemas(source: &Side<'_>, target: &Side<'_>) -> Result<(Catalog, Catalog), ReconcileError> {
     let read = |side: &Side<'_>, name: &str| {
         let mut client = side.connect(name)?;
         crate::tables::postgres::schema(&mut client, &side.table())
-            .map(|schema| schema.as_ref().clone())
+            .map(|(schema, types)| (schema.as_ref().clone(), types))
             .map_err(|e| ReconcileError::new(format!("{name}: {e}")))
     };
     Ok((read(source, "source")?, read(target, "target")?))

@@ -272,12 +272,18 @@ fn prepare_checksum(
         hash: String::new(),
     };
     let (mut source_side, mut target_side) = (side(s), side(t));
-    let (source_schema, target_schema) = checksum::schemas(&source_side, &target_side)?;
+    let ((source_schema, source_types), (target_schema, target_types)) =
+        checksum::schemas(&source_side, &target_side)?;
     let plan = make_plan(&source_schema, &target_schema, key, config, options)?;
     (source_side.columns, target_side.columns) = checksum::columns(&plan);
     source_side.key = compare::ident(&plan.key[0].source);
     target_side.key = compare::ident(&plan.key[0].target);
-    let hashed_as_text = checksum::choose_hash(&mut source_side, &mut target_side)?;
+    let hashed_as_text = checksum::choose_hash(
+        &mut source_side,
+        &mut target_side,
+        &source_types,
+        &target_types,
+    )?;
     if let Some(cut) = &plan.cut {
         for (side, column) in [
             (&mut source_side, &cut.source),

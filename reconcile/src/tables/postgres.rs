@@ -3,6 +3,7 @@
 //! scale); values travel as text in exact forms (numeric text, timestamps in UTC) and are
 //! cast to that type, so decimals and timestamps compare exactly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -54,20 +55,37 @@ pub fn register_relation(
     Ok(rows)
 }
 
-/// The Arrow schema of `relation`, from its declared types, without reading rows.
-pub fn schema(client: &mut Client, relation: &str) -> Result<Arc<Schema>, String> {
+/// The Arrow schema of `relation`, from its declared types, and each column's type
+/// without its modifiers (`numeric`, not `numeric(12,2)`), without reading rows.
+pub fn schema(
+    client: &mut Client,
+    relation: &str,
+) -> Result<(Arc<Schema>, BTreeMap<String, String>), String> {
     let mut tx = client.transaction().map_err(|e| describe(&e))?;
     let declared = declared_columns(&mut tx, relation)?;
-    Ok(arrow_schema(&declared))
+    let types = declared
+        .iter()
+        .map(|c| (c.name.clone(), c.base_type.clone()))
+        .collect();
+    Ok((arrow_schema(&declared), types))
 }
 
-fn arrow_schema(declared: &[(String, String)]) -> Arc<Schema> {
+/// A column as the catalog declares it.
+struct Declared {
+    name: String,
+    /// With modifiers: `numeric(12,2)`.
+    declared: String,
+    /// Without: `numeric`.
+    base_type: String,
+}
+
+fn arrow_schema(declared: &[Declared]) -> Arc<Schema> {
     // An unknown type (an enum, an array, JSON) compares as its text.
     let fields: Vec<Field> = declared
         .iter()
-        .map(|(column, ty)| {
-            let ty = from_pg_declaration(ty).unwrap_or(ColumnType::String);
-            Field::new(column, ty.arrow_type(), true)
+        .map(|column| {
+            let ty = from_pg_declaration(&column.declared).unwrap_or(ColumnType::String);
+            Field::new(&column.name, ty.arrow_type(), true)
         })
         .collect();
     Arc::new(Schema::new(fields))
@@ -86,21 +104,29 @@ pub fn qualified(table: &str) -> String {
 fn declared_columns(
     tx: &mut postgres::Transaction<'_>,
     relation: &str,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<Declared>, String> {
     tx.batch_execute(&format!(
         "CREATE TEMP VIEW weir_reconcile_columns AS SELECT * FROM {relation}"
     ))
     .map_err(|e| describe(&e))?;
     let rows = tx
         .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    a.atttypid::regtype::text
              FROM pg_attribute a
              WHERE a.attrelid = 'weir_reconcile_columns'::regclass AND a.attnum > 0
              ORDER BY a.attnum",
             &[],
         )
         .map_err(|e| describe(&e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Declared {
+            name: r.get(0),
+            declared: r.get(1),
+            base_type: r.get(2),
+        })
+        .collect())
 }
 
 fn describe(e: &postgres::Error) -> String {

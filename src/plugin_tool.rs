@@ -101,7 +101,7 @@ pub fn test(
     rejects: &mut dyn std::io::Write,
 ) -> Result<TestReport, String> {
     use weir_runtime::decode::table::TableSpec;
-    use weir_runtime::decode::{DecodeError, Decoder, Format, Outcome, RawRecord};
+    use weir_runtime::decode::{DecodeError, Decoder, Format, Outcome, RawRecord, RecordError};
     use weir_runtime::plugin::transform::TransformPlugin;
     use weir_runtime::plugin::{Limits, PluginSpec};
     use weir_runtime::position::{Checkpoint, Position};
@@ -191,8 +191,8 @@ pub fn test(
         match decoder.decode(record, &position) {
             Ok(Outcome::Row) => {}
             Ok(_) => report.skipped_records += 1,
-            Err(DecodeError::Record(e)) => {
-                let reason = format!("decode: {}", e.message);
+            Err(DecodeError::Record(RecordError { message: e }) | DecodeError::OtherTable(e)) => {
+                let reason = format!("decode: {e}");
                 writeln!(rejects, "{}", refused(i + 1, &reason, line)).map_err(io)?;
                 report.rejected += 1;
             }

@@ -4,55 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray};
-use arrow::datatypes::{DataType, Field, Fields};
-use weir_runtime::envelope::{self, ChangeBatch, TableInfo};
+use common::change_batch as batch;
 use weir_runtime::plugin::transform::TransformPlugin;
 use weir_runtime::plugin::{Failure, Limits, PluginSpec};
-use weir_runtime::position::{Checkpoint, Position};
-
-fn batch(ids: &[i64]) -> ChangeBatch {
-    let fields = Fields::from(vec![Field::new("id", DataType::Int64, true)]);
-    let schema = envelope::schema(fields.clone());
-    let rows = ids.len();
-    let image = || -> ArrayRef {
-        Arc::new(StructArray::new(
-            fields.clone(),
-            vec![Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef],
-            None,
-        ))
-    };
-    let columns: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "op" => Arc::new(StringArray::from(vec!["c"; rows])) as ArrayRef,
-            "before" | "after" => image(),
-            "headers" => envelope::empty_headers(rows),
-            _ => arrow::array::new_null_array(f.data_type(), rows),
-        })
-        .collect();
-    ChangeBatch {
-        data: RecordBatch::try_new(schema, columns).unwrap(),
-        positions: (0..rows as u64)
-            .map(|i| Position::File {
-                stream: "events.jsonl".into(),
-                line: i + 1,
-                offset: i * 10,
-                next: i * 10 + 10,
-            })
-            .collect::<Vec<_>>()
-            .into(),
-        checkpoint: Checkpoint::default(),
-        table: Arc::new(TableInfo {
-            name: "t".into(),
-            primary_key: vec!["id".into()],
-        }),
-    }
-}
 
 fn probe(config: serde_json::Value, limits: Limits) -> TransformPlugin {
     TransformPlugin::load(PluginSpec {
@@ -77,6 +33,7 @@ fn deadline_memory_cap_and_a_thousand_traps() {
     let limits = |memory_mb, timeout_ms| Limits {
         memory_mb,
         timeout: Duration::from_millis(timeout_ms),
+        start_timeout: Duration::from_secs(5),
         fuel: None,
     };
 

@@ -220,7 +220,7 @@ fn append_mode_keeps_every_change() {
         .collect();
     let ws = Workspace::new();
     ws.append_lines("events.jsonl", &lines);
-    let summary = ws.run_ok(&pipeline(
+    let yaml = pipeline(
         &ws,
         &pg,
         "append",
@@ -228,7 +228,15 @@ fn append_mode_keeps_every_change() {
         "id",
         "",
         "  mode: append\n",
-    ));
+    );
+    // The events are table `products`'s; the sink writes them to `products_log`.
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(
+        &yaml,
+        text.replace("  name: products_log\n", "  name: products\n"),
+    )
+    .unwrap();
+    let summary = ws.run_ok(&yaml);
     assert_eq!(summary["appended"], lines.len() as u64, "{summary}");
     let got = rows(
         &pg,

@@ -1,4 +1,5 @@
 //! Arrow IPC streams across the plugin boundary: one schema message, then record batches.
+//! What a plugin returns is read with [`crate::untrusted::read`], never with [`read`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +36,10 @@ pub fn read(bytes: Vec<u8>) -> Result<RecordBatch, String> {
 }
 
 /// The stream's batches as one.
-fn one_batch(schema: SchemaRef, mut batches: Vec<RecordBatch>) -> Result<RecordBatch, String> {
+pub(crate) fn one_batch(
+    schema: SchemaRef,
+    mut batches: Vec<RecordBatch>,
+) -> Result<RecordBatch, String> {
     match batches.len() {
         1 => Ok(batches.pop().expect("one batch")),
         0 => Ok(RecordBatch::new_empty(schema)),
@@ -92,7 +96,7 @@ pub fn read_from_host(bytes: Vec<u8>) -> Result<RecordBatch, String> {
 
 /// The message at `at` (continuation marker, metadata length, metadata, body), its body
 /// and where the next one starts; `None` at the end-of-stream marker or the end.
-fn next_message(
+pub(crate) fn next_message(
     buffer: &Buffer,
     at: usize,
 ) -> Result<Option<(Message<'_>, Buffer, usize)>, String> {

@@ -4,6 +4,7 @@
 //! plugin and the host cannot disagree on a column's name or type.
 
 pub mod ipc;
+pub mod untrusted;
 
 use std::sync::Arc;
 

@@ -256,6 +256,8 @@ fn spec(with_schema: bool) -> TableSpec {
         } else {
             declared_columns()
         },
+        // As a pipeline decodes: every event's table is checked against `orders`.
+        only_its_table: true,
         ..TableSpec::new("orders", &["id"])
     }
 }

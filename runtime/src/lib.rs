@@ -13,6 +13,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod encode;
 pub mod envelope;
+pub mod fault;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -64,6 +64,16 @@ pub enum PipelineError {
     DeadLetter { path: String, error: String },
     #[error("{0}")]
     Plugin(String),
+    #[error(
+        "the {stage} stage panicked (thread {thread}): {message}. Everything before the batch \
+         it held is applied and checkpointed; a rerun resumes there. This is a bug in weir: \
+         please report it with this message"
+    )]
+    Panicked {
+        stage: &'static str,
+        thread: String,
+        message: String,
+    },
 }
 
 /// What a run did.
@@ -161,12 +171,15 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
-    let transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
+    let mut transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
     let mut sink = sink::build(pipeline, metrics.clone())?;
     let resumed_from = sink.committed()?;
     let start = resumed_from.clone().unwrap_or_default();
     let mut table = pipeline.table_spec();
     table.target_types = sink.target_types()?;
+    if let Some(chain) = transforms.as_mut() {
+        chain.set_target_types(table.target_types.clone());
+    }
     let mut source = source::build(pipeline, metrics.clone())?;
     source.seek(&start)?;
     let committer = source.committer();
@@ -251,6 +264,7 @@ pub fn run(
                 .name("weir-prepare".into())
                 .spawn(move || {
                     for message in rx {
+                        crate::fault::panic_if_injected("prepare");
                         let message = message.map(|(batch, _)| {
                             let prepared = prepare(&batch);
                             (batch, prepared)
@@ -272,20 +286,45 @@ pub fn run(
         metrics: &metrics,
         stop: &stop,
     };
-    let applied = applier.run(rx);
+    // A panic in the applier is caught like the other stages' (it runs on the caller's
+    // thread), so every stage that dies is reported the same way.
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.run(rx)))
+        .unwrap_or_else(|panic| {
+            Err(PipelineError::Panicked {
+                stage: "apply",
+                thread: std::thread::current().name().unwrap_or("main").to_string(),
+                message: crate::fault::panic_message(panic.as_ref()),
+            })
+        });
     // Whatever happened, let the reader finish (it stops when the channel closes).
     stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
+    // A stage that died closed its channel, which the applier read as the end of the
+    // input: the join results tell a panic from an end, and a panic fails the run.
+    let mut panicked = None;
+    let mut join = |stage: &'static str, thread: std::thread::JoinHandle<()>| {
+        let name = thread.thread().name().unwrap_or("unnamed").to_string();
+        if let Err(panic) = thread.join() {
+            panicked.get_or_insert(PipelineError::Panicked {
+                stage,
+                thread: name,
+                message: crate::fault::panic_message(panic.as_ref()),
+            });
+        }
+    };
+    join("read", reader);
     // The fetcher stops at its next poll (within `batch.max_wait`), or at once when it is
     // waiting to hand over records, since the reader is gone.
-    let _ = fetcher.join();
+    join("fetch", fetcher);
     if let Some(transformer) = transformer {
-        let _ = transformer.join();
+        join("transform", transformer);
     }
     if let Some(preparer) = preparer {
-        let _ = preparer.join();
+        join("prepare", preparer);
     }
-    let checkpoint = applied?;
+    let checkpoint = match (applied, panicked) {
+        (Err(e @ PipelineError::Panicked { .. }), _) | (_, Some(e)) => return Err(e),
+        (applied, None) => applied?,
+    };
     Ok(RunSummary {
         resumed_from,
         checkpoint,
@@ -316,6 +355,7 @@ impl Applier<'_> {
     fn run(&mut self, rx: Receiver<Message>) -> Result<Option<Checkpoint>, PipelineError> {
         let mut durable = None;
         for message in rx {
+            crate::fault::panic_if_injected("apply");
             let (batch, prepared) = match message {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -408,6 +448,7 @@ fn transform(
         }
     }
     for message in rx {
+        crate::fault::panic_if_injected("transform");
         let message = message.and_then(|(batch, prepared)| {
             let mut noting = Noting {
                 letters: &mut letters,
@@ -436,6 +477,7 @@ fn fetch(
     spares: &Receiver<RawBatch>,
 ) {
     while !stop.load(Ordering::Relaxed) {
+        crate::fault::panic_if_injected("fetch");
         let mut raw = spares.try_recv().unwrap_or_default();
         raw.clear();
         let polled = source.poll(&mut raw, &limits);
@@ -517,6 +559,7 @@ impl Reader {
                 }
                 PollStatus::Records => last_activity = Instant::now(),
             }
+            crate::fault::panic_if_injected("read");
             Metrics::add(&self.metrics.events_read, raw.len() as u64);
             Metrics::add(&self.metrics.bytes_read, raw.bytes() as u64);
             for (record, position) in raw.iter() {
@@ -540,12 +583,13 @@ impl Reader {
 
     fn dead_letter(
         &mut self,
+        stage: Stage,
         record: crate::decode::RawRecord<'_>,
         position: &Position,
         error: &str,
     ) -> Result<(), PipelineError> {
         self.letters.write(&DeadLetter {
-            stage: Stage::Decode,
+            stage,
             error,
             position: Some(position),
             key: record.key,
@@ -567,7 +611,7 @@ impl Reader {
                  the limit to decode it",
                 self.max_record_bytes
             );
-            return self.dead_letter(record, position, &error);
+            return self.dead_letter(Stage::Decode, record, position, &error);
         }
         match self.decoder.decode(record, position) {
             Ok(Outcome::Row) => Metrics::add(&self.metrics.rows_decoded, 1),
@@ -580,7 +624,12 @@ impl Reader {
                 Metrics::add(&self.metrics.ignored, 1);
                 tracing::debug!(at = %position, "ignored a {what}");
             }
-            Err(DecodeError::Record(e)) => self.dead_letter(record, position, &e.message)?,
+            Err(DecodeError::Record(e)) => {
+                self.dead_letter(Stage::Decode, record, position, &e.message)?
+            }
+            Err(DecodeError::OtherTable(reason)) => {
+                self.dead_letter(Stage::Route, record, position, &reason)?
+            }
             Err(DecodeError::Fatal(change)) => {
                 // Apply everything before this event, then stop.
                 self.send()?;

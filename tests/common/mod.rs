@@ -323,3 +323,60 @@ pub fn plugin_wasm(crate_dir: &str) -> PathBuf {
     assert!(wasm.is_file(), "{} was not built", wasm.display());
     wasm
 }
+
+/// A change batch inserting rows `id` (int64) and `name` (`item <id>`), keyed by `id`, for
+/// the tests that call plugins in process.
+pub fn change_batch(ids: &[i64]) -> weir_runtime::envelope::ChangeBatch {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray};
+    use arrow::datatypes::{DataType, Field, Fields};
+    use weir_runtime::envelope::{self, ChangeBatch, TableInfo};
+    use weir_runtime::position::{Checkpoint, Position};
+
+    let fields = Fields::from(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+    ]);
+    let schema = envelope::schema(fields.clone());
+    let rows = ids.len();
+    let image = || -> ArrayRef {
+        Arc::new(StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| format!("item {i}")),
+                )),
+            ],
+            None,
+        ))
+    };
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "op" => Arc::new(StringArray::from(vec!["c"; rows])) as ArrayRef,
+            "before" | "after" => image(),
+            "headers" => envelope::empty_headers(rows),
+            _ => arrow::array::new_null_array(f.data_type(), rows),
+        })
+        .collect();
+    ChangeBatch {
+        data: RecordBatch::try_new(schema, columns).unwrap(),
+        positions: (0..rows as u64)
+            .map(|i| Position::File {
+                stream: "events.jsonl".into(),
+                line: i + 1,
+                offset: i * 10,
+                next: i * 10 + 10,
+            })
+            .collect::<Vec<_>>()
+            .into(),
+        checkpoint: Checkpoint::default(),
+        table: Arc::new(TableInfo {
+            name: "t".into(),
+            primary_key: vec!["id".into()],
+        }),
+    }
+}

@@ -39,6 +39,7 @@ use crate::ReconcileError;
 struct LogStats {
     changes: u64,
     undecodable: u64,
+    other_tables: u64,
     refused: u64,
 }
 
@@ -90,6 +91,12 @@ pub fn register(
             stats.undecodable
         ));
     }
+    if stats.other_tables > 0 {
+        description.push_str(&format!(
+            "; {} changes of other tables were left out",
+            stats.other_tables
+        ));
+    }
     if config.transforms {
         description.push_str(&format!(
             "; through the pipeline's transforms, which refused {}",
@@ -132,6 +139,10 @@ impl LogReader {
             Err(DecodeError::Record(e)) => {
                 self.stats.undecodable += 1;
                 tracing::debug!(%position, error = %e.message, "skipped a record");
+            }
+            Err(DecodeError::OtherTable(reason)) => {
+                self.stats.other_tables += 1;
+                tracing::debug!(%position, %reason, "left out another table's change");
             }
             Err(DecodeError::Fatal(change)) => {
                 return Err(format!(
@@ -181,27 +192,75 @@ fn read_file(
     })?;
     let mut log = LogReader::new(pipeline, config)?;
     let stream: Arc<str> = format!("file:{}", path.display()).into();
+    // A line longer than the pipeline's `batch.max_record_bytes` is counted and skipped
+    // without being held: the file comes from outside weir.
+    let limit = pipeline.config.batch.max_record_bytes;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
     let mut offset = 0u64;
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("read failed at line {}: {e}", index + 1))?;
-        let next = offset + line.len() as u64 + 1;
+    for index in 0u64.. {
+        let read = read_line(&mut reader, &mut line, limit)
+            .map_err(|e| format!("read failed at line {}: {e}", index + 1))?;
+        let Some(length) = read else { break };
+        let next = offset + length;
         let position = Position::File {
             stream: stream.clone(),
-            line: index as u64 + 1,
+            line: index + 1,
             offset,
             next,
         };
         offset = next;
-        if line.trim().is_empty() {
+        if !line.ends_with(b"\n") && line.len() > limit {
+            log.stats.undecodable += 1;
+            tracing::debug!(%position, "skipped a record longer than batch.max_record_bytes");
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.trim_ascii().is_empty() {
             continue;
         }
         let record = RawRecord {
-            value: Some(line.as_bytes()),
+            value: Some(text),
             ..RawRecord::default()
         };
         log.push(record, &position)?;
     }
     log.finish()
+}
+
+/// Reads one line into `line` (with its newline), keeping at most `limit + 1` bytes of
+/// it: a longer line is read past, not held. Returns the line's full length in the file,
+/// or `None` at the end.
+fn read_line(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<u64>> {
+    line.clear();
+    let kept = std::io::Read::take(&mut *reader, limit as u64 + 1).read_until(b'\n', line)?;
+    if kept == 0 {
+        return Ok(None);
+    }
+    let mut length = kept as u64;
+    if !line.ends_with(b"\n") && line.len() > limit {
+        // Too long: consume the rest of the line without keeping it.
+        loop {
+            let buffer = reader.fill_buf()?;
+            if buffer.is_empty() {
+                break;
+            }
+            let (used, done) = match memchr::memchr(b'\n', buffer) {
+                Some(i) => (i + 1, true),
+                None => (buffer.len(), false),
+            };
+            reader.consume(used);
+            length += used as u64;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(Some(length))
 }
 
 /// The changes of a Kafka topic, from its start up to the end it has now (or `log_end`).
@@ -301,4 +360,26 @@ fn final_rows(batches: &[ChangeBatch]) -> Result<(Arc<Schema>, Vec<RecordBatch>)
         rows.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?);
     }
     Ok((schema, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_line;
+
+    #[test]
+    fn a_line_past_the_limit_is_read_past_not_held() {
+        let text = format!("short\n{}\nlast", "x".repeat(100_000));
+        let mut reader = std::io::BufReader::with_capacity(64, text.as_bytes());
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut reader, &mut line, 10).unwrap(), Some(6));
+        assert_eq!(line, b"short\n");
+        assert_eq!(
+            read_line(&mut reader, &mut line, 10).unwrap(),
+            Some(100_001)
+        );
+        assert_eq!(line.len(), 11, "only the limit and a byte are kept");
+        assert_eq!(read_line(&mut reader, &mut line, 10).unwrap(), Some(4));
+        assert_eq!(line, b"last");
+        assert_eq!(read_line(&mut reader, &mut line, 10).unwrap(), None);
+    }
 }

@@ -35,6 +35,10 @@ pub fn register(
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| fail(e.to_string()))?;
+    // The file may come from outside weir: the SQL stored in it (a view's, a trigger's)
+    // may not call functions that are not harmless.
+    conn.pragma_update(None, "trusted_schema", false)
+        .map_err(|e| fail(e.to_string()))?;
     let batches = read(&conn, &config.table).map_err(fail)?;
     let schema = batches.0;
     let table = MemTable::try_new(schema, vec![batches.1]).map_err(|e| fail(e.to_string()))?;

@@ -50,6 +50,8 @@ impl DeadLetterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Source,
+    /// The event is a row change of another table than the pipeline's.
+    Route,
     Decode,
     Transform,
     Sink,
@@ -59,6 +61,7 @@ impl Stage {
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Source => "source",
+            Stage::Route => "route",
             Stage::Decode => "decode",
             Stage::Transform => "transform",
             Stage::Sink => "sink",

@@ -13,6 +13,7 @@
 pub mod builder;
 pub mod decimal;
 pub mod json;
+pub mod route;
 pub mod table;
 pub mod temporal;
 pub mod types;
@@ -109,6 +110,9 @@ pub struct RecordError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodeError {
     Record(RecordError),
+    /// A row change of another table than the pipeline's (see [`route`]): the reason,
+    /// naming both tables. It goes to the dead-letter output with stage `route`.
+    OtherTable(String),
     /// The stream changed a column's type in a way weir cannot follow without losing data.
     Fatal(IncompatibleChange),
 }
@@ -141,6 +145,7 @@ pub struct DecodeStats {
     pub schema_changes: u64,
     pub ignored: u64,
     pub rejected: u64,
+    pub other_tables: u64,
 }
 
 /// The `headers` column: a map per row, built from flat keys and values.
@@ -354,6 +359,8 @@ impl SourceKey {
 pub struct Decoder {
     spec: Arc<TableSpec>,
     format: Format,
+    /// Set when events of other tables are to be refused (`TableSpec::only_its_table`).
+    filter: Option<route::TableFilter>,
     table: TableSchema,
     before: Image,
     after: Image,
@@ -377,9 +384,13 @@ impl Decoder {
             name: spec.name.clone(),
             primary_key: spec.primary_key.clone(),
         });
+        let filter = spec
+            .only_its_table
+            .then(|| route::TableFilter::new(&spec.name, spec.case_insensitive));
         Decoder {
             spec: Arc::new(spec),
             format,
+            filter,
             table,
             before,
             after,
@@ -417,6 +428,14 @@ impl Decoder {
         record: RawRecord<'_>,
         position: &Position,
     ) -> Result<Outcome, DecodeError> {
+        // Another table's event is refused before any of it is decoded, so it cannot
+        // evolve this table's schema or stop the pipeline with its types.
+        if let (Some(filter), Some(value)) = (&self.filter, record.value)
+            && let Err(reason) = filter.check(value, self.format, position)
+        {
+            self.stats.other_tables += 1;
+            return Err(DecodeError::OtherTable(reason));
+        }
         let rows = self.rows();
         let columns = self.table.columns.len();
         let mut result = self.decode_record(record);

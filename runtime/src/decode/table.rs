@@ -39,6 +39,9 @@ pub struct TableSpec {
     /// notices an incompatible change. They do not add columns: a target column the
     /// stream never carries is left alone.
     pub target_types: Vec<(String, ColumnType)>,
+    /// Refuse row changes whose source table is another than `name` (`decode::route`).
+    /// Pipelines set it; decoding a stream known to hold one table need not.
+    pub only_its_table: bool,
 }
 
 impl TableSpec {
@@ -52,6 +55,7 @@ impl TableSpec {
             case_insensitive: false,
             unknown_columns: UnknownColumns::Add,
             target_types: Vec::new(),
+            only_its_table: false,
         }
     }
 

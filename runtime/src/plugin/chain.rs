@@ -1,10 +1,11 @@
 //! The transform stage of a pipeline: the configured plugins, applied in YAML order.
 
 use crate::config::LoadedPipeline;
+use crate::decode::types::ColumnType;
 use crate::envelope::ChangeBatch;
 
-use super::transform::TransformPlugin;
-use super::{Limits, PluginSpec};
+use super::transform::{TableRules, TransformPlugin};
+use super::{Limits, PluginSpec, reject_all};
 
 /// A row that leaves the pipeline at this stage, and why.
 pub trait RejectRow<E> {
@@ -14,6 +15,7 @@ pub trait RejectRow<E> {
 /// The loaded transform plugins.
 pub struct TransformChain {
     plugins: Vec<TransformPlugin>,
+    rules: TableRules,
 }
 
 impl TransformChain {
@@ -36,13 +38,23 @@ impl TransformChain {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Some(TransformChain { plugins }))
+        Ok(Some(TransformChain {
+            plugins,
+            rules: TableRules::default(),
+        }))
+    }
+
+    /// Holds every plugin's output to the target's column types too (columns a plugin
+    /// adds that the target already has).
+    pub fn set_target_types(&mut self, target_types: Vec<(String, ColumnType)>) {
+        self.rules.target_types = target_types;
     }
 
     /// Runs a batch through every plugin. Rows a plugin refuses, and every row of a batch
-    /// whose call fails, go to `rejects` with the reason; what remains goes on. The
-    /// checkpoint is the input's whatever happens, so the source moves past rejected rows
-    /// only once they are dead letters.
+    /// whose call fails, go to `rejects` with the reason (a long reason for a failed call
+    /// once per batch, see [`reject_all`]); what remains goes on. The checkpoint is the
+    /// input's whatever happens, so the source moves past rejected rows only once they are
+    /// dead letters.
     pub fn run<E>(
         &mut self,
         mut batch: ChangeBatch,
@@ -52,7 +64,7 @@ impl TransformChain {
             if batch.num_rows() == 0 {
                 break;
             }
-            match plugin.call(&batch) {
+            match plugin.call_with(&batch, &self.rules) {
                 Ok(transformed) => {
                     for (row, message) in &transformed.rejected {
                         let reason = crate::redact::redact(message);
@@ -64,9 +76,12 @@ impl TransformChain {
                 }
                 Err(failure) => {
                     let reason = format!("{} (plugin `{}`)", failure.reason(), plugin.name());
-                    for row in 0..batch.num_rows() {
-                        rejects.reject(&batch, row, &reason)?;
-                    }
+                    reject_all(
+                        0..batch.num_rows(),
+                        &reason,
+                        |row| batch.positions.get(row).map(|p| p.to_string()),
+                        |row, reason| rejects.reject(&batch, row, reason),
+                    )?;
                     batch = ChangeBatch {
                         data: batch.data.slice(0, 0),
                         positions: Default::default(),

@@ -5,10 +5,10 @@
 //! sandboxing, limits, failure classification and instance replacement are the same and
 //! live here. [`World`] is the small part `bindgen!` generates differently per world.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::engine::{self, TICK};
 use super::sandbox::{HostState, PluginOutput};
@@ -126,24 +126,42 @@ impl<W: World> Plugin<W> {
         &self.spec.name
     }
 
-    /// The live instance, started (and `init` called) if there is none.
+    /// The live instance, started (and `init` called) if there is none, under the
+    /// start-up deadline. Any failure to start is [`Failure::Init`].
     fn instance(&mut self) -> Result<&mut (Store<HostState>, W), Failure> {
         if self.instance.is_none() {
+            let limits = &self.spec.limits;
             let mut store = Store::new(
                 W::engine(&self.pre),
-                HostState::new(self.spec.limits.memory_bytes(), &self.output),
+                HostState::new(limits.memory_bytes(), &self.output),
             );
             store.limiter(|state| &mut state.cap);
-            arm(&self.spec.limits, &mut store);
-            let bindings =
-                W::instantiate(&self.pre, &mut store).map_err(|e| self.failure(&store, e))?;
-            arm(&self.spec.limits, &mut store);
-            let config = self.spec.config.to_string();
-            match bindings.init(&mut store, &config) {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(Failure::Init(message)),
-                Err(e) => return Err(self.failure(&store, e)),
-            }
+            // What the host copies out of one call (the output batch, row errors, every
+            // string) is bounded by the plugin's memory cap, as its own memory is: a
+            // plugin cannot make weir hold more for it by returning one string many times.
+            store.set_hostcall_fuel(limits.memory_bytes());
+            store.epoch_deadline_callback(past_deadline);
+            arm(limits, &mut store, limits.start_timeout);
+            let started = W::instantiate(&self.pre, &mut store).and_then(|bindings| {
+                let config = self.spec.config.to_string();
+                bindings.init(&mut store, &config).map(|r| (bindings, r))
+            });
+            store.data_mut().deadline = None;
+            let bindings = match started {
+                Ok((bindings, Ok(()))) => bindings,
+                Ok((_, Err(message))) => return Err(Failure::Init(super::capped(message))),
+                Err(e) => {
+                    let why = match self.failure(&store, e) {
+                        Failure::Timeout { .. } => format!(
+                            "a fresh instance did not start within its {} ms start-up \
+                             deadline (limits.start_timeout_ms)",
+                            limits.start_timeout.as_millis()
+                        ),
+                        other => format!("a fresh instance failed to start: {}", other.reason()),
+                    };
+                    return Err(Failure::Init(why));
+                }
+            };
             self.instances += 1;
             self.instance = Some((store, bindings));
         }
@@ -157,6 +175,16 @@ impl<W: World> Plugin<W> {
                 asked_mb: (asked >> 20) as u64,
             };
         }
+        let text = format!("{error:#}");
+        // wasmtime's error when lifting a result would copy more than the hostcall fuel
+        // (set to the memory cap); its type is private, so it is known by its words.
+        if text.contains("fuel allocated for hostcalls has been exhausted") {
+            return Failure::BadOutput(format!(
+                "the call returned more data than its memory cap of {} MiB lets the host \
+                 copy (limits.memory_mb)",
+                self.spec.limits.memory_mb
+            ));
+        }
         match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => Failure::Timeout {
                 limit_ms: self.spec.limits.timeout.as_millis() as u64,
@@ -169,7 +197,7 @@ impl<W: World> Plugin<W> {
                 stderr: self.output.take_last_stderr(),
             },
             None => Failure::Trap {
-                trap: format!("{error:#}"),
+                trap: text,
                 stderr: self.output.take_last_stderr(),
             },
         }
@@ -188,8 +216,10 @@ impl<W: World> Plugin<W> {
             let limits = self.spec.limits.clone();
             let (store, bindings) = self.instance()?;
             // The deadline counts from here, not from the instance's start.
-            arm(&limits, store);
-            invoke(bindings, store)
+            arm(&limits, store, limits.timeout);
+            let result = invoke(bindings, store);
+            store.data_mut().deadline = None;
+            result
         };
         let outcome = match result {
             Ok(Ok(output)) => check(output),
@@ -200,10 +230,20 @@ impl<W: World> Plugin<W> {
             }
         };
         if let Err(failure) = &outcome {
+            // The log gets the reason's start; the dead letters get it whole.
+            let mut reason = failure.reason();
+            if reason.len() > 512 {
+                let mut end = 512;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+                reason.push('…');
+            }
             tracing::warn!(
                 plugin = %self.spec.name,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                reason = %failure.reason(),
+                %reason,
                 "plugin call failed"
             );
             if failure.poisons_instance() {
@@ -214,10 +254,12 @@ impl<W: World> Plugin<W> {
     }
 }
 
-/// Sets the deadline (and fuel) for the next call into `store`.
-fn arm(limits: &Limits, store: &mut Store<HostState>) {
-    let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64;
-    store.set_epoch_deadline(ticks.max(1));
+/// Sets the deadline (and fuel) for what runs next in `store`: `budget` from now. The
+/// epoch deadline is set in whole ticks, so it may come up to a tick early; then
+/// [`past_deadline`] extends it until the time has really come.
+fn arm(limits: &Limits, store: &mut Store<HostState>, budget: Duration) {
+    store.data_mut().deadline = Some(Instant::now() + budget);
+    store.set_epoch_deadline(ticks(budget));
     if let Some(fuel) = limits.fuel {
         store
             .set_fuel(fuel)
@@ -225,8 +267,26 @@ fn arm(limits: &Limits, store: &mut Store<HostState>) {
     }
 }
 
+/// Epoch ticks for `time`, at least one.
+fn ticks(time: Duration) -> u64 {
+    (time.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(1)
+}
+
+/// Called when the store's epoch deadline is reached: trap if the call's time is up,
+/// else wait the ticks still left (a deadline is never earlier than configured).
+fn past_deadline(
+    store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let now = Instant::now();
+    Ok(match store.data().deadline {
+        Some(deadline) if now < deadline => UpdateDeadline::Continue(ticks(deadline - now)),
+        _ => UpdateDeadline::Interrupt,
+    })
+}
+
 fn link<W: World>(engine: &Engine, component: &Component) -> wasmtime::Result<W::Pre> {
     let mut linker = Linker::<HostState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    super::sandbox::bound_blocking_calls(&mut linker)?;
     W::pre(&linker, component)
 }

@@ -89,10 +89,16 @@ pub struct LimitsConfig {
     #[serde(default = "default_memory_mb")]
     #[schemars(range(min = 1, max = 4096))]
     pub memory_mb: u64,
-    /// Deadline per call, in milliseconds (enforced by epoch interruption, to within 5 ms).
+    /// Deadline per call, in milliseconds: the call is stopped once it has run this long,
+    /// never earlier, and at most about 5 ms later, whether it runs wasm or waits in WASI.
     #[serde(default = "default_timeout_ms")]
     #[schemars(range(min = 1))]
     pub timeout_ms: u64,
+    /// Deadline for starting an instance (instantiation and `init`), in milliseconds. A
+    /// fresh instance after a failed call starts under it too, not under `timeout_ms`.
+    #[serde(default = "default_start_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub start_timeout_ms: u64,
     /// Optional fuel per call (a deterministic bound on instructions). Metering slows every
     /// instruction, so it is off unless set.
     #[serde(default)]
@@ -107,11 +113,16 @@ fn default_timeout_ms() -> u64 {
     1000
 }
 
+fn default_start_timeout_ms() -> u64 {
+    5000
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             memory_mb: default_memory_mb(),
             timeout_ms: default_timeout_ms(),
+            start_timeout_ms: default_start_timeout_ms(),
             fuel: None,
         }
     }
@@ -122,6 +133,7 @@ impl Default for LimitsConfig {
 pub struct Limits {
     pub memory_mb: u64,
     pub timeout: Duration,
+    pub start_timeout: Duration,
     pub fuel: Option<u64>,
 }
 
@@ -136,9 +148,66 @@ impl From<&LimitsConfig> for Limits {
         Limits {
             memory_mb: config.memory_mb,
             timeout: Duration::from_millis(config.timeout_ms),
+            start_timeout: Duration::from_millis(config.start_timeout_ms),
             fuel: config.fuel,
         }
     }
+}
+
+/// The longest message from a plugin weir keeps (a row error, a batch error, a trap's
+/// text), in bytes; the rest is cut, with a marker that gives the full length.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `message`, cut to [`MAX_MESSAGE`] bytes (at a character boundary) with a marker.
+pub fn capped(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let full = message.len();
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… [cut at {MAX_MESSAGE} of {full} bytes]"));
+    message
+}
+
+/// A reason longer than this is written once per batch (see [`reject_all`]).
+const SHARED_REASON: usize = 256;
+
+/// Sends every row in `rows` to the dead-letter output with `reason`, the reason a whole
+/// call failed with. A long reason is written once per batch: with the first row, while
+/// the others keep its code (`plugin_error: …`) and point at that row's dead letter, so a
+/// plugin's 4 KiB message costs 4 KiB per batch, not per row.
+pub fn reject_all<E>(
+    rows: impl IntoIterator<Item = usize>,
+    reason: &str,
+    position: impl Fn(usize) -> Option<String>,
+    mut reject: impl FnMut(usize, &str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut rows = rows.into_iter();
+    let Some(first) = rows.next() else {
+        return Ok(());
+    };
+    reject(first, reason)?;
+    let reason = match reason.len() > SHARED_REASON {
+        true => {
+            let code = reason.split(':').next().unwrap_or("plugin_error");
+            let at = position(first).unwrap_or_else(|| "the batch's first row".into());
+            // The plugin's name, which ends every reason.
+            let by = [" (plugin `", " (resolver `"]
+                .iter()
+                .find_map(|p| reason.rfind(p))
+                .map_or("", |i| &reason[i..]);
+            format!(
+                "{code}: the call for this row's batch failed; its reason is in the dead \
+                 letter of {at}{by}"
+            )
+        }
+        false => reason.to_string(),
+    };
+    rows.try_for_each(|row| reject(row, &reason))
 }
 
 /// Everything needed to load a plugin.
@@ -168,7 +237,8 @@ pub enum Failure {
     BadOutput(String),
     /// The plugin returned an error for the whole batch.
     Returned(String),
-    /// A fresh instance's `init` failed.
+    /// A fresh instance did not start: `init` returned an error, or starting trapped or
+    /// ran past the start-up deadline.
     Init(String),
     /// The host could not encode the batch.
     Host(String),
@@ -198,7 +268,7 @@ impl Failure {
             Failure::Init(message) => format!("plugin_init: {message}"),
             Failure::Host(message) => format!("plugin_host: {message}"),
         };
-        crate::redact::redact(&reason).into_owned()
+        capped(crate::redact::redact(&reason).into_owned())
     }
 
     /// Whether the instance must be replaced: after anything but an error the plugin

@@ -12,9 +12,9 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::{Field, Schema};
 
 use super::instance::Plugin;
-use super::{Failure, PluginSpec};
+use super::{Failure, PluginSpec, capped};
 use crate::envelope::{AFTER, BEFORE, OP};
-use weir_envelope::ipc;
+use weir_envelope::{ipc, untrusted};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -132,17 +132,27 @@ fn check_resolved(
                 "a row error names row {row}, but {rows} changes came in"
             )));
         }
-        verdicts[row] = Verdict::Rejected(error.message);
+        verdicts[row] = Verdict::Rejected(capped(error.message));
     }
     let after = incoming
         .column_by_name(AFTER)
         .map(|c| c.as_struct())
         .ok_or_else(|| Failure::Host("the incoming batch has no `after`".into()))?;
-    // No merges may come back as no stream at all.
+    // No merges may come back as no stream at all. The stream is untrusted: its schema
+    // must be the table's columns before any of it is decoded.
     let merged = if output.merged.is_empty() {
         None
     } else {
-        Some(ipc::read(output.merged).map_err(bad)?)
+        let check = |schema: &Schema| {
+            let merged = RecordBatch::new_empty(Arc::new(schema.clone()));
+            table_columns(after, &merged)
+                .map(drop)
+                .map_err(|f| match f {
+                    Failure::BadOutput(detail) => detail,
+                    other => other.reason(),
+                })
+        };
+        Some(untrusted::read(output.merged, &check, merges).map_err(bad)?)
     };
     let returned = merged.as_ref().map_or(0, |m| m.num_rows());
     if returned != merges {

@@ -4,23 +4,29 @@
 //! WASI 0.2 is linked so that components built with Rust's standard library load, but the
 //! context grants nothing: no preopened directory (every open fails), no environment
 //! variable, no argument, no socket (every address is refused and name lookup is off).
-//! Memory is capped per instance by [`MemoryCap`]; time by the engine's epoch deadline.
+//! Memory is capped per instance by [`MemoryCap`]; time by the deadline in [`HostState`],
+//! which the engine's epoch checks while the plugin runs wasm and [`bound_blocking_calls`]
+//! enforces while it waits in WASI.
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
-use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
 /// The store data of one plugin instance.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub cap: MemoryCap,
+    /// When the running call (or start-up) must end; `None` between calls.
+    pub deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -40,7 +46,72 @@ impl HostState {
                 limit: memory_bytes,
                 reached: None,
             },
+            deadline: None,
         }
+    }
+}
+
+/// The `wasi:io/poll` interface of the WASI version wasmtime-wasi links (its
+/// `src/p2/wit/deps/io.wit`). A plugin blocks only here: its clocks' sleeps, and any
+/// other wait, are a `poll` or a `pollable.block`.
+const POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Replaces wasmtime-wasi's `poll` and `pollable.block` with the same waits run under the
+/// call's deadline: a plugin asleep in WASI (`std::thread::sleep`, even for ever) traps
+/// with [`wasmtime::Trap::Interrupt`] at its deadline, exactly as a plugin spinning in
+/// wasm does. The epoch deadline alone could not stop it: it is only checked in wasm.
+///
+/// Call after `add_to_linker_sync`. Fails if the two functions were not already defined
+/// under [`POLL`] (a wasmtime upgrade that moved the WASI version), rather than leave
+/// them unbounded.
+pub fn bound_blocking_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let mut poll = linker.instance(POLL)?;
+    // Defining a name that exists fails while shadowing is off: that is the check that
+    // wasmtime-wasi's functions are the ones being replaced.
+    let probe = poll.func_wrap("poll", |_: StoreContextMut<'_, HostState>, (): ()| Ok(()));
+    if probe.is_ok() {
+        wasmtime::bail!(
+            "weir bounds plugins' blocking WASI calls in `{POLL}`, which this wasmtime-wasi \
+             does not link: update `POLL` in runtime/src/plugin/sandbox.rs"
+        );
+    }
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(POLL)?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, HostState>, (pollables,): (Vec<Resource<DynPollable>>,)| {
+            let state = store.data_mut();
+            let deadline = state.deadline;
+            let table = &mut state.table;
+            let ready = wasmtime_wasi::runtime::in_tokio(until(deadline, table.poll(pollables)))?;
+            Ok((ready,))
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, HostState>, (pollable,): (Resource<DynPollable>,)| {
+            let state = store.data_mut();
+            let deadline = state.deadline;
+            let table = &mut state.table;
+            wasmtime_wasi::runtime::in_tokio(until(deadline, table.block(pollable)))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Runs a wait until it ends or `deadline` passes; past it, the call traps as on an epoch
+/// deadline.
+async fn until<T>(
+    deadline: Option<Instant>,
+    wait: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let Some(deadline) = deadline else {
+        return wait.await;
+    };
+    match tokio::time::timeout_at(deadline.into(), wait).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Trap::Interrupt.into()),
     }
 }
 

@@ -161,14 +161,37 @@ impl Sink for Lanes {
         let (to, from) = mpsc::channel();
         let mut results: Vec<Option<Result<Applied, SinkError>>> =
             (0..self.lanes.len()).map(|_| None).collect();
+        let count = self.lanes.len();
         std::thread::scope(|scope| {
             for (lane, (sink, part)) in self.lanes.iter_mut().zip(&batches).enumerate() {
                 let to = to.clone();
-                scope.spawn(move || {
+                let thread = format!("weir-lane-{}", lane + 1);
+                let work = move || {
                     let mut forward = Forward { lane, to };
-                    let result = sink.apply(part, &mut forward);
+                    // A lane that panics fails the batch, naming itself, rather than
+                    // taking the pipeline's thread down with a bare "a scoped thread
+                    // panicked".
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::fault::panic_if_injected("lane");
+                        sink.apply(part, &mut forward)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(SinkError::new(
+                            "lanes",
+                            format!(
+                                "lane {} of {count} (thread weir-lane-{}) panicked: {}",
+                                lane + 1,
+                                lane + 1,
+                                crate::fault::panic_message(panic.as_ref())
+                            ),
+                        ))
+                    });
                     let _ = forward.to.send(Message::Done { lane, result });
-                });
+                };
+                std::thread::Builder::new()
+                    .name(thread)
+                    .spawn_scoped(scope, work)
+                    .expect("spawn a lane thread");
             }
             drop(to);
             while let Ok(message) = from.recv() {

@@ -9,14 +9,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray, StructArray,
+    UInt32Array,
 };
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field};
 use rusqlite::types::Value;
 
 use super::compact::Keys;
+use super::{Rejects, SinkError};
 use crate::envelope::{ChangeBatch, Op};
+use crate::plugin::resolver::{Resolution, ResolverPlugin};
 
 /// A group of changes resolved together, or a truncate between them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,36 @@ pub enum Round {
     Changes(Vec<usize>),
     /// Empty the table.
     Truncate,
+}
+
+/// Calls the resolver for the changes `rows` of `batch`, with `current` (their keys'
+/// rows in the target). When the call fails as a whole, every change of the round goes
+/// to `rejects` (a long reason once, see [`crate::plugin::reject_all`]) and the answer
+/// is `None`.
+pub fn resolve_round(
+    resolver: &mut ResolverPlugin,
+    batch: &ChangeBatch,
+    rows: &[usize],
+    current: StructArray,
+    rejects: &mut dyn Rejects,
+    sink: &str,
+) -> Result<Option<Resolution>, SinkError> {
+    let indices = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+    let incoming = arrow::compute::take_record_batch(&batch.data, &indices)
+        .map_err(|e| SinkError::new(sink, e.to_string()))?;
+    match resolver.call(&incoming, current, &batch.table.primary_key) {
+        Ok(resolution) => Ok(Some(resolution)),
+        Err(failure) => {
+            let reason = format!("{} (resolver `{}`)", failure.reason(), resolver.name());
+            crate::plugin::reject_all(
+                rows.iter().copied(),
+                &reason,
+                |row| batch.positions.get(row).map(|p| p.to_string()),
+                |row, reason| rejects.reject(batch, row, reason),
+            )?;
+            Ok(None)
+        }
+    }
 }
 
 /// Splits the included rows of `batch` into rounds. A change touches its key (`before`'s

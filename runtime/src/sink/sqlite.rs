@@ -20,17 +20,17 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod conflict;
+mod resolved;
 
-use super::compact::{compact, keys};
-use super::resolve::{Round, rounds};
+use super::compact::compact;
 use super::versioned::Versioning;
 use super::{Applied, Rejects, Sink, SinkError};
 use crate::config::LoadedPipeline;
 use crate::conflict::ConflictConfig;
 use crate::decode::types::{ColumnType, from_sql_declaration};
 use crate::encode;
-use crate::envelope::{ChangeBatch, Op};
-use crate::plugin::resolver::{ResolverPlugin, Verdict};
+use crate::envelope::ChangeBatch;
+use crate::plugin::resolver::ResolverPlugin;
 use crate::position::{Checkpoint, ResumePoint};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -70,9 +70,6 @@ pub struct SqliteSink {
     /// When tombstones past the horizon were last removed.
     tombstones_collected: Option<std::time::Instant>,
 }
-
-/// Identities past the horizon are removed at most this often.
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Seconds since the Unix epoch.
 fn unix_now() -> i64 {
@@ -489,15 +486,17 @@ impl SqliteSink {
             self.prepare_tombstones(&batch.table.primary_key)?;
             return self.apply_versioned(batch, include.as_deref(), applied, rejects);
         }
-        self.write_compacted(batch, include.as_deref(), applied)
+        self.write_compacted(batch, include.as_deref(), applied, rejects)
     }
 
-    /// Applies the included rows, compacted to one action per key.
+    /// Applies the included rows, compacted to one action per key. A row whose values the
+    /// table refuses goes to `rejects`; the others apply.
     fn write_compacted(
         &self,
         batch: &ChangeBatch,
         include: Option<&[bool]>,
         applied: &mut Applied,
+        rejects: &mut dyn Rejects,
     ) -> Result<(), SinkError> {
         let tx = &self.conn;
         let segments = compact(batch, include).map_err(|e| self.error(e))?;
@@ -515,14 +514,18 @@ impl SqliteSink {
             }
             let mut delete = tx.prepare_cached(&statements.delete).map_err(sql_error)?;
             for &row in &segment.deletes {
-                execute(&mut delete, &key_before, row).map_err(sql_error)?;
-                applied.deletes += 1;
+                let written = execute(&mut delete, &key_before, row);
+                if !refused(written, batch, row, rejects, &sql_error)? {
+                    applied.deletes += 1;
+                }
             }
             let mut upsert = tx.prepare_cached(&statements.upsert).map_err(sql_error)?;
             let columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
             for &row in &segment.upserts {
-                execute(&mut upsert, &columns, row).map_err(sql_error)?;
-                applied.upserts += 1;
+                let written = execute(&mut upsert, &columns, row);
+                if !refused(written, batch, row, rejects, &sql_error)? {
+                    applied.upserts += 1;
+                }
             }
         }
         Ok(())
@@ -542,181 +545,33 @@ impl SqliteSink {
             .collect::<Option<_>>()
             .ok_or_else(|| self.error("the batch lacks a primary key column"))
     }
+}
 
-    /// Applies a batch through the resolver, round by round: a round holds each key once,
-    /// so the current rows read for it are exact. The whole batch runs in the transaction
-    /// `apply` opened with `BEGIN IMMEDIATE`, which holds SQLite's write lock: no other
-    /// writer can change a row between the read and the write.
-    fn apply_resolved(
-        &mut self,
-        batch: &ChangeBatch,
-        include: Option<&[bool]>,
-        applied: &mut Applied,
-        rejects: &mut dyn Rejects,
-    ) -> Result<(), SinkError> {
-        if self
-            .applied_pruned
-            .is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
-        {
-            let horizon = self.applied_horizon.as_secs().min(i64::MAX as u64) as i64;
-            self.conn
-                .execute(
-                    "DELETE FROM _weir_applied WHERE target = ?1 AND applied_at < ?2",
-                    params![self.table, unix_now().saturating_sub(horizon)],
-                )
-                .map_err(|e| self.error(format!("_weir_applied: {e}")))?;
-            self.applied_pruned = Some(std::time::Instant::now());
-        }
-        let sql_error = |e: rusqlite::Error| self.error(format!("_weir_applied: {e}"));
-        // A change whose identity is held was decided before, under another position:
-        // deciding it again would apply it twice. Copies within the batch count too.
-        let identities = super::applied::identities(batch).map_err(|e| self.error(e))?;
-        let mut include: Vec<bool> = (0..batch.num_rows())
-            .map(|row| include.is_none_or(|m| m[row]))
-            .collect();
-        {
-            let mut known = self
-                .conn
-                .prepare_cached("SELECT 1 FROM _weir_applied WHERE target = ?1 AND identity = ?2")
-                .map_err(sql_error)?;
-            applied.duplicates += super::applied::skip_known(&identities, &mut include, |id| {
-                known.exists(params![self.table, id]).map_err(sql_error)
-            })?;
-        }
-        let mut resolver = self.resolver.take().expect("a resolver");
-        let result = self.resolve_rounds(
-            &mut resolver,
-            batch,
-            &include,
-            &identities,
-            applied,
-            rejects,
-        );
-        self.resolver = Some(resolver);
-        result
-    }
+/// Whether SQLite refused a row's values (a constraint, a type it will not store in the
+/// column, a value too big), rather than failing as a database: SQLite then undoes that
+/// statement alone, and the row can go to the dead-letter output while the batch goes on.
+fn refuses_row(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, ConstraintViolation | TypeMismatch | TooBig))
+}
 
-    fn resolve_rounds(
-        &self,
-        resolver: &mut ResolverPlugin,
-        batch: &ChangeBatch,
-        include: &[bool],
-        identities: &[Option<String>],
-        applied: &mut Applied,
-        rejects: &mut dyn Rejects,
-    ) -> Result<(), SinkError> {
-        let keys = keys(batch).map_err(|e| self.error(e))?;
-        let statements = self.statements(batch);
-        let (before, after) = (batch.before(), batch.after());
-        let key_before = self.key_columns(batch, before)?;
-        let key_after = self.key_columns(batch, after)?;
-        let after_columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
-        let sql_error = |e: rusqlite::Error| self.error(e.to_string());
-        let fields = batch.row_fields();
-        let ops: Vec<Op> = batch.ops().collect();
-        let now = unix_now();
-        for round in rounds(batch, &keys, Some(include)) {
-            let rows = match round {
-                Round::Truncate => {
-                    self.conn
-                        .execute(&statements.truncate, [])
-                        .map_err(sql_error)?;
-                    applied.truncates += 1;
-                    continue;
-                }
-                Round::Changes(rows) => rows,
-            };
-            let key_of = |row: usize| {
-                if ops[row] == Op::Delete {
-                    &key_before
-                } else {
-                    &key_after
-                }
-            };
-            let current = {
-                let mut select = self
-                    .conn
-                    .prepare_cached(&statements.select)
-                    .map_err(sql_error)?;
-                read_current(&mut select, &fields, rows.iter().map(|&r| (key_of(r), r)))
-                    .map_err(|e| self.error(format!("reading the current rows: {e}")))?
-            };
-            let indices =
-                arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
-            let incoming = arrow::compute::take_record_batch(&batch.data, &indices)
-                .map_err(|e| self.error(e.to_string()))?;
-            let resolution = match resolver.call(&incoming, current, &batch.table.primary_key) {
-                Ok(resolution) => resolution,
-                Err(failure) => {
-                    let reason = format!("{} (resolver `{}`)", failure.reason(), resolver.name());
-                    for &row in &rows {
-                        rejects.reject(batch, row, &reason)?;
-                    }
-                    continue;
-                }
-            };
-            let mut delete = self
-                .conn
-                .prepare_cached(&statements.delete)
-                .map_err(sql_error)?;
-            let mut upsert = self
-                .conn
-                .prepare_cached(&statements.upsert)
-                .map_err(sql_error)?;
-            let merged: Vec<&dyn Array> = resolution
-                .merged
-                .columns()
-                .iter()
-                .map(|c| c.as_ref())
-                .collect();
-            let mut record = self
-                .conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO _weir_applied (target, identity, applied_at)
-                     VALUES (?1, ?2, ?3)",
-                )
-                .map_err(sql_error)?;
-            for (&row, verdict) in rows.iter().zip(&resolution.verdicts) {
-                // A decided change (applied, skipped or merged) is remembered; a refused
-                // one is not: it went to the dead-letter output, and a copy is decided anew.
-                if !matches!(verdict, Verdict::Rejected(_))
-                    && let Some(identity) = &identities[row]
-                {
-                    record
-                        .execute(params![self.table, identity, now])
-                        .map_err(sql_error)?;
-                }
-                match verdict {
-                    Verdict::Apply if ops[row] == Op::Delete => {
-                        execute(&mut delete, &key_before, row).map_err(sql_error)?;
-                        applied.deletes += 1;
-                    }
-                    Verdict::Apply => {
-                        // An update that moved its key leaves the old key behind.
-                        if keys.moved(batch, row, ops[row]) {
-                            execute(&mut delete, &key_before, row).map_err(sql_error)?;
-                            applied.deletes += 1;
-                        }
-                        execute(&mut upsert, &after_columns, row).map_err(sql_error)?;
-                        applied.upserts += 1;
-                    }
-                    Verdict::Skip => applied.skipped += 1,
-                    Verdict::Merge(m) => {
-                        execute(&mut upsert, &merged, *m).map_err(sql_error)?;
-                        applied.merged += 1;
-                    }
-                    Verdict::Rejected(message) => {
-                        let reason = format!(
-                            "plugin_row_error: {} (resolver `{}`)",
-                            crate::redact::redact(message),
-                            resolver.name()
-                        );
-                        rejects.reject(batch, row, &reason)?;
-                    }
-                }
-            }
+/// Sends row `row` to the dead-letter output if `written` is a refusal of its values;
+/// returns whether it did. Other errors are returned: they fail the batch.
+fn refused(
+    written: rusqlite::Result<()>,
+    batch: &ChangeBatch,
+    row: usize,
+    rejects: &mut dyn Rejects,
+    sql_error: &dyn Fn(rusqlite::Error) -> SinkError,
+) -> Result<bool, SinkError> {
+    match written {
+        Ok(()) => Ok(false),
+        Err(e) if refuses_row(&e) => {
+            rejects.reject(batch, row, &format!("the target refused the row: {e}"))?;
+            Ok(true)
         }
-        Ok(())
+        Err(e) => Err(sql_error(e)),
     }
 }
 
@@ -738,40 +593,6 @@ fn execute(
         statement.raw_bind_parameter(i + 1, sql_value(*column, row))?;
     }
     statement.raw_execute().map(|_| ())
-}
-
-/// The target's row for each `(key columns, row)`, as a struct of the batch's row columns,
-/// null where the table has no row with that key.
-fn read_current<'a>(
-    select: &mut rusqlite::CachedStatement<'_>,
-    fields: &arrow::datatypes::Fields,
-    keys: impl Iterator<Item = (&'a Vec<&'a dyn Array>, usize)>,
-) -> Result<arrow::array::StructArray, String> {
-    let mut values: Vec<Vec<rusqlite::types::Value>> = vec![Vec::new(); fields.len()];
-    let mut found = Vec::new();
-    for (key, row) in keys {
-        for (i, column) in key.iter().enumerate() {
-            select
-                .raw_bind_parameter(i + 1, sql_value(*column, row))
-                .map_err(|e| e.to_string())?;
-        }
-        let mut result = select.raw_query();
-        match result.next().map_err(|e| e.to_string())? {
-            Some(current) => {
-                for (i, column) in values.iter_mut().enumerate() {
-                    column.push(current.get(i).map_err(|e| e.to_string())?);
-                }
-                found.push(true);
-            }
-            None => {
-                for column in values.iter_mut() {
-                    column.push(rusqlite::types::Value::Null);
-                }
-                found.push(false);
-            }
-        }
-    }
-    super::resolve::current_rows(fields, &values, found)
 }
 
 impl SqliteSink {
@@ -875,4 +696,31 @@ pub fn read_checkpoint(path: &std::path::Path, pipeline: &str) -> rusqlite::Resu
     )
     .optional()
     .map(Option::flatten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_row;
+
+    #[test]
+    fn a_rows_values_refused_are_told_from_a_failing_database() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0),
+                             s INTEGER) STRICT",
+        )
+        .unwrap();
+        let insert = |sql: &str| conn.execute(sql, []).map(drop);
+        for refused in [
+            "INSERT INTO t VALUES ('k2001', 1, 1)", // datatype mismatch (the rowid key)
+            "INSERT INTO t VALUES (1, -1, 1)",      // CHECK
+            "INSERT INTO t VALUES (1, NULL, 1)",    // NOT NULL
+            "INSERT INTO t VALUES (1, 1, 'text')",  // STRICT column type
+        ] {
+            let error = insert(refused).unwrap_err();
+            assert!(refuses_row(&error), "{refused}: {error}");
+        }
+        let error = insert("INSERT INTO missing VALUES (1)").unwrap_err();
+        assert!(!refuses_row(&error), "{error}");
+    }
 }

@@ -28,7 +28,7 @@ use crate::encode;
 use crate::envelope::{AFTER, ChangeBatch, Op};
 use crate::plugin::resolver::{ResolverPlugin, Verdict};
 use crate::sink::compact::keys;
-use crate::sink::resolve::{Round, current_rows, rounds};
+use crate::sink::resolve::{Round, current_rows, resolve_round, rounds};
 use crate::sink::{Applied, Rejects, SinkError, applied};
 
 /// Identities past the horizon are removed at most this often.
@@ -226,18 +226,10 @@ impl PostgresSink {
         applied: &mut Applied,
     ) -> Result<Vec<bool>, SinkError> {
         let (current, present) = self.read_current(tx, batch, rows)?;
-        let indices = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
-        let incoming =
-            take_record_batch(&batch.data, &indices).map_err(|e| self.error(e.to_string()))?;
-        let resolution = match resolver.call(&incoming, current, &batch.table.primary_key) {
-            Ok(resolution) => resolution,
-            Err(failure) => {
-                let reason = format!("{} (resolver `{}`)", failure.reason(), resolver.name());
-                for &row in rows {
-                    rejects.reject(batch, row, &reason)?;
-                }
-                return Ok(vec![false; rows.len()]);
-            }
+        let describe = crate::sink::Sink::describe(self);
+        let Some(resolution) = resolve_round(resolver, batch, rows, current, rejects, &describe)?
+        else {
+            return Ok(vec![false; rows.len()]);
         };
         // The rows to write: applied changes as they came, merged rows as inserts of the
         // merged image (the sink upserts them by key).

@@ -134,7 +134,7 @@ impl SqliteSink {
         )?;
         let batch = filled.as_ref().unwrap_or(batch);
         if outcome.include.iter().any(|x| *x) {
-            self.write_compacted(batch, Some(&outcome.include), applied)?;
+            self.write_compacted(batch, Some(&outcome.include), applied, rejects)?;
         }
         if !outcome.tombstones.is_empty() {
             self.record_tombstones(batch, &outcome.tombstones)?;

@@ -516,28 +516,33 @@ fn bench_decode(events: usize, repeat: usize, batch: usize, variant: weir_runtim
         "decode benchmark: {events} events per variant, {batch}-row batches, one thread, median of {repeat}"
     );
     println!(
-        "{:<16} {:>9} {:>11} {:>13} {:>16} {:>13} {:>7}",
+        "{:<16} {:>9} {:>11} {:>13} {:>16} {:>13} {:>7} {:>11}",
         "variant",
         "input MB",
         "weir MB/s",
         "weir events/s",
         "arrow-json MB/s",
         "arrow rows/s",
-        "ratio"
+        "ratio",
+        "table check"
     );
     for m in weir_runtime::bench::run_decode_bench(events, repeat, batch, variant) {
         println!(
-            "{:<16} {:>9.1} {:>11.1} {:>13.0} {:>16.1} {:>13.0} {:>6.2}x",
+            "{:<16} {:>9.1} {:>11.1} {:>13.0} {:>16.1} {:>13.0} {:>6.2}x {:>10.3}x",
             m.variant,
             m.input_bytes as f64 / 1e6,
             m.weir_mb_s(),
             m.weir_events_s(),
             m.baseline_mb_s(),
             m.baseline_rows_s(),
-            m.ratio()
+            m.ratio(),
+            m.check_cost()
         );
     }
     println!(
         "ratio = weir MB/s over the full Debezium events / arrow-json MB/s over the same events' after-images"
+    );
+    println!(
+        "table check = weir's time with each event's table checked (as pipelines decode) / without"
     );
 }

@@ -256,7 +256,9 @@ fn a_panic_in_any_stage_fails_the_run() {
 }
 
 /// Issue 17, item 4: a target that refuses a row (here a CHECK constraint) dead-letters
-/// that row, with the target's reason, and applies the rest of its batch.
+/// that row, with the target's reason, and applies the rest of its batch. Changes
+/// compacted into a refused one go with it; an update that moves its key is written
+/// whole or not at all; a refusal that rolls the whole transaction back fails the run.
 #[test]
 fn a_row_the_sqlite_target_refuses_is_a_dead_letter() {
     let ws = Workspace::new();
@@ -266,7 +268,15 @@ fn a_row_the_sqlite_target_refuses_is_a_dead_letter() {
             "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT CHECK (name <> 'item 7'))",
         )
         .unwrap();
-    ws.append_lines("events.jsonl", &items(12));
+    let mut events = items(12);
+    events.extend([
+        // Compacted into the refused update: dead-lettered with it.
+        r#"{"op":"c","before":null,"after":{"id":20,"name":"ok"}}"#.to_string(),
+        r#"{"op":"u","before":{"id":20,"name":"ok"},"after":{"id":20,"name":"item 7"}}"#
+            .to_string(),
+        r#"{"op":"c","before":null,"after":{"id":30,"name":"thirty"}}"#.to_string(),
+    ]);
+    ws.append_lines("events.jsonl", &events);
     let pipeline = ws.write(
         "pipeline.yaml",
         "name: refused\n\
@@ -276,13 +286,66 @@ fn a_row_the_sqlite_target_refuses_is_a_dead_letter() {
          dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
     );
     ws.run_ok(&pipeline);
-    assert_eq!(ids(&ws), (1..=12).filter(|&i| i != 7).collect::<Vec<_>>());
+    let mut expected: Vec<i64> = (1..=12).filter(|&i| i != 7).collect();
+    expected.push(30);
+    assert_eq!(ids(&ws), expected);
     let letters = ws.dead_letters();
-    assert_eq!(letters.len(), 1, "{letters:#?}");
-    assert_eq!(letters[0]["stage"], "sink");
-    assert_eq!(dead_id(&letters[0]), 7);
+    let dead: Vec<(i64, &str)> = letters
+        .iter()
+        .map(|l| (dead_id(l), l["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        dead,
+        [(7, "sink"), (20, "sink"), (20, "sink")],
+        "{letters:#?}"
+    );
     let error = letters[0]["error"].as_str().unwrap();
     assert!(error.contains("CHECK constraint"), "{error}");
+    let folded = letters.iter().find(|l| l["source"]["line"] == 13).unwrap();
+    assert!(
+        folded["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("compacted into a later change of the same key"),
+        "{folded}"
+    );
+
+    // An update moving key 30 to 31 whose new row is refused leaves key 30 as it was.
+    ws.append_lines(
+        "events.jsonl",
+        &[
+            r#"{"op":"u","before":{"id":30,"name":"thirty"},"after":{"id":31,"name":"item 7"}}"#
+                .to_string(),
+        ],
+    );
+    ws.run_ok(&pipeline);
+    assert_eq!(ids(&ws), expected);
+    assert_eq!(ws.dead_letters().len(), 4);
+
+    // A constraint whose conflict clause rolls the whole transaction back: nothing of the
+    // batch can be applied around it, so the run fails and stores no checkpoint past it.
+    let ws = Workspace::new();
+    rusqlite::Connection::open(ws.path("target.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL ON CONFLICT ROLLBACK)",
+        )
+        .unwrap();
+    let mut events = items(12);
+    events.push(r#"{"op":"c","before":null,"after":{"id":13,"name":null}}"#.to_string());
+    ws.append_lines("events.jsonl", &events);
+    let pipeline = ws.write(
+        "pipeline.yaml",
+        &std::fs::read_to_string(&pipeline).unwrap(),
+    );
+    let run = ws.run(&pipeline, &[]);
+    assert!(!run.output.status.success());
+    assert!(
+        run.stderr().contains("rolled the batch's transaction back"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(ids(&ws), Vec::<i64>::new());
 }
 
 /// Runs `weir run --quiet` and returns its exit status and peak resident memory in MiB

@@ -13,8 +13,9 @@
 //!   is decoded, so only the types the caller accepts are ever decoded;
 //! - each record batch: no compression (the plugin contract is uncompressed IPC), no
 //!   dictionaries, no variadic buffers, at most `max_rows` rows, every buffer inside the
-//!   message body and 8-byte aligned, every field node's lengths in range, its validity
-//!   bitmap long enough and its offsets or values a whole number of elements;
+//!   message body, 8-byte aligned and overlapping no other, the field nodes' lengths
+//!   within a bound set by the rows and the body's size, every validity bitmap long
+//!   enough and every offsets or values buffer a whole number of elements;
 //!
 //! then decodes with arrow's full validation (offsets, UTF-8, lengths, null counts). A
 //! panic left anywhere in that is caught and becomes the stream's error, and nothing is
@@ -131,6 +132,7 @@ fn read_checked(
                         })
                     })
                     .collect::<Result<_, _>>()?;
+                check_sizes(&nodes, &buffers, body.len(), max_rows)?;
                 Layout {
                     nodes: &nodes,
                     buffers: &buffers,
@@ -153,6 +155,37 @@ fn read_checked(
     }
     let schema = schema.ok_or("an Arrow IPC stream without a schema")?;
     one_batch(schema, batches)
+}
+
+/// Bounds what a batch can make weir hold beyond its bytes: buffers may not overlap (one
+/// buffer shared by many columns would multiply its bytes in every copy made later), and
+/// the field nodes' lengths add up to at most one batch of rows per node plus 8 per body
+/// byte (a list of nulls or of empty structs takes no bytes per element, yet every later
+/// `take` or copy spends memory on each).
+fn check_sizes(
+    nodes: &[FieldNode],
+    buffers: &[(usize, usize)],
+    body: usize,
+    max_rows: usize,
+) -> Result<(), String> {
+    let mut ranges: Vec<(usize, usize)> = buffers.iter().copied().filter(|b| b.1 > 0).collect();
+    ranges.sort_unstable();
+    if let Some(pair) = ranges.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+        return Err(format!(
+            "two buffers overlap (at offsets {} and {} of the body)",
+            pair[0].0, pair[1].0
+        ));
+    }
+    let total: u128 = nodes.iter().map(|n| n.length().max(0) as u128).sum();
+    let bound = nodes.len() as u128 * max_rows as u128 + 8 * body as u128;
+    if total > bound {
+        return Err(format!(
+            "its columns claim {total} values in all, more than {bound} for {} columns of \
+             at most {max_rows} rows in a body of {body} bytes",
+            nodes.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The field nodes and buffers of a batch message, walked in the order the decoder
@@ -399,7 +432,7 @@ pub(crate) mod tests {
         // A validity bitmap too short for the nulls claimed: arrow would assert on it.
         let mut short_bitmap = bytes.clone();
         let last = *nodes.last().unwrap();
-        put(&mut short_bitmap, last, 100_000);
+        put(&mut short_bitmap, last, 1000);
         put(&mut short_bitmap, last + 8, 1);
         let error = read(short_bitmap, &check, 20).unwrap_err();
         assert!(error.contains("validity bitmap"), "{error}");
@@ -416,6 +449,41 @@ pub(crate) mod tests {
 
         let error = read(bytes[..bytes.len() - 30].to_vec(), &check, 20).unwrap_err();
         assert!(error.contains("truncated"), "{error}");
+    }
+
+    #[test]
+    fn shared_buffers_and_empty_elements_cannot_multiply_a_batch() {
+        let batch = sample(20);
+        let schema = batch.schema();
+        let check = same_schema(&schema);
+        let bytes = write(&batch).unwrap();
+        let (buffers, nodes) = slots(&bytes);
+        // Two non-empty buffers made to start at the same offset.
+        let mut shared = bytes.clone();
+        let offsets: Vec<i64> = buffers
+            .iter()
+            .map(|&at| i64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()))
+            .collect();
+        let lengths: Vec<i64> = buffers
+            .iter()
+            .map(|&at| i64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()))
+            .collect();
+        let (a, b) = {
+            let mut non_empty = (0..buffers.len()).filter(|&i| lengths[i] > 0);
+            (non_empty.next().unwrap(), non_empty.next().unwrap())
+        };
+        put(&mut shared, buffers[b], offsets[a]);
+        let error = read(shared, &check, 20).unwrap_err();
+        assert!(error.contains("overlap"), "{error}");
+        // A node claiming two billion values with no bytes behind them.
+        let mut claims = bytes.clone();
+        put(&mut claims, nodes[0], (1 << 31) - 1);
+        put(&mut claims, nodes[0] + 8, 0);
+        let error = read(claims, &check, 20).unwrap_err();
+        assert!(
+            error.contains("claim") || error.contains("values"),
+            "{error}"
+        );
     }
 
     #[test]

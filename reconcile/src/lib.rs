@@ -89,7 +89,14 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .build()
         .map_err(|e| ReconcileError::new(format!("cannot start the query runtime: {e}")))?;
-    let ctx = SessionContext::new();
+    // Parquet snapshots are checked before they are read (`tables::parquet_check`), which
+    // walks footers and page headers but not page indexes or bloom filters: the reader is
+    // told not to read those (they only speed up filtered queries).
+    let mut session = datafusion::prelude::SessionConfig::new();
+    let parquet = &mut session.options_mut().execution.parquet;
+    parquet.enable_page_index = false;
+    parquet.bloom_filter_on_read = false;
+    let ctx = SessionContext::new_with_config(session);
     let reader = tables::Reader {
         runtime: &runtime,
         pipeline,

@@ -248,7 +248,7 @@ pub fn generate_over(count: usize, keys: Option<u64>, with_schema: bool, seed: u
     }
 }
 
-fn spec(with_schema: bool) -> TableSpec {
+fn spec(with_schema: bool, check_table: bool) -> TableSpec {
     TableSpec {
         // A schemaless stream declares its columns; a stream with a schema block needs none.
         declared: if with_schema {
@@ -256,8 +256,9 @@ fn spec(with_schema: bool) -> TableSpec {
         } else {
             declared_columns()
         },
-        // As a pipeline decodes: every event's table is checked against `orders`.
-        only_its_table: true,
+        // As a pipeline decodes: every event's table is checked against `orders`
+        // (`check_table: false` measures what that check costs).
+        only_its_table: check_table,
         ..TableSpec::new("orders", &["id"])
     }
 }
@@ -265,24 +266,32 @@ fn spec(with_schema: bool) -> TableSpec {
 /// Decodes every line with weir's decoder in batches of `batch` rows; returns the rows.
 pub fn decode_with_weir(data: &[u8], with_schema: bool, batch: usize) -> usize {
     let mut rows = 0;
-    decode_lines(data, with_schema, batch, |b| rows += b.num_rows());
+    decode_lines(data, with_schema, true, batch, |b| rows += b.num_rows());
+    rows
+}
+
+/// [`decode_with_weir`] without checking each event's table (`decode::route`).
+pub fn decode_with_weir_unchecked(data: &[u8], with_schema: bool, batch: usize) -> usize {
+    let mut rows = 0;
+    decode_lines(data, with_schema, false, batch, |b| rows += b.num_rows());
     rows
 }
 
 /// The change batches weir's decoder makes of every line, `batch` rows each.
 pub fn decode_batches(data: &[u8], with_schema: bool, batch: usize) -> Vec<ChangeBatch> {
     let mut batches = Vec::new();
-    decode_lines(data, with_schema, batch, |b| batches.push(b));
+    decode_lines(data, with_schema, true, batch, |b| batches.push(b));
     batches
 }
 
 fn decode_lines(
     data: &[u8],
     with_schema: bool,
+    check_table: bool,
     batch: usize,
     mut on_batch: impl FnMut(ChangeBatch),
 ) {
-    let mut decoder = Decoder::new(spec(with_schema), Format::DebeziumJson);
+    let mut decoder = Decoder::new(spec(with_schema, check_table), Format::DebeziumJson);
     let stream: Arc<str> = "file:bench".into();
     let mut offset = 0u64;
     let mut start = 0;
@@ -353,6 +362,8 @@ pub struct Measurement {
     pub baseline_bytes: usize,
     pub baseline_rows: usize,
     pub baseline: Duration,
+    /// weir without the check of each event's table.
+    pub unchecked: Duration,
 }
 
 impl Measurement {
@@ -375,6 +386,11 @@ impl Measurement {
     /// weir's MB/s over the baseline's MB/s.
     pub fn ratio(&self) -> f64 {
         self.weir_mb_s() / self.baseline_mb_s()
+    }
+
+    /// weir's time with the table check over its time without.
+    pub fn check_cost(&self) -> f64 {
+        self.weir.as_secs_f64() / self.unchecked.as_secs_f64()
     }
 }
 
@@ -416,10 +432,15 @@ pub fn run_decode_bench(
         decode_with_arrow_json(&data.after_images, &schema, batch);
         let mut weir_times = Vec::new();
         let mut baseline_times = Vec::new();
+        let mut unchecked_times = Vec::new();
         for _ in 0..repeat.max(1) {
             let t = Instant::now();
             let rows = decode_with_weir(&data.events, with_schema, batch);
             weir_times.push(t.elapsed());
+            assert_eq!(rows, data.event_count);
+            let t = Instant::now();
+            let rows = decode_with_weir_unchecked(&data.events, with_schema, batch);
+            unchecked_times.push(t.elapsed());
             assert_eq!(rows, data.event_count);
             let t = Instant::now();
             let rows = decode_with_arrow_json(&data.after_images, &schema, batch);
@@ -434,6 +455,7 @@ pub fn run_decode_bench(
             baseline_bytes: data.after_images.len(),
             baseline_rows: data.after_count,
             baseline: median(baseline_times),
+            unchecked: median(unchecked_times),
         });
     }
     out
@@ -457,7 +479,7 @@ mod tests {
         let a = generate(50, true, 3);
         let b = generate(50, false, 3);
         let render = |data: &Generated, with_schema: bool| {
-            let mut decoder = Decoder::new(spec(with_schema), Format::DebeziumJson);
+            let mut decoder = Decoder::new(spec(with_schema, true), Format::DebeziumJson);
             for line in data.events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let p = Position::File {
                     stream: "file:x".into(),

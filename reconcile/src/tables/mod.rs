@@ -3,7 +3,7 @@
 
 mod debezium;
 mod parquet;
-mod parquet_check;
+pub mod parquet_check;
 pub mod postgres;
 mod sqlite;
 

@@ -5,9 +5,12 @@
 //! uncompressed size (up to 2 GiB each, real memory when the data is a zstd bomb).
 //!
 //! So, before a file is registered:
-//! - the footer's length lies within the file, and every list, set, map and byte string
-//!   in the footer claims no more elements or bytes than the footer has left (each takes
-//!   at least one byte), nested at most 64 deep;
+//! - the footer is at most [`MAX_FOOTER`] bytes and lies within the file; every list, set,
+//!   map and byte string in it claims no more elements or bytes than the footer has left,
+//!   their elements add up to at most [`MAX_ELEMENTS`], the row groups to at most 32,767
+//!   (parquet numbers them with 16 bits), nested at most 64 deep (the footer is walked as
+//!   the parquet reader walks it: a boolean in a list takes no byte there, as in the
+//!   reader);
 //! - every column chunk lies within the file, and each page header in it passes the same
 //!   walk, within the chunk, and claims a compressed size within the chunk and an
 //!   uncompressed size of at most [`MAX_PAGE_BYTES`].
@@ -22,6 +25,13 @@ use std::path::Path;
 /// The largest page weir decompresses: far above the 1 MiB writers default to, and the
 /// bound on what one page can make the reader hold.
 pub const MAX_PAGE_BYTES: i64 = 512 << 20;
+
+/// The largest footer read: far beyond a footer of thousands of columns and row groups.
+pub const MAX_FOOTER: u64 = 128 << 20;
+
+/// The most list, set and map elements a footer or page header may hold in all: each
+/// becomes a structure of up to a few hundred bytes in the reader.
+pub const MAX_ELEMENTS: usize = 4 << 20;
 
 /// The deepest nesting of Thrift structs and containers accepted.
 const MAX_DEPTH: usize = 64;
@@ -47,16 +57,29 @@ pub fn check_file(path: &Path) -> Result<(), String> {
         _ => return Err("not a Parquet file (no PAR1 at its end)".into()),
     }
     let footer_length = u64::from(u32::from_le_bytes(tail[..4].try_into().unwrap()));
-    if footer_length > length - 12 {
+    if footer_length > length - 12 || footer_length > MAX_FOOTER {
         return Err(format!(
-            "the footer claims {footer_length} bytes in a file of {length}"
+            "the footer claims {footer_length} bytes in a file of {length} (weir reads \
+             footers of at most {MAX_FOOTER} bytes)"
         ));
     }
     let mut footer = vec![0u8; footer_length as usize];
     file.read_exact_at(&mut footer, length - 8 - footer_length)
         .map_err(|e| e.to_string())?;
+    // Field 4 of the file's metadata is the list of row groups.
     Thrift::new(&footer)
-        .walk_struct(0, &mut |_, _, _| Ok(false))
+        .walk_struct(0, &mut |id, kind, thrift| match (id, kind) {
+            (4, 9) => {
+                let groups = thrift.peek_list_size()?;
+                if groups > i16::MAX as usize {
+                    return Err(Walk::Malformed(format!(
+                        "{groups} row groups, more than parquet numbers (32,767)"
+                    )));
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        })
         .map_err(|e| format!("a malformed footer: {e}"))?;
     // The footer is sound: parquet's own reader can parse it without a runaway claim.
     let metadata = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
@@ -149,11 +172,29 @@ impl std::fmt::Display for Walk {
 struct Thrift<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Container elements met so far.
+    elements: usize,
 }
 
 impl<'a> Thrift<'a> {
     fn new(bytes: &'a [u8]) -> Thrift<'a> {
-        Thrift { bytes, at: 0 }
+        Thrift {
+            bytes,
+            at: 0,
+            elements: 0,
+        }
+    }
+
+    /// The size of the list that starts here, without moving.
+    fn peek_list_size(&mut self) -> Result<usize, Walk> {
+        let at = self.at;
+        let header = self.byte()?;
+        let size = match header >> 4 {
+            15 => self.varint()? as usize,
+            small => usize::from(small),
+        };
+        self.at = at;
+        Ok(size)
     }
 
     fn left(&self) -> usize {
@@ -195,6 +236,17 @@ impl<'a> Thrift<'a> {
         Ok(count as usize)
     }
 
+    /// Counts `n` container elements against [`MAX_ELEMENTS`].
+    fn elements(&mut self, n: usize) -> Result<(), Walk> {
+        self.elements += n;
+        if self.elements > MAX_ELEMENTS {
+            return Err(Walk::Malformed(format!(
+                "more than {MAX_ELEMENTS} list, set and map elements"
+            )));
+        }
+        Ok(())
+    }
+
     fn skip(&mut self, kind: u8, depth: usize) -> Result<(), Walk> {
         if depth > MAX_DEPTH {
             return Err(Walk::Malformed(format!("nested deeper than {MAX_DEPTH}")));
@@ -215,10 +267,12 @@ impl<'a> Thrift<'a> {
                     15 => self.count("list")?,
                     small => usize::from(small),
                 };
-                for _ in 0..size {
-                    match element {
-                        1 | 2 => self.advance(1)?,
-                        kind => self.skip(kind, depth + 1)?,
+                self.elements(size)?;
+                // A boolean element takes no byte in parquet's reader (it skips them as
+                // it skips boolean fields), so none here either: the two walks must agree.
+                if !matches!(element, 1 | 2) {
+                    for _ in 0..size {
+                        self.skip(element, depth + 1)?;
                     }
                 }
                 Ok(())
@@ -228,6 +282,7 @@ impl<'a> Thrift<'a> {
                 if size == 0 {
                     return Ok(());
                 }
+                self.elements(size)?;
                 let kinds = self.byte()?;
                 for _ in 0..size {
                     self.skip(kinds >> 4, depth + 1)?;
@@ -347,7 +402,7 @@ mod tests {
         evil.extend((footer.len() as u32).to_le_bytes());
         evil.extend(b"PAR1");
         let error = check_bytes(&evil).unwrap_err();
-        assert!(error.contains("claims 2147483647 elements"), "{error}");
+        assert!(error.contains("2147483647 row groups"), "{error}");
     }
 
     #[test]
@@ -400,6 +455,20 @@ mod tests {
             .walk_struct(0, &mut |_, _, _| Ok(false))
             .unwrap_err();
         assert!(error.to_string().contains("deeper"), "{error}");
+        // A list of three booleans takes no bytes, as parquet's reader skips it: field 2
+        // (i32 = 7) follows at once.
+        let booleans = [0x19, 0x31, 0x15, 0x0e, 0x00];
+        let mut seen = None;
+        Thrift::new(&booleans)
+            .walk_struct(0, &mut |id, kind, t| {
+                if id == 2 && kind == I32 {
+                    seen = Some(t.zigzag()?);
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .unwrap();
+        assert_eq!(seen, Some(7));
         // A well-formed struct: i32 field 1 = -3, binary field 2 = "ab", stop.
         let fine = [0x15, 0x05, 0x18, 0x02, b'a', b'b', 0x00];
         let mut seen = None;

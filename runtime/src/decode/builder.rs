@@ -195,6 +195,18 @@ impl ColumnBuilder {
         self.valid.push(true);
     }
 
+    /// The text of row `row` of a string column, if it holds one.
+    pub fn text_at(&self, row: usize) -> Option<&str> {
+        let Data::Bytes { offsets, values } = &self.data else {
+            return None;
+        };
+        if !*self.valid.get(row)? {
+            return None;
+        }
+        let (start, end) = (*offsets.get(row)? as usize, *offsets.get(row + 1)? as usize);
+        std::str::from_utf8(values.get(start..end)?).ok()
+    }
+
     pub fn last_is_valid(&self) -> bool {
         self.valid.last().copied().unwrap_or(false)
     }

@@ -43,7 +43,7 @@ pub enum Format {
     DebeziumJson,
     /// Rows flattened by Debezium's `ExtractNewRecordState` transform: each record is the
     /// row itself; `__deleted: "true"` (or a tombstone with a key) deletes it, and `__op`,
-    /// `__table`, `__source_ts_ms` fill the envelope when present.
+    /// `__db`, `__schema`, `__table`, `__source_ts_ms` fill the envelope when present.
     DebeziumJsonUnwrapped,
 }
 
@@ -341,7 +341,7 @@ impl SourceKey {
             b"name" => SourceKey::Text(TEXT_NAME),
             b"db" => SourceKey::Text(TEXT_DB),
             b"schema" => SourceKey::Text(TEXT_SCHEMA),
-            b"table" => SourceKey::Text(TEXT_TABLE),
+            b"table" | b"collection" => SourceKey::Text(TEXT_TABLE),
             b"snapshot" => SourceKey::Text(TEXT_SNAPSHOT),
             b"txId" => SourceKey::Text(TEXT_TXID),
             b"origin" => SourceKey::Text(TEXT_ORIGIN),
@@ -361,6 +361,11 @@ pub struct Decoder {
     format: Format,
     /// Set when events of other tables are to be refused (`TableSpec::only_its_table`).
     filter: Option<route::TableFilter>,
+    /// Whether the event being decoded is known to be this table's (or need not be).
+    table_confirmed: bool,
+    /// Set when decoding stopped before changing the table's schema, to check first
+    /// that the event is this table's ([`Decoder::guard_schema_change`]).
+    table_check_asked: bool,
     table: TableSchema,
     before: Image,
     after: Image,
@@ -391,6 +396,8 @@ impl Decoder {
             spec: Arc::new(spec),
             format,
             filter,
+            table_confirmed: false,
+            table_check_asked: false,
             table,
             before,
             after,
@@ -428,17 +435,38 @@ impl Decoder {
         record: RawRecord<'_>,
         position: &Position,
     ) -> Result<Outcome, DecodeError> {
-        // Another table's event is refused before any of it is decoded, so it cannot
-        // evolve this table's schema or stop the pipeline with its types.
-        if let (Some(filter), Some(value)) = (&self.filter, record.value)
-            && let Err(reason) = filter.check(value, self.format, position)
-        {
-            self.stats.other_tables += 1;
-            return Err(DecodeError::OtherTable(reason));
-        }
         let rows = self.rows();
         let columns = self.table.columns.len();
+        self.table_confirmed = self.filter.is_none();
         let mut result = self.decode_record(record);
+        if self.table_check_asked {
+            // Decoding stopped before changing the table's schema: an event of another
+            // table must not widen a column, add one, or stop the pipeline with a type.
+            // Read its table, then decode again from the start.
+            self.table_check_asked = false;
+            self.rollback(rows, columns);
+            self.scan_table(record, position, true)?;
+            self.table_confirmed = true;
+            result = self.decode_record(record);
+        }
+        // Every decoded row is judged by the table the decoder read for it (a comparison);
+        // a record that failed to decode is read again only to tell why it is refused.
+        match &result {
+            Ok(Outcome::Row) => {
+                if let Err(reason) = self.judge_decoded(rows, position) {
+                    self.rollback(rows, columns);
+                    self.stats.other_tables += 1;
+                    return Err(DecodeError::OtherTable(reason));
+                }
+            }
+            Err(DecodeError::Record(_)) if self.filter.is_some() => {
+                if let Err(other) = self.scan_table(record, position, false) {
+                    self.rollback(rows, columns);
+                    return Err(other);
+                }
+            }
+            _ => {}
+        }
         if result == Ok(Outcome::Row)
             && let Err(e) = self.headers.push(record.headers)
         {
@@ -462,6 +490,60 @@ impl Decoder {
             }
         }
         result
+    }
+
+    /// Reads the table of a record that is not (fully) decoded and refuses it if it is
+    /// another's. A record whose table cannot be read is refused too when `strict` (it
+    /// is about to change the table's schema), else left to its decode error.
+    fn scan_table(
+        &mut self,
+        record: RawRecord<'_>,
+        position: &Position,
+        strict: bool,
+    ) -> Result<(), DecodeError> {
+        let Some(filter) = &self.filter else {
+            return Ok(());
+        };
+        let reason = match filter.scan(record.value, self.format, position) {
+            route::Verdict::Accept => return Ok(()),
+            route::Verdict::Unreadable if !strict => return Ok(()),
+            route::Verdict::Unreadable => filter.unreadable(),
+            route::Verdict::Refuse(reason) => reason,
+        };
+        self.stats.other_tables += 1;
+        Err(DecodeError::OtherTable(reason))
+    }
+
+    /// Judges row `row` by the table the decoder read for it (from the event's `source`
+    /// block, else from a Debezium-style topic name).
+    fn judge_decoded(&self, row: usize, position: &Position) -> Result<(), String> {
+        let Some(filter) = &self.filter else {
+            return Ok(());
+        };
+        let text = |column: usize| {
+            self.envelope.texts[column]
+                .text_at(row)
+                .filter(|t| !t.is_empty())
+        };
+        match text(TEXT_TABLE) {
+            Some(table) => match (text(TEXT_DB), text(TEXT_SCHEMA)) {
+                (Some(db), Some(schema)) => filter.judge(&[db, schema, table], position),
+                (Some(one), None) | (None, Some(one)) => filter.judge(&[one, table], position),
+                (None, None) => filter.judge(&[table], position),
+            },
+            None => filter.judge(&[], position),
+        }
+    }
+
+    /// Called before anything changes the table's schema while decoding an event: until
+    /// the event is known to be this table's, stop decoding (the caller checks it, then
+    /// decodes again). Returns an error only to unwind; `decode` handles it.
+    fn guard_schema_change(&mut self) -> Result<(), DecodeError> {
+        if self.table_confirmed {
+            return Ok(());
+        }
+        self.table_check_asked = true;
+        Err(reject("checking the event's table first"))
     }
 
     fn rollback(&mut self, rows: usize, columns: usize) {
@@ -851,6 +933,7 @@ impl Decoder {
                 "column `{name}` is not declared in `table.columns` (unknown_columns: reject)"
             ))),
             UnknownColumns::Add => {
+                self.guard_schema_change()?;
                 // A column the target already has keeps the target's type; otherwise the
                 // values decide.
                 let (ty, inferred) = match self.spec.target_type(name) {
@@ -979,6 +1062,7 @@ impl Decoder {
         if self.table.columns[index].ty == ty {
             return Ok(());
         }
+        self.guard_schema_change()?;
         let mut def = self.table.columns[index].clone();
         def.ty = ty;
         self.before.widen(index, def.clone())?;
@@ -1019,6 +1103,9 @@ impl Decoder {
         Ok(index)
     }
 
+    /// Merges a schema block's columns into the table. Each change to the table is
+    /// guarded ([`Self::guard_schema_change`]); merging a block that changes nothing
+    /// (another schema of this table, seen again) is not.
     fn merge_schema(&mut self, entry: usize) -> Result<(), DecodeError> {
         let row = self.schemas[entry].row.clone();
         let mut rejected = None;
@@ -1028,6 +1115,7 @@ impl Decoder {
                 Some(i) => i,
                 None => match self.spec.unknown_columns {
                     UnknownColumns::Add => {
+                        self.guard_schema_change()?;
                         let column = self.with_target_type(column)?;
                         let i = self.table.push(column.clone(), false);
                         self.before.add_column(column.clone());
@@ -1050,16 +1138,21 @@ impl Decoder {
             if self.table.inferred[index] {
                 // A schema is more trustworthy than inference: adopt its type if the values
                 // seen so far convert.
+                self.guard_schema_change()?;
                 self.table.inferred[index] = false;
             }
             match self.table.merge_type(index, column) {
                 Ok(None) => {}
                 Ok(Some(widened)) => {
+                    self.guard_schema_change()?;
                     self.before.widen(index, widened.clone())?;
                     self.after.widen(index, widened.clone())?;
                     self.table.set(index, widened);
                 }
-                Err(change) => return Err(DecodeError::Fatal(change)),
+                Err(change) => {
+                    self.guard_schema_change()?;
+                    return Err(DecodeError::Fatal(change));
+                }
             }
         }
         let mut sources = vec![None; self.table.columns.len()];
@@ -1148,11 +1241,12 @@ impl Decoder {
                         state.op = Op::parse(&op);
                     }
                 }
-                "__table" | "__db" | "__source_ts_ms" | "__ts_ms" | "__lsn" => {
+                "__table" | "__db" | "__schema" | "__source_ts_ms" | "__ts_ms" | "__lsn" => {
                     let text = read_scalar_text(&mut j)?;
                     let target = match k.as_str() {
                         "__table" => Some(TEXT_TABLE),
                         "__db" => Some(TEXT_DB),
+                        "__schema" => Some(TEXT_SCHEMA),
                         "__lsn" => Some(TEXT_POSITION),
                         _ => None,
                     };

@@ -22,9 +22,18 @@
 //! an event that is not a row change (a schema change, a logical-decoding message), is
 //! decoded as before.
 //!
-//! Reading the table is one pass over the event that neither validates nor decodes it
-//! (the decoder does both right after, for events of this table), so a malformed event is
-//! left to the decoder to reject.
+//! Reading the table must cost little beside decoding, and must happen before anything
+//! of the event can change the table. So the decoder decodes as usual, reading the
+//! `source` block with the rest, and [`TableFilter::judge`]s every row it decoded by the
+//! table it read (a comparison per event). Before anything would change the table's
+//! schema (add or widen a column, merge a schema block), which happens rarely for the
+//! table's own events, the decoder stops and the event is read again with
+//! [`TableFilter::scan`]: one pass over its structure that finds the top-level `source`
+//! block and skips everything else without validating it. An event whose table `scan`
+//! cannot read is refused there rather than let through; the decoder's own reading
+//! decides for every row it decodes, so the two readings never need to agree for an
+//! event to be refused. In both, the first `source` block and the first of each of its
+//! fields count, as in the decoder.
 
 use std::borrow::Cow;
 
@@ -39,6 +48,17 @@ pub struct TableFilter {
     case_insensitive: bool,
 }
 
+/// What [`TableFilter::scan`] makes of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This table's, or no table is named.
+    Accept,
+    /// Another table's, with the reason naming both.
+    Refuse(String),
+    /// The record names a table, but not in a form the scan can read.
+    Unreadable,
+}
+
 impl TableFilter {
     pub fn new(name: &str, case_insensitive: bool) -> TableFilter {
         TableFilter {
@@ -48,33 +68,79 @@ impl TableFilter {
         }
     }
 
-    /// `Err(reason)` when the record is a row change of another table.
-    pub fn check(&self, value: &[u8], format: Format, position: &Position) -> Result<(), String> {
-        let Some(event) = EventTable::read(value, format, position) else {
-            return Ok(());
-        };
-        if self.accepts(&event.path) {
-            return Ok(());
+    /// Judges a row by the table the decoder read for it, `path` (`[db, schema, table]`
+    /// with the parts the event has; empty when it names none, and then the topic
+    /// decides). `Err(reason)` for another table's row.
+    pub fn judge(&self, path: &[&str], position: &Position) -> Result<(), String> {
+        if !path.is_empty() {
+            return match self.accepts(path) {
+                true => Ok(()),
+                false => Err(self.refusal(&path.join("."), None)),
+            };
         }
-        let from = match event.topic {
+        match topic_table(position) {
+            Some((topic, table)) if !self.accepts(&[table]) => {
+                Err(self.refusal(table, Some(topic)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the table of a record that has not been decoded (`value` is `None` for a
+    /// tombstone: only the topic can name its table).
+    pub fn scan(&self, value: Option<&[u8]>, format: Format, position: &Position) -> Verdict {
+        let fields = match value {
+            None => Fields::default(),
+            Some(value) if value.trim_ascii().is_empty() || value.trim_ascii() == b"null" => {
+                Fields::default()
+            }
+            Some(value) => match Fields::read(value, format) {
+                Some(fields) => fields,
+                None => return Verdict::Unreadable,
+            },
+        };
+        let mut path: Vec<&str> = Vec::new();
+        if let Some(table) = fields.table.as_deref().filter(|t| !t.is_empty()) {
+            let parts = [fields.db.as_deref(), fields.schema.as_deref(), Some(table)];
+            path.extend(parts.into_iter().flatten().filter(|p| !p.is_empty()));
+        }
+        match self.judge(&path, position) {
+            Ok(()) => Verdict::Accept,
+            Err(reason) => Verdict::Refuse(reason),
+        }
+    }
+
+    /// The reason a row of table `theirs` is refused.
+    fn refusal(&self, theirs: &str, topic: Option<&str>) -> String {
+        let from = match topic {
             Some(topic) => format!(" (from its topic `{topic}`)"),
             None => String::new(),
         };
-        Err(format!(
-            "the event is for table `{}`{from}, not this pipeline's table `{}`; it was not \
-             applied",
-            event.path.join("."),
+        format!(
+            "the event is for table `{theirs}`{from}, not this pipeline's table `{}`; it was \
+             not applied",
             self.name
-        ))
+        )
     }
 
-    /// Whether an event of table `path` belongs to this pipeline.
-    pub fn accepts(&self, path: &[Cow<'_, str>]) -> bool {
+    /// The reason an event whose table cannot be read is refused.
+    pub fn unreadable(&self) -> String {
+        format!(
+            "weir cannot read which table the event is for (its `source` block is not \
+             well-formed JSON), so it was not applied to this pipeline's table `{}`",
+            self.name
+        )
+    }
+
+    /// Whether an event of table `path` (`[db, schema, table]`, with the parts it has)
+    /// belongs to this pipeline.
+    pub fn accepts<S: AsRef<str>>(&self, path: &[S]) -> bool {
         self.parts
             .iter()
             .rev()
             .zip(path.iter().rev())
             .all(|(mine, theirs)| {
+                let theirs = theirs.as_ref();
                 if self.case_insensitive {
                     mine.eq_ignore_ascii_case(theirs)
                 } else {
@@ -84,48 +150,21 @@ impl TableFilter {
     }
 }
 
-/// The table an event names.
-struct EventTable<'a> {
-    /// `[db, schema, table]`, with the parts the event has.
-    path: Vec<Cow<'a, str>>,
-    /// The topic the table was read from, when the event itself names none.
-    topic: Option<&'a str>,
+/// A Kafka topic named the Debezium way, and its last segment: the table.
+pub(crate) fn topic_table(position: &Position) -> Option<(&str, &str)> {
+    let Position::Kafka { topic, .. } = position else {
+        return None;
+    };
+    let (_, table) = topic.rsplit_once('.')?;
+    (!table.is_empty()).then_some((topic, table))
 }
 
-impl<'a> EventTable<'a> {
-    /// `None` for an event that names no table, or is not a row change.
-    fn read(value: &'a [u8], format: Format, position: &'a Position) -> Option<EventTable<'a>> {
-        let fields = Fields::read(value, format)?;
-        if !fields.row_change {
-            return None;
-        }
-        if let Some(table) = fields.table {
-            let path = [fields.db, fields.schema, Some(table)]
-                .into_iter()
-                .flatten()
-                .filter(|p| !p.is_empty())
-                .collect();
-            return Some(EventTable { path, topic: None });
-        }
-        let Position::Kafka { topic, .. } = position else {
-            return None;
-        };
-        let (_, table) = topic.rsplit_once('.')?;
-        (!table.is_empty()).then(|| EventTable {
-            path: vec![Cow::Borrowed(table)],
-            topic: Some(topic),
-        })
-    }
-}
-
-/// The fields of an event that say which table it is for.
+/// The fields of an event that say which table it is for (the first of each).
 #[derive(Default)]
 struct Fields<'a> {
     db: Option<Cow<'a, str>>,
     schema: Option<Cow<'a, str>>,
     table: Option<Cow<'a, str>>,
-    /// False for an event with an `op` that is no row change (`m`), or with no `op`.
-    row_change: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -145,9 +184,7 @@ impl<'a> Fields<'a> {
                 })?;
             }
             Format::DebeziumJsonUnwrapped => {
-                // Every flattened record is a row (or a delete); only `__` fields carry
-                // the table, since the row's own columns may have any name.
-                fields.row_change = true;
+                // Only `__` fields carry the table: the row's own columns may have any name.
                 scan.object(|scan, key| match key {
                     b"__db" => scan.text_into(&mut fields.db),
                     b"__schema" => scan.text_into(&mut fields.schema),
@@ -161,18 +198,18 @@ impl<'a> Fields<'a> {
 
     fn envelope_field(&mut self, scan: &mut Scan<'a>, key: &[u8]) -> Option<()> {
         match key {
-            b"op" => {
-                let mut op = None;
-                scan.text_into(&mut op)?;
-                self.row_change = matches!(op.as_deref(), Some("c" | "u" | "d" | "r" | "t"));
-                Some(())
+            b"source" if scan.peek() == Some(b'{') => {
+                scan.object(|scan, key| self.source_field(scan, key))
             }
-            b"source" if scan.peek() == Some(b'{') => scan.object(|scan, key| match key {
-                b"db" => scan.text_into(&mut self.db),
-                b"schema" => scan.text_into(&mut self.schema),
-                b"table" | b"collection" => scan.text_into(&mut self.table),
-                _ => scan.skip(),
-            }),
+            _ => scan.skip(),
+        }
+    }
+
+    fn source_field(&mut self, scan: &mut Scan<'a>, key: &[u8]) -> Option<()> {
+        match key {
+            b"db" => scan.text_into(&mut self.db),
+            b"schema" => scan.text_into(&mut self.schema),
+            b"table" | b"collection" => scan.text_into(&mut self.table),
             _ => scan.skip(),
         }
     }
@@ -222,18 +259,20 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Reads a string (or `null`, leaving `into` alone) into `into`.
+    /// Reads a string into `into`, unless it already holds one (the first counts);
+    /// `null` leaves it alone.
     fn text_into(&mut self, into: &mut Option<Cow<'a, str>>) -> Option<()> {
         if self.peek()? != b'"' {
             return self.skip();
         }
         let start = self.at;
         let raw = self.raw_string()?;
-        *into = Some(if raw.contains(&b'\\') {
+        let text = if raw.contains(&b'\\') {
             Cow::Owned(serde_json::from_slice(&self.bytes[start..self.at]).ok()?)
         } else {
             Cow::Borrowed(std::str::from_utf8(raw).ok()?)
-        });
+        };
+        into.get_or_insert(text);
         Some(())
     }
 
@@ -321,8 +360,26 @@ mod tests {
         }
     }
 
+    fn verdict(
+        filter: &TableFilter,
+        event: &str,
+        format: Format,
+        at: &Position,
+    ) -> Result<(), String> {
+        match filter.scan(Some(event.as_bytes()), format, at) {
+            Verdict::Accept => Ok(()),
+            Verdict::Refuse(reason) => Err(reason),
+            Verdict::Unreadable => Err("unreadable".into()),
+        }
+    }
+
     fn check(name: &str, event: &str, position: &Position) -> Result<(), String> {
-        TableFilter::new(name, false).check(event.as_bytes(), Format::DebeziumJson, position)
+        verdict(
+            &TableFilter::new(name, false),
+            event,
+            Format::DebeziumJson,
+            position,
+        )
     }
 
     const PG: &str = r#"{"before":null,"after":{"id":1,"source":"web","op":"x"},
@@ -349,19 +406,20 @@ mod tests {
         }
         assert_eq!(check("inventory.orders", MYSQL, &file()), Ok(()));
         assert!(check("public.orders", MYSQL, &file()).is_err());
+        // The decoder's reading, judged the same way.
+        let filter = TableFilter::new("public.orders", false);
+        assert_eq!(filter.judge(&["shop", "public", "orders"], &file()), Ok(()));
+        assert!(filter.judge(&["inventory", "orders"], &file()).is_err());
     }
 
     #[test]
     fn case_is_ignored_only_when_asked() {
         let filter = TableFilter::new("Public.ORDERS", true);
-        assert_eq!(
-            filter.check(PG.as_bytes(), Format::DebeziumJson, &file()),
-            Ok(())
-        );
+        assert_eq!(verdict(&filter, PG, Format::DebeziumJson, &file()), Ok(()));
     }
 
     #[test]
-    fn without_a_source_block_a_debezium_topic_names_the_table() {
+    fn without_a_table_in_the_event_a_debezium_topic_names_it() {
         let bare = r#"{"op":"c","after":{"id":1}}"#;
         assert_eq!(
             check("customers", bare, &file()),
@@ -384,24 +442,57 @@ mod tests {
         );
         // The event's own source block wins over the topic.
         assert_eq!(check("orders", PG, &kafka("db1.public.customers")), Ok(()));
+        // A tombstone (a flattened delete carries its key there) has only the topic.
+        let filter = TableFilter::new("customers", false);
+        let topic = kafka("db1.inventory.orders");
+        for value in [None, Some(&b""[..]), Some(&b"null"[..])] {
+            assert!(matches!(
+                filter.scan(value, Format::DebeziumJsonUnwrapped, &topic),
+                Verdict::Refuse(_)
+            ));
+        }
+        assert!(filter.judge(&[], &topic).is_err());
     }
 
     #[test]
-    fn only_row_changes_are_routed() {
+    fn the_scan_reads_the_table_whatever_the_op() {
+        // The decoder only asks before an event would change the table's schema, which
+        // another table's event may not do, whatever it is.
         let message = r#"{"op":"m","source":{"db":"shop","schema":"public","table":"orders"}}"#;
         let ddl = r#"{"source":{"db":"inventory","table":"orders"},"ddl":"ALTER TABLE orders"}"#;
-        for event in [message, ddl] {
-            assert_eq!(check("customers", event, &file()), Ok(()), "{event}");
+        let twice = r#"{"op":"c","after":{"id":7},"source":{"table":"orders"},"op":null}"#;
+        for event in [message, ddl, twice] {
+            assert!(check("customers", event, &file()).is_err(), "{event}");
         }
-        let truncate = r#"{"op":"t","source":{"db":"shop","schema":"public","table":"orders"}}"#;
-        assert!(check("customers", truncate, &file()).is_err());
+    }
+
+    #[test]
+    fn the_first_source_block_and_field_count() {
+        let first = r#"{"op":"c","source":{"table":"customers","table":"orders"},
+            "source":{"table":"orders"}}"#;
+        assert_eq!(check("customers", first, &file()), Ok(()));
+        let mongo = r#"{"op":"c","source":{"db":"shop","collection":"orders"}}"#;
+        assert!(check("customers", mongo, &file()).is_err());
+    }
+
+    #[test]
+    fn the_word_source_elsewhere_in_an_event_changes_nothing() {
+        let value = r#"{"op":"c","after":{"id":1,"note":"source"}}"#;
+        assert_eq!(check("customers", value, &file()), Ok(()));
+        assert!(check("customers", value, &kafka("db1.inventory.orders")).is_err());
+        let nested = r#"{"op":"c","after":{"id":1,"source":{"table":"customers"}},
+            "source":{"db":"shop","table":"orders"}}"#;
+        assert!(check("customers", nested, &file()).is_err());
+        let nested = r#"{"op":"c","after":{"id":1,"source":{"table":"orders"}},
+            "source":{"db":"shop","table":"customers"}}"#;
+        assert_eq!(check("customers", nested, &file()), Ok(()));
     }
 
     #[test]
     fn flattened_rows_name_their_table_only_in_double_underscore_fields() {
         let filter = TableFilter::new("customers", false);
         let unwrapped =
-            |event: &str| filter.check(event.as_bytes(), Format::DebeziumJsonUnwrapped, &file());
+            |event: &str| verdict(&filter, event, Format::DebeziumJsonUnwrapped, &file());
         assert_eq!(
             unwrapped(r#"{"id":1,"table":"orders","source":"x"}"#),
             Ok(())
@@ -411,12 +502,22 @@ mod tests {
     }
 
     #[test]
-    fn escaped_names_and_malformed_events_are_read_safely() {
+    fn escaped_names_are_read_and_unreadable_events_are_said_so() {
         let escaped = r#"{"op":"c","source":{"schema":"p\u0075blic","table":"ord\"ers"}}"#;
         let error = check("orders", escaped, &file()).unwrap_err();
         assert!(error.contains("`public.ord\"ers`"), "{error}");
-        for malformed in ["", "{", "[1,2]", r#"{"op":"c","source":{"table":"#, "nul"] {
-            assert_eq!(check("orders", malformed, &file()), Ok(()), "{malformed}");
+        // Never accepted for want of reading them: the caller decides.
+        for malformed in ["{", "[1,2]", r#"{"op":"c","source":{"table":"#, "nul"] {
+            assert_eq!(
+                check("orders", malformed, &file()),
+                Err("unreadable".into()),
+                "{malformed}"
+            );
         }
+        let control = "{\"op\":\"c\",\"source\":{\"db\":\"a\u{1}\\u0062\",\"table\":\"orders\"}}";
+        assert_eq!(
+            check("customers", control, &file()),
+            Err("unreadable".into())
+        );
     }
 }

@@ -671,3 +671,78 @@ fn a_capture_s_origin_fills_the_envelope_origin() {
     let origin = batch.data.column_by_name("origin").unwrap();
     assert_eq!(origin.as_string::<i32>().value(0), "site-a");
 }
+
+/// A pipeline's decoder refuses another table's events before they can change its
+/// table: no column added or widened, no type conflict stopping it; its own events that
+/// change the schema are decoded (again, once checked).
+#[test]
+fn another_tables_events_cannot_change_this_table() {
+    let mut decoder = Decoder::new(
+        TableSpec {
+            only_its_table: true,
+            ..TableSpec::new("customers", &["id"])
+        },
+        Format::DebeziumJson,
+    );
+    let source =
+        |table: &str| format!(r#""source":{{"db":"shop","schema":"public","table":"{table}"}}"#);
+    let schema = |id: &str| {
+        format!(
+            r#""schema":{{"type":"struct","fields":[{{"type":"struct","field":"after","optional":true,
+            "fields":[{{"type":"{id}","field":"id"}},{{"type":"string","optional":true,"field":"name"}}]}}]}}"#
+        )
+    };
+    let events = vec![
+        format!(
+            r#"{{{},"payload":{{"op":"c","after":{{"id":1,"name":"a"}},{}}}}}"#,
+            schema("int32"),
+            source("customers")
+        ),
+        // Would widen `id` to int64 through its schema block.
+        format!(
+            r#"{{{},"payload":{{"op":"c","after":{{"id":2,"name":"b"}},{}}}}}"#,
+            schema("int64"),
+            source("orders")
+        ),
+        // Would retype `id` to text: an incompatible change, which stops a pipeline.
+        format!(
+            r#"{{{},"payload":{{"op":"c","after":{{"id":"x","name":"c"}},{}}}}}"#,
+            schema("string"),
+            source("orders")
+        ),
+        // Would add a column, and has a value `id` cannot hold.
+        format!(
+            r#"{{"op":"c","after":{{"id":"o-4","total":9.5}},{}}}"#,
+            source("orders")
+        ),
+        // This table's event adding a column: decoded.
+        format!(
+            r#"{{"op":"c","after":{{"id":5,"name":"e","vip":true}},{}}}"#,
+            source("customers")
+        ),
+        // Another table's event that fits this table exactly: decoded, then refused.
+        format!(
+            r#"{{"op":"u","after":{{"id":1,"name":"x","vip":false}},{}}}"#,
+            source("orders")
+        ),
+    ];
+    let outcomes = decode_all(&mut decoder, &events);
+    assert_eq!(outcomes[0], Ok(Outcome::Row));
+    for outcome in &outcomes[1..4] {
+        let Err(DecodeError::OtherTable(reason)) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(reason.contains("`shop.public.orders`"), "{reason}");
+    }
+    assert_eq!(outcomes[4], Ok(Outcome::Row));
+    assert!(matches!(outcomes[5], Err(DecodeError::OtherTable(_))));
+    assert_eq!(decoder.stats.other_tables, 4);
+    let batch = decoder.finish(Checkpoint::default());
+    let fields: Vec<String> = batch
+        .row_fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(fields, ["id:Int32", "name:Utf8", "vip:Boolean"]);
+    assert_eq!(batch.num_rows(), 2);
+}

@@ -140,7 +140,9 @@ impl<W: World> Plugin<W> {
             // string) is bounded by the plugin's memory cap, as its own memory is: a
             // plugin cannot make weir hold more for it by returning one string many times.
             store.set_hostcall_fuel(limits.memory_bytes());
+            store.set_max_component_handles(super::sandbox::MAX_RESOURCES);
             store.epoch_deadline_callback(past_deadline);
+            self.output.new_call();
             arm(limits, &mut store, limits.start_timeout);
             let started = W::instantiate(&self.pre, &mut store).and_then(|bindings| {
                 let config = self.spec.config.to_string();
@@ -214,8 +216,10 @@ impl<W: World> Plugin<W> {
         let started = Instant::now();
         let result = {
             let limits = self.spec.limits.clone();
+            let output = self.output.clone();
             let (store, bindings) = self.instance()?;
             // The deadline counts from here, not from the instance's start.
+            output.new_call();
             arm(&limits, store, limits.timeout);
             let result = invoke(bindings, store);
             store.data_mut().deadline = None;

@@ -20,6 +20,9 @@ use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError, Stream
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
+/// The most WASI resources (streams, pollables) an instance may hold at once.
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// The store data of one plugin instance.
 pub struct HostState {
     wasi: WasiCtx,
@@ -38,10 +41,17 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
+            // What a plugin may ask the host to allocate for it in one call for random
+            // bytes: no more than it may hold itself.
+            .max_random_size(memory_bytes as u64)
             .build();
+        let mut table = ResourceTable::new();
+        // Streams, pollables and the like a plugin holds at once: a handful for a real
+        // plugin; each costs host memory outside the memory cap.
+        table.set_max_capacity(MAX_RESOURCES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             cap: MemoryCap {
                 limit: memory_bytes,
                 reached: None,
@@ -170,11 +180,35 @@ pub struct PluginOutput {
     state: Arc<Mutex<OutputState>>,
 }
 
-#[derive(Default)]
 struct OutputState {
     partial: [Vec<u8>; 2],
+    /// Dropping the rest of a line cut at [`MAX_LINE`], per stream.
+    skipping: [bool; 2],
     last_stderr: Option<String>,
+    /// Lines this call may still log.
+    lines_left: usize,
+    /// Lines this call wrote past its budget.
+    lines_unlogged: u64,
 }
+
+impl Default for OutputState {
+    fn default() -> Self {
+        OutputState {
+            partial: Default::default(),
+            skipping: [false; 2],
+            last_stderr: None,
+            lines_left: LINES_PER_CALL,
+            lines_unlogged: 0,
+        }
+    }
+}
+
+/// Lines of a plugin's output logged per call (or start); the rest are only counted.
+pub const LINES_PER_CALL: usize = 1000;
+
+/// The most one write to stdout or stderr may carry: what `check-write` permits. A
+/// plugin that writes more traps (WASI requires it to ask first).
+const WRITE_PERMIT: usize = 64 * 1024;
 
 /// Longest line logged; the rest is cut, so a plugin cannot flood the log with one line.
 const MAX_LINE: usize = 4096;
@@ -206,32 +240,78 @@ impl PluginOutput {
         state.last_stderr.take()
     }
 
+    /// Takes what the plugin wrote: complete lines are logged (at most
+    /// [`LINES_PER_CALL`] per call; the rest are counted), a line longer than
+    /// [`MAX_LINE`] is cut. One pass over `bytes`, which is at most [`WRITE_PERMIT`].
     fn write(&self, stderr: bool, bytes: &[u8]) {
         let mut state = self.state.lock().expect("plugin output");
-        let buffer = &mut state.partial[usize::from(stderr)];
-        buffer.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            lines.push(
-                String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)])
-                    .trim_end()
-                    .to_string(),
-            );
-        }
-        if buffer.len() > MAX_LINE {
-            let line = String::from_utf8_lossy(&buffer[..MAX_LINE]).to_string();
-            buffer.clear();
-            lines.push(line);
-        }
-        for line in lines {
-            self.log(stderr, &line);
-            // Rust's panic output ends with a hint about backtraces; the message is the
-            // line before it.
-            if stderr && !line.starts_with("note: run with `RUST_BACKTRACE") {
-                state.last_stderr = Some(line);
+        let stream = usize::from(stderr);
+        let mut rest = bytes;
+        if state.skipping[stream] {
+            // The rest of a line cut at MAX_LINE in an earlier write.
+            match memchr::memchr(b'\n', rest) {
+                Some(end) => {
+                    rest = &rest[end + 1..];
+                    state.skipping[stream] = false;
+                }
+                None => return,
             }
         }
+        while !rest.is_empty() {
+            let (part, complete) = match memchr::memchr(b'\n', rest) {
+                Some(end) => (&rest[..end], true),
+                None => (rest, false),
+            };
+            rest = &rest[part.len() + usize::from(complete)..];
+            let buffer = &mut state.partial[stream];
+            let room = MAX_LINE.saturating_sub(buffer.len());
+            buffer.extend_from_slice(&part[..part.len().min(room)]);
+            if complete || buffer.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(buffer).trim_end().to_string();
+                buffer.clear();
+                if !complete {
+                    // The rest of an overlong line is dropped up to its end.
+                    match memchr::memchr(b'\n', rest) {
+                        Some(end) => rest = &rest[end + 1..],
+                        None => {
+                            rest = &[];
+                            state.skipping[stream] = true;
+                        }
+                    }
+                }
+                self.emit(&mut state, stderr, line);
+            }
+        }
+    }
+
+    fn emit(&self, state: &mut OutputState, stderr: bool, line: String) {
+        if state.lines_left > 0 {
+            state.lines_left -= 1;
+            self.log(stderr, &line);
+        } else {
+            state.lines_unlogged += 1;
+        }
+        // Rust's panic output ends with a hint about backtraces; the message is the line
+        // before it.
+        if stderr && !line.starts_with("note: run with `RUST_BACKTRACE") {
+            state.last_stderr = Some(line);
+        }
+    }
+
+    /// Starts a call: the line budget is refilled, and lines the last call could not log
+    /// are counted in the log.
+    pub fn new_call(&self) {
+        let mut state = self.state.lock().expect("plugin output");
+        if state.lines_unlogged > 0 {
+            tracing::warn!(
+                plugin = %self.plugin,
+                lines = state.lines_unlogged,
+                "the plugin wrote more lines in one call than weir logs ({LINES_PER_CALL}); \
+                 the rest were not logged"
+            );
+        }
+        state.lines_unlogged = 0;
+        state.lines_left = LINES_PER_CALL;
     }
 
     fn log(&self, stderr: bool, line: &str) {
@@ -274,6 +354,14 @@ impl Pollable for PluginStream {
 
 impl OutputStream for PluginStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.len() > WRITE_PERMIT {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "the plugin wrote {} bytes at once to {}, more than the {WRITE_PERMIT} \
+                 `check-write` permits",
+                bytes.len(),
+                if self.stderr { "stderr" } else { "stdout" }
+            )));
+        }
         self.output.write(self.stderr, &bytes);
         Ok(())
     }
@@ -283,7 +371,7 @@ impl OutputStream for PluginStream {
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 * 1024)
+        Ok(WRITE_PERMIT)
     }
 }
 
@@ -293,8 +381,9 @@ impl tokio::io::AsyncWrite for PluginStream {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.output.write(self.stderr, buf);
-        Poll::Ready(Ok(buf.len()))
+        let taken = buf.len().min(WRITE_PERMIT);
+        self.output.write(self.stderr, &buf[..taken]);
+        Poll::Ready(Ok(taken))
     }
 
     fn poll_flush(
@@ -309,5 +398,41 @@ impl tokio::io::AsyncWrite for PluginStream {
         _: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_split_into_bounded_lines_in_one_pass() {
+        let out = PluginOutput::new("p");
+        out.write(true, b"first\nsecond");
+        out.write(true, b" half\n");
+        assert_eq!(out.take_last_stderr().as_deref(), Some("second half"));
+        // A line longer than MAX_LINE is cut there, across writes too.
+        out.write(true, &vec![b'x'; MAX_LINE + 10]);
+        out.write(true, &[b'y'; 100]);
+        out.write(true, b"y\nafter\n");
+        let state = out.state.lock().unwrap();
+        assert_eq!(state.last_stderr.as_deref(), Some("after"));
+        drop(state);
+        // A call logs at most LINES_PER_CALL lines; the rest are counted.
+        out.new_call();
+        out.write(false, &b"\n".repeat(WRITE_PERMIT));
+        let state = out.state.lock().unwrap();
+        assert_eq!(state.lines_left, 0);
+        assert_eq!(state.lines_unlogged, (WRITE_PERMIT - LINES_PER_CALL) as u64);
+    }
+
+    #[test]
+    fn a_write_past_the_permit_traps() {
+        let mut stream = PluginOutput::new("p").stream("stdout");
+        assert!(stream.write(Bytes::from(vec![b'a'; WRITE_PERMIT])).is_ok());
+        assert!(matches!(
+            stream.write(Bytes::from(vec![b'a'; WRITE_PERMIT + 1])),
+            Err(StreamError::Trap(_))
+        ));
     }
 }

@@ -129,7 +129,11 @@ pub fn check_output(
     }
     check_keys(input, &data)?;
     let outputs = data.num_rows();
-    let mut rejected = Vec::with_capacity(errors.len());
+    // One dead letter per refused input row: several errors for one row are joined
+    // (within the message cap). Rows are found by index, not by search: the lists come
+    // from the plugin and may be long.
+    let mut refused: Vec<Option<usize>> = vec![None; inputs];
+    let mut rejected: Vec<(usize, String)> = Vec::new();
     for (row, message) in errors {
         let row = row as usize;
         if row >= inputs {
@@ -137,7 +141,22 @@ pub fn check_output(
                 "a row error names row {row}, but the batch has {inputs} rows"
             )));
         }
-        rejected.push((row, capped(message)));
+        match refused[row] {
+            Some(at) => {
+                let joined = &mut rejected[at].1;
+                if joined.len() <= super::MAX_MESSAGE {
+                    joined.push_str("; ");
+                    joined.push_str(&message);
+                }
+            }
+            None => {
+                refused[row] = Some(rejected.len());
+                rejected.push((row, message));
+            }
+        }
+    }
+    for (_, message) in &mut rejected {
+        *message = capped(std::mem::take(message));
     }
     let positions = if source_rows.is_empty() && outputs == 0 {
         // Every row dropped or refused: nothing to map.
@@ -166,7 +185,7 @@ pub fn check_output(
                     "`source-rows` must be input rows (< {inputs}) in non-decreasing order; found {row} after {previous}"
                 )));
             }
-            if rejected.iter().any(|(r, _)| *r == row) {
+            if refused[row].is_some() {
                 return Err(bad(format!(
                     "input row {row} is both refused and in the output"
                 )));
@@ -235,11 +254,19 @@ fn check_schema(input: &ChangeBatch, rules: &TableRules, out: &Schema) -> Result
     if before.data_type() != after.data_type() {
         return Err("`before` and `after` have different columns".into());
     }
+    let columns = count_fields(rows);
+    if columns > MAX_ROW_COLUMNS {
+        return Err(format!(
+            "the rows have {columns} columns (nested ones counted), more than the \
+             {MAX_ROW_COLUMNS} weir applies"
+        ));
+    }
     let input_rows = input.row_fields();
     let key = &input.table.primary_key;
-    for (i, field) in rows.iter().enumerate() {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    for field in rows.iter() {
         let name = field.name();
-        if rows.iter().skip(i + 1).any(|f| f.name() == name) {
+        if !seen.insert(name.as_str()) {
             return Err(format!("the rows have two columns `{name}`"));
         }
         let Some(ty) = types::from_arrow(field.data_type()) else {
@@ -285,6 +312,27 @@ fn check_schema(input: &ChangeBatch, rules: &TableRules, out: &Schema) -> Result
         return Err(format!("the rows lost primary key column `{lost}`"));
     }
     Ok(())
+}
+
+/// The most columns a transform's rows may have, nested struct fields counted: enough for
+/// any table a database holds (PostgreSQL allows 1,600), and a bound on the work a plugin's
+/// schema can ask of the host.
+pub const MAX_ROW_COLUMNS: usize = 4096;
+
+/// Fields of `fields`, nested struct and list fields counted.
+fn count_fields(fields: &arrow::datatypes::Fields) -> usize {
+    fields
+        .iter()
+        .map(|f| {
+            1 + match f.data_type() {
+                DataType::Struct(children) => count_fields(children),
+                DataType::List(item) | DataType::LargeList(item) | DataType::Map(item, _) => {
+                    count_fields(&arrow::datatypes::Fields::from(vec![item.clone()]))
+                }
+                _ => 0,
+            }
+        })
+        .sum()
 }
 
 /// Every output row has its key: in `before` for a delete, in `after` otherwise (a

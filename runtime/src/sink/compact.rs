@@ -143,6 +143,46 @@ pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segm
     Ok(segments)
 }
 
+/// The included rows before `row` (back to the last truncate) whose changes compaction
+/// folded into `row`'s action: earlier changes of a key `row` writes or deletes, that have
+/// no action of their own (`actions`: the rows that do). They reach the target only
+/// through `row`'s action, so when the target refuses it they go to the dead-letter
+/// output with it.
+pub fn folded_into(
+    batch: &ChangeBatch,
+    keys: &Keys,
+    include: Option<&[bool]>,
+    actions: &std::collections::HashSet<usize>,
+    row: usize,
+) -> Vec<usize> {
+    let ops: Vec<Op> = batch.ops().take(row + 1).collect();
+    let keys_of = |i: usize| -> Vec<&[u8]> {
+        match ops[i] {
+            Op::Truncate => Vec::new(),
+            Op::Delete => vec![keys.before.row(i).data()],
+            op if keys.moved(batch, i, op) => {
+                vec![keys.before.row(i).data(), keys.after.row(i).data()]
+            }
+            _ => vec![keys.after.row(i).data()],
+        }
+    };
+    let mine = keys_of(row);
+    let mut folded = Vec::new();
+    for i in (0..row).rev() {
+        if include.is_some_and(|mask| !mask[i]) {
+            continue;
+        }
+        if ops[i] == Op::Truncate {
+            break;
+        }
+        if !actions.contains(&i) && keys_of(i).iter().any(|k| mine.contains(k)) {
+            folded.push(i);
+        }
+    }
+    folded.reverse();
+    folded
+}
+
 fn key_is_complete(batch: &ChangeBatch, row: usize) -> bool {
     let before = batch.before();
     batch

@@ -188,10 +188,17 @@ impl Sink for Lanes {
                     });
                     let _ = forward.to.send(Message::Done { lane, result });
                 };
-                std::thread::Builder::new()
+                // A lane that cannot start fails the batch; the others finish theirs
+                // (a panic here would leave them waiting on this thread's answers).
+                if let Err(e) = std::thread::Builder::new()
                     .name(thread)
                     .spawn_scoped(scope, work)
-                    .expect("spawn a lane thread");
+                {
+                    results[lane] = Some(Err(SinkError::new(
+                        "lanes",
+                        format!("cannot start the thread of lane {}: {e}", lane + 1),
+                    )));
+                }
             }
             drop(to);
             while let Ok(message) = from.recv() {

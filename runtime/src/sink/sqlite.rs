@@ -8,6 +8,7 @@
 //! in WAL mode with `synchronous=FULL`, so a committed batch survives power loss.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray};
@@ -507,24 +508,40 @@ impl SqliteSink {
         let after = batch.after();
         let key_before = self.key_columns(batch, batch.before())?;
         let sql_error = |e: rusqlite::Error| self.error(e.to_string());
-        for segment in segments {
+        let mut refusals = Refusals::new(self, batch, include, &segments);
+        for segment in &segments {
             if segment.truncate_first {
                 tx.execute(&statements.truncate, []).map_err(sql_error)?;
                 applied.truncates += 1;
             }
+            // An update that moved its key deletes the old key and writes the new one
+            // together (below), so a refused write cannot leave the old key deleted.
+            let moved: HashSet<usize> = segment
+                .deletes
+                .iter()
+                .filter(|r| segment.upserts.binary_search(r).is_ok())
+                .copied()
+                .collect();
             let mut delete = tx.prepare_cached(&statements.delete).map_err(sql_error)?;
-            for &row in &segment.deletes {
+            for &row in segment.deletes.iter().filter(|r| !moved.contains(r)) {
                 let written = execute(&mut delete, &key_before, row);
-                if !refused(written, batch, row, rejects, &sql_error)? {
+                if !refusals.refused(written, row, rejects)? {
                     applied.deletes += 1;
                 }
             }
             let mut upsert = tx.prepare_cached(&statements.upsert).map_err(sql_error)?;
             let columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
             for &row in &segment.upserts {
-                let written = execute(&mut upsert, &columns, row);
-                if !refused(written, batch, row, rejects, &sql_error)? {
+                let written = match moved.contains(&row) {
+                    false => execute(&mut upsert, &columns, row),
+                    true => in_savepoint(tx, || {
+                        execute(&mut delete, &key_before, row)?;
+                        execute(&mut upsert, &columns, row)
+                    }),
+                };
+                if !refusals.refused(written, row, rejects)? {
                     applied.upserts += 1;
+                    applied.deletes += u64::from(moved.contains(&row));
                 }
             }
         }
@@ -556,22 +573,106 @@ fn refuses_row(e: &rusqlite::Error) -> bool {
         if matches!(f.code, ConstraintViolation | TypeMismatch | TooBig))
 }
 
-/// Sends row `row` to the dead-letter output if `written` is a refusal of its values;
-/// returns whether it did. Other errors are returned: they fail the batch.
-fn refused(
-    written: rusqlite::Result<()>,
-    batch: &ChangeBatch,
-    row: usize,
-    rejects: &mut dyn Rejects,
-    sql_error: &dyn Fn(rusqlite::Error) -> SinkError,
-) -> Result<bool, SinkError> {
-    match written {
-        Ok(()) => Ok(false),
-        Err(e) if refuses_row(&e) => {
-            rejects.reject(batch, row, &format!("the target refused the row: {e}"))?;
-            Ok(true)
+/// Runs `write` under a savepoint: when it fails, what it did is undone.
+fn in_savepoint(
+    conn: &Connection,
+    write: impl FnOnce() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    conn.execute_batch("SAVEPOINT weir_row")?;
+    match write() {
+        Ok(()) => conn.execute_batch("RELEASE weir_row"),
+        Err(e) => {
+            // A ROLLBACK conflict clause may have ended the transaction, and the savepoint
+            // with it: the caller sees that in `is_autocommit`.
+            let _ = conn.execute_batch("ROLLBACK TO weir_row; RELEASE weir_row");
+            Err(e)
         }
-        Err(e) => Err(sql_error(e)),
+    }
+}
+
+/// Rows the target refuses, sent to the dead-letter output with what they carry.
+pub(super) struct Refusals<'a> {
+    sink: &'a SqliteSink,
+    batch: &'a ChangeBatch,
+    include: Option<&'a [bool]>,
+    /// The rows with an action of their own (the others were compacted into one).
+    actions: HashSet<usize>,
+    keys: std::cell::OnceCell<Option<super::compact::Keys>>,
+}
+
+impl<'a> Refusals<'a> {
+    pub(super) fn new(
+        sink: &'a SqliteSink,
+        batch: &'a ChangeBatch,
+        include: Option<&'a [bool]>,
+        segments: &[super::compact::Segment],
+    ) -> Self {
+        let actions = segments
+            .iter()
+            .flat_map(|s| s.deletes.iter().chain(&s.upserts).copied())
+            .collect();
+        Refusals {
+            sink,
+            batch,
+            include,
+            actions,
+            keys: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// For changes applied one by one, with nothing compacted into them.
+    pub(super) fn uncompacted(sink: &'a SqliteSink, batch: &'a ChangeBatch) -> Self {
+        Refusals {
+            sink,
+            batch,
+            include: None,
+            actions: (0..batch.num_rows()).collect(),
+            keys: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Sends row `row` to the dead-letter output if `written` is a refusal of its values,
+    /// with the earlier changes compacted into it; returns whether it did. Other errors
+    /// fail the batch, and so does a refusal that ended the transaction (a `ROLLBACK`
+    /// conflict clause or trigger): the batch cannot be applied around it.
+    pub(super) fn refused(
+        &mut self,
+        written: rusqlite::Result<()>,
+        row: usize,
+        rejects: &mut dyn Rejects,
+    ) -> Result<bool, SinkError> {
+        let e = match written {
+            Ok(()) => return Ok(false),
+            Err(e) if refuses_row(&e) => e,
+            Err(e) => return Err(self.sink.error(e.to_string())),
+        };
+        if self.sink.conn.is_autocommit() {
+            return Err(self.sink.error(format!(
+                "the target rolled the batch's transaction back when it refused a row ({e}): \
+                 a ROLLBACK conflict clause or trigger; weir cannot apply the batch around it"
+            )));
+        }
+        let reason = format!("the target refused the row: {e}");
+        rejects.reject(self.batch, row, &reason)?;
+        let keys = self
+            .keys
+            .get_or_init(|| super::compact::keys(self.batch).ok());
+        if let Some(keys) = keys {
+            let at = self
+                .batch
+                .positions
+                .get(row)
+                .map_or(String::new(), |p| format!(" ({p})"));
+            let reason = format!(
+                "compacted into a later change of the same key{at}, which the target refused: {e}"
+            );
+            for folded in
+                super::compact::folded_into(self.batch, keys, self.include, &self.actions, row)
+            {
+                rejects.reject(self.batch, folded, &reason)?;
+            }
+        }
+        Ok(true)
     }
 }
 

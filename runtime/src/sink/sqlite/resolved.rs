@@ -7,7 +7,7 @@
 use arrow::array::Array;
 use rusqlite::params;
 
-use super::{SqliteSink, execute, refused, sql_value, unix_now};
+use super::{Refusals, SqliteSink, execute, in_savepoint, sql_value, unix_now};
 use crate::envelope::{ChangeBatch, Op};
 use crate::plugin::resolver::{ResolverPlugin, Verdict};
 use crate::sink::compact::keys;
@@ -88,6 +88,7 @@ impl SqliteSink {
         let key_after = self.key_columns(batch, after)?;
         let after_columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
         let sql_error = |e: rusqlite::Error| self.error(e.to_string());
+        let mut refusals = Refusals::uncompacted(self, batch);
         let fields = batch.row_fields();
         let ops: Vec<Op> = batch.ops().collect();
         let now = unix_now();
@@ -149,16 +150,20 @@ impl SqliteSink {
                     Verdict::Apply if ops[row] == Op::Delete => {
                         execute(&mut delete, &key_before, row).map(|()| applied.deletes += 1)
                     }
-                    Verdict::Apply => {
-                        // An update that moved its key leaves the old key behind.
-                        let moved = keys.moved(batch, row, ops[row]);
-                        (if moved {
-                            execute(&mut delete, &key_before, row).map(|()| applied.deletes += 1)
-                        } else {
-                            Ok(())
+                    Verdict::Apply if keys.moved(batch, row, ops[row]) => {
+                        // An update that moved its key deletes the old key and writes the
+                        // new one together: a refused write leaves the old key.
+                        in_savepoint(&self.conn, || {
+                            execute(&mut delete, &key_before, row)?;
+                            execute(&mut upsert, &after_columns, row)
                         })
-                        .and_then(|()| execute(&mut upsert, &after_columns, row))
-                        .map(|()| applied.upserts += 1)
+                        .map(|()| {
+                            applied.deletes += 1;
+                            applied.upserts += 1;
+                        })
+                    }
+                    Verdict::Apply => {
+                        execute(&mut upsert, &after_columns, row).map(|()| applied.upserts += 1)
                     }
                     Verdict::Skip => {
                         applied.skipped += 1;
@@ -177,7 +182,7 @@ impl SqliteSink {
                         continue;
                     }
                 };
-                if !refused(written, batch, row, rejects, &sql_error)? {
+                if !refusals.refused(written, row, rejects)? {
                     // A decided change (applied, skipped or merged) is remembered; a
                     // refused one is not: it went to the dead-letter output, and a copy
                     // is decided anew.

@@ -255,6 +255,14 @@ fn a_panic_in_any_stage_fails_the_run() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Creates the test's SQLite target with `ddl`, before weir sees it.
+fn create_target(ws: &Workspace, ddl: &str) {
+    rusqlite::Connection::open(ws.path("target.db"))
+        .unwrap()
+        .execute_batch(ddl)
+        .unwrap();
+}
+
 /// Issue 17, item 4: a target that refuses a row (here a CHECK constraint) dead-letters
 /// that row, with the target's reason, and applies the rest of its batch. Changes
 /// compacted into a refused one go with it; an update that moves its key is written
@@ -262,12 +270,10 @@ fn a_panic_in_any_stage_fails_the_run() {
 #[test]
 fn a_row_the_sqlite_target_refuses_is_a_dead_letter() {
     let ws = Workspace::new();
-    rusqlite::Connection::open(ws.path("target.db"))
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT CHECK (name <> 'item 7'))",
-        )
-        .unwrap();
+    create_target(
+        &ws,
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT CHECK (name <> 'item 7'))",
+    );
     let mut events = items(12);
     events.extend([
         // Compacted into the refused update: dead-lettered with it.
@@ -325,12 +331,10 @@ fn a_row_the_sqlite_target_refuses_is_a_dead_letter() {
     // A constraint whose conflict clause rolls the whole transaction back: nothing of the
     // batch can be applied around it, so the run fails and stores no checkpoint past it.
     let ws = Workspace::new();
-    rusqlite::Connection::open(ws.path("target.db"))
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL ON CONFLICT ROLLBACK)",
-        )
-        .unwrap();
+    create_target(
+        &ws,
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL ON CONFLICT ROLLBACK)",
+    );
     let mut events = items(12);
     events.push(r#"{"op":"c","before":null,"after":{"id":13,"name":null}}"#.to_string());
     ws.append_lines("events.jsonl", &events);

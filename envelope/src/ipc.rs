@@ -135,6 +135,57 @@ pub(crate) fn next_message(
 /// The marker before each message's metadata length.
 const CONTINUATION: u32 = 0xFFFF_FFFF;
 
+/// Where the parts of a stream's first record batch lie: its metadata and body, and
+/// the byte offset of each buffer descriptor (offset, then length) and of each field node
+/// (length, then null count), 16 bytes each. For tests that damage streams on purpose
+/// (`untrusted`'s fuzzer, `plugins/testing/hostile`); the host reads nothing this way.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLayout {
+    pub metadata: std::ops::Range<usize>,
+    pub body: std::ops::Range<usize>,
+    pub buffers: Vec<usize>,
+    pub nodes: Vec<usize>,
+}
+
+#[doc(hidden)]
+pub fn batch_layout(bytes: &[u8]) -> Result<BatchLayout, String> {
+    let mut at = 0;
+    while let Some(word) = bytes.get(at + 4..at + 8) {
+        let length = u32::from_le_bytes(word.try_into().expect("four bytes")) as usize;
+        let metadata = at + 8..at + 8 + length;
+        let message = root_as_message(bytes.get(metadata.clone()).ok_or("a truncated stream")?)
+            .map_err(|e| e.to_string())?;
+        let body = metadata.end..metadata.end + message.bodyLength() as usize;
+        if let Some(batch) = message.header_as_record_batch() {
+            let base = bytes.as_ptr() as usize;
+            let slots = |start: usize, count: usize| (0..count).map(|i| start + 16 * i).collect();
+            let buffers = batch.buffers().ok_or("no buffers")?;
+            let nodes = batch.nodes().ok_or("no field nodes")?;
+            return Ok(BatchLayout {
+                buffers: slots(buffers.bytes().as_ptr() as usize - base, buffers.len()),
+                nodes: slots(nodes.bytes().as_ptr() as usize - base, nodes.len()),
+                metadata,
+                body,
+            });
+        }
+        at = body.end;
+    }
+    Err("no record batch in the stream".into())
+}
+
+/// The little-endian `i64` at `at` (a buffer's offset or length, a node's length).
+#[doc(hidden)]
+pub fn word_at(bytes: &[u8], at: usize) -> i64 {
+    i64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+}
+
+/// Overwrites the little-endian `i64` at `at`.
+#[doc(hidden)]
+pub fn put_word(bytes: &mut [u8], at: usize, value: i64) {
+    bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
 /// Writes one batch as a stream.
 pub fn write(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(stream_size_bound(batch));

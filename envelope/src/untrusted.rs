@@ -305,7 +305,7 @@ pub(crate) mod tests {
     use arrow_schema::{Field, Fields, TimeUnit};
 
     use super::*;
-    use crate::ipc::write;
+    use crate::ipc::{batch_layout, put_word as put, word_at, write};
 
     /// A change batch with nulls, text, a decimal, a list and a timestamp in its rows.
     pub fn sample(rows: usize) -> RecordBatch {
@@ -371,42 +371,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// The metadata range of the first record batch message, and the body's range.
-    pub fn first_batch(bytes: &[u8]) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let mut at = 0;
-        loop {
-            let length = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-            let meta = at + 8..at + 8 + length;
-            let message = arrow_ipc::root_as_message(&bytes[meta.clone()]).unwrap();
-            let body = meta.end..meta.end + message.bodyLength() as usize;
-            if message.header_as_record_batch().is_some() {
-                return (meta, body);
-            }
-            at = body.end;
-        }
-    }
-
-    /// Where each buffer descriptor and each field node sits in `bytes` (16 bytes each:
-    /// offset and length, or length and null count).
-    pub fn slots(bytes: &[u8]) -> (Vec<usize>, Vec<usize>) {
-        let (meta, _) = first_batch(bytes);
-        let message = arrow_ipc::root_as_message(&bytes[meta]).unwrap();
-        let batch = message.header_as_record_batch().unwrap();
-        let base = bytes.as_ptr() as usize;
-        let buffers = batch.buffers().unwrap();
-        let nodes = batch.nodes().unwrap();
-        let b0 = buffers.bytes().as_ptr() as usize - base;
-        let n0 = nodes.bytes().as_ptr() as usize - base;
-        (
-            (0..buffers.len()).map(|i| b0 + 16 * i).collect(),
-            (0..nodes.len()).map(|i| n0 + 16 * i).collect(),
-        )
-    }
-
-    fn put(bytes: &mut [u8], at: usize, value: i64) {
-        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
-    }
-
     #[test]
     fn a_valid_stream_reads_back_whole() {
         let batch = sample(50);
@@ -421,8 +385,8 @@ pub(crate) mod tests {
         let schema = batch.schema();
         let check = same_schema(&schema);
         let bytes = write(&batch).unwrap();
-        let (buffers, nodes) = slots(&bytes);
-        let (_, body) = first_batch(&bytes);
+        let layout = batch_layout(&bytes).unwrap();
+        let (buffers, nodes, body) = (layout.buffers, layout.nodes, layout.body);
 
         let mut past_body = bytes.clone();
         put(&mut past_body, buffers[1], body.len() as i64 + 4096);
@@ -457,22 +421,15 @@ pub(crate) mod tests {
         let schema = batch.schema();
         let check = same_schema(&schema);
         let bytes = write(&batch).unwrap();
-        let (buffers, nodes) = slots(&bytes);
+        let (buffers, nodes) = {
+            let layout = batch_layout(&bytes).unwrap();
+            (layout.buffers, layout.nodes)
+        };
         // Two non-empty buffers made to start at the same offset.
         let mut shared = bytes.clone();
-        let offsets: Vec<i64> = buffers
-            .iter()
-            .map(|&at| i64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()))
-            .collect();
-        let lengths: Vec<i64> = buffers
-            .iter()
-            .map(|&at| i64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()))
-            .collect();
-        let (a, b) = {
-            let mut non_empty = (0..buffers.len()).filter(|&i| lengths[i] > 0);
-            (non_empty.next().unwrap(), non_empty.next().unwrap())
-        };
-        put(&mut shared, buffers[b], offsets[a]);
+        let mut non_empty = buffers.iter().filter(|&&at| word_at(&bytes, at + 8) > 0);
+        let (a, b) = (non_empty.next().unwrap(), non_empty.next().unwrap());
+        put(&mut shared, *b, word_at(&bytes, *a));
         let error = read(shared, &check, 20).unwrap_err();
         assert!(error.contains("overlap"), "{error}");
         // A node claiming two billion values with no bytes behind them.

@@ -12,9 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::tests::{first_batch, same_schema, sample, slots};
+use super::tests::{same_schema, sample};
 use super::{MAX_LENGTH, read};
-use crate::ipc::write;
+use crate::ipc::{BatchLayout, batch_layout, write};
 
 /// xorshift64*: small, and repeatable from its seed.
 struct Rng(u64);
@@ -55,23 +55,20 @@ fn edge(rng: &mut Rng, body: usize) -> i64 {
     picks[rng.below(picks.len())]
 }
 
-fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut Rng, valid: &[u8], layout: &BatchLayout) -> Vec<u8> {
     let mut bytes = valid.to_vec();
-    let (meta, body) = first_batch(valid);
-    let (buffers, nodes) = slots(valid);
+    let BatchLayout {
+        metadata: meta,
+        body,
+        buffers,
+        nodes,
+    } = layout;
     for _ in 0..1 + rng.below(3) {
         match rng.below(6) {
-            // A buffer's offset or length.
-            0 => {
-                let at = buffers[rng.below(buffers.len())] + 8 * rng.below(2);
-                let value = edge(rng, body.len());
-                if let Some(word) = bytes.get_mut(at..at + 8) {
-                    word.copy_from_slice(&value.to_le_bytes());
-                }
-            }
-            // A field node's length or null count.
-            1 => {
-                let at = nodes[rng.below(nodes.len())] + 8 * rng.below(2);
+            // A buffer's offset or length, or a field node's length or null count.
+            0 | 1 => {
+                let slots = if rng.below(2) == 0 { buffers } else { nodes };
+                let at = slots[rng.below(slots.len())] + 8 * rng.below(2);
                 let value = edge(rng, body.len());
                 if let Some(word) = bytes.get_mut(at..at + 8) {
                     word.copy_from_slice(&value.to_le_bytes());
@@ -127,7 +124,9 @@ fn fuzz_the_untrusted_reader() {
         .into_iter()
         .map(|rows| {
             let batch = sample(rows);
-            (write(&batch).unwrap(), batch.schema(), rows)
+            let bytes = write(&batch).unwrap();
+            let layout = batch_layout(&bytes).unwrap();
+            (bytes, batch.schema(), rows, layout)
         })
         .collect();
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -139,8 +138,8 @@ fn fuzz_the_untrusted_reader() {
             None if runs >= 20_000 => break,
             _ => {}
         }
-        let (valid, schema, rows) = &cases[rng.below(cases.len())];
-        let bytes = mutate(&mut rng, valid);
+        let (valid, schema, rows, layout) = &cases[rng.below(cases.len())];
+        let bytes = mutate(&mut rng, valid, layout);
         // Half the cases with the host's own rule (the schema it expects), half with any
         // schema at all, which lets the damage reach more of arrow's decoder.
         let strict = same_schema(schema);

@@ -457,30 +457,26 @@ mod tests {
         assert!(error.to_string().contains("deeper"), "{error}");
         // A list of three booleans takes no bytes, as parquet's reader skips it: field 2
         // (i32 = 7) follows at once.
-        let booleans = [0x19, 0x31, 0x15, 0x0e, 0x00];
-        let mut seen = None;
-        Thrift::new(&booleans)
-            .walk_struct(0, &mut |id, kind, t| {
-                if id == 2 && kind == I32 {
-                    seen = Some(t.zigzag()?);
-                    return Ok(true);
-                }
-                Ok(false)
-            })
-            .unwrap();
-        assert_eq!(seen, Some(7));
+        assert_eq!(i32_field(&[0x19, 0x31, 0x15, 0x0e, 0x00], 2), Some(7));
         // A well-formed struct: i32 field 1 = -3, binary field 2 = "ab", stop.
-        let fine = [0x15, 0x05, 0x18, 0x02, b'a', b'b', 0x00];
+        assert_eq!(
+            i32_field(&[0x15, 0x05, 0x18, 0x02, b'a', b'b', 0x00], 1),
+            Some(-3)
+        );
+    }
+
+    /// The i32 field `wanted` of the struct in `bytes`, read by the walk.
+    fn i32_field(bytes: &[u8], wanted: i16) -> Option<i64> {
         let mut seen = None;
-        Thrift::new(&fine)
+        Thrift::new(bytes)
             .walk_struct(0, &mut |id, kind, t| {
-                if id == 1 && kind == I32 {
+                if id == wanted && kind == I32 {
                     seen = Some(t.zigzag()?);
                     return Ok(true);
                 }
                 Ok(false)
             })
             .unwrap();
-        assert_eq!(seen, Some(-3));
+        seen
     }
 }

@@ -520,19 +520,11 @@ impl Decoder {
         let Some(filter) = &self.filter else {
             return Ok(());
         };
-        let text = |column: usize| {
-            self.envelope.texts[column]
-                .text_at(row)
-                .filter(|t| !t.is_empty())
-        };
-        match text(TEXT_TABLE) {
-            Some(table) => match (text(TEXT_DB), text(TEXT_SCHEMA)) {
-                (Some(db), Some(schema)) => filter.judge(&[db, schema, table], position),
-                (Some(one), None) | (None, Some(one)) => filter.judge(&[one, table], position),
-                (None, None) => filter.judge(&[table], position),
-            },
-            None => filter.judge(&[], position),
-        }
+        let text = |column: usize| self.envelope.texts[column].text_at(row);
+        filter.judge(
+            [text(TEXT_DB), text(TEXT_SCHEMA), text(TEXT_TABLE)],
+            position,
+        )
     }
 
     /// Called before anything changes the table's schema while decoding an event: until

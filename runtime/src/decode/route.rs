@@ -2,9 +2,9 @@
 //!
 //! A change stream can carry more tables than the one a pipeline applies: a file holding a
 //! whole capture, a topic an SMT routed several tables into. An event is only ever applied
-//! to the table it came from, so before an event is decoded, its table is read from it and
-//! compared with `table.name`; an event for another table goes to the dead-letter output
-//! (stage `route`) and never reaches the sink.
+//! to the table it came from, so each event's table is compared with `table.name` before
+//! the event can change anything; an event for another table goes to the dead-letter
+//! output (stage `route`) and never reaches the sink.
 //!
 //! The event's table is a path of up to three names, `db.schema.table`:
 //! - from the envelope's `source` block: `db`, `schema` (absent for MySQL) and `table`
@@ -18,9 +18,9 @@
 //! The two are compared from the right, part by part, where both have a part: `customers`
 //! accepts `customers` in any schema and database, `public.customers` only in schema
 //! `public` (or an event that names no schema). Names compare exactly, or ignoring ASCII
-//! case with `table.case_insensitive: true`. An event without any table information, and
-//! an event that is not a row change (a schema change, a logical-decoding message), is
-//! decoded as before.
+//! case with `table.case_insensitive: true`. An event without any table information is
+//! decoded as before, and so is an event that is not a row change (a schema change, a
+//! logical-decoding message), unless it would change the table's schema.
 //!
 //! Reading the table must cost little beside decoding, and must happen before anything
 //! of the event can change the table. So the decoder decodes as usual, reading the
@@ -68,20 +68,20 @@ impl TableFilter {
         }
     }
 
-    /// Judges a row by the table the decoder read for it, `path` (`[db, schema, table]`
-    /// with the parts the event has; empty when it names none, and then the topic
-    /// decides). `Err(reason)` for another table's row.
-    pub fn judge(&self, path: &[&str], position: &Position) -> Result<(), String> {
-        if !path.is_empty() {
-            return match self.accepts(path) {
-                true => Ok(()),
-                false => Err(self.refusal(&path.join("."), None)),
-            };
+    /// Judges a row by the table the decoder read for it: `[db, schema, table]`, each part
+    /// `None` (or empty) where the event has none. Without a table the topic decides.
+    /// `Err(reason)` for another table's row.
+    pub fn judge(&self, path: [Option<&str>; 3], position: &Position) -> Result<(), String> {
+        let path = path.map(|part| part.filter(|p| !p.is_empty()));
+        if path[2].is_some() {
+            let parts = path.iter().flatten().copied();
+            if self.accepts(parts.clone()) {
+                return Ok(());
+            }
+            return Err(self.refusal(&parts.collect::<Vec<_>>().join("."), None));
         }
         match topic_table(position) {
-            Some((topic, table)) if !self.accepts(&[table]) => {
-                Err(self.refusal(table, Some(topic)))
-            }
+            Some((topic, table)) if !self.accepts([table]) => Err(self.refusal(table, Some(topic))),
             _ => Ok(()),
         }
     }
@@ -99,12 +99,12 @@ impl TableFilter {
                 None => return Verdict::Unreadable,
             },
         };
-        let mut path: Vec<&str> = Vec::new();
-        if let Some(table) = fields.table.as_deref().filter(|t| !t.is_empty()) {
-            let parts = [fields.db.as_deref(), fields.schema.as_deref(), Some(table)];
-            path.extend(parts.into_iter().flatten().filter(|p| !p.is_empty()));
-        }
-        match self.judge(&path, position) {
+        let path = [
+            fields.db.as_deref(),
+            fields.schema.as_deref(),
+            fields.table.as_deref(),
+        ];
+        match self.judge(path, position) {
             Ok(()) => Verdict::Accept,
             Err(reason) => Verdict::Refuse(reason),
         }
@@ -132,15 +132,17 @@ impl TableFilter {
         )
     }
 
-    /// Whether an event of table `path` (`[db, schema, table]`, with the parts it has)
-    /// belongs to this pipeline.
-    pub fn accepts<S: AsRef<str>>(&self, path: &[S]) -> bool {
+    /// Whether an event of table `path` (its parts, outermost first) belongs to this
+    /// pipeline: compared from the right, where both have a part.
+    fn accepts<'p>(
+        &self,
+        path: impl IntoIterator<Item = &'p str, IntoIter: DoubleEndedIterator>,
+    ) -> bool {
         self.parts
             .iter()
             .rev()
-            .zip(path.iter().rev())
+            .zip(path.into_iter().rev())
             .all(|(mine, theirs)| {
-                let theirs = theirs.as_ref();
                 if self.case_insensitive {
                     mine.eq_ignore_ascii_case(theirs)
                 } else {
@@ -408,8 +410,15 @@ mod tests {
         assert!(check("public.orders", MYSQL, &file()).is_err());
         // The decoder's reading, judged the same way.
         let filter = TableFilter::new("public.orders", false);
-        assert_eq!(filter.judge(&["shop", "public", "orders"], &file()), Ok(()));
-        assert!(filter.judge(&["inventory", "orders"], &file()).is_err());
+        assert_eq!(
+            filter.judge([Some("shop"), Some("public"), Some("orders")], &file()),
+            Ok(())
+        );
+        assert!(
+            filter
+                .judge([Some("inventory"), None, Some("orders")], &file())
+                .is_err()
+        );
     }
 
     #[test]
@@ -451,7 +460,7 @@ mod tests {
                 Verdict::Refuse(_)
             ));
         }
-        assert!(filter.judge(&[], &topic).is_err());
+        assert!(filter.judge([None; 3], &topic).is_err());
     }
 
     #[test]

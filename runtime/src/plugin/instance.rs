@@ -151,7 +151,7 @@ impl<W: World> Plugin<W> {
             store.data_mut().deadline = None;
             let bindings = match started {
                 Ok((bindings, Ok(()))) => bindings,
-                Ok((_, Err(message))) => return Err(Failure::Init(super::capped(message))),
+                Ok((_, Err(message))) => return Err(Failure::Init(message)),
                 Err(e) => {
                     let why = match self.failure(&store, e) {
                         Failure::Timeout { .. } => format!(
@@ -236,12 +236,7 @@ impl<W: World> Plugin<W> {
         if let Err(failure) = &outcome {
             // The log gets the reason's start; the dead letters get it whole.
             let mut reason = failure.reason();
-            if reason.len() > 512 {
-                let mut end = 512;
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                reason.truncate(end);
+            if super::cut(&mut reason, 512) {
                 reason.push('…');
             }
             tracing::warn!(

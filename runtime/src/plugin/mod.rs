@@ -158,19 +158,22 @@ impl From<&LimitsConfig> for Limits {
 /// text), in bytes; the rest is cut, with a marker that gives the full length.
 pub const MAX_MESSAGE: usize = 4096;
 
-/// `message`, cut to [`MAX_MESSAGE`] bytes (at a character boundary) with a marker.
+/// `message`, cut to [`MAX_MESSAGE`] bytes with a marker that gives its full length.
 pub fn capped(mut message: String) -> String {
-    if message.len() <= MAX_MESSAGE {
-        return message;
-    }
     let full = message.len();
-    let mut end = MAX_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
+    if cut(&mut message, MAX_MESSAGE) {
+        message.push_str(&format!("… [cut at {MAX_MESSAGE} of {full} bytes]"));
     }
-    message.truncate(end);
-    message.push_str(&format!("… [cut at {MAX_MESSAGE} of {full} bytes]"));
     message
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary; whether it did.
+pub(crate) fn cut(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    text.truncate(text.floor_char_boundary(max));
+    true
 }
 
 /// A reason longer than this is written once per batch (see [`reject_all`]).
@@ -275,5 +278,65 @@ impl Failure {
     /// returned itself, its state is unknown.
     pub fn poisons_instance(&self) -> bool {
         !matches!(self, Failure::Returned(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_their_length() {
+        assert_eq!(capped("short".into()), "short");
+        // 'é' is two bytes: 4,096 falls inside one.
+        let long = format!("x{}", "é".repeat(3000));
+        let cut = capped(long.clone());
+        assert!(cut.starts_with(&long[..4095]), "cut at 4,095, the boundary");
+        assert!(
+            cut.ends_with("… [cut at 4096 of 6001 bytes]"),
+            "{}",
+            &cut[4000..]
+        );
+    }
+
+    #[test]
+    fn a_long_reason_is_written_once_per_batch() {
+        let long = format!("plugin_error: {} (plugin `p`)", "E".repeat(300));
+        let mut written = Vec::new();
+        reject_all(
+            [3, 4, 5],
+            &long,
+            |row| Some(format!("events.jsonl:{row}")),
+            |row, reason| {
+                written.push((row, reason.to_string()));
+                Ok::<_, ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(written[0], (3, long.clone()));
+        for (_, reason) in &written[1..] {
+            assert_eq!(
+                reason,
+                "plugin_error: the call for this row's batch failed; its reason is in the dead \
+                 letter of events.jsonl:3 (plugin `p`)"
+            );
+        }
+        // A short one is written with every row.
+        written.clear();
+        reject_all(
+            [1, 2],
+            "plugin_timeout: x (plugin `p`)",
+            |_| None,
+            |row, reason| {
+                written.push((row, reason.to_string()));
+                Ok::<_, ()>(())
+            },
+        )
+        .unwrap();
+        assert!(
+            written
+                .iter()
+                .all(|(_, r)| r == "plugin_timeout: x (plugin `p`)")
+        );
     }
 }

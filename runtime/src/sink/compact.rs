@@ -147,23 +147,25 @@ pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segm
 /// folded into `row`'s action: earlier changes of a key `row` writes or deletes, that have
 /// no action of their own (`actions`: the rows that do). They reach the target only
 /// through `row`'s action, so when the target refuses it they go to the dead-letter
-/// output with it.
+/// output with it. `ops` and `keys` are the batch's.
 pub fn folded_into(
     batch: &ChangeBatch,
+    ops: &[Op],
     keys: &Keys,
     include: Option<&[bool]>,
     actions: &std::collections::HashSet<usize>,
     row: usize,
 ) -> Vec<usize> {
-    let ops: Vec<Op> = batch.ops().take(row + 1).collect();
-    let keys_of = |i: usize| -> Vec<&[u8]> {
+    // The keys a change writes or deletes: none for a truncate, two for a moved key.
+    let keys_of = |i: usize| -> [Option<&[u8]>; 2] {
         match ops[i] {
-            Op::Truncate => Vec::new(),
-            Op::Delete => vec![keys.before.row(i).data()],
-            op if keys.moved(batch, i, op) => {
-                vec![keys.before.row(i).data(), keys.after.row(i).data()]
-            }
-            _ => vec![keys.after.row(i).data()],
+            Op::Truncate => [None, None],
+            Op::Delete => [Some(keys.before.row(i).data()), None],
+            op if keys.moved(batch, i, op) => [
+                Some(keys.before.row(i).data()),
+                Some(keys.after.row(i).data()),
+            ],
+            _ => [Some(keys.after.row(i).data()), None],
         }
     };
     let mine = keys_of(row);
@@ -175,7 +177,12 @@ pub fn folded_into(
         if ops[i] == Op::Truncate {
             break;
         }
-        if !actions.contains(&i) && keys_of(i).iter().any(|k| mine.contains(k)) {
+        if !actions.contains(&i)
+            && keys_of(i)
+                .iter()
+                .flatten()
+                .any(|k| mine.contains(&Some(*k)))
+        {
             folded.push(i);
         }
     }

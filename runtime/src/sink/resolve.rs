@@ -33,18 +33,18 @@ pub enum Round {
 /// Calls the resolver for the changes `rows` of `batch`, with `current` (their keys'
 /// rows in the target). When the call fails as a whole, every change of the round goes
 /// to `rejects` (a long reason once, see [`crate::plugin::reject_all`]) and the answer
-/// is `None`.
+/// is `None`. `error` makes the sink's error of a failure to gather the changes.
 pub fn resolve_round(
     resolver: &mut ResolverPlugin,
     batch: &ChangeBatch,
     rows: &[usize],
     current: StructArray,
     rejects: &mut dyn Rejects,
-    sink: &str,
+    error: impl FnOnce(String) -> SinkError,
 ) -> Result<Option<Resolution>, SinkError> {
     let indices = UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
     let incoming = arrow::compute::take_record_batch(&batch.data, &indices)
-        .map_err(|e| SinkError::new(sink, e.to_string()))?;
+        .map_err(|e| error(e.to_string()))?;
     match resolver.call(&incoming, current, &batch.table.primary_key) {
         Ok(resolution) => Ok(Some(resolution)),
         Err(failure) => {

@@ -30,7 +30,7 @@ use crate::config::LoadedPipeline;
 use crate::conflict::ConflictConfig;
 use crate::decode::types::{ColumnType, from_sql_declaration};
 use crate::encode;
-use crate::envelope::ChangeBatch;
+use crate::envelope::{ChangeBatch, Op};
 use crate::plugin::resolver::ResolverPlugin;
 use crate::position::{Checkpoint, ResumePoint};
 
@@ -508,7 +508,7 @@ impl SqliteSink {
         let after = batch.after();
         let key_before = self.key_columns(batch, batch.before())?;
         let sql_error = |e: rusqlite::Error| self.error(e.to_string());
-        let mut refusals = Refusals::new(self, batch, include, &segments);
+        let mut refusals = Refusals::compacted(self, batch, include, &segments);
         for segment in &segments {
             if segment.truncate_first {
                 tx.execute(&statements.truncate, []).map_err(sql_error)?;
@@ -594,14 +594,22 @@ fn in_savepoint(
 pub(super) struct Refusals<'a> {
     sink: &'a SqliteSink,
     batch: &'a ChangeBatch,
+    /// How the batch was compacted, when it was: what a refused row carries with it.
+    compaction: Option<Compaction<'a>>,
+}
+
+/// A compacted batch's rows, for finding the changes folded into a refused one.
+struct Compaction<'a> {
     include: Option<&'a [bool]>,
     /// The rows with an action of their own (the others were compacted into one).
     actions: HashSet<usize>,
-    keys: std::cell::OnceCell<Option<super::compact::Keys>>,
+    /// The batch's operations and keys, read at the first refusal.
+    read: std::cell::OnceCell<Option<(Vec<Op>, super::compact::Keys)>>,
 }
 
 impl<'a> Refusals<'a> {
-    pub(super) fn new(
+    /// For a batch applied as `segments`, the compaction of its `include`d rows.
+    pub(super) fn compacted(
         sink: &'a SqliteSink,
         batch: &'a ChangeBatch,
         include: Option<&'a [bool]>,
@@ -614,9 +622,11 @@ impl<'a> Refusals<'a> {
         Refusals {
             sink,
             batch,
-            include,
-            actions,
-            keys: std::cell::OnceCell::new(),
+            compaction: Some(Compaction {
+                include,
+                actions,
+                read: std::cell::OnceCell::new(),
+            }),
         }
     }
 
@@ -625,9 +635,7 @@ impl<'a> Refusals<'a> {
         Refusals {
             sink,
             batch,
-            include: None,
-            actions: (0..batch.num_rows()).collect(),
-            keys: std::cell::OnceCell::new(),
+            compaction: None,
         }
     }
 
@@ -652,24 +660,33 @@ impl<'a> Refusals<'a> {
                  a ROLLBACK conflict clause or trigger; weir cannot apply the batch around it"
             )));
         }
-        let reason = format!("the target refused the row: {e}");
-        rejects.reject(self.batch, row, &reason)?;
-        let keys = self
-            .keys
-            .get_or_init(|| super::compact::keys(self.batch).ok());
-        if let Some(keys) = keys {
-            let at = self
-                .batch
+        rejects.reject(self.batch, row, &format!("the target refused the row: {e}"))?;
+        let Some(compaction) = &self.compaction else {
+            return Ok(true);
+        };
+        let batch = self.batch;
+        let read = compaction.read.get_or_init(|| {
+            let keys = super::compact::keys(batch).ok()?;
+            Some((batch.ops().collect(), keys))
+        });
+        if let Some((ops, keys)) = read {
+            let at = batch
                 .positions
                 .get(row)
                 .map_or(String::new(), |p| format!(" ({p})"));
             let reason = format!(
                 "compacted into a later change of the same key{at}, which the target refused: {e}"
             );
-            for folded in
-                super::compact::folded_into(self.batch, keys, self.include, &self.actions, row)
-            {
-                rejects.reject(self.batch, folded, &reason)?;
+            let folded = super::compact::folded_into(
+                batch,
+                ops,
+                keys,
+                compaction.include,
+                &compaction.actions,
+                row,
+            );
+            for folded in folded {
+                rejects.reject(batch, folded, &reason)?;
             }
         }
         Ok(true)

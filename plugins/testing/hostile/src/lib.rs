@@ -111,14 +111,13 @@ pub fn transform(config: &Config, input: Vec<u8>) -> Result<Reply, String> {
         Mode::Identity => Ok(Reply::rows(input)),
         Mode::OffsetPastBody => {
             let mut bytes = input;
-            let (meta, body) = first_batch(&bytes)?;
-            let buffers = buffer_slots(&bytes, meta.clone())?;
-            let (slot, _, _) = *buffers
+            let layout = ipc::batch_layout(&bytes)?;
+            let slot = *layout
+                .buffers
                 .iter()
-                .find(|(_, _, length)| *length > 0)
+                .find(|&&slot| ipc::word_at(&bytes, slot + 8) > 0)
                 .ok_or("no buffer to misplace")?;
-            let past = (body.len() + 4096) as i64;
-            bytes[slot..slot + 8].copy_from_slice(&past.to_le_bytes());
+            ipc::put_word(&mut bytes, slot, (layout.body.len() + 4096) as i64);
             Ok(Reply::rows(bytes))
         }
         Mode::Lz4Bomb => {
@@ -133,22 +132,22 @@ pub fn transform(config: &Config, input: Vec<u8>) -> Result<Reply, String> {
                 writer.write(&batch).map_err(|e| e.to_string())?;
                 writer.finish().map_err(|e| e.to_string())?;
             }
-            let (meta, body) = first_batch(&bytes)?;
-            let buffers = buffer_slots(&bytes, meta)?;
-            let (_, offset, _) = *buffers
+            let layout = ipc::batch_layout(&bytes)?;
+            let slot = *layout
+                .buffers
                 .iter()
-                .find(|(_, _, length)| *length >= 8)
+                .find(|&&slot| ipc::word_at(&bytes, slot + 8) >= 8)
                 .ok_or("no compressed buffer")?;
-            let at = body.start + offset;
-            bytes[at..at + 8].copy_from_slice(&(1i64 << 50).to_le_bytes());
+            let at = layout.body.start + ipc::word_at(&bytes, slot) as usize;
+            ipc::put_word(&mut bytes, at, 1 << 50);
             Ok(Reply::rows(bytes))
         }
         Mode::WrongLengths => {
             let mut bytes = input;
-            let (meta, _) = first_batch(&bytes)?;
-            let nodes = node_slots(&bytes, meta)?;
-            let (slot, length) = *nodes.last().ok_or("no field nodes")?;
-            bytes[slot..slot + 8].copy_from_slice(&(length + 3).to_le_bytes());
+            let layout = ipc::batch_layout(&bytes)?;
+            let slot = *layout.nodes.last().ok_or("no field nodes")?;
+            let length = ipc::word_at(&bytes, slot);
+            ipc::put_word(&mut bytes, slot, length + 3);
             Ok(Reply::rows(bytes))
         }
         Mode::InvalidUtf8 => {
@@ -226,57 +225,6 @@ fn has_id(batch: &RecordBatch, id: i64) -> Result<bool, String> {
         }
     }
     Ok(false)
-}
-
-/// The metadata and body ranges of the stream's first record batch message.
-fn first_batch(bytes: &[u8]) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), String> {
-    let mut at = 0;
-    while at + 8 <= bytes.len() {
-        let length = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
-        if length == 0 {
-            break;
-        }
-        let meta = at + 8..at + 8 + length;
-        let message =
-            arrow_ipc::root_as_message(&bytes[meta.clone()]).map_err(|e| e.to_string())?;
-        let body = meta.end..meta.end + message.bodyLength() as usize;
-        if message.header_as_record_batch().is_some() {
-            return Ok((meta, body));
-        }
-        at = body.end;
-    }
-    Err("no record batch in the stream".into())
-}
-
-/// For each buffer of the batch message: where its descriptor sits in `bytes`, and the
-/// offset and length it gives.
-fn buffer_slots(
-    bytes: &[u8],
-    meta: std::ops::Range<usize>,
-) -> Result<Vec<(usize, usize, usize)>, String> {
-    let message = arrow_ipc::root_as_message(&bytes[meta]).map_err(|e| e.to_string())?;
-    let batch = message.header_as_record_batch().ok_or("not a batch")?;
-    let buffers = batch.buffers().ok_or("no buffers")?;
-    let start = buffers.bytes().as_ptr() as usize - bytes.as_ptr() as usize;
-    Ok(buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (start + 16 * i, b.offset() as usize, b.length() as usize))
-        .collect())
-}
-
-/// For each field node of the batch message: where its length sits in `bytes`, and the
-/// length.
-fn node_slots(bytes: &[u8], meta: std::ops::Range<usize>) -> Result<Vec<(usize, i64)>, String> {
-    let message = arrow_ipc::root_as_message(&bytes[meta]).map_err(|e| e.to_string())?;
-    let batch = message.header_as_record_batch().ok_or("not a batch")?;
-    let nodes = batch.nodes().ok_or("no nodes")?;
-    let start = nodes.bytes().as_ptr() as usize - bytes.as_ptr() as usize;
-    Ok(nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (start + 16 * i, n.length()))
-        .collect())
 }
 
 #[cfg(target_arch = "wasm32")]

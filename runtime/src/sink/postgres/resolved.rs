@@ -226,8 +226,8 @@ impl PostgresSink {
         applied: &mut Applied,
     ) -> Result<Vec<bool>, SinkError> {
         let (current, present) = self.read_current(tx, batch, rows)?;
-        let describe = crate::sink::Sink::describe(self);
-        let Some(resolution) = resolve_round(resolver, batch, rows, current, rejects, &describe)?
+        let error = |e| self.error(e);
+        let Some(resolution) = resolve_round(resolver, batch, rows, current, rejects, error)?
         else {
             return Ok(vec![false; rows.len()]);
         };

@@ -118,9 +118,8 @@ impl SqliteSink {
                 read_current(&mut select, &fields, rows.iter().map(|&r| (key_of(r), r)))
                     .map_err(|e| self.error(format!("reading the current rows: {e}")))?
             };
-            let describe = crate::sink::Sink::describe(self);
-            let Some(resolution) =
-                resolve_round(resolver, batch, &rows, current, rejects, &describe)?
+            let error = |e| self.error(e);
+            let Some(resolution) = resolve_round(resolver, batch, &rows, current, rejects, error)?
             else {
                 continue;
             };

@@ -470,6 +470,7 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
         display.finish();
     }
     let snapshot = metrics.snapshot();
+    let tables = metrics.table_counts();
     let dead_letters = pipeline.dead_letter().describe(&pipeline);
     match result {
         Ok(summary) => {
@@ -480,6 +481,7 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
                         &pipeline.config.name,
                         &summary,
                         &snapshot,
+                        &tables,
                         &dead_letters
                     )
                 );
@@ -490,6 +492,7 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
                         &pipeline.config.name,
                         &summary,
                         &snapshot,
+                        &tables,
                         &dead_letters
                     )
                 );

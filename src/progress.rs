@@ -7,7 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use weir_runtime::metrics::{Metrics, Snapshot};
+use std::collections::BTreeMap;
+
+use weir_runtime::metrics::{Metrics, Snapshot, TableCounts};
 use weir_runtime::pipeline::RunSummary;
 use weir_runtime::position::Checkpoint;
 
@@ -41,8 +43,12 @@ impl Display {
                     rate = (s.events_read - last.1) as f64 / dt;
                     last = (now, s.events_read);
                 }
+                let tables = match metrics.tables.lock().map(|t| t.len()) {
+                    Ok(0) | Err(_) => String::new(),
+                    Ok(n) => format!("{n} tables, "),
+                };
                 bar.set_message(format!(
-                    "{} events in, {} rows applied, {} dead letters, {:.0} events/s, {:.0}s",
+                    "{tables}{} events in, {} rows applied, {} dead letters, {:.0} events/s, {:.0}s",
                     s.events_read,
                     s.rows_applied,
                     s.dead_letters,
@@ -86,7 +92,43 @@ fn describe_checkpoint(checkpoint: &Option<Checkpoint>) -> String {
     }
 }
 
-pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &str) -> String {
+/// Tables listed one per line in the text summary; `--json` lists every table.
+const TABLES_LISTED: usize = 40;
+
+/// The per-table part of the text summary of a many-table pipeline.
+fn tables_text(tables: &BTreeMap<String, TableCounts>) -> String {
+    let applied = tables.values().filter(|t| !t.target.is_empty()).count();
+    let skipped = tables.values().filter(|t| t.skipped > 0).count();
+    let mut out = format!("  tables        {applied} applied, {skipped} skipped\n");
+    for (table, counts) in tables.iter().take(TABLES_LISTED) {
+        out += &match counts.target.as_str() {
+            "" if counts.skipped > 0 => format!("    {table}: skipped {} events\n", counts.skipped),
+            "" => format!(
+                "    {table}: not applied, {} dead letters\n",
+                counts.dead_letters
+            ),
+            target => format!(
+                "    {table} -> {target}: {} changes, {} applied, {} dead letters\n",
+                counts.rows, counts.applied, counts.dead_letters
+            ),
+        };
+    }
+    if tables.len() > TABLES_LISTED {
+        out += &format!(
+            "    … and {} more (`weir run --json` lists every table)\n",
+            tables.len() - TABLES_LISTED
+        );
+    }
+    out
+}
+
+pub fn summary_text(
+    name: &str,
+    summary: &RunSummary,
+    s: &Snapshot,
+    tables: &BTreeMap<String, TableCounts>,
+    dead_letters: &str,
+) -> String {
     let secs = summary.elapsed.as_secs_f64();
     let mut out = format!(
         "weir: pipeline `{name}` {} in {secs:.2}s\n",
@@ -141,6 +183,9 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "  skipped       {} tombstones, {} schema-change events, {} other\n",
         s.tombstones, s.schema_changes, s.ignored
     );
+    if !tables.is_empty() {
+        out += &tables_text(tables);
+    }
     out += &format!("  dead letters  {}", s.dead_letters);
     if s.dead_letters > 0 {
         out += &format!(" -> {dead_letters}");
@@ -153,7 +198,13 @@ pub fn summary_text(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
     out
 }
 
-pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters: &str) -> String {
+pub fn summary_json(
+    name: &str,
+    summary: &RunSummary,
+    s: &Snapshot,
+    tables: &BTreeMap<String, TableCounts>,
+    dead_letters: &str,
+) -> String {
     serde_json::json!({
         "pipeline": name,
         "interrupted": summary.interrupted,
@@ -178,6 +229,7 @@ pub fn summary_json(name: &str, summary: &RunSummary, s: &Snapshot, dead_letters
         "ignored": s.ignored,
         "dead_letters": s.dead_letters,
         "dead_letter_output": dead_letters,
+        "tables": tables,
     })
     .to_string()
 }

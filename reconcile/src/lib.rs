@@ -103,7 +103,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         log_end: waited.as_ref().map(|w| &w.positions),
     };
     let key = config
-        .key_columns(&pipeline.config.table.primary_key)
+        .key_columns(&pipeline.table_spec().primary_key)
         .to_vec();
     // Known before anything is read: a target that cannot be repaired is an error now.
     let repair_target = match options.repair {

@@ -259,6 +259,7 @@ fn spec(with_schema: bool, check_table: bool) -> TableSpec {
         // As a pipeline decodes: every event's table is checked against `orders`
         // (`check_table: false` measures what that check costs).
         only_its_table: check_table,
+        target: None,
         ..TableSpec::new("orders", &["id"])
     }
 }

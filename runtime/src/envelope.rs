@@ -59,6 +59,8 @@ pub struct TableInfo {
     pub name: String,
     /// Primary key columns, spelt as they appear in the row images.
     pub primary_key: Vec<String>,
+    /// The target table a many-table pipeline routes it to (`None`: the sink's own).
+    pub target: Option<String>,
 }
 
 /// A batch of changes for one table, with the source position of every row and the

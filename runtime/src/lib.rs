@@ -22,3 +22,4 @@ pub mod position;
 pub mod redact;
 pub mod sink;
 pub mod source;
+pub mod tables;

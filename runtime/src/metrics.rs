@@ -82,6 +82,35 @@ pub struct Metrics {
     pub schema_changes: AtomicU64,
     pub ignored: AtomicU64,
     pub batches: AtomicU64,
+    /// Counts by source table, for many-table pipelines (`tables:`).
+    pub tables: Mutex<BTreeMap<String, TableCounts>>,
+}
+
+/// What a many-table pipeline did with one source table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableCounts {
+    /// The target table its changes go to (empty while it has none).
+    pub target: String,
+    /// Row changes decoded.
+    pub rows: u64,
+    /// Row changes in batches the sink applied.
+    pub applied: u64,
+    /// Events skipped because the pipeline does not select the table.
+    pub skipped: u64,
+    /// Events of the table sent to the dead-letter output.
+    pub dead_letters: u64,
+}
+
+impl TableCounts {
+    fn add(&mut self, other: &TableCounts) {
+        if self.target.is_empty() {
+            self.target.clone_from(&other.target);
+        }
+        self.rows += other.rows;
+        self.applied += other.applied;
+        self.skipped += other.skipped;
+        self.dead_letters += other.dead_letters;
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -109,6 +138,19 @@ pub struct Snapshot {
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds counts by source table (the reader and the applier publish theirs per batch).
+    pub fn add_table_counts(&self, counts: BTreeMap<String, TableCounts>) {
+        let mut tables = self.tables.lock().expect("table counts");
+        for (table, counts) in counts {
+            tables.entry(table).or_default().add(&counts);
+        }
+    }
+
+    /// The counts by source table so far.
+    pub fn table_counts(&self) -> BTreeMap<String, TableCounts> {
+        self.tables.lock().expect("table counts").clone()
     }
 
     pub fn snapshot(&self) -> Snapshot {

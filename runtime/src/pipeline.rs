@@ -28,10 +28,77 @@ use crate::plugin::chain::{RejectRow, TransformChain};
 use crate::position::{Checkpoint, Position};
 use crate::sink::{self, Prepared, Rejects, Sink, SinkError};
 use crate::source::{self, Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
+use crate::tables::ManyTables;
 
-/// What flows from the reader to the applier: a batch (with what the sink's preparer made
-/// of it), or the error that stopped the reader.
-type Message = Result<(ChangeBatch, Option<Prepared>), PipelineError>;
+/// What flows from the reader to the applier: the batches read (with what the sink's
+/// preparer made of them), or the error that stopped the reader.
+type Message = Result<(Work, Option<Prepared>), PipelineError>;
+
+/// What the reader sends at once: one table's batch, or for a many-table pipeline the
+/// batches of every table the records touched. They are applied in one sink transaction
+/// with their checkpoint.
+struct Work {
+    batches: Vec<ChangeBatch>,
+    checkpoint: Checkpoint,
+    /// From a many-table pipeline (applied with [`Sink::apply_tables`]).
+    many: bool,
+}
+
+/// How the reader decodes: one table, or many (`tables:`), each with its own decoder.
+enum Decoding {
+    One(Box<Decoder>),
+    Many(Box<ManyTables>),
+}
+
+impl Decoding {
+    fn rows(&self) -> usize {
+        match self {
+            Decoding::One(decoder) => decoder.rows(),
+            Decoding::Many(many) => many.rows(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Decoding::One(decoder) => decoder.bytes(),
+            Decoding::Many(many) => many.bytes(),
+        }
+    }
+
+    fn decode(
+        &mut self,
+        record: crate::decode::RawRecord<'_>,
+        position: &Position,
+    ) -> Result<Outcome, DecodeError> {
+        match self {
+            Decoding::One(decoder) => decoder.decode(record, position),
+            Decoding::Many(many) => many.decode(record, position),
+        }
+    }
+
+    /// The source table of the record decoded last, for its dead letter.
+    fn table(&self) -> Option<&str> {
+        match self {
+            Decoding::One(decoder) => Some(decoder.table_name()),
+            Decoding::Many(many) => many.current_table(),
+        }
+    }
+
+    fn finish(&mut self, checkpoint: Checkpoint, metrics: &Metrics) -> Work {
+        match self {
+            Decoding::One(decoder) => Work {
+                checkpoint: checkpoint.clone(),
+                batches: vec![decoder.finish(checkpoint)],
+                many: false,
+            },
+            Decoding::Many(many) => Work {
+                batches: many.finish(&checkpoint, metrics),
+                checkpoint,
+                many: true,
+            },
+        }
+    }
+}
 
 /// What flows from the fetcher to the reader: records and how the poll ended.
 type Fetched = Result<(RawBatch, PollStatus), SourceError>;
@@ -50,20 +117,27 @@ pub enum PipelineError {
     #[error("sink: {0}")]
     Sink(#[from] SinkError),
     #[error(
-        "schema change at {position}: column `{}` changed from {} to {}, which weir cannot \
+        "schema change at {position}: column `{}`{} changed from {} to {}, which weir cannot \
          convert without losing data. Everything before this event is applied; the pipeline \
          stops here. Migrate the target column (or route the new type to a new column with a \
          transform) and restart",
-        change.column, change.from, change.to
+        change.column, table.as_ref().map_or(String::new(), |t| format!(" of table `{t}`")),
+        change.from, change.to
     )]
     IncompatibleSchema {
         change: IncompatibleChange,
-        position: Position,
+        /// The table, in a many-table pipeline (a one-table pipeline names only one).
+        table: Option<String>,
+        /// Boxed: errors travel in every `Result` of the pipeline.
+        position: Box<Position>,
     },
     #[error("dead-letter output {path}: {error}")]
     DeadLetter { path: String, error: String },
     #[error("{0}")]
     Plugin(String),
+    /// The pipeline cannot start as configured.
+    #[error("{0}")]
+    Setup(String),
     #[error(
         "the {stage} stage panicked (thread {thread}): {message}. Everything before the batch \
          it held is applied and checkpointed; a rerun resumes there. This is a bug in weir: \
@@ -135,6 +209,7 @@ impl Letters {
         self.write(&DeadLetter {
             stage,
             error,
+            table: Some(&batch.table.name),
             position: batch.positions.get(row),
             key: None,
             raw: Some(change.as_bytes()),
@@ -175,11 +250,23 @@ pub fn run(
     let mut sink = sink::build(pipeline, metrics.clone())?;
     let resumed_from = sink.committed()?;
     let start = resumed_from.clone().unwrap_or_default();
-    let mut table = pipeline.table_spec();
-    table.target_types = sink.target_types()?;
-    if let Some(chain) = transforms.as_mut() {
-        chain.set_target_types(table.target_types.clone());
-    }
+    let decoding = match &pipeline.config.tables {
+        None => {
+            let mut table = pipeline.table_spec();
+            table.target_types = sink.target_types()?;
+            if let Some(chain) = transforms.as_mut() {
+                chain.set_target_types(table.target_types.clone());
+            }
+            Decoding::One(Box::new(Decoder::new(table, pipeline.format())))
+        }
+        Some(tables) => {
+            let targets = sink.target_tables()?;
+            Decoding::Many(Box::new(
+                ManyTables::new(tables, pipeline.format(), targets)
+                    .map_err(PipelineError::Setup)?,
+            ))
+        }
+    };
     let mut source = source::build(pipeline, metrics.clone())?;
     source.seek(&start)?;
     let committer = source.committer();
@@ -223,7 +310,7 @@ pub fn run(
             limits,
             max_record_bytes: pipeline.config.batch.max_record_bytes,
             stop_when_idle: options.stop_when_idle,
-            decoder: Decoder::new(table, pipeline.format()),
+            decoding,
             fetched,
             spare,
             checkpoint: start.clone(),
@@ -265,9 +352,12 @@ pub fn run(
                 .spawn(move || {
                     for message in rx {
                         crate::fault::panic_if_injected("prepare");
-                        let message = message.map(|(batch, _)| {
-                            let prepared = prepare(&batch);
-                            (batch, prepared)
+                        let message = message.map(|(work, _)| {
+                            let prepared = match work.batches.as_slice() {
+                                [batch] if !work.many => prepare(batch),
+                                _ => None,
+                            };
+                            (work, prepared)
                         });
                         if prepared_tx.send(message).is_err() {
                             break;
@@ -356,16 +446,31 @@ impl Applier<'_> {
         let mut durable = None;
         for message in rx {
             crate::fault::panic_if_injected("apply");
-            let (batch, prepared) = match message {
-                Ok(batch) => batch,
+            let (work, prepared) = match message {
+                Ok(work) => work,
                 Err(e) => {
                     // Make what was applied before the error durable, then report it.
                     self.flush(&mut durable)?;
                     return Err(e);
                 }
             };
-            let applied = self.apply_with_retry(&batch, prepared.as_ref())?;
-            Metrics::add(&self.metrics.rows_applied, batch.num_rows() as u64);
+            let applied = self.apply_with_retry(&work, prepared.as_ref())?;
+            let rows: usize = work.batches.iter().map(ChangeBatch::num_rows).sum();
+            Metrics::add(&self.metrics.rows_applied, rows as u64);
+            if work.many && rows > 0 {
+                self.metrics.add_table_counts(
+                    work.batches
+                        .iter()
+                        .map(|batch| {
+                            let counts = crate::metrics::TableCounts {
+                                applied: batch.num_rows() as u64,
+                                ..Default::default()
+                            };
+                            (batch.table.name.clone(), counts)
+                        })
+                        .collect(),
+                );
+            }
             Metrics::add(&self.metrics.upserts, applied.upserts);
             Metrics::add(&self.metrics.deletes, applied.deletes);
             Metrics::add(&self.metrics.truncates, applied.truncates);
@@ -401,13 +506,21 @@ impl Applier<'_> {
     /// reader, so no position moves while the sink is down.
     fn apply_with_retry(
         &mut self,
-        batch: &ChangeBatch,
+        work: &Work,
         prepared: Option<&Prepared>,
     ) -> Result<sink::Applied, PipelineError> {
         let component = "sink";
         let mut attempt = 0;
         loop {
-            match self.sink.apply_prepared(batch, prepared, &mut self.letters) {
+            let applied = match work.batches.as_slice() {
+                [batch] if !work.many => {
+                    self.sink.apply_prepared(batch, prepared, &mut self.letters)
+                }
+                batches => self
+                    .sink
+                    .apply_tables(batches, &work.checkpoint, &mut self.letters),
+            };
+            match applied {
                 Ok(applied) => {
                     self.metrics.health.ok(component);
                     return Ok(applied);
@@ -449,16 +562,20 @@ fn transform(
     }
     for message in rx {
         crate::fault::panic_if_injected("transform");
-        let message = message.and_then(|(batch, prepared)| {
+        let message = message.and_then(|(mut work, prepared)| {
             let mut noting = Noting {
                 letters: &mut letters,
                 wrote: false,
             };
-            let batch = chain.run(batch, &mut noting)?;
+            // One table per call: each table's batch goes through the plugins alone.
+            work.batches = std::mem::take(&mut work.batches)
+                .into_iter()
+                .map(|batch| chain.run(batch, &mut noting))
+                .collect::<Result<_, _>>()?;
             if noting.wrote {
                 letters.flush()?;
             }
-            Ok((batch, prepared))
+            Ok((work, prepared))
         });
         let failed = message.is_err();
         if tx.send(message).is_err() || failed {
@@ -494,7 +611,7 @@ struct Reader {
     limits: PollLimits,
     max_record_bytes: usize,
     stop_when_idle: Option<Duration>,
-    decoder: Decoder,
+    decoding: Decoding,
     fetched: Receiver<Fetched>,
     spare: SyncSender<RawBatch>,
     /// Where to resume after everything read so far.
@@ -512,16 +629,16 @@ impl Reader {
     /// Sends the rows decoded so far (or just the checkpoint's advance). Returns false when
     /// the applier has gone.
     fn send(&mut self) -> Result<bool, PipelineError> {
-        if self.decoder.rows() == 0 && self.checkpoint == self.sent {
+        if self.decoding.rows() == 0 && self.checkpoint == self.sent {
             return Ok(true);
         }
         if self.letters_pending {
             self.letters.flush()?;
             self.letters_pending = false;
         }
-        let batch = self.decoder.finish(self.checkpoint.clone());
+        let work = self.decoding.finish(self.checkpoint.clone(), &self.metrics);
         self.sent = self.checkpoint.clone();
-        Ok(self.tx.send(Ok((batch, None))).is_ok())
+        Ok(self.tx.send(Ok((work, None))).is_ok())
     }
 
     fn run(&mut self) -> Result<(), PipelineError> {
@@ -565,8 +682,8 @@ impl Reader {
             for (record, position) in raw.iter() {
                 self.decode(record, position)?;
                 self.checkpoint.advance(position);
-                if (self.decoder.rows() >= self.limits.max_records
-                    || self.decoder.bytes() >= self.limits.max_bytes)
+                if (self.decoding.rows() >= self.limits.max_records
+                    || self.decoding.bytes() >= self.limits.max_bytes)
                     && !self.send()?
                 {
                     return Ok(());
@@ -588,9 +705,11 @@ impl Reader {
         position: &Position,
         error: &str,
     ) -> Result<(), PipelineError> {
+        let table = self.decoding.table();
         self.letters.write(&DeadLetter {
             stage,
             error,
+            table,
             position: Some(position),
             key: record.key,
             raw: record.value,
@@ -613,7 +732,7 @@ impl Reader {
             );
             return self.dead_letter(Stage::Decode, record, position, &error);
         }
-        match self.decoder.decode(record, position) {
+        match self.decoding.decode(record, position) {
             Ok(Outcome::Row) => Metrics::add(&self.metrics.rows_decoded, 1),
             Ok(Outcome::Tombstone) => Metrics::add(&self.metrics.tombstones, 1),
             Ok(Outcome::SchemaChange(info)) => {
@@ -632,10 +751,15 @@ impl Reader {
             }
             Err(DecodeError::Fatal(change)) => {
                 // Apply everything before this event, then stop.
+                let table = match &self.decoding {
+                    Decoding::One(_) => None,
+                    Decoding::Many(many) => many.current_table().map(str::to_string),
+                };
                 self.send()?;
                 return Err(PipelineError::IncompatibleSchema {
                     change,
-                    position: position.clone(),
+                    table,
+                    position: Box::new(position.clone()),
                 });
             }
         }

@@ -377,6 +377,7 @@ pub fn change_batch(ids: &[i64]) -> weir_runtime::envelope::ChangeBatch {
         table: Arc::new(TableInfo {
             name: "t".into(),
             primary_key: vec!["id".into()],
+            target: None,
         }),
     }
 }

@@ -132,6 +132,27 @@ pub trait Resolve: Sized + 'static {
     fn resolve(&mut self, incoming: RecordBatch, current: RecordBatch) -> Result<Resolved, String>;
 }
 
+/// The source table a batch is for (`public.orders`, `inventory.orders`; the pipeline's
+/// `table.name` in a one-table pipeline), from the batch schema's `weir.table` metadata.
+/// Each call carries one table's changes.
+pub fn table_name(batch: &RecordBatch) -> Option<&str> {
+    batch
+        .schema_ref()
+        .metadata()
+        .get("weir.table")
+        .map(String::as_str)
+}
+
+/// The target table a many-table pipeline routes the batch to (`weir.target` metadata);
+/// `None` in a one-table pipeline, whose sink names its target.
+pub fn target_table(batch: &RecordBatch) -> Option<&str> {
+    batch
+        .schema_ref()
+        .metadata()
+        .get("weir.target")
+        .map(String::as_str)
+}
+
 /// Parses the config JSON the host passes to `init`.
 pub fn parse_config(json: &str) -> Result<JsonValue, String> {
     if json.trim().is_empty() {

@@ -10,6 +10,7 @@
 pub mod diagnostic;
 pub mod interpolate;
 pub mod reconcile;
+pub mod tables;
 pub mod validate;
 pub mod yaml;
 
@@ -42,8 +43,14 @@ pub struct PipelineConfig {
     pub name: String,
     /// Where change events come from.
     pub source: SourceConfig,
-    /// The table the change events describe.
-    pub table: TableConfig,
+    /// The table the change events describe, for a pipeline of one table. Give either
+    /// `table` or `tables`.
+    #[serde(default)]
+    pub table: Option<TableConfig>,
+    /// The tables to apply, for a pipeline of many tables (a whole captured database):
+    /// which to include and exclude, where each goes, and their keys.
+    #[serde(default)]
+    pub tables: Option<tables::TablesConfig>,
     /// Where changes are applied.
     pub sink: SinkConfig,
     /// Where records that cannot be processed go, with the reason. Defaults to a file
@@ -232,8 +239,17 @@ impl LoadedPipeline {
         }
     }
 
+    /// The table of a one-table pipeline (`table:`).
+    pub fn table(&self) -> Option<&TableConfig> {
+        self.config.table.as_ref()
+    }
+
+    /// The one table's spec. A many-table pipeline (`tables:`) has a spec per table
+    /// ([`crate::tables::ManyTables`]); this is then an empty one.
     pub fn table_spec(&self) -> TableSpec {
-        let table = &self.config.table;
+        let Some(table) = self.table() else {
+            return TableSpec::new("", &[]);
+        };
         TableSpec {
             name: table.name.clone(),
             primary_key: table.primary_key.clone(),
@@ -250,6 +266,7 @@ impl LoadedPipeline {
             unknown_columns: table.unknown_columns,
             target_types: Vec::new(),
             only_its_table: true,
+            target: None,
         }
     }
 
@@ -322,7 +339,8 @@ pub fn load_str(
         return Err(fail(vec![Diagnostic::new(
             Some(root.mark),
             "",
-            "a pipeline file must be a YAML mapping with `name`, `source`, `table` and `sink`",
+            "a pipeline file must be a YAML mapping with `name`, `source`, `table` (or \
+             `tables`) and `sink`",
             Some("see docs/pipeline.md for a complete example".into()),
         )]));
     }
@@ -404,12 +422,41 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
     if let Some(conflict) = &config.conflict {
         conflict_checks(config, conflict, &mut report);
     }
+    for (i, transform) in config.transforms.iter().enumerate() {
+        for (j, pattern) in transform.tables.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                let mut path = key(&["transforms"]);
+                path.extend([
+                    PathSegment::Index(i),
+                    PathSegment::Key("tables".into()),
+                    PathSegment::Index(j),
+                ]);
+                report(
+                    path,
+                    format!("`{pattern}` is not a table pattern: {e}"),
+                    None,
+                );
+            }
+        }
+    }
     if let Some(reconcile) = &config.reconcile {
         for (path, message, hint) in reconcile::checks(reconcile, config) {
             report(path, message, hint);
         }
     }
-    let table = &config.table;
+    match (&config.table, &config.tables) {
+        (Some(_), Some(_)) | (None, None) => report(
+            vec![],
+            "give either `table` (a pipeline of one table) or `tables` (of many), one of them"
+                .into(),
+            Some("e.g. `tables: { include: ['inventory.*'] }`".into()),
+        ),
+        (None, Some(tables)) => many_table_checks(config, tables, &mut report),
+        (Some(_), None) => {}
+    }
+    let Some(table) = &config.table else {
+        return diagnostics;
+    };
     let same = |a: &str, b: &str| table.same_column(a, b);
     for (i, column) in table.primary_key.iter().enumerate() {
         let mut path = key(&["table", "primary_key"]);
@@ -433,6 +480,49 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
     diagnostics
 }
 
+/// Checks of a many-table pipeline: the `tables` section, and what works with it yet.
+fn many_table_checks(
+    config: &PipelineConfig,
+    tables: &tables::TablesConfig,
+    report: &mut impl FnMut(Vec<PathSegment>, String, Option<String>),
+) {
+    for (path, message, hint) in tables::checks(tables) {
+        report(path, message, hint);
+    }
+    let capabilities = config.sink.capabilities();
+    if !capabilities.many_tables {
+        report(
+            key_path(&["sink", "type"]),
+            format!(
+                "the {} sink takes one table; a pipeline with `tables` needs a sink that                  takes many (sqlite)",
+                config.sink.kind()
+            ),
+            Some("use `table:` for one table, or `sink: { type: sqlite, … }`".into()),
+        );
+    }
+    if let Some(table) = config.sink.configured_table() {
+        report(
+            key_path(&["sink", "table"]),
+            format!(
+                "`sink.table` names one target table (`{table}`); with `tables`, each table                  goes to its own"
+            ),
+            Some("remove it, and use `tables.route` to name targets".into()),
+        );
+    }
+    for (section, given) in [
+        ("conflict", config.conflict.is_some()),
+        ("reconcile", config.reconcile.is_some()),
+    ] {
+        if given {
+            report(
+                key_path(&[section]),
+                format!("`{section}` does not work with `tables` yet, only with `table`"),
+                None,
+            );
+        }
+    }
+}
+
 /// Checks of the `conflict` section against the sink and the table.
 fn conflict_checks(
     config: &PipelineConfig,
@@ -440,13 +530,11 @@ fn conflict_checks(
     report: &mut impl FnMut(Vec<PathSegment>, String, Option<String>),
 ) {
     use crate::conflict::Strategy;
-    use crate::sink::postgres::PostgresMode;
     let at = key_path;
-    let sqlite = matches!(config.sink, SinkConfig::Sqlite(_));
-    let postgres_upsert =
-        matches!(&config.sink, SinkConfig::Postgres(p) if p.mode == PostgresMode::Upsert);
+    let capabilities = config.sink.capabilities();
+    let reads_rows = capabilities.reads_target_rows;
     let Some((strategy, builtin)) = conflict.builtin() else {
-        if !sqlite && !postgres_upsert {
+        if !reads_rows {
             report(
                 at(&["conflict"]),
                 "resolver plugins need a sink that reads the target's rows: postgres \
@@ -457,7 +545,7 @@ fn conflict_checks(
         }
         return;
     };
-    if !postgres_upsert && !sqlite {
+    if !reads_rows {
         report(
             at(&["conflict"]),
             "the built-in strategies need a sink that reads the target's rows: postgres \
@@ -466,11 +554,12 @@ fn conflict_checks(
             Some("use `sink: { type: postgres, … }` or `sink: { type: sqlite, … }`".into()),
         );
     }
-    if sqlite && builtin.lanes > 1 {
+    if !capabilities.lanes && builtin.lanes > 1 {
         report(
             at(&["conflict", "lanes"]),
             format!(
-                "the sqlite sink applies in one lane (SQLite has one writer), not {}",
+                "the {} sink applies in one lane (it has one writer), not {}",
+                config.sink.kind(),
                 builtin.lanes
             ),
             Some("remove `lanes`, or set `lanes: 1`".into()),
@@ -508,7 +597,9 @@ fn conflict_checks(
             Some("remove `priority`, or use `strategy: source-priority`".into()),
         ),
     }
-    let table = &config.table;
+    let Some(table) = &config.table else {
+        return;
+    };
     let same = |a: &str, b: &str| table.same_column(a, b);
     for (option, column) in [
         ("version_column", &builtin.version_column),

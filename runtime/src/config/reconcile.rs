@@ -209,7 +209,10 @@ pub fn checks(
     config: &ReconcileConfig,
     pipeline: &super::PipelineConfig,
 ) -> Vec<(Vec<PathSegment>, String, Option<String>)> {
-    let primary_key = &pipeline.table.primary_key;
+    let Some(table) = &pipeline.table else {
+        return Vec::new();
+    };
+    let primary_key = &table.primary_key;
     let kafka_source = matches!(pipeline.source, SourceConfig::Kafka(_));
     let at = |parts: &[&str]| -> Vec<PathSegment> {
         parts

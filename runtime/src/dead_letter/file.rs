@@ -21,7 +21,7 @@ pub struct FileDeadLetterConfig {
 }
 
 /// Dead letters as JSON Lines:
-/// `{"time", "pipeline", "stage", "error", "source": {...}, "key", "raw"}`; `raw_base64`
+/// `{"time", "pipeline", "stage", "error", "table", "source": {...}, "key", "raw"}`; `raw_base64`
 /// replaces `raw` when the record is not UTF-8.
 pub struct FileDeadLetters {
     path: PathBuf,
@@ -87,6 +87,10 @@ impl DeadLetterSink for FileDeadLetters {
         write_json_string(&mut line, letter.stage.as_str());
         line.push_str(",\"error\":");
         write_json_string(&mut line, &redact(letter.error));
+        if let Some(table) = letter.table {
+            line.push_str(",\"table\":");
+            write_json_string(&mut line, table);
+        }
         if let Some(position) = letter.position {
             line.push_str(",\"source\":");
             line.push_str(&position.to_json().to_string());
@@ -141,6 +145,7 @@ mod tests {
         sink.write(&DeadLetter {
             stage: Stage::Decode,
             error: "invalid JSON: EOF while parsing",
+            table: Some("shop.orders"),
             position: Some(&position),
             key: None,
             raw: Some(b"{\"op\":"),
@@ -149,6 +154,7 @@ mod tests {
         sink.write(&DeadLetter {
             stage: Stage::Decode,
             error: "bad",
+            table: None,
             position: None,
             key: None,
             raw: Some(&[0xff, 0xfe]),
@@ -161,6 +167,8 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines[0]["stage"], "decode");
+        assert_eq!(lines[0]["table"], "shop.orders");
+        assert!(lines[1].get("table").is_none());
         assert_eq!(lines[0]["pipeline"], "orders");
         assert_eq!(lines[0]["error"], "invalid JSON: EOF while parsing");
         assert_eq!(lines[0]["source"]["line"], 7);

@@ -10,6 +10,7 @@
 //! | `weir.error.stage` | `source`, `decode`, `transform` or `sink` |
 //! | `weir.error.message` | the reason (secrets redacted) |
 //! | `weir.error.time` | when, ISO-8601 UTC |
+//! | `weir.source.table` | the source table, when known |
 //! | `weir.source.topic`, `weir.source.partition`, `weir.source.offset` | a Kafka record's position |
 //! | `weir.source.file`, `weir.source.line`, `weir.source.offset` | a file record's position |
 //!
@@ -150,6 +151,9 @@ pub fn letter_headers(letter: &DeadLetter<'_>, pipeline: &str) -> Vec<(&'static 
                 .to_string(),
         ),
     ];
+    if let Some(table) = letter.table {
+        headers.push(("weir.source.table", table.to_string()));
+    }
     match letter.position {
         Some(Position::Kafka {
             topic,
@@ -248,6 +252,7 @@ mod tests {
         let letter = DeadLetter {
             stage: Stage::Decode,
             error: "bad value in postgres://weir:hunter2@db/app",
+            table: Some("public.orders"),
             position: Some(&position),
             key: None,
             raw: Some(b"{"),
@@ -260,6 +265,7 @@ mod tests {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("weir.error.stage"), Some("decode"));
+        assert_eq!(get("weir.source.table"), Some("public.orders"));
         assert_eq!(get("weir.source.topic"), Some("orders"));
         assert_eq!(get("weir.source.partition"), Some("3"));
         assert_eq!(get("weir.source.offset"), Some("42"));

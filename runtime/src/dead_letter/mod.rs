@@ -74,6 +74,8 @@ impl Stage {
 pub struct DeadLetter<'a> {
     pub stage: Stage,
     pub error: &'a str,
+    /// The source table the record is for, when known.
+    pub table: Option<&'a str>,
     pub position: Option<&'a Position>,
     pub key: Option<&'a [u8]>,
     pub raw: Option<&'a [u8]>,

@@ -388,6 +388,7 @@ impl Decoder {
         let table_info = Arc::new(TableInfo {
             name: spec.name.clone(),
             primary_key: spec.primary_key.clone(),
+            target: spec.target.clone(),
         });
         let filter = spec
             .only_its_table
@@ -421,6 +422,11 @@ impl Decoder {
     /// Input bytes of the rows in the batch being built.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The table's name (as the pipeline gives it).
+    pub fn table_name(&self) -> &str {
+        &self.spec.name
     }
 
     /// The table's columns as decoded so far.
@@ -552,7 +558,7 @@ impl Decoder {
     pub fn finish(&mut self, checkpoint: Checkpoint) -> ChangeBatch {
         let fields = self.table.fields();
         let schema = envelope::schema(fields.clone());
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("weir.table".to_string(), self.spec.name.clone()),
             (
                 "weir.primary_key".to_string(),
@@ -560,6 +566,9 @@ impl Decoder {
             ),
         ]
         .into();
+        if let Some(target) = &self.spec.target {
+            metadata.insert("weir.target".into(), target.clone());
+        }
         let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
         let mut columns: Vec<ArrayRef> = self.envelope.all().map(|b| b.finish()).collect();
         columns.push(self.headers.finish());
@@ -591,6 +600,7 @@ impl Decoder {
             self.table_info = Arc::new(TableInfo {
                 name: self.spec.name.clone(),
                 primary_key,
+                target: self.spec.target.clone(),
             });
             self.table_info_version = Some(self.table.version);
         }

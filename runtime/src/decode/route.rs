@@ -163,14 +163,16 @@ pub(crate) fn topic_table(position: &Position) -> Option<(&str, &str)> {
 
 /// The fields of an event that say which table it is for (the first of each).
 #[derive(Default)]
-struct Fields<'a> {
-    db: Option<Cow<'a, str>>,
-    schema: Option<Cow<'a, str>>,
-    table: Option<Cow<'a, str>>,
+pub(crate) struct Fields<'a> {
+    pub(crate) db: Option<Cow<'a, str>>,
+    pub(crate) schema: Option<Cow<'a, str>>,
+    pub(crate) table: Option<Cow<'a, str>>,
 }
 
 impl<'a> Fields<'a> {
-    fn read(value: &'a [u8], format: Format) -> Option<Fields<'a>> {
+    /// Reads them in one pass over the event's structure, without validating what it
+    /// skips. `None` when the event is not a JSON object as far as the pass reads.
+    pub(crate) fn read(value: &'a [u8], format: Format) -> Option<Fields<'a>> {
         let mut scan = Scan {
             bytes: value,
             at: 0,

@@ -42,6 +42,9 @@ pub struct TableSpec {
     /// Refuse row changes whose source table is another than `name` (`decode::route`).
     /// Pipelines set it; decoding a stream known to hold one table need not.
     pub only_its_table: bool,
+    /// The target table, when the pipeline routes tables (`tables:`); `None` leaves it to
+    /// the sink's configuration.
+    pub target: Option<String>,
 }
 
 impl TableSpec {
@@ -56,6 +59,7 @@ impl TableSpec {
             unknown_columns: UnknownColumns::Add,
             target_types: Vec::new(),
             only_its_table: false,
+            target: None,
         }
     }
 

@@ -680,6 +680,7 @@ fn another_tables_events_cannot_change_this_table() {
     let mut decoder = Decoder::new(
         TableSpec {
             only_its_table: true,
+            target: None,
             ..TableSpec::new("customers", &["id"])
         },
         Format::DebeziumJson,

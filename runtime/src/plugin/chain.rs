@@ -6,6 +6,7 @@ use crate::envelope::ChangeBatch;
 
 use super::transform::{TableRules, TransformPlugin};
 use super::{Limits, PluginSpec, reject_all};
+use crate::tables::TablePatterns;
 
 /// A row that leaves the pipeline at this stage, and why.
 pub trait RejectRow<E> {
@@ -14,7 +15,8 @@ pub trait RejectRow<E> {
 
 /// The loaded transform plugins.
 pub struct TransformChain {
-    plugins: Vec<TransformPlugin>,
+    /// Each plugin, with the tables it runs on.
+    plugins: Vec<(TransformPlugin, TablePatterns)>,
     rules: TableRules,
 }
 
@@ -30,12 +32,15 @@ impl TransformChain {
             .transforms
             .iter()
             .map(|t| {
-                TransformPlugin::load(PluginSpec {
+                let tables = TablePatterns::new(&t.tables)
+                    .map_err(|e| format!("transform `{}`: {e}", t.name))?;
+                let plugin = TransformPlugin::load(PluginSpec {
                     name: t.name.clone(),
                     wasm: pipeline.resolve(&t.wasm),
                     config: t.config.clone(),
                     limits: Limits::from(&t.limits),
-                })
+                })?;
+                Ok::<_, String>((plugin, tables))
             })
             .collect::<Result<_, _>>()?;
         Ok(Some(TransformChain {
@@ -60,9 +65,12 @@ impl TransformChain {
         mut batch: ChangeBatch,
         rejects: &mut dyn RejectRow<E>,
     ) -> Result<ChangeBatch, E> {
-        for plugin in &mut self.plugins {
+        for (plugin, tables) in &mut self.plugins {
             if batch.num_rows() == 0 {
                 break;
+            }
+            if !tables.select(&batch.table.name) {
+                continue;
             }
             match plugin.call_with(&batch, &self.rules) {
                 Ok(transformed) => {

@@ -40,6 +40,10 @@ pub struct TransformConfig {
     /// What the plugin may use.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The source tables it runs on, as globs like `tables.include`'s (every table when
+    /// empty).
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 /// A resolver plugin in the pipeline YAML (`conflict: { strategy: wasm, … }`).

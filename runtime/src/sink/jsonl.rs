@@ -35,6 +35,15 @@ pub struct JsonlSinkConfig {
     pub mode: JsonlMode,
 }
 
+impl JsonlSinkConfig {
+    pub fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            stores_checkpoint: true,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JsonlMode {

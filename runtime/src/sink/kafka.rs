@@ -60,6 +60,13 @@ pub struct KafkaSinkConfig {
     pub options: KafkaOptions,
 }
 
+impl KafkaSinkConfig {
+    pub fn capabilities(&self) -> super::Capabilities {
+        // The source resumes from its own committed position instead.
+        super::Capabilities::default()
+    }
+}
+
 fn yes() -> bool {
     true
 }

@@ -48,6 +48,53 @@ pub enum SinkConfig {
     Kafka(kafka::KafkaSinkConfig),
 }
 
+/// What a sink can do, declared by the sink itself: the configuration checks and the
+/// pipeline ask this, never which sink it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It reads the target's current rows, so conflict strategies and resolvers work.
+    pub reads_target_rows: bool,
+    /// It can apply in several lanes (`conflict.lanes`).
+    pub lanes: bool,
+    /// It stores the checkpoint with the data, in one transaction.
+    pub stores_checkpoint: bool,
+    /// It applies many tables in one transaction (`tables:` pipelines).
+    pub many_tables: bool,
+}
+
+impl SinkConfig {
+    /// What this sink can do with this configuration.
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            SinkConfig::Sqlite(config) => config.capabilities(),
+            SinkConfig::Parquet(config) => config.capabilities(),
+            SinkConfig::Jsonl(config) => config.capabilities(),
+            SinkConfig::Postgres(config) => config.capabilities(),
+            SinkConfig::Kafka(config) => config.capabilities(),
+        }
+    }
+
+    /// The sink's type, as the pipeline file spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Sqlite(_) => "sqlite",
+            SinkConfig::Parquet(_) => "parquet",
+            SinkConfig::Jsonl(_) => "jsonl",
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Kafka(_) => "kafka",
+        }
+    }
+
+    /// The one target table the configuration names, if it does.
+    pub fn configured_table(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Sqlite(config) => config.table.as_deref(),
+            SinkConfig::Postgres(config) => config.table.as_deref(),
+            SinkConfig::Parquet(_) | SinkConfig::Jsonl(_) | SinkConfig::Kafka(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{sink}: {message}")]
 pub struct SinkError {
@@ -143,6 +190,25 @@ pub trait Sink: Send {
     /// incompatible change (empty when the sink cannot tell).
     fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
         Ok(Vec::new())
+    }
+    /// Applies the batches of several tables (each naming its target in
+    /// `table.target`) and stores `checkpoint`, all in one transaction. Only sinks whose
+    /// [`Capabilities::many_tables`] is set are asked.
+    fn apply_tables(
+        &mut self,
+        batches: &[ChangeBatch],
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let _ = (batches, checkpoint, rejects);
+        Err(SinkError::new(self.describe(), "this sink takes one table"))
+    }
+    /// The target's existing tables, with their keys and column types, for many-table
+    /// pipelines (empty when the sink cannot tell).
+    fn target_tables(
+        &mut self,
+    ) -> Result<std::collections::HashMap<String, crate::tables::TargetTable>, SinkError> {
+        Ok(Default::default())
     }
     /// A short description for logs (never secrets).
     fn describe(&self) -> String;

@@ -52,6 +52,15 @@ pub struct ParquetSinkConfig {
     pub dictionary: ParquetDictionary,
 }
 
+impl ParquetSinkConfig {
+    pub fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            stores_checkpoint: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// Dictionary encoding pays for itself on columns with few distinct values and costs
 /// time (every value is hashed) on the rest; with zstd, row columns are usually as small
 /// or smaller without it (measured in docs/benchmarks.md).

@@ -65,6 +65,18 @@ pub struct PostgresSinkConfig {
     pub create: bool,
 }
 
+impl PostgresSinkConfig {
+    pub fn capabilities(&self) -> super::Capabilities {
+        let upsert = self.mode == PostgresMode::Upsert;
+        super::Capabilities {
+            reads_target_rows: upsert,
+            lanes: upsert,
+            stores_checkpoint: true,
+            many_tables: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PostgresMode {
@@ -336,7 +348,7 @@ impl PostgresSink {
         let qualified = config
             .table
             .clone()
-            .unwrap_or_else(|| pipeline.config.table.name.clone());
+            .unwrap_or_else(|| pipeline.table().map(|t| t.name.clone()).unwrap_or_default());
         let (schema, table) = match qualified.split_once('.') {
             Some((s, t)) => (s.to_string(), t.to_string()),
             None => ("public".to_string(), qualified),
@@ -382,7 +394,7 @@ impl PostgresSink {
             && sink.mode == PostgresMode::Upsert
         {
             let mut client = sink.client.take().expect("connected above");
-            let key = &pipeline.config.table.primary_key;
+            let key = &pipeline.table_spec().primary_key;
             let prepared = sink.prepare_conflict_tables(&mut client, None, key, &versioning);
             sink.client = Some(client);
             prepared?;

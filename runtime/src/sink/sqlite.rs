@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod conflict;
+mod many;
 mod resolved;
 
 use super::compact::compact;
@@ -49,6 +50,17 @@ pub struct SqliteSinkConfig {
     pub create: bool,
 }
 
+impl SqliteSinkConfig {
+    pub fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            reads_target_rows: true,
+            lanes: false,
+            stores_checkpoint: true,
+            many_tables: true,
+        }
+    }
+}
+
 pub struct SqliteSink {
     conn: Connection,
     path: PathBuf,
@@ -70,6 +82,8 @@ pub struct SqliteSink {
     tombstones_ready: bool,
     /// When tombstones past the horizon were last removed.
     tombstones_collected: Option<std::time::Instant>,
+    /// What it knows of the other target tables of a many-table pipeline.
+    parked: std::collections::HashMap<String, many::Parked>,
 }
 
 /// Seconds since the Unix epoch.
@@ -195,7 +209,7 @@ impl SqliteSink {
         let table = config
             .table
             .clone()
-            .unwrap_or_else(|| pipeline.config.table.name.clone());
+            .unwrap_or_else(|| pipeline.table().map(|t| t.name.clone()).unwrap_or_default());
         let (resolver, applied_horizon) = match &pipeline.config.conflict {
             Some(ConflictConfig::Wasm(config)) => {
                 // The identities of the changes the resolver decided (docs/sync.md).
@@ -232,9 +246,12 @@ impl SqliteSink {
                 .and_then(Versioning::from_config),
             tombstones_ready: false,
             tombstones_collected: None,
+            parked: Default::default(),
         };
         // Deletes applications make before weir's first batch must leave tombstones too.
-        sink.prepare_tombstones(&pipeline.config.table.primary_key)?;
+        if let Some(table) = pipeline.table() {
+            sink.prepare_tombstones(&table.primary_key)?;
+        }
         Ok(sink)
     }
 
@@ -786,6 +803,21 @@ impl Sink for SqliteSink {
 
     fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         self.committed()
+    }
+
+    fn apply_tables(
+        &mut self,
+        batches: &[ChangeBatch],
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        self.apply_many(batches, checkpoint, rejects)
+    }
+
+    fn target_tables(
+        &mut self,
+    ) -> Result<std::collections::HashMap<String, crate::tables::TargetTable>, SinkError> {
+        self.existing_tables()
     }
 
     fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {

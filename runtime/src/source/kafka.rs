@@ -122,6 +122,10 @@ fn check_first_offset(shared: &Shared, topic: &str, partition: i32, offset: i64)
 /// went from ≈ 215k to ≈ 280k events/s (docs/benchmarks.md).
 const TUNED_DEFAULTS: [(&str, &str); 1] = [("fetch.queue.backoff.ms", "100")];
 
+const METADATA_REFRESH: &str = "topic.metadata.refresh.interval.ms";
+/// How often a `topic_pattern` subscription looks for new topics, unless `options` say.
+const PATTERN_METADATA_REFRESH_MS: &str = "10000";
+
 pub struct SourceContext {
     base: Context,
     shared: Arc<Shared>,
@@ -210,6 +214,11 @@ fn consumer_config(config: &KafkaSourceConfig, pipeline_name: &str) -> ClientCon
         if !config.options.contains_key(key) {
             client.set(key, value);
         }
+    }
+    // A pattern subscription finds new topics when it refreshes the broker's metadata:
+    // librdkafka's default (5 minutes) would leave a new table unread that long.
+    if config.topic_pattern.is_some() && !config.options.contains_key(METADATA_REFRESH) {
+        client.set(METADATA_REFRESH, PATTERN_METADATA_REFRESH_MS);
     }
     client
         .set("group.id", &config.group_id)

@@ -9,6 +9,8 @@
 //! - `sandbox`: tries to open a file, read an environment variable and open a socket, and
 //!   reports each outcome as a row error on row 0 (`denied: …` or `ALLOWED: …`).
 //! - `print`: writes a line to stdout and one to stderr, then returns the batch.
+//! - `table`: reports the batch's source and target table as a row error on row 0
+//!   (`table: <source> -> <target>`), and passes the other rows.
 //!
 //! With `id: N`, `loop`, `alloc`, `trap` and `bad-output` misbehave only on batches with
 //! a row whose `id` is N, and pass the others unchanged.
@@ -41,6 +43,7 @@ enum Mode {
     BadOutput,
     Sandbox,
     Print,
+    Table,
 }
 
 /// Whether the batch has a row whose `id` is `id`.
@@ -131,6 +134,18 @@ impl Transform for Probe {
                 let mut output = Output::rows(batch.slice(batch.num_rows() - rest, rest));
                 output.source_rows = Some((1..batch.num_rows() as u32).collect());
                 output.errors = errors;
+                Ok(output)
+            }
+            Mode::Table => {
+                let message = format!(
+                    "table: {} -> {}",
+                    weir_plugin::table_name(&batch).unwrap_or("?"),
+                    weir_plugin::target_table(&batch).unwrap_or("?")
+                );
+                let rest = batch.num_rows().saturating_sub(1);
+                let mut output = Output::rows(batch.slice(batch.num_rows() - rest, rest));
+                output.source_rows = Some((1..batch.num_rows() as u32).collect());
+                output.errors = vec![RowError { row: 0, message }];
                 Ok(output)
             }
             Mode::Print => {

@@ -1,0 +1,294 @@
+//! Decoding a stream of many tables: one [`Decoder`] per source table, chosen by the
+//! table each event names, so every table keeps its own schema, key and evolution.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::tables::TablesConfig;
+use crate::decode::route::Fields;
+use crate::decode::table::{TableSpec, UnknownColumns};
+use crate::decode::types::ColumnType;
+use crate::decode::{DecodeError, Decoder, Format, Outcome, RawRecord, RecordError};
+use crate::envelope::ChangeBatch;
+use crate::metrics::{Metrics, TableCounts};
+use crate::position::{Checkpoint, Position};
+
+use super::{Routing, Selection, record_key_columns, source_table};
+
+/// What the target already has of a table: its key and its column types.
+#[derive(Debug, Clone, Default)]
+pub struct TargetTable {
+    pub primary_key: Vec<String>,
+    pub types: Vec<(String, ColumnType)>,
+}
+
+/// What became of a source table when it was first seen.
+enum Slot {
+    /// Not selected: its events are counted and skipped.
+    Skipped,
+    /// Decoded by `tables[i]`.
+    Decoded(usize),
+    /// Its events are refused, for this reason (it would share a target by accident).
+    Refused(String),
+}
+
+struct Table {
+    decoder: Decoder,
+    target: String,
+}
+
+/// The decoders of a many-table pipeline, and where each table goes.
+pub struct ManyTables {
+    routing: Routing,
+    config: TablesConfig,
+    format: Format,
+    targets: HashMap<String, TargetTable>,
+    slots: HashMap<String, Slot>,
+    tables: Vec<Table>,
+    /// Target tables named after a source table (no `route` rule), and that table: a
+    /// second source table of the same name is refused rather than merged by accident.
+    claimed: HashMap<String, String>,
+    /// Decodes events that name no table, only to tell what they are.
+    classifier: Decoder,
+    rows: usize,
+    bytes: usize,
+    /// The source table of the event decoded last (for its dead letter).
+    current: Option<String>,
+    /// Counts since the last [`ManyTables::finish`], by source table.
+    counts: BTreeMap<String, TableCounts>,
+}
+
+impl ManyTables {
+    /// `targets` holds the target's existing tables (their key is the last place a table's
+    /// key is looked for, and their types hold new columns to them).
+    pub fn new(
+        config: &TablesConfig,
+        format: Format,
+        targets: HashMap<String, TargetTable>,
+    ) -> Result<ManyTables, String> {
+        let mut spec = TableSpec::new("", &[]);
+        spec.unknown_columns = UnknownColumns::Ignore;
+        Ok(ManyTables {
+            routing: Routing::new(config)?,
+            config: config.clone(),
+            format,
+            targets,
+            slots: HashMap::new(),
+            tables: Vec::new(),
+            claimed: HashMap::new(),
+            classifier: Decoder::new(spec, format),
+            rows: 0,
+            bytes: 0,
+            current: None,
+            counts: BTreeMap::new(),
+        })
+    }
+
+    /// Rows decoded since the last [`finish`](Self::finish), over every table.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The source table of the event decoded last, if it named one.
+    pub fn current_table(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
+    /// Decodes one record into its table's batch. Events of tables the pipeline does not
+    /// select are `Ignored` (and counted); an event naming no table is decoded only to
+    /// tell a row change (refused: it cannot be placed) from anything else.
+    pub fn decode(
+        &mut self,
+        record: RawRecord<'_>,
+        position: &Position,
+    ) -> Result<Outcome, DecodeError> {
+        self.current = None;
+        let name = match record.value {
+            Some(value) if !is_null(value) => match Fields::read(value, self.format) {
+                Some(fields) => source_table(
+                    [
+                        fields.db.as_deref(),
+                        fields.schema.as_deref(),
+                        fields.table.as_deref(),
+                    ],
+                    position,
+                ),
+                None => None,
+            },
+            _ => source_table([None, None, None], position),
+        };
+        let Some(name) = name else {
+            return self.classify(record, position);
+        };
+        if !self.slots.contains_key(&name) {
+            match self.first_sight(&name, record.key) {
+                Ok(slot) => self.slots.insert(name.clone(), slot),
+                Err(e) => {
+                    self.counts.entry(name.clone()).or_default().dead_letters += 1;
+                    self.current = Some(name);
+                    return Err(e);
+                }
+            };
+        }
+        let slot = &self.slots[&name];
+        let counts = self.counts.entry(name.clone()).or_default();
+        let index = match slot {
+            Slot::Skipped => {
+                counts.skipped += 1;
+                return Ok(Outcome::Ignored("an event of a table the pipeline skips"));
+            }
+            Slot::Refused(reason) => {
+                counts.dead_letters += 1;
+                let reason = reason.clone();
+                self.current = Some(name);
+                return Err(DecodeError::OtherTable(reason));
+            }
+            Slot::Decoded(index) => *index,
+        };
+        let table = &mut self.tables[index];
+        if counts.target.is_empty() {
+            counts.target.clone_from(&table.target);
+        }
+        let result = table.decoder.decode(record, position);
+        match &result {
+            Ok(Outcome::Row) => {
+                counts.rows += 1;
+                self.rows += 1;
+                self.bytes += record.value.map_or(0, <[u8]>::len);
+            }
+            Err(_) => counts.dead_letters += 1,
+            Ok(_) => {}
+        }
+        self.current = Some(name);
+        result
+    }
+
+    /// Decides where a table first seen goes, and with which key. A table with no key
+    /// anywhere gets no slot, so a later event with a record key can still place it.
+    fn first_sight(&mut self, name: &str, key: Option<&[u8]>) -> Result<Slot, DecodeError> {
+        let (target, routed) = match self.routing.select(name) {
+            Selection::Skipped => {
+                tracing::info!(table = %name, "skipping a table the pipeline does not select");
+                return Ok(Slot::Skipped);
+            }
+            Selection::Target { name, routed } => (name, routed),
+        };
+        if !routed {
+            match self.claimed.get(&target) {
+                Some(holder) if holder != name => {
+                    return Ok(Slot::Refused(format!(
+                        "source tables `{holder}` and `{name}` would both go to target table \
+                         `{target}`; add a `tables.route` rule to merge them on purpose, or to \
+                         send one elsewhere"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.claimed.insert(target.clone(), name.to_string());
+                }
+            }
+        }
+        let overrides = self.config.overrides.get(name);
+        let existing = self.targets.get(&target);
+        let primary_key = overrides
+            .and_then(|o| o.primary_key.clone())
+            .or_else(|| key.and_then(record_key_columns))
+            .or_else(|| {
+                (!self.config.primary_key.is_empty()).then(|| self.config.primary_key.clone())
+            })
+            .or_else(|| {
+                existing
+                    .map(|t| t.primary_key.clone())
+                    .filter(|k| !k.is_empty())
+            });
+        let Some(primary_key) = primary_key else {
+            if !routed {
+                self.claimed.remove(&target);
+            }
+            return Err(DecodeError::Record(RecordError {
+                message: format!(
+                    "table `{name}` has no primary key: its events carry no Kafka record key \
+                     and the target has no table `{target}` with one; declare it in \
+                     `tables.overrides.{name}.primary_key`, or for every such table in \
+                     `tables.primary_key`"
+                ),
+            }));
+        };
+        let spec = TableSpec {
+            name: name.to_string(),
+            primary_key,
+            declared: overrides
+                .map(|o| {
+                    o.columns
+                        .iter()
+                        .map(|(column, ty)| {
+                            let mut def = ty.0.clone();
+                            def.name = column.clone();
+                            def
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            case_insensitive: overrides
+                .and_then(|o| o.case_insensitive)
+                .unwrap_or(self.config.case_insensitive),
+            unknown_columns: overrides
+                .and_then(|o| o.unknown_columns)
+                .unwrap_or(self.config.unknown_columns),
+            target_types: existing.map(|t| t.types.clone()).unwrap_or_default(),
+            only_its_table: false,
+            target: Some(target.clone()),
+        };
+        tracing::info!(table = %name, target = %target, key = ?spec.primary_key, "new table");
+        self.tables.push(Table {
+            decoder: Decoder::new(spec, self.format),
+            target,
+        });
+        Ok(Slot::Decoded(self.tables.len() - 1))
+    }
+
+    /// An event that names no table: anything but a row change is what it is; a row
+    /// change cannot be placed and is refused.
+    fn classify(
+        &mut self,
+        record: RawRecord<'_>,
+        position: &Position,
+    ) -> Result<Outcome, DecodeError> {
+        let outcome = self.classifier.decode(record, position)?;
+        if outcome != Outcome::Row {
+            return Ok(outcome);
+        }
+        // Drop the row the classifier kept.
+        let _ = self.classifier.finish(Checkpoint::default());
+        Err(DecodeError::OtherTable(
+            "the event names no table (no `source.table`, no `__table`, and no \
+             `<prefix>.<schema>.<table>` topic), so weir cannot tell which table it is for"
+                .into(),
+        ))
+    }
+
+    /// The batches of every table that has rows, each with `checkpoint` (they are applied
+    /// together). Publishes the per-table counts.
+    pub fn finish(&mut self, checkpoint: &Checkpoint, metrics: &Metrics) -> Vec<ChangeBatch> {
+        let batches = self
+            .tables
+            .iter_mut()
+            .filter(|t| t.decoder.rows() > 0)
+            .map(|t| t.decoder.finish(checkpoint.clone()))
+            .collect();
+        self.rows = 0;
+        self.bytes = 0;
+        if !self.counts.is_empty() {
+            metrics.add_table_counts(std::mem::take(&mut self.counts));
+        }
+        batches
+    }
+}
+
+fn is_null(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    value.is_empty() || value == b"null"
+}

@@ -261,8 +261,9 @@ pub fn run(
         }
         Some(tables) => {
             let targets = sink.target_tables()?;
+            let keys_required = pipeline.config.sink.capabilities().applies_by_key;
             Decoding::Many(Box::new(
-                ManyTables::new(tables, pipeline.format(), targets)
+                ManyTables::new(tables, pipeline.format(), targets, keys_required)
                     .map_err(PipelineError::Setup)?,
             ))
         }
@@ -355,7 +356,11 @@ pub fn run(
                         let message = message.map(|(work, _)| {
                             let prepared = match work.batches.as_slice() {
                                 [batch] if !work.many => prepare(batch),
-                                _ => None,
+                                batches => {
+                                    let each: sink::PreparedTables =
+                                        batches.iter().map(|b| prepare(b)).collect();
+                                    Some(Box::new(each) as Prepared)
+                                }
                             };
                             (work, prepared)
                         });
@@ -516,9 +521,10 @@ impl Applier<'_> {
                 [batch] if !work.many => {
                     self.sink.apply_prepared(batch, prepared, &mut self.letters)
                 }
-                batches => self
-                    .sink
-                    .apply_tables(batches, &work.checkpoint, &mut self.letters),
+                batches => {
+                    self.sink
+                        .apply_tables(batches, prepared, &work.checkpoint, &mut self.letters)
+                }
             };
             match applied {
                 Ok(applied) => {

@@ -494,17 +494,19 @@ fn many_table_checks(
         report(
             key_path(&["sink", "type"]),
             format!(
-                "the {} sink takes one table; a pipeline with `tables` needs a sink that                  takes many (sqlite)",
+                "the {} sink takes one table; a pipeline with `tables` needs a sink that takes \
+                 many (sqlite, postgres)",
                 config.sink.kind()
             ),
-            Some("use `table:` for one table, or `sink: { type: sqlite, … }`".into()),
+            Some("use `table:` for one table, or a sqlite or postgres sink".into()),
         );
     }
     if let Some(table) = config.sink.configured_table() {
         report(
             key_path(&["sink", "table"]),
             format!(
-                "`sink.table` names one target table (`{table}`); with `tables`, each table                  goes to its own"
+                "`sink.table` names one target table (`{table}`); with `tables`, each table \
+                 goes to its own"
             ),
             Some("remove it, and use `tables.route` to name targets".into()),
         );

@@ -60,6 +60,8 @@ pub struct Capabilities {
     pub stores_checkpoint: bool,
     /// It applies many tables in one transaction (`tables:` pipelines).
     pub many_tables: bool,
+    /// It applies changes by primary key, so every table needs one.
+    pub applies_by_key: bool,
 }
 
 impl SinkConfig {
@@ -157,6 +159,10 @@ pub fn unapplied(batch: &ChangeBatch, stored: &Checkpoint) -> Option<Vec<bool>> 
 /// pipeline and handed back to the same sink.
 pub type Prepared = Box<dyn std::any::Any + Send>;
 
+/// What the preparer made of each table's batch of a many-table step, in order (handed to
+/// [`Sink::apply_tables`] as one [`Prepared`]).
+pub type PreparedTables = Vec<Option<Prepared>>;
+
 /// The part of a sink's work that depends on the batch alone. The pipeline runs it on
 /// its own thread, so it overlaps the sink applying the previous batch (a database busy
 /// merging, say). `None` when there is nothing to prepare.
@@ -192,15 +198,17 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
     /// Applies the batches of several tables (each naming its target in
-    /// `table.target`) and stores `checkpoint`, all in one transaction. Only sinks whose
+    /// `table.target`) and stores `checkpoint`, all in one transaction. `prepared` is a
+    /// [`PreparedTables`] when the sink has a preparer. Only sinks whose
     /// [`Capabilities::many_tables`] is set are asked.
     fn apply_tables(
         &mut self,
         batches: &[ChangeBatch],
+        prepared: Option<&Prepared>,
         checkpoint: &Checkpoint,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {
-        let _ = (batches, checkpoint, rejects);
+        let _ = (batches, prepared, checkpoint, rejects);
         Err(SinkError::new(self.describe(), "this sink takes one table"))
     }
     /// The target's existing tables, with their keys and column types, for many-table

@@ -31,6 +31,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod conflict;
+mod many;
 mod resolved;
 
 use super::compact::compact;
@@ -51,9 +52,13 @@ pub struct PostgresSinkConfig {
     /// from the environment: `postgres://weir:${PG_PASSWORD}@db:5432/app`, or the whole URL
     /// with `${PG_URL}`.
     pub url: Secret,
-    /// Target table, `schema.table` or `table` (in `public`). Defaults to `table.name`.
+    /// Target table, `schema.table` or `table` (in `schema`). Defaults to `table.name`.
     #[serde(default)]
     pub table: Option<String>,
+    /// The schema of an unqualified `table`, and of every target table of a many-table
+    /// pipeline (`tables:`). Default `public`.
+    #[serde(default)]
+    pub schema: Option<String>,
     /// `upsert` applies changes by primary key; `append` writes every change to a
     /// change-log table.
     #[serde(default)]
@@ -72,7 +77,8 @@ impl PostgresSinkConfig {
             reads_target_rows: upsert,
             lanes: upsert,
             stores_checkpoint: true,
-            many_tables: false,
+            many_tables: true,
+            applies_by_key: upsert,
         }
     }
 }
@@ -332,6 +338,11 @@ pub struct PostgresSink {
     applied_horizon: std::time::Duration,
     /// When identities past the horizon were last removed.
     applied_pruned: Cell<Option<std::time::Instant>>,
+    /// Which staging tables this table uses: 0 is `weir_rows`/`weir_keys`; a many-table
+    /// pipeline gives each target table its own (`weir_rows_<n>`).
+    stage: usize,
+    /// What it knows of the other target tables of a many-table pipeline.
+    parked: std::collections::HashMap<String, many::Parked>,
 }
 
 impl PostgresSink {
@@ -351,7 +362,10 @@ impl PostgresSink {
             .unwrap_or_else(|| pipeline.table().map(|t| t.name.clone()).unwrap_or_default());
         let (schema, table) = match qualified.split_once('.') {
             Some((s, t)) => (s.to_string(), t.to_string()),
-            None => ("public".to_string(), qualified),
+            None => (
+                config.schema.clone().unwrap_or_else(|| "public".into()),
+                qualified,
+            ),
         };
         let mut sink = PostgresSink {
             url: config.url.clone(),
@@ -378,6 +392,8 @@ impl PostgresSink {
             resolver: None,
             applied_horizon: Default::default(),
             applied_pruned: Cell::new(None),
+            stage: 0,
+            parked: Default::default(),
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
@@ -413,6 +429,14 @@ impl PostgresSink {
         }
     }
 
+    /// The staging tables of the current target table: rows, and keys to delete.
+    fn staging_names(&self) -> (String, String) {
+        match self.stage {
+            0 => ("weir_rows".into(), "weir_keys".into()),
+            n => (format!("weir_rows_{n}"), format!("weir_keys_{n}")),
+        }
+    }
+
     fn target(&self) -> String {
         format!("{}.{}", quote(&self.schema), quote(&self.table))
     }
@@ -443,6 +467,8 @@ impl PostgresSink {
             self.checked = None;
             self.staged.replace(None);
             self.conflict_ready = false;
+            // A new session has none of the other tables' staging tables either.
+            many::forget_session(&mut self.parked);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -571,13 +597,13 @@ impl PostgresSink {
         self.read_columns(tx)
     }
 
-    /// Locks and reads this pipeline's checkpoint rows for the batch's streams.
+    /// Locks and reads this pipeline's checkpoint rows for the streams of `checkpoint`.
     fn lock_checkpoint(
         &self,
         tx: &mut Transaction<'_>,
-        batch: &ChangeBatch,
+        checkpoint: &Checkpoint,
     ) -> Result<Checkpoint, SinkError> {
-        let streams: Vec<String> = batch.checkpoint.streams.keys().cloned().collect();
+        let streams: Vec<String> = checkpoint.streams.keys().cloned().collect();
         tx.execute(
             "INSERT INTO weir.checkpoints (pipeline, stream, next, line)
              SELECT $1, s, -1, 0 FROM unnest($2::text[]) s
@@ -637,8 +663,23 @@ impl PostgresSink {
         rejects: &mut dyn Rejects,
         applied: &mut Applied,
     ) -> Result<(), SinkError> {
-        let stored = self.lock_checkpoint(tx, batch)?;
-        let include = unapplied(batch, &stored);
+        let stored = self.lock_checkpoint(tx, &batch.checkpoint)?;
+        self.apply_rows_in(tx, batch, &stored, prepared, rejects, applied)?;
+        self.store_checkpoint(tx, &batch.checkpoint)
+    }
+
+    /// Applies the batch's rows that `stored` (the checkpoint read under lock) does not
+    /// cover yet.
+    fn apply_rows_in(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+        stored: &Checkpoint,
+        prepared: Option<&PreparedUpsert>,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        let include = unapplied(batch, stored);
         if let Some(mask) = &include {
             tracing::debug!(
                 skipped = mask.iter().filter(|x| !**x).count(),
@@ -683,7 +724,7 @@ impl PostgresSink {
                 }
             }
         }
-        self.store_checkpoint(tx, &batch.checkpoint)
+        Ok(())
     }
 
     /// Applies the included rows, compacted. With `present` (per row: whether its key had
@@ -736,10 +777,11 @@ impl PostgresSink {
             .clone()
             .or(self.staged.borrow().clone());
         if current.as_deref() != Some(signature.as_str()) {
+            let (rows, keys) = self.staging_names();
             tx.batch_execute(&format!(
-                "DROP TABLE IF EXISTS pg_temp.weir_rows, pg_temp.weir_keys;
-                 CREATE TEMP TABLE weir_rows ({}) ON COMMIT DELETE ROWS;
-                 CREATE TEMP TABLE weir_keys ({}) ON COMMIT DELETE ROWS;",
+                "DROP TABLE IF EXISTS pg_temp.{rows}, pg_temp.{keys};
+                 CREATE TEMP TABLE {rows} ({}) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE {keys} ({}) ON COMMIT DELETE ROWS;",
                 stage_columns.join(", "),
                 key_columns.join(", ")
             ))
@@ -828,10 +870,13 @@ impl PostgresSink {
         let target = self.target();
         let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
         let key_names: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let (stage_rows, stage_keys) = self.staging_names();
         if self.staging_dirty.get() {
             // A second merge in one transaction (after a truncate, or while bisecting).
             // DELETE, not TRUNCATE: TRUNCATE gives the table a new file, a catalog write.
-            tx.batch_execute("DELETE FROM weir_rows; DELETE FROM weir_keys")?;
+            tx.batch_execute(&format!(
+                "DELETE FROM {stage_rows}; DELETE FROM {stage_keys}"
+            ))?;
         }
         // From here the staging tables may hold rows until the transaction ends (or the
         // savepoint rolls back, which makes the next DELETE above merely unneeded).
@@ -846,7 +891,7 @@ impl PostgresSink {
         if let Some(span) = span(false) {
             done.deletes = actions.iter().filter(|a| !a.upsert).count() as u64;
             let mut writer = tx.copy_in(&format!(
-                "COPY weir_keys ({}) FROM STDIN",
+                "COPY {stage_keys} ({}) FROM STDIN",
                 key_names.join(", ")
             ))?;
             writer.write_all(&segment.keys[span])?;
@@ -856,7 +901,7 @@ impl PostgresSink {
             // which reads the whole target for every batch. A nested loop over the few
             // staged keys with the key index is always the right plan here.
             let delete = format!(
-                "DELETE FROM {target} t USING weir_keys k WHERE {}",
+                "DELETE FROM {target} t USING {stage_keys} k WHERE {}",
                 on.join(" AND ")
             );
             const NESTED_LOOP: &str =
@@ -890,8 +935,10 @@ impl PostgresSink {
         }
         if let Some(span) = span(true) {
             done.upserts = actions.iter().filter(|a| a.upsert).count() as u64;
-            let mut writer =
-                tx.copy_in(&format!("COPY weir_rows ({}) FROM STDIN", names.join(", ")))?;
+            let mut writer = tx.copy_in(&format!(
+                "COPY {stage_rows} ({}) FROM STDIN",
+                names.join(", ")
+            ))?;
             writer.write_all(&segment.rows[span])?;
             writer.finish()?;
             let updates: Vec<String> = names
@@ -906,7 +953,7 @@ impl PostgresSink {
                 format!("UPDATE SET {}", updates.join(", "))
             };
             let insert = format!(
-                "INSERT INTO {target} ({cols}) SELECT {cols} FROM weir_rows ON CONFLICT ({keys}) DO {action}",
+                "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO {action}",
                 cols = names.join(", "),
                 keys = key_names.join(", ")
             );
@@ -1281,6 +1328,22 @@ impl Sink for PostgresSink {
 
     fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         self.committed()
+    }
+
+    fn apply_tables(
+        &mut self,
+        batches: &[ChangeBatch],
+        prepared: Option<&Prepared>,
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        self.apply_many(batches, prepared, checkpoint, rejects)
+    }
+
+    fn target_tables(
+        &mut self,
+    ) -> Result<std::collections::HashMap<String, crate::tables::TargetTable>, SinkError> {
+        self.existing_tables()
     }
 
     fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {

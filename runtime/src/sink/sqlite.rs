@@ -57,6 +57,7 @@ impl SqliteSinkConfig {
             lanes: false,
             stores_checkpoint: true,
             many_tables: true,
+            applies_by_key: true,
         }
     }
 }
@@ -808,6 +809,7 @@ impl Sink for SqliteSink {
     fn apply_tables(
         &mut self,
         batches: &[ChangeBatch],
+        _prepared: Option<&super::Prepared>,
         checkpoint: &Checkpoint,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {

@@ -39,6 +39,7 @@ struct Table {
 /// The decoders of a many-table pipeline, and where each table goes.
 pub struct ManyTables {
     routing: Routing,
+    keys_required: bool,
     config: TablesConfig,
     format: Format,
     targets: HashMap<String, TargetTable>,
@@ -60,15 +61,18 @@ pub struct ManyTables {
 impl ManyTables {
     /// `targets` holds the target's existing tables (their key is the last place a table's
     /// key is looked for, and their types hold new columns to them).
+    /// `keys_required` is false for sinks that apply no key (a change log).
     pub fn new(
         config: &TablesConfig,
         format: Format,
         targets: HashMap<String, TargetTable>,
+        keys_required: bool,
     ) -> Result<ManyTables, String> {
         let mut spec = TableSpec::new("", &[]);
         spec.unknown_columns = UnknownColumns::Ignore;
         Ok(ManyTables {
             routing: Routing::new(config)?,
+            keys_required,
             config: config.clone(),
             format,
             targets,
@@ -203,7 +207,8 @@ impl ManyTables {
                 existing
                     .map(|t| t.primary_key.clone())
                     .filter(|k| !k.is_empty())
-            });
+            })
+            .or_else(|| (!self.keys_required).then(Vec::new));
         let Some(primary_key) = primary_key else {
             if !routed {
                 self.claimed.remove(&target);

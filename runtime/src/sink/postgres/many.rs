@@ -1,0 +1,202 @@
+//! Many tables in one PostgreSQL schema: every table a batch touches, and the checkpoint,
+//! in one transaction (`tables:` pipelines).
+//!
+//! The sink keeps what it knows of one target table at a time in its own fields (the
+//! one-table code path, unchanged); switching tables parks that state here by name. Each
+//! target table gets its own staging tables (`weir_rows_<n>`, `weir_keys_<n>`), created
+//! once per session, so alternating tables costs no catalog writes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use postgres::Client;
+
+use super::{PostgresSink, PreparedUpsert, describe_error, from_pg_declaration};
+use crate::envelope::ChangeBatch;
+use crate::position::Checkpoint;
+use crate::sink::{Applied, Prepared, PreparedTables, Rejects, SinkError};
+use crate::tables::TargetTable;
+
+/// What the sink knows of a target table it is not applying right now.
+#[derive(Debug, Default)]
+pub(super) struct Parked {
+    columns: BTreeMap<String, String>,
+    target_key: Vec<String>,
+    checked: Option<arrow::datatypes::Fields>,
+    staged: Option<String>,
+    staging_created: Option<String>,
+    staging_dirty: bool,
+    stage: usize,
+}
+
+/// A new session: no staging table survives it, and every table is read again.
+pub(super) fn forget_session(parked: &mut HashMap<String, Parked>) {
+    for table in parked.values_mut() {
+        table.staged = None;
+        table.staging_created = None;
+        table.checked = None;
+        table.columns.clear();
+    }
+}
+
+impl PostgresSink {
+    /// Makes `target` the table the one-table code applies to.
+    fn switch_to(&mut self, target: &str) {
+        if self.table == target {
+            return;
+        }
+        let parked = Parked {
+            columns: std::mem::take(&mut self.columns),
+            target_key: std::mem::take(&mut self.target_key),
+            checked: self.checked.take(),
+            staged: self.staged.take(),
+            staging_created: self.staging_created.take(),
+            staging_dirty: self.staging_dirty.get(),
+            stage: self.stage,
+        };
+        self.parked.insert(std::mem::take(&mut self.table), parked);
+        let next_stage = self.parked.len() + 1;
+        let Parked {
+            columns,
+            target_key,
+            checked,
+            staged,
+            staging_created,
+            staging_dirty,
+            stage,
+        } = self.parked.remove(target).unwrap_or(Parked {
+            stage: next_stage,
+            ..Parked::default()
+        });
+        self.table = target.to_string();
+        self.columns = columns;
+        self.target_key = target_key;
+        self.checked = checked;
+        self.staged.replace(staged);
+        self.staging_created.replace(staging_created);
+        self.staging_dirty.set(staging_dirty);
+        self.stage = stage;
+    }
+
+    /// No staging table holds rows of this transaction yet, and none is new in it.
+    fn begin_transaction(&mut self) {
+        self.staging_created.replace(None);
+        self.staging_dirty.set(false);
+        for table in self.parked.values_mut() {
+            table.staging_created = None;
+            table.staging_dirty = false;
+        }
+    }
+
+    /// Applies the per-table state of every table at the end of a transaction:
+    /// committed, the staging tables it created stay; rolled back, they and any table or
+    /// column it created are gone, so every table is read again.
+    fn end_transaction(&mut self, committed: bool) {
+        let end = |staged: &mut Option<String>,
+                   created: &mut Option<String>,
+                   checked: &mut Option<arrow::datatypes::Fields>| {
+            match (committed, created.take()) {
+                (true, Some(created)) => *staged = Some(created),
+                (true, None) => {}
+                (false, _) => *checked = None,
+            }
+        };
+        let mut staged = self.staged.take();
+        let mut created = self.staging_created.take();
+        end(&mut staged, &mut created, &mut self.checked);
+        self.staged.replace(staged);
+        self.staging_dirty.set(false);
+        for table in self.parked.values_mut() {
+            end(
+                &mut table.staged,
+                &mut table.staging_created,
+                &mut table.checked,
+            );
+            table.staging_dirty = false;
+        }
+    }
+
+    pub(super) fn apply_many(
+        &mut self,
+        batches: &[ChangeBatch],
+        prepared: Option<&Prepared>,
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let prepared = prepared.and_then(|p| p.downcast_ref::<PreparedTables>());
+        let mut applied = Applied::default();
+        let mut client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                self.client()?;
+                self.client.take().expect("connected")
+            }
+        };
+        self.begin_transaction();
+        let result = (|| {
+            let mut tx = client
+                .transaction()
+                .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+            let stored = self.lock_checkpoint(&mut tx, checkpoint)?;
+            for (i, batch) in batches.iter().enumerate() {
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let table = &batch.table;
+                self.switch_to(table.target.as_deref().unwrap_or(&table.name));
+                let prepared = prepared
+                    .and_then(|p| p.get(i))
+                    .and_then(Option::as_ref)
+                    .and_then(|p| p.downcast_ref::<PreparedUpsert>());
+                self.apply_rows_in(&mut tx, batch, &stored, prepared, rejects, &mut applied)?;
+            }
+            self.store_checkpoint(&mut tx, checkpoint)?;
+            tx.commit().map_err(|e| self.pg_error("commit failed", &e))
+        })();
+        self.end_transaction(result.is_ok());
+        if !client.is_closed() {
+            self.client = Some(client);
+        }
+        result?;
+        applied.durable = Some(checkpoint.clone());
+        Ok(applied)
+    }
+
+    /// The schema's tables, with their primary keys and column types.
+    pub(super) fn existing_tables(&mut self) -> Result<HashMap<String, TargetTable>, SinkError> {
+        let schema = self.schema.clone();
+        let client: &mut Client = self.client()?;
+        let rows = client
+            .query(
+                "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+                        coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+                 ORDER BY c.relname, a.attnum",
+                &[&schema],
+            )
+            .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
+        let mut tables: HashMap<String, (TargetTable, Vec<(i32, String)>)> = HashMap::new();
+        for row in rows {
+            let (table, column, declared, key_position): (String, String, String, i32) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let entry = tables.entry(table).or_default();
+            if key_position > 0 {
+                entry.1.push((key_position, column.clone()));
+            }
+            if let Some(ty) = from_pg_declaration(&declared) {
+                entry.0.types.push((column, ty));
+            }
+        }
+        Ok(tables
+            .into_iter()
+            .map(|(name, (mut table, mut key))| {
+                key.sort();
+                table.primary_key = key.into_iter().map(|(_, c)| c).collect();
+                (name, table)
+            })
+            .collect())
+    }
+}

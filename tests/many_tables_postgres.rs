@@ -1,0 +1,525 @@
+//! A whole captured database through a real `tansu` broker into a real PostgreSQL: the
+//! issue's many-table pipeline (`topic_pattern` over one topic per table, `tables:` with
+//! include, exclude and a shard route, keys from the Kafka record keys) under SIGKILLs,
+//! and the same tables through one topic. Every target table is compared with an
+//! independent oracle's final state.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Workspace;
+use common::services::{Broker, Postgres};
+
+/// How a table is keyed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Key {
+    Int,
+    BigInt,
+    Text,
+    /// `(tenant int, code text)`
+    Composite,
+}
+
+#[derive(Clone, Debug)]
+struct Table {
+    name: String,
+    key: Key,
+    /// Gains a `note` column half-way through the stream.
+    evolves: bool,
+    /// Its key values start here, so shards of one target never share a key.
+    key_base: i64,
+}
+
+impl Table {
+    fn key_fields(&self) -> Vec<(&'static str, &'static str)> {
+        match self.key {
+            Key::Int => vec![("id", "int32")],
+            Key::BigInt => vec![("id", "int64")],
+            Key::Text => vec![("code", "string")],
+            Key::Composite => vec![("tenant", "int32"), ("code", "string")],
+        }
+    }
+
+    /// The key's values for key number `n`, as JSON.
+    fn key_values(&self, n: i64) -> Vec<String> {
+        let n = self.key_base + n;
+        match self.key {
+            Key::Int => vec![n.to_string()],
+            Key::BigInt => vec![(5_000_000_000 + n).to_string()],
+            Key::Text => vec![format!("\"k-{n}\"")],
+            Key::Composite => vec![(n % 7).to_string(), format!("\"c-{n}\"")],
+        }
+    }
+
+    /// The key as `concat_ws('|', …)` renders it in PostgreSQL.
+    fn key_text(&self, n: i64) -> String {
+        self.key_values(n)
+            .iter()
+            .map(|v| v.trim_matches('"').to_string())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    fn schema_fields(&self, with_note: bool) -> String {
+        let mut fields: Vec<String> = self
+            .key_fields()
+            .iter()
+            .map(|(name, ty)| format!(r#"{{"type":"{ty}","optional":false,"field":"{name}"}}"#))
+            .collect();
+        fields.extend([
+            r#"{"type":"string","optional":true,"field":"name"}"#.to_string(),
+            r#"{"type":"int32","optional":true,"field":"qty"}"#.to_string(),
+            r#"{"type":"double","optional":true,"field":"price"}"#.to_string(),
+            r#"{"type":"boolean","optional":true,"field":"active"}"#.to_string(),
+            r#"{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}"#.to_string(),
+        ]);
+        if with_note {
+            fields.push(r#"{"type":"string","optional":true,"field":"note"}"#.to_string());
+        }
+        format!("[{}]", fields.join(","))
+    }
+
+    fn image(&self, n: i64, version: i64, with_note: bool) -> String {
+        let mut parts: Vec<String> = self
+            .key_fields()
+            .iter()
+            .zip(self.key_values(n))
+            .map(|((name, _), value)| format!(r#""{name}":{value}"#))
+            .collect();
+        parts.extend([
+            format!(r#""name":"{}-{n}-{version}""#, self.name),
+            format!(r#""qty":{}"#, version * 7 % 1000),
+            format!(r#""price":{}.25"#, n % 1000),
+            format!(r#""active":{}"#, version % 3 == 0),
+            format!(
+                r#""updated_at":{}"#,
+                1_700_000_000_000_000 + version * 1_000_001
+            ),
+        ]);
+        if with_note {
+            parts.push(format!(r#""note":"v{version}""#));
+        }
+        format!("{{{}}}", parts.join(","))
+    }
+
+    /// What the oracle expects the target row to read as.
+    fn row_text(&self, n: i64, version: i64, with_note: Option<bool>) -> String {
+        let mut text = format!(
+            "{}|{}-{n}-{version}|{}|{}.25|{}|{}",
+            self.key_text(n),
+            self.name,
+            version * 7 % 1000,
+            n % 1000,
+            version % 3 == 0,
+            1_700_000_000_000_000 + version * 1_000_001
+        );
+        if let Some(note) = with_note {
+            text += &if note {
+                format!("|v{version}")
+            } else {
+                "|-".into()
+            };
+        }
+        text
+    }
+
+    fn record_key(&self, n: i64) -> String {
+        let schema: Vec<String> = self
+            .key_fields()
+            .iter()
+            .map(|(name, ty)| format!(r#"{{"type":"{ty}","optional":false,"field":"{name}"}}"#))
+            .collect();
+        let payload: Vec<String> = self
+            .key_fields()
+            .iter()
+            .zip(self.key_values(n))
+            .map(|((name, _), value)| format!(r#""{name}":{value}"#))
+            .collect();
+        format!(
+            r#"{{"schema":{{"type":"struct","fields":[{}],"optional":false,"name":"dbserver1.inventory.{}.Key"}},"payload":{{{}}}}}"#,
+            schema.join(","),
+            self.name,
+            payload.join(",")
+        )
+    }
+}
+
+/// 50 source tables: 44 plain ones of four key kinds, two order shards routed into
+/// `orders`, two excluded audit tables, and two more plain ones; `t07` evolves.
+fn tables() -> Vec<Table> {
+    let kinds = [Key::Int, Key::BigInt, Key::Text, Key::Composite];
+    let mut tables: Vec<Table> = (0..46)
+        .map(|i| Table {
+            name: format!("t{i:02}"),
+            key: kinds[i % 4],
+            evolves: i == 7,
+            key_base: 0,
+        })
+        .collect();
+    for (shard, base) in [("orders_shard_1", 0), ("orders_shard_2", 1_000_000)] {
+        tables.push(Table {
+            name: shard.into(),
+            key: Key::BigInt,
+            evolves: false,
+            key_base: base,
+        });
+    }
+    for audit in ["audit_log", "audit_trail"] {
+        tables.push(Table {
+            name: audit.into(),
+            key: Key::Int,
+            evolves: false,
+            key_base: 0,
+        });
+    }
+    tables
+}
+
+/// One change event and its record key, per table, with the oracle's final rows by target
+/// table (key text -> row text).
+struct Capture {
+    /// By table index: (key, value) records in order.
+    records: Vec<Vec<(Option<String>, Option<String>)>>,
+    finals: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn target_of(table: &Table) -> Option<&str> {
+    match table.name.as_str() {
+        "audit_log" | "audit_trail" => None,
+        name if name.starts_with("orders_shard_") => Some("orders"),
+        name => Some(name),
+    }
+}
+
+fn capture(tables: &[Table], events: usize, keys: i64, seed: u64) -> Capture {
+    let mut rng = weir_runtime::bench::Rng::new(seed);
+    let mut records = vec![Vec::new(); tables.len()];
+    let mut finals: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // (table, key) -> (version, whether its row has a note)
+    let mut live: BTreeMap<(usize, i64), (i64, bool)> = BTreeMap::new();
+    let mut versions: BTreeMap<(usize, i64), i64> = BTreeMap::new();
+    for i in 0..events {
+        let t = rng.below(tables.len() as u64) as usize;
+        let table = &tables[t];
+        let n = rng.below(keys as u64) as i64;
+        let noted = table.evolves && i >= events / 2;
+        let version = {
+            let v = versions.entry((t, n)).or_insert(0);
+            *v += 1;
+            *v
+        };
+        let source = format!(
+            r#"{{"connector":"postgresql","db":"shop","schema":"inventory","table":"{}","lsn":{i}}}"#,
+            table.name
+        );
+        let envelope = |payload: String| {
+            format!(
+                r#"{{"schema":{{"type":"struct","fields":[{{"type":"struct","fields":{f},"optional":true,"field":"before"}},{{"type":"struct","fields":{f},"optional":true,"field":"after"}},{{"type":"string","optional":false,"field":"op"}}]}},"payload":{payload}}}"#,
+                f = table.schema_fields(noted)
+            )
+        };
+        let value = match live.get(&(t, n)).copied() {
+            Some((old, old_note)) if rng.below(8) == 0 => {
+                live.remove(&(t, n));
+                envelope(format!(
+                    r#"{{"op":"d","before":{},"after":null,"source":{source},"ts_ms":{i}}}"#,
+                    table.image(n, old, old_note && noted)
+                ))
+            }
+            old => {
+                live.insert((t, n), (version, noted));
+                envelope(format!(
+                    r#"{{"op":"{}","before":{},"after":{},"source":{source},"ts_ms":{i}}}"#,
+                    if old.is_some() { "u" } else { "c" },
+                    old.map_or("null".into(), |(v, note)| table.image(n, v, note && noted)),
+                    table.image(n, version, noted)
+                ))
+            }
+        };
+        records[t].push((Some(table.record_key(n)), Some(value)));
+    }
+    for ((t, n), (version, noted)) in live {
+        let table = &tables[t];
+        if let Some(target) = target_of(table) {
+            let note = table.evolves.then_some(noted);
+            finals
+                .entry(target.to_string())
+                .or_default()
+                .insert(table.key_text(n), table.row_text(n, version, note));
+        }
+    }
+    Capture { records, finals }
+}
+
+/// Every target table as `key text -> row text`, read the way the oracle writes it.
+fn target_rows(pg: &Postgres, table: &Table, target: &str) -> BTreeMap<String, String> {
+    let mut client = pg.client("target");
+    let keys: Vec<String> = table
+        .key_fields()
+        .iter()
+        .map(|(name, _)| format!("{name}::text"))
+        .collect();
+    let note = if table.evolves {
+        ", coalesce(note, '-')"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT concat_ws('|', {keys}), concat_ws('|', {keys}, name, qty::text, price::text, \
+         active::text, (extract(epoch FROM updated_at) * 1000000)::bigint::text{note}) \
+         FROM public.\"{target}\"",
+        keys = keys.join(", ")
+    );
+    client
+        .query(&sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn check_targets(pg: &Postgres, tables: &[Table], capture: &Capture) {
+    let mut client = pg.client("target");
+    let present: Vec<String> = client
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected: Vec<&str> = tables.iter().filter_map(target_of).collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(present, expected, "the target's tables");
+    let mut checked = BTreeMap::new();
+    for table in tables {
+        let Some(target) = target_of(table) else {
+            continue;
+        };
+        if checked.insert(target, ()).is_some() {
+            continue;
+        }
+        let want = capture.finals.get(target).cloned().unwrap_or_default();
+        let got = target_rows(pg, table, target);
+        let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+        let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+        let stale = want
+            .iter()
+            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+            .count();
+        assert_eq!(
+            (missing, extra, stale),
+            (0, 0, 0),
+            "table {target}: missing, extra, stale; e.g. want {:?} got {:?}",
+            want.iter().find(|(k, v)| got.get(*k) != Some(v)),
+            want.iter()
+                .find(|(k, v)| got.get(*k) != Some(v))
+                .and_then(|(k, _)| got.get(k))
+        );
+    }
+}
+
+const PIPELINE: &str = r#"name: inventory
+source:
+  type: kafka
+  brokers: ${KAFKA_BROKERS}
+  topic_pattern: '^dbserver1\.inventory\..+'
+  group_id: weir-inventory
+  start: earliest
+  format: debezium-json
+tables:
+  include: ['inventory.*']
+  exclude: ['inventory.audit_log', 'inventory.audit_trail']
+  route:
+    - source: 'inventory.orders_shard_*'
+      target: orders
+sink:
+  type: postgres
+  url: ${PG_URL}
+  schema: public
+  mode: upsert
+  create: true
+dead_letter:
+  type: file
+  path: dead-letters.jsonl
+"#;
+
+fn command(
+    broker: &Broker,
+    pg: &Postgres,
+    pipeline: &std::path::Path,
+    idle: &str,
+) -> std::process::Command {
+    let mut command = common::weir();
+    command
+        .env("KAFKA_BROKERS", broker.address())
+        .env("PG_URL", pg.url("target"))
+        .args(["run", "--json", "-q", "--stop-when-idle", idle])
+        .arg(pipeline)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Offsets the pipeline has stored in the target, over every stream.
+fn progress(pg: &Postgres, pipeline: &str) -> i64 {
+    postgres::Client::connect(&pg.url("target"), postgres::NoTls)
+        .ok()
+        .and_then(|mut c| {
+            c.query_one(
+                "SELECT coalesce(sum(greatest(next, 0)), 0)::bigint FROM weir.checkpoints \
+                 WHERE pipeline = $1",
+                &[&pipeline],
+            )
+            .ok()
+        })
+        .map_or(0, |row| row.get(0))
+}
+
+fn wait_for_progress(pg: &Postgres, beyond: i64, child: &mut Child) {
+    let started = Instant::now();
+    while progress(pg, "inventory") <= beyond {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("weir exited early ({status}): {stderr}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no progress beyond {beyond}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fifty_tables_from_topics_per_table_survive_sigkills_and_equal_the_oracle() {
+    let tables = tables();
+    let events = 200_000;
+    let capture = capture(&tables, events, 150, 0x5eed);
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    pg.create_database("target");
+    for (t, table) in tables.iter().enumerate() {
+        let topic = format!("dbserver1.inventory.{}", table.name);
+        broker.create_topic(&topic, if t % 5 == 0 { 2 } else { 1 });
+        broker.produce(&topic, &capture.records[t]);
+    }
+    let ws = Workspace::new();
+    let pipeline = ws.write("inventory.yaml", PIPELINE);
+    let mut rng = weir_runtime::bench::Rng::new(0x2545f4914f6cdd1d);
+    for _ in 0..5 {
+        let before = progress(&pg, "inventory");
+        let mut child = command(&broker, &pg, &pipeline, "60s").spawn().unwrap();
+        wait_for_progress(&pg, before, &mut child);
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let output = command(&broker, &pg, &pipeline, "5s").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    assert_eq!(
+        progress(&pg, "inventory"),
+        events as i64,
+        "every offset applied"
+    );
+    check_targets(&pg, &tables, &capture);
+    // `t07` gained its column mid-stream.
+    let mut client = pg.client("target");
+    let note: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 't07' AND column_name = 'note'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(note, 1);
+    // The keys came from the record keys: a composite key stays composite.
+    let key: Vec<String> = client
+        .query(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+             AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'public.t03'::regclass \
+             AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(key, ["tenant", "code"]);
+}
+
+#[test]
+fn the_same_tables_through_one_topic_equal_the_oracle() {
+    let tables = tables();
+    let capture = capture(&tables, 30_000, 60, 0xfeed);
+    let broker = Broker::start();
+    let pg = Postgres::start();
+    pg.create_database("target");
+    // Debezium's topic routing: every table in one topic, keyed by its record key (so a
+    // key's changes stay in one partition, in order).
+    let topic = "dbserver1.inventory.all";
+    broker.create_topic(topic, 3);
+    let mut interleaved = Vec::new();
+    let mut cursors = vec![0usize; tables.len()];
+    let mut rng = weir_runtime::bench::Rng::new(9);
+    let total: usize = capture.records.iter().map(Vec::len).sum();
+    while interleaved.len() < total {
+        let t = rng.below(tables.len() as u64) as usize;
+        if let Some(record) = capture.records[t].get(cursors[t]) {
+            interleaved.push(record.clone());
+            cursors[t] += 1;
+        }
+    }
+    broker.produce(topic, &interleaved);
+    let ws = Workspace::new();
+    let pipeline = ws.write(
+        "inventory.yaml",
+        &PIPELINE.replace(
+            r"'^dbserver1\.inventory\..+'",
+            "'^dbserver1\\.inventory\\.all$'",
+        ),
+    );
+    let output = command(&broker, &pg, &pipeline, "5s").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    assert_eq!(summary["events_read"], total as u64);
+    let skipped = capture.records[tables.len() - 2].len() + capture.records[tables.len() - 1].len();
+    let tables_json = &summary["tables"];
+    assert_eq!(
+        tables_json["inventory.audit_log"]["skipped"]
+            .as_u64()
+            .unwrap()
+            + tables_json["inventory.audit_trail"]["skipped"]
+                .as_u64()
+                .unwrap(),
+        skipped as u64
+    );
+    check_targets(&pg, &tables, &capture);
+}

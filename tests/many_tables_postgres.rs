@@ -523,3 +523,58 @@ fn the_same_tables_through_one_topic_equal_the_oracle() {
     );
     check_targets(&pg, &tables, &capture);
 }
+
+/// A row the target refuses in a many-table transaction is dead-lettered with its table,
+/// and every other row of every table is applied (the transaction is applied again with
+/// savepoints, which isolate the refused row).
+#[test]
+fn a_refused_row_is_dead_lettered_and_every_other_table_applied() {
+    let pg = Postgres::start();
+    pg.create_database("target");
+    pg.client("target")
+        .batch_execute("CREATE TABLE public.b (id int PRIMARY KEY, qty int CHECK (qty >= 0))")
+        .unwrap();
+    let ws = Workspace::new();
+    let event = |table: &str, id: i64, qty: i64| {
+        format!(
+            r#"{{"op":"c","before":null,"after":{{"id":{id},"qty":{qty}}},"source":{{"db":"shop","schema":"app","table":"{table}"}},"ts_ms":{id}}}"#
+        )
+    };
+    let mut lines = Vec::new();
+    for id in 0..50 {
+        lines.push(event("a", id, id));
+        lines.push(event("b", id, if id == 17 { -1 } else { id }));
+    }
+    ws.append_lines("events.jsonl", &lines);
+    let pipeline = ws.write(
+        "p.yaml",
+        &format!(
+            "name: refuse\nsource: {{ type: file, path: events.jsonl, format: debezium-json }}\n\
+             tables: {{ primary_key: [id] }}\n\
+             sink: {{ type: postgres, url: '{}', mode: upsert, create: true }}\n\
+             dead_letter: {{ type: file, path: dead-letters.jsonl }}\n",
+            pg.url("target")
+        ),
+    );
+    let summary = ws.run_ok(&pipeline);
+    assert_eq!(summary["dead_letters"], 1, "{summary}");
+    let letters = ws.dead_letters();
+    assert_eq!(letters[0]["table"], "app.b");
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("check constraint"),
+        "{}",
+        letters[0]
+    );
+    let mut client = pg.client("target");
+    let count = |client: &mut postgres::Client, table: &str| -> i64 {
+        client
+            .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(&mut client, "a"), 50);
+    assert_eq!(count(&mut client, "b"), 49);
+}

@@ -1,7 +1,8 @@
 //! Fault injection for weir's own tests. `WEIR_INJECT_PANIC=<stage>` makes that pipeline
 //! stage panic at its first batch (`fetch`, `read`, `transform`, `prepare`, `lane`,
 //! `apply`), so `tests/hostile.rs` can prove that a stage that dies fails the run loudly
-//! instead of reading as the end of the input. Unset, as in any real run, it costs one
+//! instead of reading as the end of the input; `parquet-roll` panics in a many-table
+//! Parquet roll between renaming the files and committing the manifest. Unset, as in any real run, it costs one
 //! load of a cached value per batch.
 
 use std::sync::OnceLock;

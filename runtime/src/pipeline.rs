@@ -65,6 +65,14 @@ impl Decoding {
         }
     }
 
+    /// Tables with rows in the batch being built.
+    fn tables(&self) -> usize {
+        match self {
+            Decoding::One(decoder) => usize::from(decoder.rows() > 0),
+            Decoding::Many(many) => many.tables_with_rows(),
+        }
+    }
+
     fn decode(
         &mut self,
         record: crate::decode::RawRecord<'_>,
@@ -310,6 +318,7 @@ pub fn run(
         let mut reader = Reader {
             limits,
             max_record_bytes: pipeline.config.batch.max_record_bytes,
+            max_tables: pipeline.config.batch.max_tables,
             stop_when_idle: options.stop_when_idle,
             decoding,
             fetched,
@@ -616,6 +625,8 @@ fn fetch(
 struct Reader {
     limits: PollLimits,
     max_record_bytes: usize,
+    /// Most tables one batch may touch (`batch.max_tables`).
+    max_tables: usize,
     stop_when_idle: Option<Duration>,
     decoding: Decoding,
     fetched: Receiver<Fetched>,
@@ -689,7 +700,8 @@ impl Reader {
                 self.decode(record, position)?;
                 self.checkpoint.advance(position);
                 if (self.decoding.rows() >= self.limits.max_records
-                    || self.decoding.bytes() >= self.limits.max_bytes)
+                    || self.decoding.bytes() >= self.limits.max_bytes
+                    || self.decoding.tables() >= self.max_tables)
                     && !self.send()?
                 {
                     return Ok(());

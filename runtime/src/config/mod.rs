@@ -190,6 +190,16 @@ pub struct BatchConfig {
     #[serde(default = "default_max_record_bytes")]
     #[schemars(range(min = 1))]
     pub max_record_bytes: usize,
+    /// Most tables one batch may touch (`tables:` pipelines). A batch is one transaction,
+    /// and a database holds a few locks per table touched (PostgreSQL's lock table has
+    /// room for `max_locks_per_transaction` × `max_connections` of them in all).
+    #[serde(default = "default_max_tables")]
+    #[schemars(range(min = 1))]
+    pub max_tables: usize,
+}
+
+fn default_max_tables() -> usize {
+    100
 }
 
 fn default_max_record_bytes() -> usize {
@@ -215,6 +225,7 @@ impl Default for BatchConfig {
             max_bytes: default_max_bytes(),
             max_wait: default_max_wait(),
             max_record_bytes: default_max_record_bytes(),
+            max_tables: default_max_tables(),
         }
     }
 }
@@ -495,10 +506,10 @@ fn many_table_checks(
             key_path(&["sink", "type"]),
             format!(
                 "the {} sink takes one table; a pipeline with `tables` needs a sink that takes \
-                 many (sqlite, postgres)",
+                 many (sqlite, postgres, parquet)",
                 config.sink.kind()
             ),
-            Some("use `table:` for one table, or a sqlite or postgres sink".into()),
+            Some("use `table:` for one table, or a sqlite, postgres or parquet sink".into()),
         );
     }
     if let Some(table) = config.sink.configured_table() {

@@ -34,6 +34,10 @@ pub struct TablesConfig {
     /// Kafka record key).
     #[serde(default)]
     pub primary_key: Vec<String>,
+    /// Column types, as `name: type`, for every table whose events carry no schema block
+    /// (an override's `columns` replace them for its table).
+    #[serde(default)]
+    pub columns: IndexMap<String, DeclaredType>,
     /// Match table and column names ignoring ASCII case.
     #[serde(default)]
     pub case_insensitive: bool,

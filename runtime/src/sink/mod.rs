@@ -1,10 +1,17 @@
-//! Sinks apply change batches. Adding a sink is one module here plus one variant in
-//! [`SinkConfig`] and one arm in [`build`].
+//! Sinks apply change batches.
+//!
+//! Adding a sink today takes a module (or folder) here, whose config type declares its
+//! [`Capabilities`], plus five match arms in this file: a variant of [`SinkConfig`], and
+//! its arm in [`build`], [`SinkConfig::capabilities`], [`SinkConfig::kind`] and
+//! [`SinkConfig::configured_table`]. The configuration checks and the pipeline ask the
+//! capabilities, never which sink it is.
 //!
 //! The contract: `apply` makes a batch durable or buffers it, and reports which checkpoint
-//! is durable now. A sink that can (SQLite, and PostgreSQL later) stores the checkpoint in
-//! the same transaction as the data, so `committed` after a crash says exactly where the data
+//! is durable now. A sink that can (SQLite, PostgreSQL) stores the checkpoint in the same
+//! transaction as the data, so `committed` after a crash says exactly where the data
 //! stops. The pipeline never moves a checkpoint past data the sink has not made durable.
+//! A sink that takes many tables (`tables:`) applies every table of a step, and the
+//! checkpoint, at once ([`Sink::apply_tables`]).
 
 pub mod applied;
 pub mod compact;
@@ -226,6 +233,9 @@ pub trait Sink: Send {
 pub fn build(pipeline: &LoadedPipeline, metrics: Arc<Metrics>) -> Result<Box<dyn Sink>, SinkError> {
     match &pipeline.config.sink {
         SinkConfig::Sqlite(config) => Ok(Box::new(sqlite::SqliteSink::open(pipeline, config)?)),
+        SinkConfig::Parquet(config) if pipeline.config.tables.is_some() => {
+            Ok(Box::new(parquet::ParquetTables::open(pipeline, config)?))
+        }
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
         SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
         SinkConfig::Postgres(config) => {

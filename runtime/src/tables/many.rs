@@ -12,7 +12,7 @@ use crate::envelope::ChangeBatch;
 use crate::metrics::{Metrics, TableCounts};
 use crate::position::{Checkpoint, Position};
 
-use super::{Routing, Selection, record_key_columns, source_table};
+use super::{Routing, Selection, record_key_columns, source_table_into};
 
 /// What the target already has of a table: its key and its column types.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +43,9 @@ pub struct ManyTables {
     config: TablesConfig,
     format: Format,
     targets: HashMap<String, TargetTable>,
-    slots: HashMap<String, Slot>,
+    /// Source tables seen, by name: their index in `entries`.
+    slots: HashMap<String, usize>,
+    entries: Vec<Entry>,
     tables: Vec<Table>,
     /// Target tables named after a source table (no `route` rule), and that table: a
     /// second source table of the same name is refused rather than merged by accident.
@@ -52,10 +54,26 @@ pub struct ManyTables {
     classifier: Decoder,
     rows: usize,
     bytes: usize,
+    /// Tables with rows since the last finish.
+    with_rows: usize,
     /// The source table of the event decoded last (for its dead letter).
-    current: Option<String>,
-    /// Counts since the last [`ManyTables::finish`], by source table.
-    counts: BTreeMap<String, TableCounts>,
+    current: Option<Current>,
+    /// Counts of tables that have no slot yet (no key found), since the last finish.
+    unplaced: BTreeMap<String, TableCounts>,
+    /// The buffer event tables are named in.
+    name: String,
+}
+
+/// A source table seen, what became of it, and its counts since the last finish.
+struct Entry {
+    name: String,
+    slot: Slot,
+    counts: TableCounts,
+}
+
+enum Current {
+    Entry(usize),
+    Unplaced(String),
 }
 
 impl ManyTables {
@@ -77,13 +95,16 @@ impl ManyTables {
             format,
             targets,
             slots: HashMap::new(),
+            entries: Vec::new(),
             tables: Vec::new(),
             claimed: HashMap::new(),
             classifier: Decoder::new(spec, format),
             rows: 0,
             bytes: 0,
+            with_rows: 0,
             current: None,
-            counts: BTreeMap::new(),
+            unplaced: BTreeMap::new(),
+            name: String::new(),
         })
     }
 
@@ -96,9 +117,17 @@ impl ManyTables {
         self.bytes
     }
 
+    /// Tables with rows since the last [`finish`](Self::finish).
+    pub fn tables_with_rows(&self) -> usize {
+        self.with_rows
+    }
+
     /// The source table of the event decoded last, if it named one.
     pub fn current_table(&self) -> Option<&str> {
-        self.current.as_deref()
+        match self.current.as_ref()? {
+            Current::Entry(entry) => Some(&self.entries[*entry].name),
+            Current::Unplaced(name) => Some(name),
+        }
     }
 
     /// Decodes one record into its table's batch. Events of tables the pipeline does not
@@ -110,35 +139,64 @@ impl ManyTables {
         position: &Position,
     ) -> Result<Outcome, DecodeError> {
         self.current = None;
-        let name = match record.value {
+        // The name is built in a buffer kept across events: no allocation per event.
+        let mut name = std::mem::take(&mut self.name);
+        let named = match record.value {
             Some(value) if !is_null(value) => match Fields::read(value, self.format) {
-                Some(fields) => source_table(
+                Some(fields) => source_table_into(
                     [
                         fields.db.as_deref(),
                         fields.schema.as_deref(),
                         fields.table.as_deref(),
                     ],
                     position,
+                    &mut name,
                 ),
-                None => None,
+                None => false,
             },
-            _ => source_table([None, None, None], position),
+            _ => source_table_into([None, None, None], position, &mut name),
         };
-        let Some(name) = name else {
-            return self.classify(record, position);
+        let result = match named {
+            true => self.decode_named(&name, record, position),
+            false => self.classify(record, position),
         };
-        if !self.slots.contains_key(&name) {
-            match self.first_sight(&name, record.key) {
-                Ok(slot) => self.slots.insert(name.clone(), slot),
-                Err(e) => {
-                    self.counts.entry(name.clone()).or_default().dead_letters += 1;
-                    self.current = Some(name);
-                    return Err(e);
+        self.name = name;
+        result
+    }
+
+    fn decode_named(
+        &mut self,
+        name: &str,
+        record: RawRecord<'_>,
+        position: &Position,
+    ) -> Result<Outcome, DecodeError> {
+        let entry = match self.slots.get(name) {
+            Some(&entry) => entry,
+            None => {
+                let slot = self.first_sight(name, record.key);
+                let entry = self.entries.len();
+                match slot {
+                    Ok(slot) => {
+                        self.entries.push(Entry {
+                            name: name.to_string(),
+                            slot,
+                            counts: TableCounts::default(),
+                        });
+                        self.slots.insert(name.to_string(), entry);
+                    }
+                    Err(e) => {
+                        // No slot: a later event (with a record key) may still place it.
+                        let counts = self.unplaced.entry(name.to_string()).or_default();
+                        counts.dead_letters += 1;
+                        self.current = Some(Current::Unplaced(name.to_string()));
+                        return Err(e);
+                    }
                 }
-            };
-        }
-        let slot = &self.slots[&name];
-        let counts = self.counts.entry(name.clone()).or_default();
+                entry
+            }
+        };
+        self.current = Some(Current::Entry(entry));
+        let Entry { slot, counts, .. } = &mut self.entries[entry];
         let index = match slot {
             Slot::Skipped => {
                 counts.skipped += 1;
@@ -146,19 +204,16 @@ impl ManyTables {
             }
             Slot::Refused(reason) => {
                 counts.dead_letters += 1;
-                let reason = reason.clone();
-                self.current = Some(name);
-                return Err(DecodeError::OtherTable(reason));
+                return Err(DecodeError::OtherTable(reason.clone()));
             }
             Slot::Decoded(index) => *index,
         };
         let table = &mut self.tables[index];
-        if counts.target.is_empty() {
-            counts.target.clone_from(&table.target);
-        }
+        let first_row = table.decoder.rows() == 0;
         let result = table.decoder.decode(record, position);
         match &result {
             Ok(Outcome::Row) => {
+                self.with_rows += usize::from(first_row);
                 counts.rows += 1;
                 self.rows += 1;
                 self.bytes += record.value.map_or(0, <[u8]>::len);
@@ -166,7 +221,6 @@ impl ManyTables {
             Err(_) => counts.dead_letters += 1,
             Ok(_) => {}
         }
-        self.current = Some(name);
         result
     }
 
@@ -180,6 +234,12 @@ impl ManyTables {
             }
             Selection::Target { name, routed } => (name, routed),
         };
+        if let Err(reason) = usable_target(&target) {
+            return Ok(Slot::Refused(format!(
+                "table `{name}` would go to target table `{target}`, which {reason}; add a \
+                 `tables.route` rule that names its target"
+            )));
+        }
         if !routed {
             match self.claimed.get(&target) {
                 Some(holder) if holder != name => {
@@ -226,17 +286,16 @@ impl ManyTables {
             name: name.to_string(),
             primary_key,
             declared: overrides
-                .map(|o| {
-                    o.columns
-                        .iter()
-                        .map(|(column, ty)| {
-                            let mut def = ty.0.clone();
-                            def.name = column.clone();
-                            def
-                        })
-                        .collect()
+                .map(|o| &o.columns)
+                .filter(|columns| !columns.is_empty())
+                .unwrap_or(&self.config.columns)
+                .iter()
+                .map(|(column, ty)| {
+                    let mut def = ty.0.clone();
+                    def.name = column.clone();
+                    def
                 })
-                .unwrap_or_default(),
+                .collect(),
             case_insensitive: overrides
                 .and_then(|o| o.case_insensitive)
                 .unwrap_or(self.config.case_insensitive),
@@ -286,11 +345,42 @@ impl ManyTables {
             .collect();
         self.rows = 0;
         self.bytes = 0;
-        if !self.counts.is_empty() {
-            metrics.add_table_counts(std::mem::take(&mut self.counts));
+        self.with_rows = 0;
+        let mut counts = std::mem::take(&mut self.unplaced);
+        for entry in &mut self.entries {
+            if entry.counts == TableCounts::default() {
+                continue;
+            }
+            let mut taken = std::mem::take(&mut entry.counts);
+            if let Slot::Decoded(index) = entry.slot {
+                taken.target.clone_from(&self.tables[index].target);
+            }
+            counts.insert(entry.name.clone(), taken);
+        }
+        if !counts.is_empty() {
+            metrics.add_table_counts(counts);
         }
         batches
     }
+}
+
+/// Whether a target table name can name a table, a folder or a file in every sink: a
+/// source table's name comes from the events, so it must not reach outside the sink's
+/// own place (`..`, a path separator) or be unprintable.
+fn usable_target(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("is not a name");
+    }
+    if name.len() > 255 {
+        return Err("is longer than 255 bytes");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err("holds a path separator or a control character");
+    }
+    Ok(())
 }
 
 fn is_null(value: &[u8]) -> bool {

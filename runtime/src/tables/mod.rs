@@ -115,21 +115,35 @@ impl Routing {
 /// `source` block (or `__db`, `__schema`, `__table`), else its Kafka topic. `None` when
 /// nothing names a table.
 pub fn source_table(path: [Option<&str>; 3], position: &Position) -> Option<String> {
+    let mut name = String::new();
+    source_table_into(path, position, &mut name).then_some(name)
+}
+
+/// [`source_table`], written into `out` (cleared first); false when nothing names a table.
+pub fn source_table_into(path: [Option<&str>; 3], position: &Position, out: &mut String) -> bool {
+    out.clear();
     let [db, schema, table] = path.map(|p| p.filter(|p| !p.is_empty()));
     if let Some(table) = table {
-        return Some(match schema.or(db) {
-            Some(space) => format!("{space}.{table}"),
-            None => table.to_string(),
-        });
+        if let Some(space) = schema.or(db) {
+            out.push_str(space);
+            out.push('.');
+        }
+        out.push_str(table);
+        return true;
     }
     let Position::Kafka { topic, .. } = position else {
-        return None;
+        return false;
     };
-    let parts: Vec<&str> = topic.rsplitn(3, '.').collect();
-    Some(match parts.as_slice() {
-        [table, schema, _prefix] => format!("{schema}.{table}"),
-        _ => topic.to_string(),
-    })
+    let mut parts = topic.rsplitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(table), Some(schema), Some(_prefix)) => {
+            out.push_str(schema);
+            out.push('.');
+            out.push_str(table);
+        }
+        _ => out.push_str(topic),
+    }
+    true
 }
 
 /// Per-table key sources that do not depend on the event: the override, the default, and
@@ -184,6 +198,7 @@ mod tests {
                 })
                 .collect(),
             primary_key: vec![],
+            columns: Default::default(),
             case_insensitive: false,
             unknown_columns: Default::default(),
             overrides: Default::default(),

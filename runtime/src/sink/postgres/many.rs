@@ -122,6 +122,28 @@ impl PostgresSink {
         checkpoint: &Checkpoint,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {
+        // First without savepoints; a refused row means the whole transaction again, with
+        // them, so the refused row is isolated and dead-lettered.
+        self.optimistic.set(true);
+        self.refused_optimistically.set(false);
+        let first = self.apply_many_once(batches, prepared, checkpoint, rejects);
+        self.optimistic.set(false);
+        match first {
+            Err(_) if self.refused_optimistically.get() => {
+                self.refused_optimistically.set(false);
+                self.apply_many_once(batches, prepared, checkpoint, rejects)
+            }
+            other => other,
+        }
+    }
+
+    fn apply_many_once(
+        &mut self,
+        batches: &[ChangeBatch],
+        prepared: Option<&Prepared>,
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
         let prepared = prepared.and_then(|p| p.downcast_ref::<PreparedTables>());
         let mut applied = Applied::default();
         let mut client = match self.client.take() {

@@ -21,6 +21,10 @@ use parquet::schema::types::ColumnPath;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod tables;
+
+pub use tables::ParquetTables;
+
 use super::{Applied, Rejects, Sink, SinkError, sync_dir};
 use crate::config::{HumanDuration, LoadedPipeline};
 use crate::decode::types::{ColumnType, from_arrow};
@@ -56,6 +60,7 @@ impl ParquetSinkConfig {
     pub fn capabilities(&self) -> super::Capabilities {
         super::Capabilities {
             stores_checkpoint: true,
+            many_tables: true,
             ..Default::default()
         }
     }

@@ -1,0 +1,82 @@
+//! The checkpoint rows in `weir.checkpoints`, locked and stored in each batch's
+//! transaction.
+
+use super::*;
+
+impl PostgresSink {
+    /// Locks and reads this pipeline's checkpoint rows for the streams of `checkpoint`.
+    pub(super) fn lock_checkpoint(
+        &self,
+        tx: &mut Transaction<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<Checkpoint, SinkError> {
+        let streams: Vec<String> = checkpoint.streams.keys().cloned().collect();
+        tx.execute(
+            "INSERT INTO weir.checkpoints (pipeline, stream, next, line)
+             SELECT $1, s, -1, 0 FROM unnest($2::text[]) s
+             ON CONFLICT DO NOTHING",
+            &[&self.pipeline, &streams],
+        )
+        .map_err(|e| self.pg_error("cannot lock the checkpoint", &e))?;
+        let rows = tx
+            .query(
+                "SELECT stream, next, line FROM weir.checkpoints
+                 WHERE pipeline = $1 AND stream = ANY($2) ORDER BY stream FOR UPDATE",
+                &[&self.pipeline, &streams],
+            )
+            .map_err(|e| self.pg_error("cannot lock the checkpoint", &e))?;
+        let mut stored = Checkpoint::default();
+        for row in rows {
+            let next: i64 = row.get(1);
+            if next >= 0 {
+                stored.streams.insert(
+                    row.get(0),
+                    ResumePoint {
+                        next,
+                        line: row.get::<_, i64>(2) as u64,
+                    },
+                );
+            }
+        }
+        Ok(stored)
+    }
+
+    pub(super) fn store_checkpoint(
+        &self,
+        tx: &mut Transaction<'_>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
+        for (stream, resume) in &checkpoint.streams {
+            tx.execute(
+                "INSERT INTO weir.checkpoints (pipeline, stream, next, line, updated_at)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (pipeline, stream) DO UPDATE SET
+                     next = GREATEST(weir.checkpoints.next, excluded.next),
+                     line = CASE WHEN excluded.next > weir.checkpoints.next
+                                 THEN excluded.line ELSE weir.checkpoints.line END,
+                     updated_at = now()",
+                &[&self.pipeline, stream, &resume.next, &(resume.line as i64)],
+            )
+            .map_err(|e| self.pg_error("cannot store the checkpoint", &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint from `(stream, next, line)` rows.
+pub(in crate::sink) fn checkpoint_of(rows: &[postgres::Row]) -> Checkpoint {
+    Checkpoint {
+        streams: rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    ResumePoint {
+                        next: r.get(1),
+                        line: r.get::<_, i64>(2) as u64,
+                    },
+                )
+            })
+            .collect(),
+    }
+}

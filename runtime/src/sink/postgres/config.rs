@@ -1,0 +1,60 @@
+//! The `postgres` sink's configuration and what it can do.
+
+use super::*;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection URL, `postgres://user:password@host:port/database`. Take the password
+    /// from the environment: `postgres://weir:${PG_PASSWORD}@db:5432/app`, or the whole URL
+    /// with `${PG_URL}`.
+    pub url: Secret,
+    /// Target table, `schema.table` or `table` (in `schema`). Defaults to `table.name`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The schema of an unqualified `table`, and of every target table of a many-table
+    /// pipeline (`tables:`). Default `public`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// `upsert` applies changes by primary key; `append` writes every change to a
+    /// change-log table.
+    #[serde(default)]
+    pub mode: PostgresMode,
+    /// Create the table if it does not exist, add columns new events bring, and widen
+    /// integer, float and numeric columns when the stream widens them (weir then owns the
+    /// table's DDL).
+    #[serde(default)]
+    pub create: bool,
+}
+
+impl PostgresSinkConfig {
+    pub fn capabilities(&self) -> crate::sink::Capabilities {
+        let upsert = self.mode == PostgresMode::Upsert;
+        crate::sink::Capabilities {
+            reads_target_rows: upsert,
+            lanes: upsert,
+            stores_checkpoint: true,
+            many_tables: true,
+            applies_by_key: upsert,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresMode {
+    #[default]
+    Upsert,
+    Append,
+}
+
+/// The envelope columns an `append` table holds before the row's own columns.
+pub(super) const APPEND_COLUMNS: [(&str, &str); 7] = [
+    ("_weir_op", "text NOT NULL"),
+    ("_weir_event_time", "timestamptz"),
+    ("_weir_source_time", "timestamptz"),
+    ("_weir_source_position", "text"),
+    ("_weir_txid", "text"),
+    ("_weir_stream", "text NOT NULL"),
+    ("_weir_offset", "bigint NOT NULL"),
+];

@@ -1,0 +1,414 @@
+//! The PostgreSQL sink.
+//!
+//! Each batch is one transaction:
+//! 1. lock this pipeline's checkpoint rows in `weir.checkpoints` (a placeholder row is
+//!    inserted first, so the lock always has a row; two processes that both believe they
+//!    own a partition during a rebalance are serialised here);
+//! 2. skip the rows the table already holds (at or before the stored checkpoint);
+//! 3. compact to one action per key; COPY the rows into a temporary staging table; apply
+//!    with `DELETE … USING` and `INSERT … ON CONFLICT (key) DO UPDATE` (`upsert` mode), or
+//!    COPY every change into a change-log table (`append` mode);
+//! 4. store the new checkpoint (never moving it backwards) and commit.
+//!
+//! A row the table refuses (a value out of range, a NOT NULL or CHECK violation) is found
+//! by bisecting under a savepoint and goes to the dead-letter output before the commit;
+//! the rest of the batch applies. A lost connection is retryable: the transaction rolls
+//! back, nothing is half-applied, and the pipeline retries the batch on a new connection.
+//! Identifiers are always quoted; values travel only as COPY data or parameters.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+};
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Transaction};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+mod bisect;
+mod checkpoint;
+mod config;
+mod conflict;
+mod copy;
+mod many;
+mod merge;
+mod resolved;
+mod table;
+mod types;
+
+use super::compact::compact;
+use super::versioned::Versioning;
+use super::{Applied, Prepared, Preparer, Rejects, Sink, SinkError, unapplied};
+use crate::config::LoadedPipeline;
+use crate::decode::types::{ColumnType, SEMANTIC_KEY, Unit};
+use crate::encode;
+use crate::envelope::{self, ChangeBatch, Op};
+use crate::plugin::resolver::ResolverPlugin;
+use crate::position::{Checkpoint, ResumePoint};
+use crate::redact::Secret;
+
+pub(in crate::sink) use checkpoint::checkpoint_of;
+pub use config::{PostgresMode, PostgresSinkConfig};
+pub use types::{from_pg_declaration, pg_type, quote};
+
+use config::APPEND_COLUMNS;
+use copy::*;
+use merge::*;
+use types::widens;
+
+/// Whether an error may go away by itself (connection trouble, a deadlock, a restart).
+fn retryable(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // I/O and protocol errors: the connection is gone
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}
+
+/// Whether an error is about the data of some row (so bisecting finds the culprit).
+fn data_error(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+pub(super) fn describe_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(": {detail}"));
+            }
+            if let Some(column) = db.column() {
+                text.push_str(&format!(" [column {column}]"));
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
+
+pub struct PostgresSink {
+    url: Secret,
+    client: Option<Client>,
+    schema: String,
+    table: String,
+    pipeline: String,
+    mode: PostgresMode,
+    create: bool,
+    /// Target columns and their declared types, as last read.
+    columns: BTreeMap<String, String>,
+    /// Primary key columns of the target (upsert mode), as last read.
+    target_key: Vec<String>,
+    /// The row fields of the last batch whose columns were checked against the table.
+    checked: Option<arrow::datatypes::Fields>,
+    /// The staging tables this connection holds (their column list), created once per
+    /// session with `ON COMMIT DELETE ROWS`: creating them per batch costs catalog writes.
+    staged: RefCell<Option<String>>,
+    /// Staging tables created in the current transaction, recorded in `staged` once it
+    /// commits (a rollback takes them away again).
+    staging_created: RefCell<Option<String>>,
+    /// Whether the staging tables may hold rows from an earlier merge of this transaction.
+    staging_dirty: Cell<bool>,
+    /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
+    versioning: Option<Arc<Versioning>>,
+    /// Whether this connection has made sure of the tombstone table and trigger.
+    conflict_ready: bool,
+    /// When tombstones past the horizon were last removed.
+    tombstones_collected: Cell<Option<std::time::Instant>>,
+    /// The `conflict: { strategy: wasm }` resolver, called with the current rows.
+    resolver: Option<ResolverPlugin>,
+    /// How long identities of decided changes are kept in `weir.applied`.
+    applied_horizon: std::time::Duration,
+    /// When identities past the horizon were last removed.
+    applied_pruned: Cell<Option<std::time::Instant>>,
+    /// Which staging tables this table uses: 0 is `weir_rows`/`weir_keys`; a many-table
+    /// pipeline gives each target table its own (`weir_rows_<n>`).
+    stage: usize,
+    /// What it knows of the other target tables of a many-table pipeline.
+    parked: std::collections::HashMap<String, many::Parked>,
+    /// Writes without savepoints, for a first attempt at a many-table transaction.
+    optimistic: Cell<bool>,
+    /// Set when an optimistic write was refused: the transaction is applied again with
+    /// savepoints, which isolate the refused row.
+    refused_optimistically: Cell<bool>,
+}
+
+impl PostgresSink {
+    pub fn open(pipeline: &LoadedPipeline, config: &PostgresSinkConfig) -> Result<Self, SinkError> {
+        Self::open_as(pipeline, config, &pipeline.config.name)
+    }
+
+    /// Opens the sink storing its checkpoint under `checkpoint_name` (a lane's name).
+    pub fn open_as(
+        pipeline: &LoadedPipeline,
+        config: &PostgresSinkConfig,
+        checkpoint_name: &str,
+    ) -> Result<Self, SinkError> {
+        let qualified = config
+            .table
+            .clone()
+            .unwrap_or_else(|| pipeline.table().map(|t| t.name.clone()).unwrap_or_default());
+        let (schema, table) = match qualified.split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => (
+                config.schema.clone().unwrap_or_else(|| "public".into()),
+                qualified,
+            ),
+        };
+        let mut sink = PostgresSink {
+            url: config.url.clone(),
+            client: None,
+            schema,
+            table,
+            pipeline: checkpoint_name.to_string(),
+            mode: config.mode,
+            create: config.create,
+            columns: BTreeMap::new(),
+            target_key: Vec::new(),
+            checked: None,
+            staged: RefCell::new(None),
+            staging_created: RefCell::new(None),
+            staging_dirty: Cell::new(false),
+            versioning: pipeline
+                .config
+                .conflict
+                .as_ref()
+                .and_then(Versioning::from_config)
+                .map(Arc::new),
+            conflict_ready: false,
+            tombstones_collected: Cell::new(None),
+            resolver: None,
+            applied_horizon: Default::default(),
+            applied_pruned: Cell::new(None),
+            stage: 0,
+            parked: Default::default(),
+            optimistic: Cell::new(false),
+            refused_optimistically: Cell::new(false),
+        };
+        // Connect now, so a wrong URL or password fails the start, clearly.
+        sink.client()?;
+        if let Some(crate::conflict::ConflictConfig::Wasm(config)) = &pipeline.config.conflict {
+            let client = sink.client.as_mut().expect("connected above");
+            if let Err(e) = Self::prepare_applied(client) {
+                return Err(sink.pg_error("cannot prepare weir.applied", &e));
+            }
+            sink.resolver =
+                Some(ResolverPlugin::load(config.spec(pipeline)).map_err(|e| sink.error(e))?);
+            sink.applied_horizon = config.applied_horizon.0;
+        }
+        if let Some(versioning) = sink.versioning.clone()
+            && sink.mode == PostgresMode::Upsert
+        {
+            let mut client = sink.client.take().expect("connected above");
+            let key = &pipeline.table_spec().primary_key;
+            let prepared = sink.prepare_conflict_tables(&mut client, None, key, &versioning);
+            sink.client = Some(client);
+            prepared?;
+        }
+        Ok(sink)
+    }
+
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError::new(self.describe(), message)
+    }
+
+    fn pg_error(&self, context: &str, e: &postgres::Error) -> SinkError {
+        SinkError {
+            retryable: retryable(e),
+            ..SinkError::new(self.describe(), format!("{context}: {}", describe_error(e)))
+        }
+    }
+
+    /// The staging tables of the current target table: rows, and keys to delete.
+    fn staging_names(&self) -> (String, String) {
+        match self.stage {
+            0 => ("weir_rows".into(), "weir_keys".into()),
+            n => (format!("weir_rows_{n}"), format!("weir_keys_{n}")),
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.table))
+    }
+
+    /// The connection, made (again) if there is none.
+    fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let mut client = Client::connect(self.url.expose(), NoTls).map_err(|e| SinkError {
+                retryable: retryable(&e) || e.as_db_error().is_none(),
+                ..self.error(format!("cannot connect: {}", describe_error(&e)))
+            })?;
+            client
+                .batch_execute(
+                    "CREATE SCHEMA IF NOT EXISTS weir;
+                     CREATE TABLE IF NOT EXISTS weir.checkpoints (
+                         pipeline text NOT NULL,
+                         stream text NOT NULL,
+                         next bigint NOT NULL,
+                         line bigint NOT NULL,
+                         updated_at timestamptz NOT NULL DEFAULT now(),
+                         PRIMARY KEY (pipeline, stream)
+                     );",
+                )
+                .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
+            self.client = Some(client);
+            self.columns.clear();
+            self.checked = None;
+            self.staged.replace(None);
+            self.conflict_ready = false;
+            // A new session has none of the other tables' staging tables either.
+            many::forget_session(&mut self.parked);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+impl Sink for PostgresSink {
+    fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        let pipeline = self.pipeline.clone();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT stream, next, line FROM weir.checkpoints WHERE pipeline = $1 AND next >= 0",
+                &[&pipeline],
+            )
+            .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
+        let checkpoint = checkpoint_of(&rows);
+        Ok((!checkpoint.streams.is_empty()).then_some(checkpoint))
+    }
+
+    fn apply(
+        &mut self,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        self.apply_prepared(batch, None, rejects)
+    }
+
+    fn preparer(&self) -> Option<Preparer> {
+        // Under a conflict strategy the rows to apply are known only inside the
+        // transaction, so there is nothing to prepare ahead.
+        let plain = self.versioning.is_none() && self.resolver.is_none();
+        (self.mode == PostgresMode::Upsert && plain).then(|| -> Preparer {
+            Arc::new(|batch: &ChangeBatch| {
+                // A batch that cannot be prepared is prepared again, and fails with its
+                // error, when it is applied.
+                let segments = prepare_upsert(batch, None).ok()?;
+                Some(Box::new(PreparedUpsert { segments }) as Prepared)
+            })
+        })
+    }
+
+    fn apply_prepared(
+        &mut self,
+        batch: &ChangeBatch,
+        prepared: Option<&Prepared>,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let prepared = prepared.and_then(|p| p.downcast_ref::<PreparedUpsert>());
+        let mut applied = Applied::default();
+        let mut client = match self.client.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                self.client()?;
+                self.client.take().expect("connected")
+            }
+        };
+        self.staging_dirty.set(false);
+        self.staging_created.replace(None);
+        let result = (|| {
+            if let Some(versioning) = self.versioning.clone()
+                && batch.num_rows() > 0
+                && self.mode == PostgresMode::Upsert
+            {
+                let key = &batch.table.primary_key;
+                self.prepare_conflict_tables(&mut client, Some(batch), key, &versioning)?;
+            }
+            let mut tx = client
+                .transaction()
+                .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+            self.apply_in(&mut tx, batch, prepared, rejects, &mut applied)?;
+            tx.commit().map_err(|e| self.pg_error("commit failed", &e))
+        })();
+        if result.is_ok()
+            && let Some(created) = self.staging_created.take()
+        {
+            self.staged.replace(Some(created));
+        }
+        if result.is_err() {
+            // The rollback took back any table or column the batch created: read the
+            // target again before the retry.
+            self.checked = None;
+        }
+        if !client.is_closed() {
+            self.client = Some(client);
+        }
+        result?;
+        applied.durable = Some(batch.checkpoint.clone());
+        Ok(applied)
+    }
+
+    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        self.committed()
+    }
+
+    fn apply_tables(
+        &mut self,
+        batches: &[ChangeBatch],
+        prepared: Option<&Prepared>,
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        self.apply_many(batches, prepared, checkpoint, rejects)
+    }
+
+    fn target_tables(
+        &mut self,
+    ) -> Result<std::collections::HashMap<String, crate::tables::TargetTable>, SinkError> {
+        self.existing_tables()
+    }
+
+    fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
+        let (schema, table) = (self.schema.clone(), self.table.clone());
+        let rows = self
+            .client()?
+            .query(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&schema, &table],
+            )
+            .map_err(|e| SinkError::new("postgres sink", describe_error(&e)))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let name: String = r.get(0);
+                if name.starts_with("_weir_") {
+                    return None;
+                }
+                from_pg_declaration(&r.get::<_, String>(1)).map(|t| (name, t))
+            })
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres sink {}", self.target())
+    }
+}

@@ -947,15 +947,19 @@ fn a_batch_touches_at_most_max_tables_tables() {
     let run = |name: &str, max_tables: usize| {
         let pipeline = w.write(
             &format!("{name}.yaml"),
-            &(SHOP.replace("name: shop", &format!("name: {name}"))
+            &(SHOP
+                .replace("name: shop", &format!("name: {name}"))
                 .replace("target.db", &format!("{name}.db"))
                 + &format!("batch: {{ max_tables: {max_tables} }}\n")),
         );
         w.run_ok(&pipeline)
     };
     let whole = run("whole", 100);
+    // Exactly as many tables as the limit: nothing to cut.
+    let six = run("six", 6);
     let cut = run("cut", 2);
     assert_eq!(whole["batches"], 1, "{whole}");
+    assert_eq!(six["batches"], 1, "{six}");
     // Six tables interleaved: every third change at the latest starts a new batch.
     assert!(cut["batches"].as_u64().unwrap() >= 200, "{cut}");
     for source in &sources {

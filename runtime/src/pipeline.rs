@@ -65,11 +65,11 @@ impl Decoding {
         }
     }
 
-    /// Tables with rows in the batch being built.
-    fn tables(&self) -> usize {
+    /// Whether the last record was left for the next batch (`batch.max_tables`).
+    fn take_deferred(&mut self) -> bool {
         match self {
-            Decoding::One(decoder) => usize::from(decoder.rows() > 0),
-            Decoding::Many(many) => many.tables_with_rows(),
+            Decoding::One(_) => false,
+            Decoding::Many(many) => many.take_deferred(),
         }
     }
 
@@ -271,8 +271,14 @@ pub fn run(
             let targets = sink.target_tables()?;
             let keys_required = pipeline.config.sink.capabilities().applies_by_key;
             Decoding::Many(Box::new(
-                ManyTables::new(tables, pipeline.format(), targets, keys_required)
-                    .map_err(PipelineError::Setup)?,
+                ManyTables::new(
+                    tables,
+                    pipeline.format(),
+                    targets,
+                    keys_required,
+                    pipeline.config.batch.max_tables,
+                )
+                .map_err(PipelineError::Setup)?,
             ))
         }
     };
@@ -318,7 +324,6 @@ pub fn run(
         let mut reader = Reader {
             limits,
             max_record_bytes: pipeline.config.batch.max_record_bytes,
-            max_tables: pipeline.config.batch.max_tables,
             stop_when_idle: options.stop_when_idle,
             decoding,
             fetched,
@@ -625,8 +630,6 @@ fn fetch(
 struct Reader {
     limits: PollLimits,
     max_record_bytes: usize,
-    /// Most tables one batch may touch (`batch.max_tables`).
-    max_tables: usize,
     stop_when_idle: Option<Duration>,
     decoding: Decoding,
     fetched: Receiver<Fetched>,
@@ -700,8 +703,7 @@ impl Reader {
                 self.decode(record, position)?;
                 self.checkpoint.advance(position);
                 if (self.decoding.rows() >= self.limits.max_records
-                    || self.decoding.bytes() >= self.limits.max_bytes
-                    || self.decoding.tables() >= self.max_tables)
+                    || self.decoding.bytes() >= self.limits.max_bytes)
                     && !self.send()?
                 {
                     return Ok(());
@@ -750,7 +752,14 @@ impl Reader {
             );
             return self.dead_letter(Stage::Decode, record, position, &error);
         }
-        match self.decoding.decode(record, position) {
+        let mut decoded = self.decoding.decode(record, position);
+        if self.decoding.take_deferred() {
+            // The record's table would be one too many for this batch (one transaction):
+            // apply the batch, then decode the record into the next.
+            self.send()?;
+            decoded = self.decoding.decode(record, position);
+        }
+        match decoded {
             Ok(Outcome::Row) => Metrics::add(&self.metrics.rows_decoded, 1),
             Ok(Outcome::Tombstone) => Metrics::add(&self.metrics.tombstones, 1),
             Ok(Outcome::SchemaChange(info)) => {

@@ -56,6 +56,11 @@ pub struct ManyTables {
     bytes: usize,
     /// Tables with rows since the last finish.
     with_rows: usize,
+    /// Most tables with rows in one batch (`batch.max_tables`).
+    max_tables: usize,
+    /// Set when a record was not decoded because its table would be one too many for the
+    /// batch: the caller applies the batch, then decodes the record again.
+    deferred: bool,
     /// The source table of the event decoded last (for its dead letter).
     current: Option<Current>,
     /// Counts of tables that have no slot yet (no key found), since the last finish.
@@ -79,12 +84,14 @@ enum Current {
 impl ManyTables {
     /// `targets` holds the target's existing tables (their key is the last place a table's
     /// key is looked for, and their types hold new columns to them).
-    /// `keys_required` is false for sinks that apply no key (a change log).
+    /// `keys_required` is false for sinks that apply no key (a change log); `max_tables`
+    /// is `batch.max_tables`.
     pub fn new(
         config: &TablesConfig,
         format: Format,
         targets: HashMap<String, TargetTable>,
         keys_required: bool,
+        max_tables: usize,
     ) -> Result<ManyTables, String> {
         let mut spec = TableSpec::new("", &[]);
         spec.unknown_columns = UnknownColumns::Ignore;
@@ -102,6 +109,8 @@ impl ManyTables {
             rows: 0,
             bytes: 0,
             with_rows: 0,
+            max_tables: max_tables.max(1),
+            deferred: false,
             current: None,
             unplaced: BTreeMap::new(),
             name: String::new(),
@@ -117,9 +126,11 @@ impl ManyTables {
         self.bytes
     }
 
-    /// Tables with rows since the last [`finish`](Self::finish).
-    pub fn tables_with_rows(&self) -> usize {
-        self.with_rows
+    /// Whether the last record was left undecoded because the batch already holds
+    /// `max_tables` tables and it is another's (cleared by the call): apply the batch,
+    /// then decode the record again.
+    pub fn take_deferred(&mut self) -> bool {
+        std::mem::take(&mut self.deferred)
     }
 
     /// The source table of the event decoded last, if it named one.
@@ -210,6 +221,10 @@ impl ManyTables {
         };
         let table = &mut self.tables[index];
         let first_row = table.decoder.rows() == 0;
+        if first_row && self.with_rows >= self.max_tables {
+            self.deferred = true;
+            return Ok(Outcome::Ignored("deferred to the next batch"));
+        }
         let result = table.decoder.decode(record, position);
         match &result {
             Ok(Outcome::Row) => {

@@ -209,13 +209,15 @@ fn reconcile(args: &ReconcileArgs) -> ExitCode {
             _ => config::reconcile::Mode::Full,
         };
     }
-    // Checksum mode reports its key ranges as they finish.
+    // Checksum mode reports its key ranges as they finish; many tables, the tables.
+    let many = loaded.config.tables.is_some();
     let bar = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "checksums {bar:40} {pos}/{len} key ranges {elapsed}",
-            )
+            indicatif::ProgressStyle::with_template(match many {
+                true => "tables {bar:40} {pos}/{len} compared {elapsed}",
+                false => "checksums {bar:40} {pos}/{len} key ranges {elapsed}",
+            })
             .expect("a valid template"),
         );
         bar
@@ -237,6 +239,13 @@ fn reconcile(args: &ReconcileArgs) -> ExitCode {
         progress,
         now: None,
     };
+    if many {
+        let outcome = weir_reconcile::database::reconcile_tables(&loaded, &options);
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        return reconcile_tables(args, &loaded, outcome, options);
+    }
     // With a repair script on standard output, the report goes to standard error.
     let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {
         if let Some(path) = html {
@@ -301,6 +310,90 @@ fn reconcile(args: &ReconcileArgs) -> ExitCode {
         }
         _ => match show(&outcome.report, false) {
             Ok(()) => code(outcome.report.equal),
+            Err(e) => fail(e),
+        },
+    }
+}
+
+/// `weir reconcile` on a many-table pipeline: exit 1 if any table differs, else 2 if any
+/// could not be compared, else 0.
+fn reconcile_tables(
+    args: &ReconcileArgs,
+    loaded: &config::LoadedPipeline,
+    outcome: Result<weir_reconcile::database::TablesOutcome, weir_reconcile::ReconcileError>,
+    options: weir_reconcile::Options,
+) -> ExitCode {
+    use weir_reconcile::database::{TablesReport, apply_repairs, reconcile_tables};
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(RECONCILE_ERROR)
+    };
+    let show = |report: &TablesReport, to_stderr: bool| {
+        if let Some(path) = &args.html {
+            std::fs::write(path, report.html())
+                .map_err(|e| format!("cannot write the HTML report {}: {e}", path.display()))?;
+        }
+        let text = match args.json {
+            true => serde_json::to_string_pretty(report).expect("the report serialises") + "\n",
+            false => report.text(),
+        };
+        match to_stderr {
+            true => eprint!("{text}"),
+            false => print!("{text}"),
+        }
+        Ok::<_, String>(())
+    };
+    let code = |report: &TablesReport| match (report.differing, report.errors) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::from(RECONCILE_ERROR),
+        _ => ExitCode::from(RECONCILE_DIFFERENT),
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => return fail(e.to_string()),
+    };
+    match args.repair.as_deref() {
+        Some("sql") => {
+            if let Err(e) = show(&outcome.report, true) {
+                return fail(e);
+            }
+            for repair in &outcome.repairs {
+                if repair.script.statements() > 0 {
+                    println!("-- table {}", repair.table);
+                    print!("{}", repair.script.sql);
+                }
+            }
+            code(&outcome.report)
+        }
+        Some("apply") => {
+            if let Err(e) = show(&outcome.report, false) {
+                return fail(e);
+            }
+            let applied = match apply_repairs(&outcome) {
+                Ok(applied) => applied,
+                Err(e) => return fail(e.to_string()),
+            };
+            if applied.tables == 0 {
+                return code(&outcome.report);
+            }
+            println!(
+                "\nrepaired {} tables: {} inserted, {} deleted, {} updated; reconciling again\n",
+                applied.tables, applied.inserts, applied.deletes, applied.updates
+            );
+            let options = weir_reconcile::Options {
+                repair: false,
+                ..options
+            };
+            match reconcile_tables(loaded, &options) {
+                Ok(again) => match show(&again.report, false) {
+                    Ok(()) => code(&again.report),
+                    Err(e) => fail(e),
+                },
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        _ => match show(&outcome.report, false) {
+            Ok(()) => code(&outcome.report),
             Err(e) => fail(e),
         },
     }

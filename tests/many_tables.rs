@@ -500,6 +500,110 @@ fn a_run_killed_at_random_points_ends_equal_to_the_oracle() {
     }
 }
 
+/// `weir reconcile` on a many-table pipeline into SQLite: the change log split by table
+/// against the target's tables, in the pipeline's routing; one table made to differ is
+/// named alone, and `--repair apply` brings it back.
+#[test]
+fn reconcile_compares_every_routed_table_and_repairs_the_one_that_differs() {
+    let w = Workspace::new();
+    let sources = [
+        Source::mysql("inventory", "customers", 0),
+        Source::mysql("inventory", "orders_shard_1", 0),
+        Source::mysql("inventory", "orders_shard_2", 100_000),
+        Source::mysql("inventory", "audit_log", 0),
+    ];
+    let capture = capture(&sources, 3000, 150, 23);
+    w.append_lines("events.jsonl", &capture.lines);
+    let pipeline = w.write(
+        "inventory.yaml",
+        "\
+name: inventory
+source: { type: file, path: events.jsonl, format: debezium-json }
+tables:
+  include: ['inventory.*']
+  exclude: ['inventory.audit_log']
+  route:
+    - source: 'inventory.orders_shard_*'
+      target: orders
+  primary_key: [id]
+sink: { type: sqlite, path: target.db, create: true }
+reconcile:
+  source: { type: debezium }
+  target: { type: sqlite, path: target.db }
+",
+    );
+    w.run_ok(&pipeline);
+    let reconcile = |args: &[&str]| {
+        let out = common::weir()
+            .arg("reconcile")
+            .args(args)
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = reconcile(&[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("EQUAL: every table"), "{text}");
+    let (_, json, _) = reconcile(&["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tables: Vec<(&str, u64)> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap(),
+                t["target_rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let orders = capture.finals["inventory.orders_shard_1"].len()
+        + capture.finals["inventory.orders_shard_2"].len();
+    assert_eq!(
+        tables,
+        [
+            (
+                "customers",
+                capture.finals["inventory.customers"].len() as u64
+            ),
+            ("orders", orders as u64)
+        ]
+    );
+    assert_eq!(
+        report["skipped"],
+        serde_json::json!(["inventory.audit_log"])
+    );
+
+    let db = rusqlite::Connection::open(w.path("target.db")).unwrap();
+    let gone: i64 = db
+        .query_row(
+            "DELETE FROM customers WHERE id = (SELECT max(id) FROM customers) RETURNING id",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    let html = w.path("report.html");
+    let (code, text, err) = reconcile(&["--html", html.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(
+        text.contains("DIFFERENT: 1 of 2 tables differ: customers"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("id={gone}")), "{text}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("id=\"table-customers\""), "{page}");
+
+    let (code, text, err) = reconcile(&["--repair", "apply"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains("repaired 1 tables: 1 inserted"), "{text}");
+}
+
 #[test]
 fn the_pipeline_file_is_checked_for_many_tables() {
     let w = Workspace::new();
@@ -523,6 +627,17 @@ fn the_pipeline_file_is_checked_for_many_tables() {
         !parquet.0 && parquet.1.contains("the jsonl sink takes one table"),
         "{}",
         parquet.1
+    );
+    let one_table = check(&format!(
+        "{SHOP}reconcile:\n  source: {{ type: debezium }}\n  \
+         target: {{ type: sqlite, path: target.db, table: orders }}\n  key: [id]\n"
+    ));
+    assert!(
+        !one_table.0
+            && one_table.1.contains("compares every table it routes")
+            && one_table.1.contains("`key` is for a one-table pipeline"),
+        "{}",
+        one_table.1
     );
     let named = check(&SHOP.replace("create: true", "create: true, table: t"));
     assert!(!named.0 && named.1.contains("`sink.table`"), "{}", named.1);
@@ -737,6 +852,17 @@ fn the_many_tables_example_pipeline_runs() {
     );
     assert_eq!(summary["tables"]["inventory.audit_log"]["skipped"], 2);
     assert!(w.dead_letters().is_empty());
+    let reconcile = common::weir()
+        .arg("reconcile")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&reconcile.stdout);
+    assert!(reconcile.status.success(), "{text}");
+    assert!(
+        text.contains("EQUAL: every table of the target holds its source's rows (3 tables)"),
+        "{text}"
+    );
 }
 
 /// A transform sees one table per call, knows its name, and runs only on the tables its

@@ -470,6 +470,173 @@ fn fifty_tables_from_topics_per_table_survive_sigkills_and_equal_the_oracle() {
     assert_eq!(key, ["tenant", "code"]);
 }
 
+/// `weir reconcile` on the 50-table pipeline: the change log split by table against the
+/// target schema, then three tables made to differ and repaired, then checksum mode
+/// against a copy of the tables (each table in the mode its key allows).
+fn reconcile_every_table(
+    broker: &Broker,
+    pg: &Postgres,
+    ws: &Workspace,
+    pipeline: &std::path::Path,
+) {
+    let base = std::fs::read_to_string(pipeline).unwrap();
+    let pipeline = ws.write(
+        "inventory-reconcile.yaml",
+        &format!(
+            "{base}reconcile:\n  source:\n    type: debezium\n  target:\n    type: postgres\n    \
+             url: ${{PG_URL}}\n    schema: public\n"
+        ),
+    );
+    let reconcile = |args: &[&str], path: &std::path::Path| {
+        let output = common::weir()
+            .env("KAFKA_BROKERS", broker.address())
+            .env("PG_URL", pg.url("target"))
+            .arg("reconcile")
+            .args(args)
+            .arg(path)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .or_else(|_| {
+                // `--repair apply` prints the first report, a line, then the second.
+                let text = String::from_utf8_lossy(&output.stdout);
+                let last = text.rfind("\n{\n").map_or(0, |i| i + 1);
+                serde_json::from_str(&text[last..])
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {}\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
+        (output.status.code(), report)
+    };
+    let (code, report) = reconcile(&["--json"], &pipeline);
+    assert_eq!(code, Some(0), "{report:#}");
+    let lines = report["tables"].as_array().unwrap();
+    assert_eq!(lines.len(), 47, "46 tables and `orders`");
+    assert!(lines.iter().all(|l| l["status"] == "equal"), "{report:#}");
+    let orders = lines.iter().find(|l| l["table"] == "orders").unwrap();
+    assert_eq!(
+        orders["sources"],
+        serde_json::json!(["inventory.orders_shard_1", "inventory.orders_shard_2"])
+    );
+    assert_eq!(
+        report["skipped"],
+        serde_json::json!(["inventory.audit_log", "inventory.audit_trail"])
+    );
+
+    // Three tables differ: a row deleted, a value changed, a row added.
+    let mut client = pg.client("target");
+    let deleted: i64 = client
+        .query_one(
+            "DELETE FROM t01 WHERE id = (SELECT min(id) FROM t01) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let changed: String = client
+        .query_one(
+            "UPDATE t02 SET qty = qty + 1 WHERE code = (SELECT min(code) FROM t02) RETURNING code",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO orders (id, name) VALUES (999999999999, 'intruder')",
+            &[],
+        )
+        .unwrap();
+    let (code, report) = reconcile(&["--json"], &pipeline);
+    assert_eq!(code, Some(1), "{report:#}");
+    let differing: Vec<&str> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["status"] != "equal")
+        .map(|l| l["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(differing, ["orders", "t01", "t02"]);
+    let detail = |table: &str| {
+        report["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["table"] == table)
+            .map(|d| d["report"].clone())
+            .unwrap_or_else(|| panic!("no detail of {table}: {report:#}"))
+    };
+    let t01 = detail("t01");
+    assert_eq!(t01["missing"]["count"], 1);
+    assert_eq!(t01["missing"]["rows"][0][0], deleted.to_string());
+    let t02 = detail("t02");
+    assert_eq!(t02["mismatched"]["count"], 1);
+    assert_eq!(t02["mismatched"]["rows"][0]["key"][0], changed);
+    assert_eq!(t02["mismatched"]["rows"][0]["columns"][0]["column"], "qty");
+    let orders = detail("orders");
+    assert_eq!(orders["extra"]["count"], 1);
+    assert_eq!(orders["extra"]["rows"][0][0], "999999999999");
+    assert_eq!(
+        (
+            t01["extra"]["count"].as_u64(),
+            orders["missing"]["count"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+
+    let (code, report) = reconcile(&["--json", "--repair", "apply"], &pipeline);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["equal"], true);
+
+    // Checksum mode, table by table, against a copy of the tables in schema `inventory`
+    // (so the copy's tables are named as the stream named them, and routed the same).
+    client.batch_execute("CREATE SCHEMA inventory").unwrap();
+    for line in lines {
+        let table = line["table"].as_str().unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE inventory.{table} (LIKE public.{table} INCLUDING ALL);
+                 INSERT INTO inventory.{table} SELECT * FROM public.{table};"
+            ))
+            .unwrap();
+    }
+    client
+        .batch_execute("UPDATE inventory.t00 SET name = 'changed' WHERE id = (SELECT max(id) FROM inventory.t00)")
+        .unwrap();
+    let checksum = ws.write(
+        "inventory-checksum.yaml",
+        &format!(
+            "{base}reconcile:\n  mode: checksum\n  source:\n    type: postgres\n    \
+             url: ${{PG_URL}}\n    schema: inventory\n  target:\n    type: postgres\n    \
+             url: ${{PG_URL}}\n    schema: public\n"
+        ),
+    );
+    let (code, report) = reconcile(&["--json"], &checksum);
+    assert_eq!(code, Some(1), "{report:#}");
+    let lines = report["tables"].as_array().unwrap();
+    assert_eq!(lines.len(), 47);
+    let mode = |table: &str| {
+        lines.iter().find(|l| l["table"] == table).unwrap()["mode"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Integer keys are cut into checksum ranges; text and composite keys are compared in full.
+    assert_eq!(
+        [mode("t00"), mode("t01"), mode("t02"), mode("t03")],
+        ["checksum", "checksum", "full", "full"]
+    );
+    let differing: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["status"] != "equal")
+        .map(|l| l["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(differing, ["t00"], "{report:#}");
+    assert_eq!(report["differences"][0]["report"]["mismatched"]["count"], 1);
+}
+
 #[test]
 fn the_same_tables_through_one_topic_equal_the_oracle() {
     let tables = tables();
@@ -522,6 +689,7 @@ fn the_same_tables_through_one_topic_equal_the_oracle() {
         skipped as u64
     );
     check_targets(&pg, &tables, &capture);
+    reconcile_every_table(&broker, &pg, &ws, &pipeline);
 }
 
 /// A row the target refuses in a many-table transaction is dead-lettered with its table,

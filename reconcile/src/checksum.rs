@@ -301,8 +301,11 @@ pub fn narrow(
             let from = lo + first * width;
             let to = lo + (first + per_range).min(buckets) * width;
             let sql = format!(
-                "SELECT ((t.{key} - $1) / $2)::bigint, count(*), coalesce(bit_xor({}), 0)
-                 FROM {} t WHERE t.{key} >= $3 AND t.{key} < $4 {} GROUP BY 1",
+                // Parameters are bigint whatever the key's integer type (cross-type
+                // comparisons still use the key's index).
+                "SELECT ((t.{key} - $1::bigint) / $2::bigint)::bigint, count(*),
+                        coalesce(bit_xor({}), 0)
+                 FROM {} t WHERE t.{key} >= $3::bigint AND t.{key} < $4::bigint {} GROUP BY 1",
                 side.hash,
                 side.table(),
                 side.filter,
@@ -391,8 +394,9 @@ pub fn narrow(
                 "SELECT b, count(*), coalesce(bit_xor(h), 0)
                  FROM unnest($3::bigint[]) AS r(start)
                  CROSS JOIN LATERAL (
-                     SELECT ((t.{key} - $1) / $2)::bigint AS b, {} AS h FROM {} t
-                     WHERE t.{key} >= r.start AND t.{key} < r.start + $4 {}
+                     SELECT ((t.{key} - $1::bigint) / $2::bigint)::bigint AS b, {} AS h
+                     FROM {} t
+                     WHERE t.{key} >= r.start AND t.{key} < r.start + $4::bigint {}
                  ) x
                  GROUP BY 1",
                 side.hash,

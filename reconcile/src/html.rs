@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::report::{Cell, Report};
 
 /// `text` with HTML's special characters escaped.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -77,27 +77,45 @@ fn chart(bars: &[(String, u64)]) -> String {
     svg
 }
 
+/// The page's head and style, up to the opening `<body>`.
+pub(crate) fn head(out: &mut String, title: &str) {
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{}</title><style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
+         table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
+         td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;white-space:pre-wrap}}\
+         th{{background:#f3f3f3}} .null{{color:#999;font-style:italic}}\
+         .empty{{color:#a60}} .verdict{{font-size:1.4em;font-weight:bold}}\
+         .equal{{color:#070}} .different{{color:#b00}} .error{{color:#b60}} .bar{{fill:#c44}} .zero{{fill:#ccc}}\
+         svg text{{font-size:13px}}</style></head><body>",
+        escape(title)
+    );
+}
+
 impl Report {
     /// The report as one HTML page.
     pub fn html(&self) -> String {
         let mut out = String::new();
         let verdict = if self.equal { "EQUAL" } else { "DIFFERENT" };
+        head(
+            &mut out,
+            &format!("weir reconcile {}: {verdict}", self.pipeline),
+        );
         let _ = write!(
             out,
-            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <title>weir reconcile {name}: {verdict}</title><style>\
-             body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
-             table{{border-collapse:collapse;margin:.5em 0 1.5em}}\
-             td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;white-space:pre-wrap}}\
-             th{{background:#f3f3f3}} .null{{color:#999;font-style:italic}}\
-             .empty{{color:#a60}} .verdict{{font-size:1.4em;font-weight:bold}}\
-             .equal{{color:#070}} .different{{color:#b00}} .bar{{fill:#c44}} .zero{{fill:#ccc}}\
-             svg text{{font-size:13px}}</style></head><body>\
-             <h1>weir reconcile {name}</h1>\
-             <p class=\"verdict {class}\">{verdict}</p>",
+            "<h1>weir reconcile {name}</h1><p class=\"verdict {class}\">{verdict}</p>",
             name = escape(&self.pipeline),
             class = verdict.to_ascii_lowercase(),
         );
+        self.body(&mut out);
+        out.push_str("</body></html>\n");
+        out
+    }
+
+    /// The page's content after its verdict: the summary, the chart, the rows.
+    pub(crate) fn body(&self, out: &mut String) {
         out.push_str("<table>");
         for (label, value) in [
             (
@@ -154,7 +172,7 @@ impl Report {
                 rows.rows.len(),
                 rows.count
             );
-            table(&mut out, &rows.columns, &rows.rows);
+            table(out, &rows.columns, &rows.rows);
         }
         if !self.mismatched.rows.is_empty() {
             let _ = write!(
@@ -177,7 +195,7 @@ impl Report {
                     })
                 })
                 .collect();
-            table(&mut out, &columns, &rows);
+            table(out, &columns, &rows);
         }
         for query in &self.queries {
             let _ = write!(
@@ -186,10 +204,8 @@ impl Report {
                 escape(&query.name),
                 escape(&query.sql)
             );
-            table(&mut out, &query.columns, &query.rows);
+            table(out, &query.columns, &query.rows);
         }
-        out.push_str("</body></html>\n");
-        out
     }
 }
 

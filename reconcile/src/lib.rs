@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod compare;
+pub mod database;
 pub mod html;
 pub mod repair;
 pub mod report;
@@ -70,8 +71,19 @@ impl Default for Options {
     }
 }
 
-/// Compares the pipeline's `reconcile.source` with its `reconcile.target`.
+/// Compares the pipeline's `reconcile.source` with its `reconcile.target`: one table (a
+/// many-table pipeline is compared by [`database::reconcile_tables`]).
 pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome, ReconcileError> {
+    reconcile_with(pipeline, options, tables::Logs::default())
+}
+
+/// [`reconcile`], with change-log sides already read (a many-table log is read once and
+/// split by table).
+pub(crate) fn reconcile_with(
+    pipeline: &LoadedPipeline,
+    options: &Options,
+    logs: tables::Logs<'_>,
+) -> Result<Outcome, ReconcileError> {
     let started = Instant::now();
     let config = pipeline.config.reconcile.as_ref().ok_or_else(|| {
         ReconcileError::new(format!(
@@ -101,6 +113,7 @@ pub fn reconcile(pipeline: &LoadedPipeline, options: &Options) -> Result<Outcome
         runtime: &runtime,
         pipeline,
         log_end: waited.as_ref().map(|w| &w.positions),
+        logs,
     };
     let key = config
         .key_columns(&pipeline.table_spec().primary_key)

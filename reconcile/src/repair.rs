@@ -31,7 +31,12 @@ pub enum Dialect {
 /// The dialect and quoted table name of a target that can be repaired.
 pub fn target_table(target: &SnapshotConfig) -> Result<(Dialect, String), ReconcileError> {
     match target {
-        SnapshotConfig::Sqlite(config) => Ok((Dialect::Sqlite, ident(&config.table))),
+        SnapshotConfig::Sqlite(config) => match &config.table {
+            Some(table) => Ok((Dialect::Sqlite, ident(table))),
+            None => Err(ReconcileError::new(
+                "repair needs the target's table (`reconcile.target.table`)",
+            )),
+        },
         SnapshotConfig::Postgres(config) => match &config.table {
             Some(table) => Ok((Dialect::Postgres, crate::tables::postgres_table(table))),
             None => Err(ReconcileError::new(

@@ -181,17 +181,23 @@ impl Source {
 }
 
 /// The topics a Kafka source reads: `topics`, or those matching `topic_pattern` now.
-fn topics(config: &KafkaSourceConfig, kafka: &Offsets) -> Result<Vec<String>, String> {
+pub(crate) fn topics(config: &KafkaSourceConfig, kafka: &Offsets) -> Result<Vec<String>, String> {
     match &config.topic_pattern {
         None => Ok(config.topics.clone()),
-        Some(pattern) => {
-            let anchored = match pattern.starts_with('^') {
-                true => pattern.clone(),
-                false => format!("^{pattern}"),
-            };
-            let regex = regex::Regex::new(&anchored)
-                .map_err(|e| format!("topic_pattern `{pattern}`: {e}"))?;
-            kafka.topics(|name| regex.is_match(name))
-        }
+        Some(pattern) => matching(pattern, kafka),
     }
+}
+
+/// The topics whose names match `pattern` now, as a `topic_pattern` subscription reads
+/// it (anchored at the start).
+pub(crate) fn matching(pattern: &str, kafka: &Offsets) -> Result<Vec<String>, String> {
+    let anchored = match pattern.starts_with('^') {
+        true => pattern.to_string(),
+        false => format!("^{pattern}"),
+    };
+    let regex =
+        regex::Regex::new(&anchored).map_err(|e| format!("topic_pattern `{pattern}`: {e}"))?;
+    let mut topics = kafka.topics(|name| regex.is_match(name))?;
+    topics.sort();
+    Ok(topics)
 }

@@ -184,16 +184,32 @@ fn read_file(
     config: &DebeziumSnapshot,
     path: &std::path::Path,
 ) -> Result<(Vec<ChangeBatch>, LogStats), String> {
+    let mut log = LogReader::new(pipeline, config)?;
+    each_line(pipeline, path, |record, position| match record {
+        Some(record) => log.push(record, position),
+        None => {
+            log.stats.undecodable += 1;
+            Ok(())
+        }
+    })?;
+    log.finish()
+}
+
+/// Passes each event of a change-log file to `each`, with its position; `None` for a
+/// line longer than the pipeline's `batch.max_record_bytes`, which is read past without
+/// being held (the file comes from outside weir). Blank lines are skipped.
+pub(crate) fn each_line(
+    pipeline: &LoadedPipeline,
+    path: &std::path::Path,
+    mut each: impl FnMut(Option<RawRecord<'_>>, &Position) -> Result<(), String>,
+) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| {
         format!(
             "cannot open it ({e}); check the path (relative paths are taken from the \
              pipeline file's directory)"
         )
     })?;
-    let mut log = LogReader::new(pipeline, config)?;
     let stream: Arc<str> = format!("file:{}", path.display()).into();
-    // A line longer than the pipeline's `batch.max_record_bytes` is counted and skipped
-    // without being held: the file comes from outside weir.
     let limit = pipeline.config.batch.max_record_bytes;
     let mut reader = std::io::BufReader::new(file);
     let mut line = Vec::new();
@@ -211,8 +227,8 @@ fn read_file(
         };
         offset = next;
         if !line.ends_with(b"\n") && line.len() > limit {
-            log.stats.undecodable += 1;
             tracing::debug!(%position, "skipped a record longer than batch.max_record_bytes");
+            each(None, &position)?;
             continue;
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -223,9 +239,9 @@ fn read_file(
             value: Some(text),
             ..RawRecord::default()
         };
-        log.push(record, &position)?;
+        each(Some(record), &position)?;
     }
-    log.finish()
+    Ok(())
 }
 
 /// Reads one line into `line` (with its newline), keeping at most `limit + 1` bytes of
@@ -264,13 +280,26 @@ fn read_line(
 }
 
 /// The changes of a Kafka topic, from its start up to the end it has now (or `log_end`).
-/// Brokers and settings default to the pipeline's Kafka source's.
 fn read_topic(
     pipeline: &LoadedPipeline,
     config: &DebeziumSnapshot,
     topic: &str,
     log_end: Option<&BTreeMap<String, i64>>,
 ) -> Result<(Vec<ChangeBatch>, LogStats), String> {
+    let kafka = connect(pipeline, config)?;
+    let mut log = LogReader::new(pipeline, config)?;
+    kafka.read_to_end(topic, log_end, |record, position| {
+        log.push(record, position)
+    })?;
+    log.finish()
+}
+
+/// A client for the snapshot's topics. Brokers and settings default to the pipeline's
+/// Kafka source's.
+pub(crate) fn connect(
+    pipeline: &LoadedPipeline,
+    config: &DebeziumSnapshot,
+) -> Result<Offsets, String> {
     let pipeline_source = match &pipeline.config.source {
         SourceConfig::Kafka(source) => Some(source),
         _ => None,
@@ -286,18 +315,15 @@ fn read_topic(
         _ => Default::default(),
     };
     let group = format!("weir-reconcile-{}", pipeline.config.name);
-    let kafka = Offsets::connect(brokers, &options, &group)?;
-    let mut log = LogReader::new(pipeline, config)?;
-    kafka.read_to_end(topic, log_end, |record, position| {
-        log.push(record, position)
-    })?;
-    log.finish()
+    Offsets::connect(brokers, &options, &group)
 }
 
 /// The rows the log leaves: the `after` image of each key's last change, with the
 /// columns of the last batch (earlier batches may lack columns added later, or hold
 /// them in a narrower type).
-fn final_rows(batches: &[ChangeBatch]) -> Result<(Arc<Schema>, Vec<RecordBatch>), String> {
+pub(crate) fn final_rows(
+    batches: &[ChangeBatch],
+) -> Result<(Arc<Schema>, Vec<RecordBatch>), String> {
     let text = |columns: &[ArrayRef], row: usize| -> Option<Vec<String>> {
         columns
             .iter()

@@ -1,7 +1,7 @@
 //! The snapshots `weir reconcile` compares, registered as DataFusion tables. Adding a kind
 //! of snapshot is one module here plus one arm in [`Reader::register`].
 
-mod debezium;
+pub(crate) mod debezium;
 mod parquet;
 pub mod parquet_check;
 pub mod postgres;
@@ -28,6 +28,15 @@ pub struct Reader<'a> {
     /// the positions the comparison waited for the pipeline to apply, so that both sides
     /// end at the same changes. Other partitions are read to their current end.
     pub log_end: Option<&'a BTreeMap<String, i64>>,
+    /// Change logs already read and split by table (a many-table comparison).
+    pub logs: Logs<'a>,
+}
+
+/// The change-log tables a side reads instead of its snapshot settings.
+#[derive(Clone, Copy, Default)]
+pub struct Logs<'a> {
+    pub source: Option<&'a crate::database::log::LogTable>,
+    pub target: Option<&'a crate::database::log::LogTable>,
 }
 
 impl Reader<'_> {
@@ -41,6 +50,18 @@ impl Reader<'_> {
         snapshot: &SnapshotConfig,
     ) -> Result<String, ReconcileError> {
         let pipeline = self.pipeline;
+        let log = match name {
+            "source" => self.logs.source,
+            _ => self.logs.target,
+        };
+        if let Some(log) = log {
+            log.register(ctx, name)?;
+            return Ok(format!(
+                "change log of {} ({} changes)",
+                log.sources.iter().cloned().collect::<Vec<_>>().join(", "),
+                log.changes
+            ));
+        }
         match snapshot {
             SnapshotConfig::Parquet(config) => self
                 .runtime

@@ -25,7 +25,8 @@ pub fn register(
     pipeline: &LoadedPipeline,
 ) -> Result<String, ReconcileError> {
     let path = pipeline.resolve(&config.path);
-    let description = format!("sqlite {} table {}", path.display(), config.table);
+    let table_name = config.table.as_deref().unwrap_or_default();
+    let description = format!("sqlite {} table {table_name}", path.display());
     let fail = |e: String| ReconcileError::new(format!("{name}: {description}: {e}"));
     if !path.exists() {
         return Err(fail(format!(
@@ -39,7 +40,7 @@ pub fn register(
     // may not call functions that are not harmless.
     conn.pragma_update(None, "trusted_schema", false)
         .map_err(|e| fail(e.to_string()))?;
-    let batches = read(&conn, &config.table).map_err(fail)?;
+    let batches = read(&conn, table_name).map_err(fail)?;
     let schema = batches.0;
     let table = MemTable::try_new(schema, vec![batches.1]).map_err(|e| fail(e.to_string()))?;
     ctx.register_table(name, Arc::new(table))

@@ -522,17 +522,12 @@ fn many_table_checks(
             Some("remove it, and use `tables.route` to name targets".into()),
         );
     }
-    for (section, given) in [
-        ("conflict", config.conflict.is_some()),
-        ("reconcile", config.reconcile.is_some()),
-    ] {
-        if given {
-            report(
-                key_path(&[section]),
-                format!("`{section}` does not work with `tables` yet, only with `table`"),
-                None,
-            );
-        }
+    if config.conflict.is_some() {
+        report(
+            key_path(&["conflict"]),
+            "`conflict` does not work with `tables` yet, only with `table`".into(),
+            None,
+        );
     }
 }
 

@@ -53,6 +53,14 @@ pub struct ReconcileConfig {
     /// position: by default the end each of its streams has when `weir reconcile` starts.
     #[serde(default)]
     pub wait: Option<WaitConfig>,
+    /// A many-table pipeline (`tables`): how many tables are compared at once.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -159,6 +167,11 @@ pub struct DebeziumSnapshot {
     /// `weir reconcile` starts. Give this or `path`.
     #[serde(default)]
     pub topic: Option<String>,
+    /// A many-table pipeline: every topic whose name matches this regular expression,
+    /// split by table. Without `path`, `topic` and `topic_pattern`, a many-table
+    /// pipeline reads its own source's file or topics.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
     /// Bootstrap servers of `topic`. Default: the pipeline's Kafka source's `brokers`
     /// (and its `options`, unless `options` is given here).
     #[serde(default)]
@@ -179,8 +192,13 @@ pub struct DebeziumSnapshot {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSnapshot {
-    /// A file or a directory; relative to the pipeline file.
+    /// A file or a directory; relative to the pipeline file. A many-table pipeline: a
+    /// folder with a folder per table.
     pub path: PathBuf,
+    /// A many-table pipeline's source side: the schema (or database) its tables had in the
+    /// change stream, as for SQLite.
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -188,7 +206,14 @@ pub struct ParquetSnapshot {
 pub struct SqliteSnapshot {
     /// The database file; relative to the pipeline file.
     pub path: PathBuf,
-    pub table: String,
+    /// The table. A many-table pipeline compares every table and names none.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A many-table pipeline's source side: the schema (or database) its tables had in the
+    /// change stream, so that `<schema>.<table>` names them for `tables.include` and
+    /// `tables.route`. Default: the tables' bare names.
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -202,6 +227,107 @@ pub struct PostgresSnapshot {
     /// A query whose rows are the snapshot (instead of `table`).
     #[serde(default)]
     pub query: Option<String>,
+    /// A many-table pipeline: the schema whose tables are compared (default `public`).
+    /// On the source side its tables are named `<schema>.<table>` for `tables.include`
+    /// and `tables.route`.
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+fn at(parts: &[&str]) -> Vec<PathSegment> {
+    parts
+        .iter()
+        .map(|p| PathSegment::Key(p.to_string()))
+        .collect()
+}
+
+/// The checks of a many-table pipeline's section: each side is a whole database (a
+/// schema, a file, a folder, a change log), and what names one table's columns cannot
+/// be said once for all of them.
+fn many_table_checks(
+    config: &ReconcileConfig,
+    pipeline: &super::PipelineConfig,
+) -> Vec<(Vec<PathSegment>, String, Option<String>)> {
+    let mut problems = Vec::new();
+    for (side, snapshot) in [("source", &config.source), ("target", &config.target)] {
+        let one_table = match snapshot {
+            SnapshotConfig::Postgres(pg) => pg.table.is_some() || pg.query.is_some(),
+            SnapshotConfig::Sqlite(sqlite) => sqlite.table.is_some(),
+            SnapshotConfig::Parquet(_) => false,
+            SnapshotConfig::Debezium(log) => log.topic.is_some(),
+        };
+        if one_table {
+            problems.push((
+                at(&["reconcile", side]),
+                "a many-table pipeline compares every table it routes: this side names one \
+                 (`table`, `query` or `topic`)"
+                    .into(),
+                Some(
+                    "give the database instead: `schema:` for postgres, the file for sqlite, \
+                     the folder for parquet, `path` or `topic_pattern` for a change log"
+                        .into(),
+                ),
+            ));
+        }
+        if side == "target"
+            && matches!(
+                snapshot,
+                SnapshotConfig::Sqlite(SqliteSnapshot {
+                    schema: Some(_),
+                    ..
+                }) | SnapshotConfig::Parquet(ParquetSnapshot {
+                    schema: Some(_),
+                    ..
+                })
+            )
+        {
+            problems.push((
+                at(&["reconcile", side, "schema"]),
+                "`schema` names the source side's tables as the change stream did; a target \
+                 table is named by the routing"
+                    .into(),
+                None,
+            ));
+        }
+        if let SnapshotConfig::Debezium(log) = snapshot
+            && log.path.is_some()
+            && log.topic_pattern.is_some()
+        {
+            problems.push((
+                at(&["reconcile", side]),
+                "give `path` (a file) or `topic_pattern` (Kafka topics), not both".into(),
+                None,
+            ));
+        }
+    }
+    let unsupported = [
+        (
+            "key",
+            !config.key.is_empty(),
+            "each table's key comes from the `tables` rules (declare one in `tables.overrides.<table>.primary_key`)",
+        ),
+        (
+            "queries",
+            !config.queries.is_empty(),
+            "queries name the tables `source` and `target`, which a many-table comparison has one of per table",
+        ),
+        (
+            "cut",
+            config.cut.is_some(),
+            "a cut column is one table's; it does not work with `tables` yet",
+        ),
+    ];
+    for (name, given, why) in unsupported {
+        if given {
+            problems.push((
+                at(&["reconcile", name]),
+                format!("`{name}` is for a one-table pipeline: {why}"),
+                None,
+            ));
+        }
+    }
+    let _ = pipeline;
+    problems
 }
 
 /// Problems the types cannot express: `(path, message, hint)`.
@@ -209,19 +335,40 @@ pub fn checks(
     config: &ReconcileConfig,
     pipeline: &super::PipelineConfig,
 ) -> Vec<(Vec<PathSegment>, String, Option<String>)> {
+    if pipeline.tables.is_some() {
+        return many_table_checks(config, pipeline);
+    }
     let Some(table) = &pipeline.table else {
         return Vec::new();
     };
     let primary_key = &table.primary_key;
     let kafka_source = matches!(pipeline.source, SourceConfig::Kafka(_));
-    let at = |parts: &[&str]| -> Vec<PathSegment> {
-        parts
-            .iter()
-            .map(|p| PathSegment::Key(p.to_string()))
-            .collect()
-    };
     let mut problems = Vec::new();
     for (side, snapshot) in [("source", &config.source), ("target", &config.target)] {
+        let schema = match snapshot {
+            SnapshotConfig::Postgres(pg) => pg.schema.is_some(),
+            SnapshotConfig::Sqlite(sqlite) => sqlite.schema.is_some(),
+            SnapshotConfig::Parquet(parquet) => parquet.schema.is_some(),
+            SnapshotConfig::Debezium(log) => log.topic_pattern.is_some(),
+        };
+        if schema {
+            problems.push((
+                at(&["reconcile", side]),
+                "`schema` and `topic_pattern` are for a many-table pipeline (`tables`); this \
+                 one compares its one table"
+                    .into(),
+                Some("name the table (`table: public.orders`) or the topic".into()),
+            ));
+        }
+        if let SnapshotConfig::Sqlite(sqlite) = snapshot
+            && sqlite.table.is_none()
+        {
+            problems.push((
+                at(&["reconcile", side, "table"]),
+                "a sqlite snapshot needs the `table` to compare".into(),
+                Some("e.g. `table: orders`".into()),
+            ));
+        }
         if let SnapshotConfig::Postgres(pg) = snapshot
             && pg.table.is_some() == pg.query.is_some()
         {

@@ -16,6 +16,16 @@
 //!
 //!    Rounds are interleaved; the table shows medians and the ratios weir/floor and
 //!    reladiff/weir. Both tools must report the same rows, or the bench fails.
+//! 3. **Checksum mode over many tables** (`--only tables`). `--tables` (100) pairs of
+//!    PostgreSQL tables of `--table-rows` (100k) rows in schemas `src` and `dst`, three
+//!    pairs about 100 rows apart, compared by:
+//!    - the floor: PostgreSQL hashing every table once, both schemas at once (one
+//!      connection each);
+//!    - `weir reconcile --mode checksum` on a many-table pipeline (`tables`, a
+//!      `postgres` schema on each side);
+//!    - `reladiff -a hashdiff` run table by table, as one would without weir.
+//!
+//!    Both must name the same three tables and rows.
 //! 2. **Full mode over Parquet.** Two snapshots of `--parquet-rows` rows (5 columns, about
 //!    100 rows apart) compared by `weir reconcile` in full mode: time and rows per second.
 //!
@@ -43,8 +53,10 @@ struct Args {
     rows: i64,
     parquet_rows: i64,
     repeat: usize,
-    /// `postgres`, `parquet`, or both (default).
+    /// `postgres`, `parquet`, `tables`, or the first two (default).
     only: Option<String>,
+    tables: i64,
+    table_rows: i64,
 }
 
 fn args() -> Args {
@@ -53,6 +65,8 @@ fn args() -> Args {
         parquet_rows: 10_000_000,
         repeat: 3,
         only: None,
+        tables: 100,
+        table_rows: 100_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +79,8 @@ fn args() -> Args {
             "--rows" => args.rows = value(),
             "--parquet-rows" => args.parquet_rows = value(),
             "--repeat" => args.repeat = value().max(1) as usize,
+            "--tables" => args.tables = value().max(3),
+            "--table-rows" => args.table_rows = value().max(1000),
             "--only" => args.only = it.next(),
             _ => {}
         }
@@ -279,8 +295,6 @@ fn postgres_bench(args: &Args) {
         weirs.push(w);
         reladiffs.push(r);
     }
-    let ratios =
-        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
     let (mut over_floor, mut speedup) = (ratios(&weirs, &floors), ratios(&reladiffs, &weirs));
     let (f, w, r) = (
         median(&mut floors).unwrap(),
@@ -447,6 +461,11 @@ fn parquet_bench(args: &Args) {
     );
 }
 
+/// Each round's `a / b`.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
+}
+
 fn main() {
     let args = args();
     let only = args
@@ -459,4 +478,225 @@ fn main() {
     if only.contains("parquet") {
         parquet_bench(&args);
     }
+    if only.contains("tables") {
+        tables_bench(&args);
+    }
+}
+
+/// The tables of the many-table bench, and which of them differ.
+fn bench_tables(args: &Args) -> (Vec<String>, Vec<String>) {
+    let names: Vec<String> = (0..args.tables).map(|i| format!("t{i:03}")).collect();
+    let differing = [1, args.tables / 2, args.tables - 1]
+        .iter()
+        .map(|&i| names[i as usize].clone())
+        .collect();
+    (names, differing)
+}
+
+fn setup_tables(pg: &Postgres, args: &Args) {
+    let mut client = pg.client("bench");
+    let (names, differing) = bench_tables(args);
+    let (changed, deleted, added) = injected(args.table_rows);
+    let list = |keys: &[i64]| {
+        keys.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    client
+        .batch_execute("CREATE SCHEMA src; CREATE SCHEMA dst;")
+        .unwrap();
+    for name in &names {
+        let rows = args.table_rows;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE src.{name} (id bigint PRIMARY KEY, name text, price numeric(12,2),
+                     ts timestamptz, qty integer);
+                 INSERT INTO src.{name} SELECT g, md5(g::text), (g % 100000) / 100.0,
+                     timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', g % 97
+                 FROM generate_series(1, {rows}) g;
+                 CREATE TABLE dst.{name} (LIKE src.{name} INCLUDING ALL);
+                 INSERT INTO dst.{name} SELECT * FROM src.{name};"
+            ))
+            .expect("create a bench table");
+        if differing.contains(name) {
+            client
+                .batch_execute(&format!(
+                    "UPDATE dst.{name} SET price = price + 0.01 WHERE id IN ({changed});
+                     DELETE FROM dst.{name} WHERE id IN ({deleted});
+                     INSERT INTO dst.{name} SELECT g, md5(g::text), 1.00, now(), 1
+                     FROM unnest(ARRAY[{added}]::bigint[]) g;",
+                    changed = list(&changed),
+                    deleted = list(&deleted),
+                    added = list(&added),
+                ))
+                .expect("make a table differ");
+        }
+    }
+    client.batch_execute("VACUUM ANALYZE").expect("vacuum");
+}
+
+/// The floor: every table of both schemas hashed once, one connection per schema.
+fn tables_floor(pg: &Postgres, names: &[String]) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for schema in ["src", "dst"] {
+            scope.spawn(move || {
+                let mut client = pg.client("bench");
+                for name in names {
+                    client
+                        .query_one(
+                            &format!(
+                                "SELECT bit_xor(hashtextextended(t::text, 0)) FROM {schema}.{name} t"
+                            ),
+                            &[],
+                        )
+                        .expect("hash");
+                }
+            });
+        }
+    });
+    started.elapsed().as_secs_f64()
+}
+
+/// `(seconds, differing tables, differences in all)`.
+fn weir_tables(ws: &Workspace, pg: &Postgres) -> (f64, Vec<String>, u64) {
+    let url = pg.url("bench");
+    let pipeline = ws.write(
+        "tables.yaml",
+        &format!(
+            "name: bench-tables\nsource: {{ type: file, path: e.jsonl }}\n\
+             tables: {{ include: ['src.*'] }}\nsink: {{ type: sqlite, path: t.db }}\n\
+             reconcile:\n  source: {{ type: postgres, url: \"{url}\", schema: src }}\n\
+             \x20 target: {{ type: postgres, url: \"{url}\", schema: dst }}\n\
+             \x20 mode: checksum\n"
+        ),
+    );
+    let started = Instant::now();
+    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let output = weir()
+        .args(["reconcile", "--json", "-q", "--limit", "1000"])
+        .arg(&pipeline)
+        .output()
+        .expect("run weir");
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "  weir's own CPU: {:.2} s",
+        cpu_seconds(libc::RUSAGE_CHILDREN) - cpu
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut differing = Vec::new();
+    let mut differences = 0;
+    for line in report["tables"].as_array().unwrap() {
+        assert_eq!(line["mode"], "checksum", "{line}");
+        if line["status"] != "equal" {
+            differing.push(line["table"].as_str().unwrap().to_string());
+        }
+        for kind in ["missing", "extra", "mismatched"] {
+            differences += line[kind].as_u64().unwrap();
+        }
+    }
+    (seconds, differing, differences)
+}
+
+/// `(seconds, differing tables, differences in all)`, reladiff run on each pair in turn.
+fn reladiff_tables(pg: &Postgres, names: &[String]) -> (f64, Vec<String>, u64) {
+    let url = format!("postgresql://postgres@127.0.0.1:{}/bench", pg.port);
+    let started = Instant::now();
+    let (mut differing, mut differences) = (Vec::new(), 0);
+    for name in names {
+        let output = Command::new("reladiff")
+            .env("COLUMNS", "100000")
+            .env("NO_COLOR", "1")
+            .args([
+                &url,
+                &format!("src.{name}"),
+                &url,
+                &format!("dst.{name}"),
+                "-a",
+                "hashdiff",
+                "-k",
+                "id",
+            ])
+            .args([
+                "-c", "name", "-c", "price", "-c", "ts", "-c", "qty", "--json",
+            ])
+            .output()
+            .expect("run reladiff");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut keys = BTreeSet::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(line.trim()) {
+                keys.insert(value[1][0].to_string());
+            }
+        }
+        if !keys.is_empty() {
+            differing.push(name.clone());
+            differences += keys.len() as u64;
+        }
+    }
+    (started.elapsed().as_secs_f64(), differing, differences)
+}
+
+fn tables_bench(args: &Args) {
+    ensure_reladiff();
+    let pg = Postgres::start();
+    pg.create_database("bench");
+    println!(
+        "setting up {} table pairs of {} rows...",
+        args.tables, args.table_rows
+    );
+    setup_tables(&pg, args);
+    let (names, expected) = bench_tables(args);
+    let ws = Workspace::new();
+    let (mut floors, mut weirs, mut reladiffs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=args.repeat {
+        let f = tables_floor(&pg, &names);
+        let (w, differing, weir_differences) = weir_tables(&ws, &pg);
+        assert_eq!(differing, expected, "weir's differing tables");
+        let (r, reladiff_differing, reladiff_differences) = reladiff_tables(&pg, &names);
+        assert_eq!(reladiff_differing, expected, "reladiff's differing tables");
+        assert_eq!(
+            weir_differences, reladiff_differences,
+            "both count every differing key once"
+        );
+        println!(
+            "round {round}: floor {f:.2} s, weir {w:.2} s ({:.2}x floor), reladiff table by \
+             table {r:.2} s ({:.2}x weir)",
+            w / f,
+            r / w
+        );
+        floors.push(f);
+        weirs.push(w);
+        reladiffs.push(r);
+    }
+    let (mut over_floor, mut speedup) = (ratios(&weirs, &floors), ratios(&reladiffs, &weirs));
+    println!(
+        "\nchecksum mode, {} table pairs of {} rows, 3 of them about 100 rows apart, median of {}:",
+        args.tables, args.table_rows, args.repeat
+    );
+    println!(
+        "  floor (hash every table, both schemas at once)  {:>7.2} s",
+        median(&mut floors).unwrap()
+    );
+    println!(
+        "  weir reconcile --mode checksum (many tables)    {:>7.2} s   {:.2}x the floor",
+        median(&mut weirs).unwrap(),
+        median(&mut over_floor).unwrap()
+    );
+    println!(
+        "  reladiff -a hashdiff, table by table            {:>7.2} s   {:.2}x weir's time",
+        median(&mut reladiffs).unwrap(),
+        median(&mut speedup).unwrap()
+    );
 }

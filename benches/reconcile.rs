@@ -57,6 +57,8 @@ struct Args {
     only: Option<String>,
     tables: i64,
     table_rows: i64,
+    /// `reconcile.concurrency` of the many-table bench.
+    concurrency: i64,
 }
 
 fn args() -> Args {
@@ -67,6 +69,7 @@ fn args() -> Args {
         only: None,
         tables: 100,
         table_rows: 100_000,
+        concurrency: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,6 +84,7 @@ fn args() -> Args {
             "--repeat" => args.repeat = value().max(1) as usize,
             "--tables" => args.tables = value().max(3),
             "--table-rows" => args.table_rows = value().max(1000),
+            "--concurrency" => args.concurrency = value().clamp(1, 64),
             "--only" => args.only = it.next(),
             _ => {}
         }
@@ -560,7 +564,7 @@ fn tables_floor(pg: &Postgres, names: &[String]) -> f64 {
 }
 
 /// `(seconds, differing tables, differences in all)`.
-fn weir_tables(ws: &Workspace, pg: &Postgres) -> (f64, Vec<String>, u64) {
+fn weir_tables(ws: &Workspace, pg: &Postgres, concurrency: i64) -> (f64, Vec<String>, u64) {
     let url = pg.url("bench");
     let pipeline = ws.write(
         "tables.yaml",
@@ -569,7 +573,7 @@ fn weir_tables(ws: &Workspace, pg: &Postgres) -> (f64, Vec<String>, u64) {
              tables: {{ include: ['src.*'] }}\nsink: {{ type: sqlite, path: t.db }}\n\
              reconcile:\n  source: {{ type: postgres, url: \"{url}\", schema: src }}\n\
              \x20 target: {{ type: postgres, url: \"{url}\", schema: dst }}\n\
-             \x20 mode: checksum\n"
+             \x20 mode: checksum\n  concurrency: {concurrency}\n"
         ),
     );
     let started = Instant::now();
@@ -662,7 +666,7 @@ fn tables_bench(args: &Args) {
     let (mut floors, mut weirs, mut reladiffs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.repeat {
         let f = tables_floor(&pg, &names);
-        let (w, differing, weir_differences) = weir_tables(&ws, &pg);
+        let (w, differing, weir_differences) = weir_tables(&ws, &pg, args.concurrency);
         assert_eq!(differing, expected, "weir's differing tables");
         let (r, reladiff_differing, reladiff_differences) = reladiff_tables(&pg, &names);
         assert_eq!(reladiff_differing, expected, "reladiff's differing tables");

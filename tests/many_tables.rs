@@ -599,6 +599,16 @@ reconcile:
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("id=\"table-customers\""), "{page}");
 
+    // `--repair sql`: only the script on standard output, under its table's name.
+    let (code, script, report) = reconcile(&["--repair", "sql"]);
+    assert_eq!(code, Some(1), "{script}{report}");
+    assert!(report.contains("DIFFERENT: 1 of 2 tables differ"), "{report}");
+    assert!(script.starts_with("-- table customers\n"), "{script}");
+    assert!(
+        script.contains("INSERT INTO \"customers\"") && !script.contains("\"orders\""),
+        "{script}"
+    );
+
     let (code, text, err) = reconcile(&["--repair", "apply"]);
     assert_eq!(code, Some(0), "{text}{err}");
     assert!(text.contains("repaired 1 tables: 1 inserted"), "{text}");

@@ -602,7 +602,10 @@ reconcile:
     // `--repair sql`: only the script on standard output, under its table's name.
     let (code, script, report) = reconcile(&["--repair", "sql"]);
     assert_eq!(code, Some(1), "{script}{report}");
-    assert!(report.contains("DIFFERENT: 1 of 2 tables differ"), "{report}");
+    assert!(
+        report.contains("DIFFERENT: 1 of 2 tables differ"),
+        "{report}"
+    );
     assert!(script.starts_with("-- table customers\n"), "{script}");
     assert!(
         script.contains("INSERT INTO \"customers\"") && !script.contains("\"orders\""),

@@ -85,13 +85,7 @@ pub(crate) fn reconcile_with(
     logs: tables::Logs<'_>,
 ) -> Result<Outcome, ReconcileError> {
     let started = Instant::now();
-    let config = pipeline.config.reconcile.as_ref().ok_or_else(|| {
-        ReconcileError::new(format!(
-            "{} has no `reconcile` section; add one naming `source` and `target` \
-             (docs/reconcile.md)",
-            pipeline.file.display()
-        ))
-    })?;
+    let config = section(pipeline)?;
     // A live pipeline: compare once it has applied its source up to the positions.
     let waited = config
         .wait
@@ -196,6 +190,17 @@ pub(crate) fn reconcile_with(
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
     Ok(Outcome { report, repair })
+}
+
+/// The pipeline's `reconcile` section, or an error that says how to add one.
+pub(crate) fn section(pipeline: &LoadedPipeline) -> Result<&ReconcileConfig, ReconcileError> {
+    pipeline.config.reconcile.as_ref().ok_or_else(|| {
+        ReconcileError::new(format!(
+            "{} has no `reconcile` section; add one naming `source` and `target` \
+             (docs/reconcile.md)",
+            pipeline.file.display()
+        ))
+    })
 }
 
 /// The tables registered and the plan made, before the comparison runs.

@@ -29,7 +29,7 @@ use weir_runtime::config::{LoadedPipeline, TableConfig};
 use weir_runtime::tables::{Routing, Selection, TargetTable};
 
 use crate::tables::Logs;
-use crate::{Options, Outcome, ReconcileError, repair};
+use crate::{Options, Outcome, ReconcileError, repair, section};
 use catalog::Catalog;
 use log::LogTables;
 
@@ -71,13 +71,7 @@ pub fn reconcile_tables(
     options: &Options,
 ) -> Result<TablesOutcome, ReconcileError> {
     let started = Instant::now();
-    let config = pipeline.config.reconcile.as_ref().ok_or_else(|| {
-        ReconcileError::new(format!(
-            "{} has no `reconcile` section; add one naming `source` and `target` \
-             (docs/reconcile.md)",
-            pipeline.file.display()
-        ))
-    })?;
+    let config = section(pipeline)?;
     let tables = pipeline
         .config
         .tables

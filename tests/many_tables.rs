@@ -632,14 +632,13 @@ fn the_pipeline_file_is_checked_for_many_tables() {
     assert!(check(SHOP).0, "{}", check(SHOP).1);
     let both = check(&format!("{SHOP}table: {{ name: t, primary_key: [id] }}\n"));
     assert!(!both.0 && both.1.contains("either `table`"), "{}", both.1);
-    let parquet = check(&SHOP.replace(
-        "sink: { type: sqlite, path: target.db, create: true }",
-        "sink: { type: jsonl, path: out.jsonl }",
+    let lanes = check(&format!(
+        "{SHOP}conflict: {{ strategy: last-write-wins, version_column: qty, lanes: 4 }}\n"
     ));
     assert!(
-        !parquet.0 && parquet.1.contains("the jsonl sink takes one table"),
+        !lanes.0 && lanes.1.contains("`lanes` does not work with `tables`"),
         "{}",
-        parquet.1
+        lanes.1
     );
     let one_table = check(&format!(
         "{SHOP}reconcile:\n  source: {{ type: debezium }}\n  \
@@ -1107,4 +1106,297 @@ fn a_batch_touches_at_most_max_tables_tables() {
             expected(&[&capture.finals[&source.name()]])
         );
     }
+}
+
+/// An upsert of `row(id, version)` (whose `qty` is `3 × version`) into `space.table`.
+fn upsert(source: &Source, id: i64, version: i64, at: i64) -> String {
+    format!(
+        r#"{{"op":"u","before":null,"after":{},"source":{},"ts_ms":{at}}}"#,
+        row(id, version),
+        source.source_block()
+    )
+}
+
+#[test]
+fn conflict_applies_to_every_table_with_per_table_overrides() {
+    let w = Workspace::new();
+    let (lww, fww) = (
+        Source::mysql("shop", "prices", 0),
+        Source::mysql("shop", "firsts", 0),
+    );
+    // Per key, versions arrive out of order: 5, then a late 2, then 4.
+    let mut lines = Vec::new();
+    for (i, version) in [5, 2, 4].into_iter().enumerate() {
+        for source in [&lww, &fww] {
+            for id in 1..=3 {
+                lines.push(upsert(source, id, version, i as i64));
+            }
+        }
+    }
+    w.append_lines("events.jsonl", &lines);
+    let yaml = SHOP.replace(
+        "  primary_key: [id]\n",
+        "  primary_key: [id]\n  overrides:\n    shop.firsts:\n      \
+         conflict: { strategy: first-write-wins, version_column: qty }\n",
+    ) + "conflict: { strategy: last-write-wins, version_column: qty }\n";
+    let pipeline = w.write("p.yaml", &yaml);
+    let summary = w.run_ok(&pipeline);
+    let db = w.path("target.db");
+    // last-write-wins keeps the highest version; the override keeps the lowest.
+    assert_eq!(
+        table_rows(&db, "prices"),
+        (1..=3).map(|id| row_text(id, 5)).collect::<Vec<_>>(),
+        "{summary}"
+    );
+    assert_eq!(
+        table_rows(&db, "firsts"),
+        (1..=3).map(|id| row_text(id, 2)).collect::<Vec<_>>(),
+        "{summary}"
+    );
+    // Each table keeps its own tombstones.
+    let tombstones = sqlite_rows(
+        &db,
+        "SELECT name FROM sqlite_schema WHERE name LIKE '\\_weir\\_tombstones.%' ESCAPE '\\' \
+         ORDER BY name",
+    );
+    assert_eq!(
+        tombstones,
+        [["_weir_tombstones.firsts"], ["_weir_tombstones.prices"]],
+        "{summary}"
+    );
+
+    // A table without the version column fails the run, naming the table.
+    let plain = Source::mysql("shop", "notes", 0);
+    w.append_lines(
+        "events.jsonl",
+        &[format!(
+            r#"{{"op":"c","before":null,"after":{{"id":9,"name":"x"}},"source":{},"ts_ms":99}}"#,
+            plain.source_block()
+        )],
+    );
+    let run = w.run(&pipeline, &[]);
+    assert!(!run.output.status.success(), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("notes") && run.stderr().contains("qty"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// The `(source table, id)` of every change in a change-log JSON Lines file, in order.
+fn jsonl_changes(path: &Path) -> Vec<(String, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let source = &event["source"];
+            let image = if event["op"] == "d" {
+                &event["before"]
+            } else {
+                &event["after"]
+            };
+            (
+                format!(
+                    "{}.{}",
+                    source["db"].as_str().unwrap(),
+                    source["table"].as_str().unwrap()
+                ),
+                image["id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn jsonl_writes_a_file_per_table_committed_together() {
+    let w = Workspace::new();
+    let sources = [
+        Source::mysql("shop", "customers", 0),
+        Source::mysql("shop", "orders", 0),
+        Source::mysql("shop", "orders_2", 1000),
+    ];
+    let capture = capture(&sources, 2000, 100, 11);
+    w.append_lines("events.jsonl", &capture.lines);
+    let yaml = SHOP.replace(
+        "sink: { type: sqlite, path: target.db, create: true }",
+        "sink: { type: jsonl, path: out }",
+    ) + "";
+    let yaml = yaml.replace(
+        "  primary_key: [id]\n",
+        "  primary_key: [id]\n  route: [{ source: 'shop.orders*', target: orders }]\n",
+    );
+    let pipeline = w.write("p.yaml", &yaml);
+    // Which changes each target file must hold: per source table, in order (a file that
+    // merges shards holds each batch's changes shard by shard).
+    let by_source = |changes: Vec<(String, i64)>| {
+        let mut tables: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for (table, id) in changes {
+            tables.entry(table).or_default().push(id);
+        }
+        tables
+    };
+    let wanted = |target: &str| {
+        by_source(
+            jsonl_changes(&w.path("events.jsonl"))
+                .into_iter()
+                .filter(|(table, _)| match target {
+                    "orders" => table.starts_with("shop.orders"),
+                    _ => table == &format!("shop.{target}"),
+                })
+                .collect(),
+        )
+    };
+    let written = |path: &Path| by_source(jsonl_changes(path));
+    let summary = w.run_ok(&pipeline);
+    let out = w.path("out");
+    for target in ["customers", "orders"] {
+        let file = written(&out.join(format!("{target}.jsonl")));
+        assert!(file == wanted(target), "{target}: {summary}");
+    }
+    assert_eq!(
+        summary["rows_applied"],
+        capture.lines.len() as u64,
+        "{summary}"
+    );
+
+    // A crash after writing, before the commit: a torn tail and a file the commit does not
+    // know. The restart cuts both back, and the next events land once.
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(out.join("customers.jsonl"))
+        .unwrap()
+        .write_all(b"{\"op\":\"c\",\"torn")
+        .unwrap();
+    std::fs::write(out.join("products.jsonl"), "{\"uncommitted\":true}\n").unwrap();
+    let more = capture_more(&sources);
+    w.append_lines("events.jsonl", &more);
+    let again = w.run_ok(&pipeline);
+    assert_eq!(again["rows_applied"], more.len() as u64, "{again}");
+    for target in ["customers", "orders"] {
+        let file = written(&out.join(format!("{target}.jsonl")));
+        assert!(file == wanted(target), "{target} after the restart");
+    }
+    assert!(!out.join("products.jsonl").exists());
+
+    // `final`: each file holds its table's current rows.
+    let finals = w.write(
+        "final.yaml",
+        &yaml.replace("path: out }", "path: rows, mode: final }"),
+    );
+    w.run_ok(&finals);
+    let rows = std::fs::read_to_string(w.path("rows/customers.jsonl")).unwrap();
+    let mut ids: Vec<i64> = rows
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    let mut oracle: BTreeMap<i64, i64> = capture.finals["shop.customers"].clone();
+    for line in &more {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        if event["source"]["table"] == "customers" {
+            oracle.insert(event["after"]["id"].as_i64().unwrap(), 0);
+        }
+    }
+    assert_eq!(ids, oracle.keys().copied().collect::<Vec<_>>());
+}
+
+/// Inserts of fresh keys into each source, after a capture.
+fn capture_more(sources: &[Source]) -> Vec<String> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, source)| {
+            format!(
+                r#"{{"op":"c","before":null,"after":{},"source":{},"ts_ms":{i}}}"#,
+                row(source.key_base + 900 + i as i64, 1),
+                source.source_block()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_sink_writes_a_topic_per_table_that_weir_reads_back_into_the_same_tables() {
+    use common::services::Broker;
+    let broker = Broker::start();
+    let w = Workspace::new();
+    let sources = [
+        Source::mysql("shop", "customers", 0),
+        Source::mysql("shop", "orders", 0),
+    ];
+    let capture = capture(&sources, 1500, 80, 5);
+    w.append_lines("events.jsonl", &capture.lines);
+    // The test broker creates no topic on first use (Kafka's default does).
+    for source in &sources {
+        broker.create_topic(&format!("weir.shop.{}", source.table), 2);
+    }
+    let out = w.write(
+        "out.yaml",
+        &SHOP.replace(
+            "sink: { type: sqlite, path: target.db, create: true }",
+            &format!(
+                "sink: {{ type: kafka, brokers: '{}', topic: 'weir.shop.{{table}}' }}",
+                broker.address()
+            ),
+        ),
+    );
+    let summary = w.run_ok(&out);
+    assert_eq!(
+        summary["rows_applied"],
+        capture.lines.len() as u64,
+        "{summary}"
+    );
+    // The topics, read by another pipeline: the same tables as the oracle's.
+    let back = w.write(
+        "back.yaml",
+        &format!(
+            r#"name: back
+source:
+  type: kafka
+  brokers: {}
+  topic_pattern: '^weir\.shop\..+'
+  group_id: weir-back
+  start: earliest
+  format: debezium-json
+tables:
+  include: ['*']
+sink: {{ type: sqlite, path: back.db, create: true }}
+"#,
+            broker.address()
+        ),
+    );
+    let run = w.run(&back, &["--stop-when-idle", "5s"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let db = w.path("back.db");
+    assert_eq!(target_tables(&db), ["customers", "orders"]);
+    for source in &sources {
+        assert_eq!(
+            table_rows(&db, source.table),
+            expected(&[&capture.finals[&source.name()]]),
+            "table {}",
+            source.name()
+        );
+    }
+    // A table name Kafka cannot take as a topic is refused by `weir validate`'s sibling
+    // check on the template itself.
+    let bad = w.write(
+        "bad.yaml",
+        &std::fs::read_to_string(&out)
+            .unwrap()
+            .replace("{table}", "{name}"),
+    );
+    let check = common::weir().arg("validate").arg(&bad).output().unwrap();
+    assert!(!check.status.success());
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("placeholder other than `{table}`")
+            || String::from_utf8_lossy(&check.stderr).contains("placeholder other than `{table}`"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

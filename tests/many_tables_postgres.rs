@@ -746,3 +746,79 @@ fn a_refused_row_is_dead_lettered_and_every_other_table_applied() {
     assert_eq!(count(&mut client, "a"), 50);
     assert_eq!(count(&mut client, "b"), 49);
 }
+
+#[test]
+fn conflict_strategies_apply_per_table_with_overrides_and_tombstones_of_their_own() {
+    let pg = Postgres::start();
+    pg.create_database("target");
+    let ws = Workspace::new();
+    let source = |table: &str| format!(r#"{{"db":"shop","schema":"app","table":"{table}"}}"#);
+    let upsert = |table: &str, id: i64, version: i64, at: usize| {
+        format!(
+            r#"{{"op":"u","before":null,"after":{{"id":{id},"v":{version}}},"source":{},"ts_ms":{at}}}"#,
+            source(table)
+        )
+    };
+    // Per key: version 5, a late 2, then 4. Key 9 of `a` is deleted at version 7, then a
+    // late update at version 3 must not bring it back.
+    let mut lines = Vec::new();
+    for (at, version) in [5, 2, 4].into_iter().enumerate() {
+        for table in ["a", "b"] {
+            for id in 1..=3 {
+                lines.push(upsert(table, id, version, at));
+            }
+        }
+    }
+    lines.push(upsert("a", 9, 6, 10));
+    lines.push(format!(
+        r#"{{"op":"d","before":{{"id":9,"v":7}},"after":null,"source":{},"ts_ms":11}}"#,
+        source("a")
+    ));
+    lines.push(upsert("a", 9, 3, 12));
+    ws.append_lines("events.jsonl", &lines);
+    let pipeline = ws.write(
+        "p.yaml",
+        &format!(
+            "name: versions\nsource: {{ type: file, path: events.jsonl, format: debezium-json }}\n\
+             tables:\n  primary_key: [id]\n  overrides:\n    app.b:\n      \
+             conflict: {{ strategy: first-write-wins, version_column: v }}\n\
+             conflict: {{ strategy: last-write-wins, version_column: v }}\n\
+             sink: {{ type: postgres, url: '{}', mode: upsert, create: true }}\n",
+            pg.url("target")
+        ),
+    );
+    let summary = ws.run_ok(&pipeline);
+    let mut client = pg.client("target");
+    let versions = |client: &mut postgres::Client, table: &str| -> Vec<(i32, i32)> {
+        client
+            .query(
+                &format!("SELECT id, v FROM public.{table} ORDER BY id"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as i32, r.get::<_, i64>(1) as i32))
+            .collect()
+    };
+    assert_eq!(
+        versions(&mut client, "a"),
+        [(1, 5), (2, 5), (3, 5)],
+        "{summary}"
+    );
+    assert_eq!(
+        versions(&mut client, "b"),
+        [(1, 2), (2, 2), (3, 2)],
+        "{summary}"
+    );
+    // `a`: the late 2s and 4s, and the update after the delete; `b`: the 4s.
+    assert_eq!(summary["conflicts_skipped"], 10, "{summary}");
+    // Each target has its own tombstones; `a`'s holds the deleted key.
+    let tombstones: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'weir' AND tablename LIKE '%tombstones'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tombstones, 2, "{summary}");
+}

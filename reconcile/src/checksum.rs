@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use arrow::datatypes::Schema;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use serde::{Deserialize, Serialize};
 use weir_runtime::config::reconcile::{ChecksumConfig, PostgresSnapshot};
 
@@ -53,8 +53,8 @@ impl Side<'_> {
         qualified(self.config.table.as_deref().unwrap_or_default())
     }
 
-    fn connect(&self, name: &str) -> Result<Client, ReconcileError> {
-        Client::connect(self.config.url.expose(), NoTls)
+    fn connect(&self, name: &str) -> Result<crate::pool::Pooled, ReconcileError> {
+        crate::pool::connect(self.config.url.expose())
             .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))
     }
 

@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod compare;
 pub mod database;
 pub mod html;
+pub mod pool;
 pub mod repair;
 pub mod report;
 pub mod tables;
@@ -340,7 +341,7 @@ fn prepare_checksum(
             key,
             &narrowed.ranges,
         );
-        let mut client = postgres::Client::connect(side.url.expose(), postgres::NoTls)
+        let mut client = pool::connect(side.url.expose())
             .map_err(|e| ReconcileError::new(format!("{name}: cannot connect: {e}")))?;
         rows_read += tables::postgres::register_relation(ctx, name, &mut client, &relation)
             .map_err(|e| ReconcileError::new(format!("{name}: {e}")))?;

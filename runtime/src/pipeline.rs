@@ -65,6 +65,28 @@ impl Decoding {
         }
     }
 
+    /// Whether the batch holds as much as it may: `max_records` events (of one table, in a
+    /// many-table batch), `max_total` events over its tables, or `max_bytes` of input.
+    fn full(&self, limits: &PollLimits, max_total: usize) -> bool {
+        let largest = match self {
+            Decoding::One(decoder) => decoder.rows(),
+            Decoding::Many(many) => many.largest(),
+        };
+        largest >= limits.max_records
+            || self.rows() >= max_total
+            || self.bytes() >= limits.max_bytes
+    }
+
+    /// Whether the batch is applied when a poll has been decoded, full or not. A
+    /// many-table batch goes on filling while polls come back full (the source has more
+    /// right now): a table costs the sink the same statements for 50 rows as for 5,000.
+    fn ends_with_poll(&self, poll_was_full: bool) -> bool {
+        match self {
+            Decoding::One(_) => true,
+            Decoding::Many(_) => !poll_was_full,
+        }
+    }
+
     /// Whether the last record was left for the next batch (`batch.max_tables`).
     fn take_deferred(&mut self) -> bool {
         match self {
@@ -323,6 +345,7 @@ pub fn run(
     let reader = {
         let mut reader = Reader {
             limits,
+            max_total_events: pipeline.config.batch.max_total_events,
             max_record_bytes: pipeline.config.batch.max_record_bytes,
             stop_when_idle: options.stop_when_idle,
             decoding,
@@ -629,6 +652,8 @@ fn fetch(
 /// decoded.
 struct Reader {
     limits: PollLimits,
+    /// `batch.max_total_events`: most events of a many-table batch.
+    max_total_events: usize,
     max_record_bytes: usize,
     stop_when_idle: Option<Duration>,
     decoding: Decoding,
@@ -702,15 +727,13 @@ impl Reader {
             for (record, position) in raw.iter() {
                 self.decode(record, position)?;
                 self.checkpoint.advance(position);
-                if (self.decoding.rows() >= self.limits.max_records
-                    || self.decoding.bytes() >= self.limits.max_bytes)
-                    && !self.send()?
-                {
+                if self.decoding.full(&self.limits, self.max_total_events) && !self.send()? {
                     return Ok(());
                 }
             }
+            let poll_was_full = self.limits.filled(&raw);
             let _ = self.spare.try_send(raw);
-            if !self.send()? {
+            if self.decoding.ends_with_poll(poll_was_full) && !self.send()? {
                 return Ok(());
             }
         }

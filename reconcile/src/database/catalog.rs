@@ -55,8 +55,8 @@ pub fn postgres_schema(config: &PostgresSnapshot) -> &str {
 
 fn postgres(config: &PostgresSnapshot, qualify: bool) -> Result<Catalog, String> {
     let schema = postgres_schema(config);
-    let mut client = postgres::Client::connect(config.url.expose(), postgres::NoTls)
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client =
+        crate::pool::connect(config.url.expose()).map_err(|e| format!("cannot connect: {e}"))?;
     let rows = client
         .query(
             "SELECT c.relname::text,

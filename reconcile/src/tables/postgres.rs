@@ -11,7 +11,7 @@ use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use weir_runtime::config::reconcile::PostgresSnapshot;
 use weir_runtime::decode::types::ColumnType;
 use weir_runtime::sink::postgres::{from_pg_declaration, quote};
@@ -29,7 +29,7 @@ pub fn register(
         (None, _) => "postgres query".to_string(),
     };
     let fail = |e: String| ReconcileError::new(format!("{name}: {description}: {e}"));
-    let mut client = Client::connect(config.url.expose(), NoTls)
+    let mut client = crate::pool::connect(config.url.expose())
         .map_err(|e| fail(format!("cannot connect: {e}")))?;
     let relation = match (&config.table, &config.query) {
         (Some(table), _) => qualified(table),

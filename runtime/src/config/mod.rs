@@ -174,10 +174,17 @@ impl JsonSchema for HumanDuration {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most events in one batch.
+    /// Most events in one batch; in a `tables:` pipeline, most events of one table in a
+    /// batch (see `max_total_events`).
     #[serde(default = "default_max_events")]
     #[schemars(range(min = 1))]
     pub max_events: usize,
+    /// Most events in one batch over all its tables (`tables:` pipelines). Each table a
+    /// batch touches costs the sink a few statements whatever its row count, so a batch of
+    /// many tables holds more events than one of a single table.
+    #[serde(default = "default_max_total_events")]
+    #[schemars(range(min = 1))]
+    pub max_total_events: usize,
     /// Most input bytes in one batch.
     #[serde(default = "default_max_bytes")]
     #[schemars(range(min = 1))]
@@ -210,6 +217,10 @@ fn default_max_events() -> usize {
     8192
 }
 
+fn default_max_total_events() -> usize {
+    32768
+}
+
 fn default_max_bytes() -> usize {
     64 << 20
 }
@@ -222,6 +233,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_events: default_max_events(),
+            max_total_events: default_max_total_events(),
             max_bytes: default_max_bytes(),
             max_wait: default_max_wait(),
             max_record_bytes: default_max_record_bytes(),
@@ -424,6 +436,13 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
             report(key(&["sink", "options", &option]), message, None);
         }
+        if let Some(problem) = kafka.topic_problems() {
+            report(
+                key(&["sink", "topic"]),
+                problem,
+                Some("`{table}` stands for the target table, e.g. `shop.{table}`".into()),
+            );
+        }
     }
     if let Some(DeadLetterConfig::Kafka(kafka)) = &config.dead_letter {
         for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
@@ -431,7 +450,15 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         }
     }
     if let Some(conflict) = &config.conflict {
-        conflict_checks(config, conflict, &mut report);
+        conflict_checks(config, conflict, &key_path(&["conflict"]), &mut report);
+    }
+    if let Some(tables) = &config.tables {
+        for (name, table) in &tables.overrides {
+            if let Some(conflict) = &table.conflict {
+                let at = key_path(&["tables", "overrides", name, "conflict"]);
+                conflict_checks(config, conflict, &at, &mut report);
+            }
+        }
     }
     for (i, transform) in config.transforms.iter().enumerate() {
         for (j, pattern) in transform.tables.iter().enumerate() {
@@ -506,10 +533,10 @@ fn many_table_checks(
             key_path(&["sink", "type"]),
             format!(
                 "the {} sink takes one table; a pipeline with `tables` needs a sink that takes \
-                 many (sqlite, postgres, parquet)",
+                 many (sqlite, postgres, parquet, jsonl, kafka)",
                 config.sink.kind()
             ),
-            Some("use `table:` for one table, or a sqlite, postgres or parquet sink".into()),
+            Some("use `table:` for one table, or another sink".into()),
         );
     }
     if let Some(table) = config.sink.configured_table() {
@@ -522,12 +549,38 @@ fn many_table_checks(
             Some("remove it, and use `tables.route` to name targets".into()),
         );
     }
-    if config.conflict.is_some() {
-        report(
-            key_path(&["conflict"]),
-            "`conflict` does not work with `tables` yet, only with `table`".into(),
-            None,
+    let overrides = tables
+        .overrides
+        .iter()
+        .filter_map(|(name, table)| Some((name, table.conflict.as_ref()?)));
+    let sections = config
+        .conflict
+        .as_ref()
+        .map(|c| (key_path(&["conflict"]), c))
+        .into_iter()
+        .chain(
+            overrides.map(|(name, c)| (key_path(&["tables", "overrides", name, "conflict"]), c)),
         );
+    for (at, conflict) in sections {
+        // One sink applies every table of a batch in one transaction; lanes would split it.
+        if conflict.lanes() > 1 {
+            let mut lanes = at.clone();
+            lanes.push(PathSegment::Key("lanes".into()));
+            report(
+                lanes,
+                "`lanes` does not work with `tables`: every table of a batch is applied in                  one transaction, by one writer"
+                    .into(),
+                Some("remove `lanes`".into()),
+            );
+        }
+        if matches!(conflict, crate::conflict::ConflictConfig::Wasm(_)) && at.len() > 1 {
+            report(
+                at,
+                "a per-table override takes a built-in strategy; a resolver plugin is set for                  every table in the pipeline's `conflict` section, and it sees each change's                  table"
+                    .into(),
+                None,
+            );
+        }
     }
 }
 
@@ -535,16 +588,21 @@ fn many_table_checks(
 fn conflict_checks(
     config: &PipelineConfig,
     conflict: &crate::conflict::ConflictConfig,
+    base: &[PathSegment],
     report: &mut impl FnMut(Vec<PathSegment>, String, Option<String>),
 ) {
     use crate::conflict::Strategy;
-    let at = key_path;
+    let at = |parts: &[&str]| {
+        let mut path = base.to_vec();
+        path.extend(key_path(parts));
+        path
+    };
     let capabilities = config.sink.capabilities();
     let reads_rows = capabilities.reads_target_rows;
     let Some((strategy, builtin)) = conflict.builtin() else {
         if !reads_rows {
             report(
-                at(&["conflict"]),
+                at(&[]),
                 "resolver plugins need a sink that reads the target's rows: postgres \
                  (upsert mode) or sqlite"
                     .into(),
@@ -555,7 +613,7 @@ fn conflict_checks(
     };
     if !reads_rows {
         report(
-            at(&["conflict"]),
+            at(&[]),
             "the built-in strategies need a sink that reads the target's rows: postgres \
              (upsert mode) or sqlite"
                 .into(),
@@ -564,7 +622,7 @@ fn conflict_checks(
     }
     if !capabilities.lanes && builtin.lanes > 1 {
         report(
-            at(&["conflict", "lanes"]),
+            at(&["lanes"]),
             format!(
                 "the {} sink applies in one lane (it has one writer), not {}",
                 config.sink.kind(),
@@ -575,7 +633,7 @@ fn conflict_checks(
     }
     if !(1..=64).contains(&builtin.lanes) {
         report(
-            at(&["conflict", "lanes"]),
+            at(&["lanes"]),
             format!("lanes must be between 1 and 64, not {}", builtin.lanes),
             None,
         );
@@ -587,20 +645,20 @@ fn conflict_checks(
     };
     if builtin.version_column.is_none() && strategy != Strategy::LastWriteWins {
         report(
-            at(&["conflict"]),
+            at(&[]),
             format!("`{name}` compares versions, and no `version_column` is set"),
             Some("name the column that holds each row's version: `version_column: version`".into()),
         );
     }
     match (&strategy, builtin.priority.is_empty()) {
         (Strategy::SourcePriority(_), true) => report(
-            at(&["conflict"]),
+            at(&[]),
             "`source-priority` needs `priority`, the origins from highest to lowest".into(),
             Some("e.g. `priority: [hq, store-1, store-2]`".into()),
         ),
         (Strategy::SourcePriority(_), false) | (_, true) => {}
         (_, false) => report(
-            at(&["conflict", "priority"]),
+            at(&["priority"]),
             format!("`priority` ranks origins for `source-priority`; `{name}` does not use it"),
             Some("remove `priority`, or use `strategy: source-priority`".into()),
         ),
@@ -616,13 +674,13 @@ fn conflict_checks(
         let Some(column) = column else { continue };
         if table.primary_key.iter().any(|k| same(k, column)) {
             report(
-                at(&["conflict", option]),
+                at(&[option]),
                 format!("`{column}` is a primary key column; it cannot also be the {option}"),
                 None,
             );
         } else if !table.columns.is_empty() && !table.columns.keys().any(|c| same(c, column)) {
             report(
-                at(&["conflict", option]),
+                at(&[option]),
                 format!("`{column}` is not in `table.columns`"),
                 diagnostic::did_you_mean(column, table.columns.keys().map(String::as_str))
                     .map(|c| format!("did you mean `{c}`?")),
@@ -633,7 +691,7 @@ fn conflict_checks(
         && site == source
     {
         report(
-            at(&["conflict", "source_site"]),
+            at(&["source_site"]),
             format!(
                 "`source_site` and `site` are both `{site}`: every change without an origin \
                  would count as this site's own and be dropped"

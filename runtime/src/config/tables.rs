@@ -79,6 +79,10 @@ pub struct TableOverride {
     pub case_insensitive: Option<bool>,
     #[serde(default)]
     pub unknown_columns: Option<UnknownColumns>,
+    /// This table's conflict strategy, in place of the pipeline's `conflict` section (a
+    /// built-in strategy). Source tables merged into one target must agree on it.
+    #[serde(default)]
+    pub conflict: Option<crate::conflict::ConflictConfig>,
 }
 
 /// Problems in the section itself: patterns that are not globs, empty keys.

@@ -13,6 +13,11 @@
 //! forgets the key; `tombstones: false` turns that off. A truncate is a record with a null
 //! key.
 //!
+//! A many-table pipeline (`tables:`) sends each table's changes to the topic `topic`
+//! names with `{table}` replaced by the target table (`shop.{table}`); a `topic` without
+//! `{table}` takes every table (Debezium's topic-routing shape, the `source` block saying
+//! each change's table).
+//!
 //! Delivery is at-least-once. The idempotent producer (`acks=all`) never duplicates a
 //! record through its own retries, and a batch counts as applied only when the broker has
 //! acknowledged all of it. Kafka has nowhere to keep weir's checkpoint with the data, so
@@ -44,7 +49,8 @@ pub struct KafkaSinkConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     #[schemars(length(min = 1))]
     pub brokers: String,
-    /// The topic to produce to.
+    /// The topic to produce to. `{table}` in it is replaced by the target table's name, so
+    /// a many-table pipeline writes a topic per table (`shop.{table}`).
     #[schemars(length(min = 1))]
     pub topic: String,
     /// The shape of each record's value.
@@ -62,8 +68,54 @@ pub struct KafkaSinkConfig {
 
 impl KafkaSinkConfig {
     pub fn capabilities(&self) -> super::Capabilities {
-        // The source resumes from its own committed position instead.
-        super::Capabilities::default()
+        // The source resumes from its own committed position instead of a checkpoint
+        // stored with the data. Tables without a key are sent with a null record key.
+        super::Capabilities {
+            many_tables: true,
+            ..Default::default()
+        }
+    }
+
+    /// The topic for a target table's changes.
+    pub fn topic_for(&self, table: &str) -> String {
+        self.topic.replace(TABLE, table)
+    }
+}
+
+/// The placeholder for the target table in `topic`.
+const TABLE: &str = "{table}";
+
+/// Whether `topic` is a name Kafka accepts: at most 249 characters of ASCII letters,
+/// digits, `.`, `_` and `-`, and not `.` or `..`.
+pub fn check_topic_name(topic: &str) -> Result<(), String> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{topic}` is not a Kafka topic name (at most 249 of a-z, A-Z, 0-9, `.`, `_`, `-`)"
+        ))
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Problems with `topic`: a placeholder other than `{table}`, or characters Kafka
+    /// refuses outside it.
+    pub fn topic_problems(&self) -> Option<String> {
+        let sample = self.topic_for("t");
+        if sample.contains(['{', '}']) {
+            return Some(format!(
+                "`{}` has a placeholder other than `{TABLE}`",
+                self.topic
+            ));
+        }
+        check_topic_name(&sample).err()
     }
 }
 
@@ -102,7 +154,12 @@ struct Native {
 }
 
 pub struct KafkaSink {
+    /// The configured topic, `{table}` unreplaced.
+    template: String,
+    /// The topic of the table being sent.
     topic: String,
+    /// Other tables' plans, by topic (many-table pipelines).
+    plans: std::collections::HashMap<String, Option<Plan>>,
     format: KafkaSinkFormat,
     tombstones: bool,
     producer: DeliveringProducer,
@@ -119,8 +176,14 @@ impl KafkaSink {
         config: &KafkaSinkConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
+        let topic = match _pipeline.table() {
+            Some(table) => config.topic_for(&table.name),
+            None => config.topic.clone(),
+        };
         Ok(KafkaSink {
-            topic: config.topic.clone(),
+            template: config.topic.clone(),
+            topic,
+            plans: Default::default(),
             format: config.format,
             tombstones: config.tombstones,
             producer: DeliveringProducer::new(
@@ -187,10 +250,10 @@ impl KafkaSink {
     /// Writes the key of `row` into `self.key`; `false` for a truncate (no key).
     fn write_key(&mut self, batch: &ChangeBatch, row: usize, op: Op) -> bool {
         self.key.clear();
-        if op == Op::Truncate {
+        let plan = self.plan.as_ref().expect("planned");
+        if op == Op::Truncate || plan.key_columns.is_empty() {
             return false;
         }
-        let plan = self.plan.as_ref().expect("planned");
         let image: &StructArray = if op == Op::Delete {
             batch.before()
         } else {
@@ -302,8 +365,69 @@ impl Sink for KafkaSink {
         batch: &ChangeBatch,
         rejects: &mut dyn Rejects,
     ) -> Result<Applied, SinkError> {
-        self.plan(batch)?;
         let mut applied = Applied::default();
+        self.send(batch, rejects, &mut applied)?;
+        if let Err(e) = self.producer.flush() {
+            return Err(self.error(e));
+        }
+        self.checkpoint.merge(&batch.checkpoint);
+        self.durable = Some(self.checkpoint.clone());
+        applied.durable = self.durable.clone();
+        Ok(applied)
+    }
+
+    fn apply_tables(
+        &mut self,
+        batches: &[ChangeBatch],
+        _prepared: Option<&super::Prepared>,
+        checkpoint: &Checkpoint,
+        rejects: &mut dyn Rejects,
+    ) -> Result<Applied, SinkError> {
+        let mut applied = Applied::default();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let table = batch.table.target.as_deref().unwrap_or(&batch.table.name);
+            let topic = self.template.replace(TABLE, table);
+            if topic != self.topic {
+                check_topic_name(&topic).map_err(|e| {
+                    SinkError::new(self.describe(), format!("table `{table}`: {e}"))
+                })?;
+                let plan = self.plans.remove(&topic).flatten();
+                let parked = std::mem::replace(&mut self.plan, plan);
+                self.plans
+                    .insert(std::mem::replace(&mut self.topic, topic), parked);
+            }
+            self.send(batch, rejects, &mut applied)?;
+        }
+        if let Err(e) = self.producer.flush() {
+            return Err(self.error(e));
+        }
+        self.checkpoint.merge(checkpoint);
+        self.durable = Some(self.checkpoint.clone());
+        applied.durable = self.durable.clone();
+        Ok(applied)
+    }
+
+    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        if let Err(e) = self.producer.flush() {
+            return Err(self.error(e));
+        }
+        Ok(self.durable.clone())
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka sink {}", self.topic)
+    }
+}
+
+impl KafkaSink {
+    /// Queues every change of `batch` on the producer (delivered by the next flush).
+    fn send(
+        &mut self,
+        batch: &ChangeBatch,
+        rejects: &mut dyn Rejects,
+        applied: &mut Applied,
+    ) -> Result<(), SinkError> {
+        self.plan(batch)?;
         let ops: Vec<Op> = batch.ops().collect();
         for (row, &op) in ops.iter().enumerate() {
             let keyed = self.write_key(batch, row, op);
@@ -330,23 +454,6 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        if let Err(e) = self.producer.flush() {
-            return Err(self.error(e));
-        }
-        self.checkpoint.merge(&batch.checkpoint);
-        self.durable = Some(self.checkpoint.clone());
-        applied.durable = self.durable.clone();
-        Ok(applied)
-    }
-
-    fn flush(&mut self) -> Result<Option<Checkpoint>, SinkError> {
-        if let Err(e) = self.producer.flush() {
-            return Err(self.error(e));
-        }
-        Ok(self.durable.clone())
-    }
-
-    fn describe(&self) -> String {
-        format!("kafka sink {}", self.topic)
+        Ok(())
     }
 }

@@ -237,6 +237,9 @@ pub fn build(pipeline: &LoadedPipeline, metrics: Arc<Metrics>) -> Result<Box<dyn
             Ok(Box::new(parquet::ParquetTables::open(pipeline, config)?))
         }
         SinkConfig::Parquet(config) => Ok(Box::new(parquet::ParquetSink::open(pipeline, config)?)),
+        SinkConfig::Jsonl(config) if pipeline.config.tables.is_some() => Ok(Box::new(
+            jsonl::tables::JsonlTables::open(pipeline, config)?,
+        )),
         SinkConfig::Jsonl(config) => Ok(Box::new(jsonl::JsonlSink::open(pipeline, config)?)),
         SinkConfig::Postgres(config) => {
             let lanes = pipeline.config.conflict.as_ref().map_or(1, |c| c.lanes());

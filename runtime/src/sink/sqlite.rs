@@ -77,8 +77,11 @@ pub struct SqliteSink {
     applied_horizon: std::time::Duration,
     /// When identities past the horizon were last removed.
     applied_pruned: Option<std::time::Instant>,
-    /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
-    versioning: Option<Versioning>,
+    /// A built-in conflict strategy (`conflict:` in the pipeline), if any: of the current
+    /// table, in a many-table pipeline.
+    versioning: Option<std::sync::Arc<Versioning>>,
+    /// Each table's strategy, in a many-table pipeline.
+    versionings: crate::sink::versioned::VersioningByTable,
     /// Whether the tombstone table and trigger are in place.
     tombstones_ready: bool,
     /// When tombstones past the horizon were last removed.
@@ -244,7 +247,9 @@ impl SqliteSink {
                 .config
                 .conflict
                 .as_ref()
-                .and_then(Versioning::from_config),
+                .and_then(Versioning::from_config)
+                .map(std::sync::Arc::new),
+            versionings: crate::sink::versioned::VersioningByTable::new(&pipeline.config),
             tombstones_ready: false,
             tombstones_collected: None,
             parked: Default::default(),

@@ -26,7 +26,7 @@ use crate::encode;
 use crate::envelope::{AFTER, ChangeBatch, ORIGIN, Op};
 
 /// A built-in strategy with its columns and sites.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Versioning {
     pub strategy: Strategy,
     pub version_column: Option<String>,
@@ -36,6 +36,63 @@ pub struct Versioning {
     pub site: Option<String>,
     pub source_site: Option<String>,
     pub horizon: Duration,
+}
+
+/// Each target table's strategy in a many-table pipeline: a source table's
+/// `tables.overrides.<name>.conflict`, else the pipeline's `conflict` section. Source
+/// tables merged into one target (shards) must agree, since the target's tombstones and
+/// stored versions are kept one way.
+#[derive(Debug, Default)]
+pub struct VersioningByTable {
+    default: Option<Arc<Versioning>>,
+    /// By source table name.
+    overrides: HashMap<String, Arc<Versioning>>,
+    /// By target table: the source table that first chose its strategy, and the strategy.
+    chosen: HashMap<String, (String, Option<Arc<Versioning>>)>,
+}
+
+impl VersioningByTable {
+    pub fn new(pipeline: &crate::config::PipelineConfig) -> Self {
+        let overrides = pipeline.tables.iter().flat_map(|tables| {
+            tables.overrides.iter().filter_map(|(name, table)| {
+                let versioning = Versioning::from_config(table.conflict.as_ref()?)?;
+                Some((name.clone(), Arc::new(versioning)))
+            })
+        });
+        VersioningByTable {
+            default: pipeline
+                .conflict
+                .as_ref()
+                .and_then(Versioning::from_config)
+                .map(Arc::new),
+            overrides: overrides.collect(),
+            chosen: HashMap::new(),
+        }
+    }
+
+    /// The strategy for `batch`'s table: an error when a shard merged into the same
+    /// target has another.
+    pub fn for_batch(&mut self, batch: &ChangeBatch) -> Result<Option<Arc<Versioning>>, String> {
+        let source = &batch.table.name;
+        let target = batch.table.target.as_deref().unwrap_or(source);
+        let versioning = self
+            .overrides
+            .get(source)
+            .or(self.default.as_ref())
+            .cloned();
+        let (first, chosen) = self
+            .chosen
+            .entry(target.to_string())
+            .or_insert_with(|| (source.clone(), versioning.clone()));
+        if *chosen != versioning {
+            return Err(format!(
+                "source tables `{first}` and `{source}` both go to target table `{target}` \
+                 with different conflict strategies (`tables.overrides`); tables merged into \
+                 one target must share one"
+            ));
+        }
+        Ok(versioning)
+    }
 }
 
 /// What the target holds for a key, as read inside the transaction.

@@ -54,6 +54,8 @@ pub struct ManyTables {
     classifier: Decoder,
     rows: usize,
     bytes: usize,
+    /// The most rows any one table holds since the last finish.
+    largest: usize,
     /// Tables with rows since the last finish.
     with_rows: usize,
     /// Most tables with rows in one batch (`batch.max_tables`).
@@ -108,6 +110,7 @@ impl ManyTables {
             classifier: Decoder::new(spec, format),
             rows: 0,
             bytes: 0,
+            largest: 0,
             with_rows: 0,
             max_tables: max_tables.max(1),
             deferred: false,
@@ -124,6 +127,12 @@ impl ManyTables {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The most rows any one table holds since the last finish (`batch.max_events`
+    /// bounds each table's part of a batch).
+    pub fn largest(&self) -> usize {
+        self.largest
     }
 
     /// Whether the last record was left undecoded because the batch already holds
@@ -231,6 +240,7 @@ impl ManyTables {
                 self.with_rows += usize::from(first_row);
                 counts.rows += 1;
                 self.rows += 1;
+                self.largest = self.largest.max(table.decoder.rows());
                 self.bytes += record.value.map_or(0, <[u8]>::len);
             }
             Err(_) => counts.dead_letters += 1,
@@ -359,6 +369,7 @@ impl ManyTables {
             .map(|t| t.decoder.finish(checkpoint.clone()))
             .collect();
         self.rows = 0;
+        self.largest = 0;
         self.bytes = 0;
         self.with_rows = 0;
         let mut counts = std::mem::take(&mut self.unplaced);

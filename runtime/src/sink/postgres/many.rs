@@ -26,6 +26,9 @@ pub(super) struct Parked {
     staging_created: Option<String>,
     staging_dirty: bool,
     stage: usize,
+    conflict_ready: bool,
+    tombstones_collected: Option<std::time::Instant>,
+    applied_pruned: Option<std::time::Instant>,
 }
 
 /// A new session: no staging table survives it, and every table is read again.
@@ -35,6 +38,7 @@ pub(super) fn forget_session(parked: &mut HashMap<String, Parked>) {
         table.staging_created = None;
         table.checked = None;
         table.columns.clear();
+        table.conflict_ready = false;
     }
 }
 
@@ -52,6 +56,9 @@ impl PostgresSink {
             staging_created: self.staging_created.take(),
             staging_dirty: self.staging_dirty.get(),
             stage: self.stage,
+            conflict_ready: self.conflict_ready,
+            tombstones_collected: self.tombstones_collected.get(),
+            applied_pruned: self.applied_pruned.get(),
         };
         self.parked.insert(std::mem::take(&mut self.table), parked);
         let next_stage = self.parked.len() + 1;
@@ -63,6 +70,9 @@ impl PostgresSink {
             staging_created,
             staging_dirty,
             stage,
+            conflict_ready,
+            tombstones_collected,
+            applied_pruned,
         } = self.parked.remove(target).unwrap_or(Parked {
             stage: next_stage,
             ..Parked::default()
@@ -75,6 +85,9 @@ impl PostgresSink {
         self.staging_created.replace(staging_created);
         self.staging_dirty.set(staging_dirty);
         self.stage = stage;
+        self.conflict_ready = conflict_ready;
+        self.tombstones_collected.set(tombstones_collected);
+        self.applied_pruned.set(applied_pruned);
     }
 
     /// No staging table holds rows of this transaction yet, and none is new in it.
@@ -155,6 +168,22 @@ impl PostgresSink {
         };
         self.begin_transaction();
         let result = (|| {
+            // Each table's strategy; tombstone tables and triggers are made before the
+            // batch's transaction, as for one table.
+            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+                let table = &batch.table;
+                self.switch_to(table.target.as_deref().unwrap_or(&table.name));
+                self.versioning = self
+                    .versionings
+                    .for_batch(batch)
+                    .map_err(|e| self.error(e))?;
+                if let Some(versioning) = self.versioning.clone()
+                    && self.mode == super::PostgresMode::Upsert
+                {
+                    let key = &batch.table.primary_key;
+                    self.prepare_conflict_tables(&mut client, Some(batch), key, &versioning)?;
+                }
+            }
             let mut tx = client
                 .transaction()
                 .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
@@ -165,6 +194,10 @@ impl PostgresSink {
                 }
                 let table = &batch.table;
                 self.switch_to(table.target.as_deref().unwrap_or(&table.name));
+                self.versioning = self
+                    .versionings
+                    .for_batch(batch)
+                    .map_err(|e| self.error(e))?;
                 let prepared = prepared
                     .and_then(|p| p.get(i))
                     .and_then(Option::as_ref)

@@ -125,6 +125,8 @@ pub struct PostgresSink {
     staging_dirty: Cell<bool>,
     /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
     versioning: Option<Arc<Versioning>>,
+    /// Each table's strategy, in a many-table pipeline.
+    versionings: crate::sink::versioned::VersioningByTable,
     /// Whether this connection has made sure of the tombstone table and trigger.
     conflict_ready: bool,
     /// When tombstones past the horizon were last removed.
@@ -189,6 +191,7 @@ impl PostgresSink {
                 .as_ref()
                 .and_then(Versioning::from_config)
                 .map(Arc::new),
+            versionings: crate::sink::versioned::VersioningByTable::new(&pipeline.config),
             conflict_ready: false,
             tombstones_collected: Cell::new(None),
             resolver: None,
@@ -210,8 +213,10 @@ impl PostgresSink {
                 Some(ResolverPlugin::load(config.spec(pipeline)).map_err(|e| sink.error(e))?);
             sink.applied_horizon = config.applied_horizon.0;
         }
+        // A many-table pipeline makes each table's when the table first comes.
         if let Some(versioning) = sink.versioning.clone()
             && sink.mode == PostgresMode::Upsert
+            && pipeline.config.tables.is_none()
         {
             let mut client = sink.client.take().expect("connected above");
             let key = &pipeline.table_spec().primary_key;

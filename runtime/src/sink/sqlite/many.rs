@@ -20,6 +20,9 @@ use crate::tables::TargetTable;
 pub(super) struct Parked {
     columns: Vec<String>,
     checked: bool,
+    tombstones_ready: bool,
+    tombstones_collected: Option<std::time::Instant>,
+    applied_pruned: Option<std::time::Instant>,
 }
 
 impl SqliteSink {
@@ -31,19 +34,33 @@ impl SqliteSink {
         let parked = Parked {
             columns: std::mem::take(&mut self.columns),
             checked: self.checked,
+            tombstones_ready: self.tombstones_ready,
+            tombstones_collected: self.tombstones_collected,
+            applied_pruned: self.applied_pruned,
         };
         self.parked.insert(std::mem::take(&mut self.table), parked);
-        let Parked { columns, checked } = self.parked.remove(target).unwrap_or_default();
+        let Parked {
+            columns,
+            checked,
+            tombstones_ready,
+            tombstones_collected,
+            applied_pruned,
+        } = self.parked.remove(target).unwrap_or_default();
         self.table = target.to_string();
         self.columns = columns;
         self.checked = checked;
+        self.tombstones_ready = tombstones_ready;
+        self.tombstones_collected = tombstones_collected;
+        self.applied_pruned = applied_pruned;
     }
 
     /// After a rollback, every table the transaction created or altered is read again.
     fn forget_tables(&mut self) {
         self.checked = false;
+        self.tombstones_ready = false;
         for parked in self.parked.values_mut() {
             parked.checked = false;
+            parked.tombstones_ready = false;
         }
     }
 
@@ -61,6 +78,10 @@ impl SqliteSink {
             for batch in batches.iter().filter(|b| b.num_rows() > 0) {
                 let table = &batch.table;
                 self.switch_to(table.target.as_deref().unwrap_or(&table.name));
+                self.versioning = self
+                    .versionings
+                    .for_batch(batch)
+                    .map_err(|e| self.error(e))?;
                 self.ensure_table(batch)?;
                 self.apply_rows(batch, &mut applied, rejects)?;
             }

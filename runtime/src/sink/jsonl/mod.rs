@@ -8,6 +8,11 @@
 //! `final` keeps the current row of every key and rewrites the file (atomically) when the
 //! pipeline flushes: at the end of the source and when it stops. It holds the table in
 //! memory and rebuilds it from the start of the source on every run.
+//!
+//! A many-table pipeline (`tables:`) writes a file per target table in the folder `path`
+//! ([`tables`]).
+
+pub mod tables;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,8 +32,8 @@ use crate::position::Checkpoint;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
-    /// Path of the output file. Relative paths resolve against the pipeline file's
-    /// directory.
+    /// Path of the output file; with `tables`, of the folder that holds a file per table
+    /// (`<table>.jsonl`). Relative paths resolve against the pipeline file's directory.
     pub path: PathBuf,
     /// What the file holds.
     #[serde(default)]
@@ -39,6 +44,9 @@ impl JsonlSinkConfig {
     pub fn capabilities(&self) -> super::Capabilities {
         super::Capabilities {
             stores_checkpoint: true,
+            many_tables: true,
+            // `final` keeps the current row of each key.
+            applies_by_key: self.mode == JsonlMode::Final,
             ..Default::default()
         }
     }
@@ -140,6 +148,22 @@ impl JsonlSink {
             .map_err(|e| SinkError::new(&name, e.to_string()))?;
         sink.writer = Some(writer);
         Ok(sink)
+    }
+
+    /// A `final`-mode sink writing `path` (one table of a many-table pipeline).
+    fn final_rows(path: PathBuf) -> Self {
+        JsonlSink {
+            sidecar: PathBuf::new(),
+            path,
+            mode: JsonlMode::Final,
+            writer: None,
+            length: 0,
+            durable: None,
+            rows: HashMap::new(),
+            sequence: 0,
+            checkpoint: Checkpoint::default(),
+            line: String::new(),
+        }
     }
 
     fn error(&self, message: impl Into<String>) -> SinkError {

@@ -4,6 +4,7 @@
 //! cargo bench --bench tables                         # 1M events, 100 and 1000 tables
 //! cargo bench --bench tables -- --events 200000 --repeat 3
 //! cargo bench --bench tables -- --only pg-1,pg-100   # of pg-1, pg-100, pg-1000, pq-1, pq-100
+//! cargo bench --bench tables -- --total 8192         # batch.max_total_events of many-table runs
 //! ```
 //!
 //! 1. File → PostgreSQL upsert: 1M events spread over 100 tables (`tables:`), against
@@ -34,6 +35,8 @@ use weir_runtime::bench::{COLUMNS, generate_over};
 
 struct Args {
     events: usize,
+    /// `batch.max_total_events` for the many-table runs (the default when not given).
+    total: Option<usize>,
     repeat: usize,
     only: Option<String>,
 }
@@ -41,6 +44,7 @@ struct Args {
 fn args() -> Args {
     let mut args = Args {
         events: 1_000_000,
+        total: None,
         repeat: 1,
         only: None,
     };
@@ -53,6 +57,7 @@ fn args() -> Args {
         };
         match arg.as_str() {
             "--events" => args.events = value(),
+            "--total" => args.total = Some(value()),
             "--repeat" => args.repeat = value().max(1),
             "--only" => args.only = it.next(),
             _ => {}
@@ -256,10 +261,17 @@ fn main() {
                 _ => format!("sink:\n  type: parquet\n  path: out-{name}\n"),
             };
             let mut sink = sink;
+            let mut batch = String::new();
+            if let (Some(total), true) = (args.total, *many) {
+                batch.push_str(&format!("  max_total_events: {total}\n"));
+            }
             if *id == "pg-1000" {
                 // Events of 1,000 tables, interleaved evenly: under the default
                 // `max_tables` (100) a batch would end every 100 events.
-                sink.push_str("batch:\n  max_tables: 1000\n");
+                batch.push_str("  max_tables: 1000\n");
+            }
+            if !batch.is_empty() {
+                sink.push_str(&format!("batch:\n{batch}"));
             }
             let path = pipeline(&ws, &name, file, *many, &sink);
             println!("round {round}: {label}");

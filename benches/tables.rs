@@ -130,7 +130,9 @@ fn run(pipeline: &Path) -> (Measured, serde_json::Value) {
     let rss_mib = sampler.join().unwrap();
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(status, 0, "weir failed: {err}");
-    let summary: serde_json::Value = serde_json::from_str(out.trim()).expect("summary");
+    // A profiler given in `WEIR_BENCH_WRAP` may print lines of its own around weir's.
+    let line = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+    let summary: serde_json::Value = serde_json::from_str(line).expect("summary");
     assert_eq!(summary["dead_letters"], 0, "{summary}");
     let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     (

@@ -341,7 +341,13 @@ pub fn run(
             .spawn(move || fetch(source, limits, &stop, &fetched_tx, &spares))
             .expect("spawn the fetch thread")
     };
-    let (tx, rx) = sync_channel::<Message>(2);
+    // Batches queued between stages. A many-table batch holds many tables' data, each with
+    // a fixed cost in every stage (its arrays, its prepared COPY text), so its stages hand
+    // over without a queue: three batches in flight (decoding, preparing, applying), not
+    // six (docs/benchmarks.md, "Many tables against one").
+    let many = pipeline.config.tables.is_some();
+    let queued = |one_table: usize| if many { 0 } else { one_table };
+    let (tx, rx) = sync_channel::<Message>(queued(2));
     let reader = {
         let mut reader = Reader {
             limits,
@@ -372,7 +378,7 @@ pub fn run(
     };
     let (rx, transformer) = match transforms {
         Some(chain) => {
-            let (transformed_tx, transformed_rx) = sync_channel::<Message>(1);
+            let (transformed_tx, transformed_rx) = sync_channel::<Message>(queued(1));
             let letters = letters.clone();
             let thread = std::thread::Builder::new()
                 .name("weir-transform".into())
@@ -384,7 +390,7 @@ pub fn run(
     };
     let (rx, preparer) = match sink.preparer() {
         Some(prepare) => {
-            let (prepared_tx, prepared_rx) = sync_channel::<Message>(1);
+            let (prepared_tx, prepared_rx) = sync_channel::<Message>(queued(1));
             let thread = std::thread::Builder::new()
                 .name("weir-prepare".into())
                 .spawn(move || {

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Fields, SchemaRef};
 use json::{Json, JsonError, Token, key_string};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -384,6 +385,10 @@ pub struct Decoder {
     scratch: String,
     table_info: Arc<TableInfo>,
     table_info_version: Option<u64>,
+    /// The row fields and batch schema of the last finish, and the table version they
+    /// were built for: a table's columns rarely change, and rebuilding them for every
+    /// batch of every table of a many-table pipeline was a good part of its allocations.
+    finished_schema: Option<(u64, Fields, SchemaRef)>,
     pub stats: DecodeStats,
 }
 
@@ -417,6 +422,7 @@ impl Decoder {
             scratch: String::new(),
             table_info,
             table_info_version: None,
+            finished_schema: None,
             stats: DecodeStats::default(),
         }
     }
@@ -563,20 +569,29 @@ impl Decoder {
     /// Builds the batch from the rows decoded since the last call. `checkpoint` is where to
     /// resume once it is applied (it covers records that produced no row, too).
     pub fn finish(&mut self, checkpoint: Checkpoint) -> ChangeBatch {
-        let fields = self.table.fields();
-        let schema = envelope::schema(fields.clone());
-        let mut metadata: HashMap<String, String> = [
-            ("weir.table".to_string(), self.spec.name.clone()),
-            (
-                "weir.primary_key".to_string(),
-                self.table_info().primary_key.join(","),
-            ),
-        ]
-        .into();
-        if let Some(target) = &self.spec.target {
-            metadata.insert("weir.target".into(), target.clone());
-        }
-        let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+        let (fields, schema) = match &self.finished_schema {
+            Some((version, fields, schema)) if *version == self.table.version => {
+                (fields.clone(), schema.clone())
+            }
+            _ => {
+                let fields = self.table.fields();
+                let schema = envelope::schema(fields.clone());
+                let mut metadata: HashMap<String, String> = [
+                    ("weir.table".to_string(), self.spec.name.clone()),
+                    (
+                        "weir.primary_key".to_string(),
+                        self.table_info().primary_key.join(","),
+                    ),
+                ]
+                .into();
+                if let Some(target) = &self.spec.target {
+                    metadata.insert("weir.target".into(), target.clone());
+                }
+                let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+                self.finished_schema = Some((self.table.version, fields.clone(), schema.clone()));
+                (fields, schema)
+            }
+        };
         let mut columns: Vec<ArrayRef> = self.envelope.all().map(|b| b.finish()).collect();
         columns.push(self.headers.finish());
         columns.push(Arc::new(self.before.finish(&fields)));

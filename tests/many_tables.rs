@@ -1400,3 +1400,46 @@ sink: {{ type: sqlite, path: back.db, create: true }}
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[test]
+fn reconcile_skips_and_counts_hostile_records_in_a_many_table_log() {
+    let w = Workspace::new();
+    let sources = [
+        Source::mysql("shop", "customers", 0),
+        Source::mysql("shop", "orders", 0),
+    ];
+    let capture = capture(&sources, 600, 50, 31);
+    let mut lines = capture.lines.clone();
+    // Not JSON; a table whose target would be a path; no table at all; deeply nested.
+    lines.insert(100, "this is not json".to_string());
+    lines.insert(
+        200,
+        r#"{"op":"c","before":null,"after":{"id":1},"source":{"db":"shop","table":".."},"ts_ms":1}"#
+            .to_string(),
+    );
+    lines.insert(300, r#"{"op":"c","before":null,"after":{"id":1},"ts_ms":1}"#.to_string());
+    lines.insert(400, format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)));
+    w.append_lines("events.jsonl", &lines);
+    let pipeline = w.write(
+        "p.yaml",
+        &(SHOP.to_string()
+            + "dead_letter: { type: file, path: dead-letters.jsonl }\n\
+               reconcile:\n  source: { type: debezium }\n  \
+               target: { type: sqlite, path: target.db }\n"),
+    );
+    let summary = w.run_ok(&pipeline);
+    assert_eq!(summary["dead_letters"], 4, "{summary}");
+    let out = common::weir()
+        .arg("reconcile")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("EQUAL: every table"), "{text}");
+    assert!(
+        text.contains("4 records could not be decoded or placed"),
+        "{text}"
+    );
+}

@@ -248,19 +248,7 @@ fn reconcile(args: &ReconcileArgs) -> ExitCode {
     }
     // With a repair script on standard output, the report goes to standard error.
     let show = |report: &weir_reconcile::report::Report, to_stderr: bool| {
-        if let Some(path) = html {
-            std::fs::write(path, report.html())
-                .map_err(|e| format!("cannot write the HTML report {}: {e}", path.display()))?;
-        }
-        let text = match json {
-            true => serde_json::to_string_pretty(report).expect("the report serialises") + "\n",
-            false => report.text(),
-        };
-        match to_stderr {
-            true => eprint!("{text}"),
-            false => print!("{text}"),
-        }
-        Ok::<_, String>(())
+        show_report(report, html, json, to_stderr)
     };
     let outcome = weir_reconcile::reconcile(&loaded, &options);
     if let Some(bar) = &bar {
@@ -329,19 +317,7 @@ fn reconcile_tables(
         ExitCode::from(RECONCILE_ERROR)
     };
     let show = |report: &TablesReport, to_stderr: bool| {
-        if let Some(path) = &args.html {
-            std::fs::write(path, report.html())
-                .map_err(|e| format!("cannot write the HTML report {}: {e}", path.display()))?;
-        }
-        let text = match args.json {
-            true => serde_json::to_string_pretty(report).expect("the report serialises") + "\n",
-            false => report.text(),
-        };
-        match to_stderr {
-            true => eprint!("{text}"),
-            false => print!("{text}"),
-        }
-        Ok::<_, String>(())
+        show_report(report, args.html.as_deref(), args.json, to_stderr)
     };
     let code = |report: &TablesReport| match (report.differing, report.errors) {
         (0, 0) => ExitCode::SUCCESS,
@@ -641,4 +617,58 @@ fn bench_decode(events: usize, repeat: usize, batch: usize, variant: weir_runtim
     println!(
         "table check = weir's time with each event's table checked (as pipelines decode) / without"
     );
+}
+
+/// A reconcile report, shown as text, JSON or an HTML page.
+trait ShownReport {
+    fn html(&self) -> String;
+    fn text(&self) -> String;
+    fn json(&self) -> String;
+}
+
+impl ShownReport for weir_reconcile::report::Report {
+    fn html(&self) -> String {
+        weir_reconcile::report::Report::html(self)
+    }
+    fn text(&self) -> String {
+        weir_reconcile::report::Report::text(self)
+    }
+    fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serialises")
+    }
+}
+
+impl ShownReport for weir_reconcile::database::TablesReport {
+    fn html(&self) -> String {
+        weir_reconcile::database::TablesReport::html(self)
+    }
+    fn text(&self) -> String {
+        weir_reconcile::database::TablesReport::text(self)
+    }
+    fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serialises")
+    }
+}
+
+/// Writes the HTML page if asked, and prints the report as JSON or text (on standard
+/// error when a repair script takes standard output).
+fn show_report(
+    report: &impl ShownReport,
+    html: Option<&std::path::Path>,
+    json: bool,
+    to_stderr: bool,
+) -> Result<(), String> {
+    if let Some(path) = html {
+        std::fs::write(path, report.html())
+            .map_err(|e| format!("cannot write the HTML report {}: {e}", path.display()))?;
+    }
+    let text = match json {
+        true => report.json() + "\n",
+        false => report.text(),
+    };
+    match to_stderr {
+        true => eprint!("{text}"),
+        false => print!("{text}"),
+    }
+    Ok(())
 }

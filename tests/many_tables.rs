@@ -1417,8 +1417,14 @@ fn reconcile_skips_and_counts_hostile_records_in_a_many_table_log() {
         r#"{"op":"c","before":null,"after":{"id":1},"source":{"db":"shop","table":".."},"ts_ms":1}"#
             .to_string(),
     );
-    lines.insert(300, r#"{"op":"c","before":null,"after":{"id":1},"ts_ms":1}"#.to_string());
-    lines.insert(400, format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)));
+    lines.insert(
+        300,
+        r#"{"op":"c","before":null,"after":{"id":1},"ts_ms":1}"#.to_string(),
+    );
+    lines.insert(
+        400,
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+    );
     w.append_lines("events.jsonl", &lines);
     let pipeline = w.write(
         "p.yaml",
@@ -1434,8 +1440,8 @@ fn reconcile_skips_and_counts_hostile_records_in_a_many_table_log() {
         .arg(&pipeline)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("EQUAL: every table"), "{text}");
     assert!(

@@ -17,13 +17,13 @@ use weir_runtime::config::tables::TablesConfig;
 use weir_runtime::decode::{DecodeError, RawRecord};
 use weir_runtime::envelope::ChangeBatch;
 use weir_runtime::metrics::Metrics;
-use weir_runtime::plugin::chain::{RejectRow, TransformChain};
+use weir_runtime::plugin::chain::TransformChain;
 use weir_runtime::position::{Checkpoint, Position};
 use weir_runtime::source::SourceConfig;
 use weir_runtime::tables::{ManyTables, TargetTable};
 
 use crate::ReconcileError;
-use crate::tables::debezium::{connect, each_line, final_rows};
+use crate::tables::debezium::{Refused, connect, each_line, final_rows};
 
 /// One target table's final state, as the log describes it.
 pub struct LogTable {
@@ -57,15 +57,6 @@ pub struct LogTables {
     pub undecodable: u64,
     /// Rows the transforms refused.
     pub refused: u64,
-}
-
-struct Refused(u64);
-
-impl RejectRow<String> for Refused {
-    fn reject(&mut self, _: &ChangeBatch, _: usize, _: &str) -> Result<(), String> {
-        self.0 += 1;
-        Ok(())
-    }
 }
 
 /// Reads the change log `config` names, or without `path` and `topic_pattern` the
@@ -244,7 +235,7 @@ impl Split {
     fn close(&mut self) -> Result<(), String> {
         for batch in self.many.finish(&Checkpoint::default(), &self.metrics) {
             let batch = match self.chain.as_mut() {
-                Some(chain) => chain.run(batch, &mut self.refused)?,
+                Some(chain) => chain.run::<String>(batch, &mut self.refused)?,
                 None => batch,
             };
             let target = batch

@@ -44,10 +44,10 @@ struct LogStats {
 }
 
 /// Counts the rows the transforms refuse.
-struct Refused(u64);
+pub(crate) struct Refused(pub(crate) u64);
 
-impl RejectRow<ReconcileError> for Refused {
-    fn reject(&mut self, _: &ChangeBatch, _: usize, _: &str) -> Result<(), ReconcileError> {
+impl<E> RejectRow<E> for Refused {
+    fn reject(&mut self, _: &ChangeBatch, _: usize, _: &str) -> Result<(), E> {
         self.0 += 1;
         Ok(())
     }
@@ -163,7 +163,7 @@ impl LogReader {
         let batch = self.decoder.finish(Checkpoint::default());
         let batch = match self.chain.as_mut() {
             Some(chain) => chain
-                .run(batch, &mut self.refused)
+                .run::<ReconcileError>(batch, &mut self.refused)
                 .map_err(|e| e.to_string())?,
             None => batch,
         };

@@ -331,9 +331,16 @@ pub fn run(
         max_bytes: pipeline.config.batch.max_bytes,
         max_wait: pipeline.config.batch.max_wait.0,
     };
-    let (fetched_tx, fetched) = sync_channel::<Fetched>(1);
+    // Batches queued between stages. A many-table batch holds many tables' data, each with
+    // a fixed cost in every stage (its arrays, its prepared COPY text), so its stages hand
+    // over without a queue: three batches in flight (decoding, preparing, applying), not
+    // six (docs/benchmarks.md, "Many tables against one"). Its reader decodes several
+    // polls into one batch, so one spare poll buffer keeps the fetcher busy.
+    let many = pipeline.config.tables.is_some();
+    let queued = |one_table: usize| if many { 0 } else { one_table };
+    let (fetched_tx, fetched) = sync_channel::<Fetched>(queued(1));
     // Emptied raw batches go back to the fetcher, so their buffers are reused.
-    let (spare, spares) = sync_channel::<RawBatch>(2);
+    let (spare, spares) = sync_channel::<RawBatch>(if many { 1 } else { 2 });
     let fetcher = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -341,12 +348,6 @@ pub fn run(
             .spawn(move || fetch(source, limits, &stop, &fetched_tx, &spares))
             .expect("spawn the fetch thread")
     };
-    // Batches queued between stages. A many-table batch holds many tables' data, each with
-    // a fixed cost in every stage (its arrays, its prepared COPY text), so its stages hand
-    // over without a queue: three batches in flight (decoding, preparing, applying), not
-    // six (docs/benchmarks.md, "Many tables against one").
-    let many = pipeline.config.tables.is_some();
-    let queued = |one_table: usize| if many { 0 } else { one_table };
     let (tx, rx) = sync_channel::<Message>(queued(2));
     let reader = {
         let mut reader = Reader {

@@ -89,16 +89,9 @@ impl JsonlSink {
         let sidecar = PathBuf::from(format!("{}.checkpoint.json", path.display()));
         let name = format!("jsonl sink {}", path.display());
         let mut sink = JsonlSink {
-            path: path.clone(),
             sidecar: sidecar.clone(),
             mode: config.mode,
-            writer: None,
-            length: 0,
-            durable: None,
-            rows: HashMap::new(),
-            sequence: 0,
-            checkpoint: Checkpoint::default(),
-            line: String::new(),
+            ..Self::final_rows(path.clone())
         };
         if config.mode == JsonlMode::Final {
             return Ok(sink);
@@ -150,7 +143,8 @@ impl JsonlSink {
         Ok(sink)
     }
 
-    /// A `final`-mode sink writing `path` (one table of a many-table pipeline).
+    /// A `final`-mode sink writing `path` (one table of a many-table pipeline), and the
+    /// empty state `open` starts from.
     fn final_rows(path: PathBuf) -> Self {
         JsonlSink {
             sidecar: PathBuf::new(),

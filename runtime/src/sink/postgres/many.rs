@@ -168,18 +168,24 @@ impl PostgresSink {
         };
         self.begin_transaction();
         let result = (|| {
-            // Each table's strategy; tombstone tables and triggers are made before the
-            // batch's transaction, as for one table.
-            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-                let table = &batch.table;
-                self.switch_to(table.target.as_deref().unwrap_or(&table.name));
-                self.versioning = self
-                    .versionings
-                    .for_batch(batch)
-                    .map_err(|e| self.error(e))?;
-                if let Some(versioning) = self.versioning.clone()
-                    && self.mode == super::PostgresMode::Upsert
-                {
+            // Each table's strategy, once per batch. Tombstone tables and triggers are made
+            // before the batch's transaction, as for one table.
+            let strategies = batches
+                .iter()
+                .map(|batch| self.versionings.for_batch(batch))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.error(e))?;
+            if self.mode == super::PostgresMode::Upsert {
+                for (batch, versioning) in batches.iter().zip(&strategies) {
+                    let Some(versioning) = versioning.clone() else {
+                        continue;
+                    };
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                    let table = &batch.table;
+                    self.switch_to(table.target.as_deref().unwrap_or(&table.name));
+                    self.versioning = Some(versioning.clone());
                     let key = &batch.table.primary_key;
                     self.prepare_conflict_tables(&mut client, Some(batch), key, &versioning)?;
                 }
@@ -194,10 +200,7 @@ impl PostgresSink {
                 }
                 let table = &batch.table;
                 self.switch_to(table.target.as_deref().unwrap_or(&table.name));
-                self.versioning = self
-                    .versionings
-                    .for_batch(batch)
-                    .map_err(|e| self.error(e))?;
+                self.versioning = strategies[i].clone();
                 let prepared = prepared
                     .and_then(|p| p.get(i))
                     .and_then(Option::as_ref)

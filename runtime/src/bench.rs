@@ -258,7 +258,11 @@ fn spec(with_schema: bool, check_table: bool) -> TableSpec {
         },
         // As a pipeline decodes: every event's table is checked against `orders`
         // (`check_table: false` measures what that check costs).
-        only_its_table: check_table,
+        table_check: if check_table {
+            crate::decode::table::TableCheck::Named
+        } else {
+            crate::decode::table::TableCheck::Off
+        },
         target: None,
         ..TableSpec::new("orders", &["id"])
     }

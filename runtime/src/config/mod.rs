@@ -288,7 +288,7 @@ impl LoadedPipeline {
             case_insensitive: table.case_insensitive,
             unknown_columns: table.unknown_columns,
             target_types: Vec::new(),
-            only_its_table: true,
+            table_check: crate::decode::table::TableCheck::Named,
             target: None,
         }
     }

@@ -367,7 +367,7 @@ impl SourceKey {
 pub struct Decoder {
     spec: Arc<TableSpec>,
     format: Format,
-    /// Set when events of other tables are to be refused (`TableSpec::only_its_table`).
+    /// Set when events of other tables are to be refused (`TableSpec::table_check`).
     filter: Option<route::TableFilter>,
     /// Whether the event being decoded is known to be this table's (or need not be).
     table_confirmed: bool,
@@ -402,9 +402,13 @@ impl Decoder {
             primary_key: spec.primary_key.clone(),
             target: spec.target.clone(),
         });
-        let filter = spec
-            .only_its_table
-            .then(|| route::TableFilter::new(&spec.name, spec.case_insensitive));
+        let filter = match spec.table_check {
+            table::TableCheck::Off => None,
+            table::TableCheck::Named => {
+                Some(route::TableFilter::new(&spec.name, spec.case_insensitive))
+            }
+            table::TableCheck::Exact => Some(route::TableFilter::exact(&spec.name)),
+        };
         Decoder {
             spec: Arc::new(spec),
             format,

@@ -46,6 +46,9 @@ pub struct TableFilter {
     parts: Vec<String>,
     name: String,
     case_insensitive: bool,
+    /// Compare whole names, as `tables:` pipelines name source tables, rather than parts
+    /// from the right.
+    exact: bool,
 }
 
 /// What [`TableFilter::scan`] makes of a record.
@@ -65,6 +68,16 @@ impl TableFilter {
             parts: name.split('.').map(str::to_string).collect(),
             name: name.to_string(),
             case_insensitive,
+            exact: false,
+        }
+    }
+
+    /// Accepts an event only when its source table, named as a `tables:` pipeline names
+    /// it ([`crate::tables::source_table`]), is exactly `name`.
+    pub fn exact(name: &str) -> TableFilter {
+        TableFilter {
+            exact: true,
+            ..TableFilter::new(name, false)
         }
     }
 
@@ -72,6 +85,16 @@ impl TableFilter {
     /// `None` (or empty) where the event has none. Without a table the topic decides.
     /// `Err(reason)` for another table's row.
     pub fn judge(&self, path: [Option<&str>; 3], position: &Position) -> Result<(), String> {
+        if self.exact {
+            return match crate::tables::source_table_parts(path, position) {
+                Some(parts) if parts.is(&self.name) => Ok(()),
+                Some(parts) => Err(self.refusal(&parts.to_string(), None)),
+                None => Err(format!(
+                    "the event names no table, so it is not for table `{}`",
+                    self.name
+                )),
+            };
+        }
         let path = path.map(|part| part.filter(|p| !p.is_empty()));
         if path[2].is_some() {
             let parts = path.iter().flatten().copied();
@@ -197,6 +220,17 @@ impl<'a> Fields<'a> {
                 })?;
             }
         }
+        Some(fields)
+    }
+
+    /// Reads a `source` block alone (`block` starts at its `{`).
+    pub(crate) fn read_source(block: &'a [u8]) -> Option<Fields<'a>> {
+        let mut scan = Scan {
+            bytes: block,
+            at: 0,
+        };
+        let mut fields = Fields::default();
+        scan.object(|scan, key| fields.source_field(scan, key))?;
         Some(fields)
     }
 

@@ -26,6 +26,20 @@ pub enum UnknownColumns {
     Reject,
 }
 
+/// Which events a decoder refuses as another table's (`decode::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableCheck {
+    /// None: the stream is known to hold this table only.
+    #[default]
+    Off,
+    /// Events naming another table, compared with `name` from the right where both have
+    /// a part (`table:` pipelines: `orders` accepts `public.orders`).
+    Named,
+    /// Events whose source table, named as `tables:` pipelines name tables
+    /// (`<schema>.<table>`, `<db>.<table>`, or from the topic), is not exactly `name`.
+    Exact,
+}
+
 /// The table as the pipeline declares it.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
@@ -39,9 +53,10 @@ pub struct TableSpec {
     /// notices an incompatible change. They do not add columns: a target column the
     /// stream never carries is left alone.
     pub target_types: Vec<(String, ColumnType)>,
-    /// Refuse row changes whose source table is another than `name` (`decode::route`).
-    /// Pipelines set it; decoding a stream known to hold one table need not.
-    pub only_its_table: bool,
+    /// Whether row changes of another source table than `name` are refused
+    /// (`decode::route`). Pipelines set it; decoding a stream known to hold one table
+    /// need not.
+    pub table_check: TableCheck,
     /// The target table, when the pipeline routes tables (`tables:`); `None` leaves it to
     /// the sink's configuration.
     pub target: Option<String>,
@@ -58,7 +73,7 @@ impl TableSpec {
             case_insensitive: false,
             unknown_columns: UnknownColumns::Add,
             target_types: Vec::new(),
-            only_its_table: false,
+            table_check: TableCheck::Off,
             target: None,
         }
     }

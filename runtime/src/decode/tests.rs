@@ -679,7 +679,7 @@ fn a_capture_s_origin_fills_the_envelope_origin() {
 fn another_tables_events_cannot_change_this_table() {
     let mut decoder = Decoder::new(
         TableSpec {
-            only_its_table: true,
+            table_check: crate::decode::table::TableCheck::Named,
             target: None,
             ..TableSpec::new("customers", &["id"])
         },

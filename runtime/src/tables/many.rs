@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::config::tables::TablesConfig;
 use crate::decode::route::Fields;
-use crate::decode::table::{TableSpec, UnknownColumns};
+use crate::decode::table::{TableCheck, TableSpec, UnknownColumns};
 use crate::decode::types::ColumnType;
 use crate::decode::{DecodeError, Decoder, Format, Outcome, RawRecord, RecordError};
 use crate::envelope::ChangeBatch;
@@ -69,7 +69,12 @@ pub struct ManyTables {
     unplaced: BTreeMap<String, TableCounts>,
     /// The buffer event tables are named in.
     name: String,
+    /// Finds [`SOURCE_BLOCK`] in an event.
+    source_block: memchr::memmem::Finder<'static>,
 }
+
+/// Where a compact Debezium event's `source` block starts.
+const SOURCE_BLOCK: &[u8] = br#""source":{"#;
 
 /// A source table seen, what became of it, and its counts since the last finish.
 struct Entry {
@@ -117,6 +122,7 @@ impl ManyTables {
             current: None,
             unplaced: BTreeMap::new(),
             name: String::new(),
+            source_block: memchr::memmem::Finder::new(SOURCE_BLOCK),
         })
     }
 
@@ -161,6 +167,16 @@ impl ManyTables {
         self.current = None;
         // The name is built in a buffer kept across events: no allocation per event.
         let mut name = std::mem::take(&mut self.name);
+        if let Some(entry) = self.guess_table(record, position, &mut name) {
+            match self.decode_entry(entry, record, position, true) {
+                // Not the table the guess named: read the event's table properly.
+                Err(DecodeError::OtherTable(_)) => {}
+                result => {
+                    self.name = name;
+                    return result;
+                }
+            }
+        }
         let named = match record.value {
             Some(value) if !is_null(value) => match Fields::read(value, self.format) {
                 Some(fields) => source_table_into(
@@ -182,6 +198,37 @@ impl ManyTables {
         };
         self.name = name;
         result
+    }
+
+    /// A guess at the table of a Debezium event, cheaper than reading its structure: the
+    /// first `"source":{` in it, read as the envelope's `source` block. Only a table
+    /// already decoded is guessed; its decoder then checks the guess against the table it
+    /// reads for the event (`TableCheck::Exact`) before the event can change anything, so
+    /// a wrong guess (a row column that holds an object with a `source` field) costs a
+    /// second reading and nothing else.
+    fn guess_table(
+        &mut self,
+        record: RawRecord<'_>,
+        position: &Position,
+        name: &mut String,
+    ) -> Option<usize> {
+        if self.format != Format::DebeziumJson {
+            return None;
+        }
+        let value = record.value?;
+        let at = self.source_block.find(value)?;
+        let fields = Fields::read_source(&value[at + SOURCE_BLOCK.len() - 1..])?;
+        let path = [
+            fields.db.as_deref(),
+            fields.schema.as_deref(),
+            fields.table.as_deref(),
+        ];
+        fields.table.as_ref()?;
+        if !source_table_into(path, position, name) {
+            return None;
+        }
+        let entry = *self.slots.get(name.as_str())?;
+        matches!(self.entries[entry].slot, Slot::Decoded(_)).then_some(entry)
     }
 
     fn decode_named(
@@ -215,6 +262,18 @@ impl ManyTables {
                 entry
             }
         };
+        self.decode_entry(entry, record, position, false)
+    }
+
+    /// Decodes a record of table `entries[entry]`; `guessed` when that is only a guess,
+    /// which the decoder may refuse (`OtherTable`, counted as nothing).
+    fn decode_entry(
+        &mut self,
+        entry: usize,
+        record: RawRecord<'_>,
+        position: &Position,
+        guessed: bool,
+    ) -> Result<Outcome, DecodeError> {
         self.current = Some(Current::Entry(entry));
         let Entry { slot, counts, .. } = &mut self.entries[entry];
         let index = match slot {
@@ -243,6 +302,7 @@ impl ManyTables {
                 self.largest = self.largest.max(table.decoder.rows());
                 self.bytes += record.value.map_or(0, <[u8]>::len);
             }
+            Err(DecodeError::OtherTable(_)) if guessed => self.current = None,
             Err(_) => counts.dead_letters += 1,
             Ok(_) => {}
         }
@@ -328,7 +388,9 @@ impl ManyTables {
                 .and_then(|o| o.unknown_columns)
                 .unwrap_or(self.config.unknown_columns),
             target_types: existing.map(|t| t.types.clone()).unwrap_or_default(),
-            only_its_table: false,
+            // The table an event is decoded as may be a guess (`guess_table`): the decoder
+            // checks it before the event can change the table, as for one table.
+            table_check: TableCheck::Exact,
             target: Some(target.clone()),
         };
         tracing::info!(table = %name, target = %target, key = ?spec.primary_key, "new table");
@@ -412,4 +474,81 @@ fn usable_target(name: &str) -> Result<(), &'static str> {
 fn is_null(value: &[u8]) -> bool {
     let value = value.trim_ascii();
     value.is_empty() || value == b"null"
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Int64Array};
+
+    use super::*;
+
+    fn file(line: u64) -> Position {
+        Position::File {
+            stream: "file:events.jsonl".into(),
+            line,
+            offset: line * 100,
+            next: line * 100 + 100,
+        }
+    }
+
+    fn event(table: &str, id: i64, nested: &str) -> String {
+        format!(
+            r#"{{"before":null,"after":{{"id":{id},"doc":{nested}}},"source":{{"db":"shop","schema":"public","table":"{table}"}},"op":"c"}}"#
+        )
+    }
+
+    fn ids(batches: &[ChangeBatch], table: &str) -> Vec<i64> {
+        let batch = batches
+            .iter()
+            .find(|b| b.table.name == table)
+            .unwrap_or_else(|| panic!("no batch of {table}"));
+        let id = batch.after().column_by_name("id").unwrap();
+        let id: &Int64Array = id.as_primitive();
+        id.values().to_vec()
+    }
+
+    /// The guess reads the first `"source":{` in an event; a row column holding an object
+    /// with a `source` field comes first, and names another table. The decoder's own
+    /// reading of the envelope decides, so the row goes to its real table.
+    #[test]
+    fn a_source_field_inside_a_row_does_not_move_the_row_to_another_table() {
+        let config: TablesConfig = serde_json::from_str(
+            r#"{"include": ["*"], "primary_key": ["id"], "columns": {"id": "int64", "doc": "json"}}"#,
+        )
+        .unwrap();
+        let mut many =
+            ManyTables::new(&config, Format::DebeziumJson, HashMap::new(), true, 100).unwrap();
+        let misleading = r#"{"source":{"db":"shop","schema":"public","table":"a"}}"#;
+        let events = [
+            event("a", 1, "null"),
+            event("b", 2, "null"),
+            // Guessed `a` (a table already decoded), read as `b`.
+            event("b", 3, misleading),
+            // Guessed and read as `a`.
+            event("a", 4, "null"),
+        ];
+        for (i, text) in events.iter().enumerate() {
+            let record = RawRecord {
+                key: None,
+                value: Some(text.as_bytes()),
+                headers: Default::default(),
+            };
+            let outcome = many.decode(record, &file(i as u64 + 1));
+            assert_eq!(outcome, Ok(Outcome::Row), "{text}");
+            let table = if text.ends_with(r#""table":"a"},"op":"c"}"#) {
+                "public.a"
+            } else {
+                "public.b"
+            };
+            assert_eq!(many.current_table(), Some(table), "{text}");
+        }
+        let metrics = Metrics::default();
+        let batches = many.finish(&Checkpoint::default(), &metrics);
+        assert_eq!(ids(&batches, "public.a"), [1, 4]);
+        assert_eq!(ids(&batches, "public.b"), [2, 3]);
+        let counts = metrics.table_counts();
+        assert_eq!(counts["public.a"].rows, 2);
+        assert_eq!(counts["public.a"].dead_letters, 0);
+        assert_eq!(counts["public.b"].rows, 2);
+    }
 }

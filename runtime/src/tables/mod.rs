@@ -122,28 +122,72 @@ pub fn source_table(path: [Option<&str>; 3], position: &Position) -> Option<Stri
 /// [`source_table`], written into `out` (cleared first); false when nothing names a table.
 pub fn source_table_into(path: [Option<&str>; 3], position: &Position, out: &mut String) -> bool {
     out.clear();
-    let [db, schema, table] = path.map(|p| p.filter(|p| !p.is_empty()));
-    if let Some(table) = table {
-        if let Some(space) = schema.or(db) {
-            out.push_str(space);
-            out.push('.');
-        }
-        out.push_str(table);
-        return true;
-    }
-    let Position::Kafka { topic, .. } = position else {
+    let Some(SourceTable { space, table }) = source_table_parts(path, position) else {
         return false;
     };
-    let mut parts = topic.rsplitn(3, '.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(table), Some(schema), Some(_prefix)) => {
-            out.push_str(schema);
-            out.push('.');
-            out.push_str(table);
-        }
-        _ => out.push_str(topic),
+    if let Some(space) = space {
+        out.push_str(space);
+        out.push('.');
     }
+    out.push_str(table);
     true
+}
+
+/// A source table's name in its two parts: `<space>.<table>`, or `<table>` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceTable<'a> {
+    pub space: Option<&'a str>,
+    pub table: &'a str,
+}
+
+impl SourceTable<'_> {
+    /// Whether the name is `name` (compared without building it).
+    pub fn is(&self, name: &str) -> bool {
+        match self.space {
+            None => name == self.table,
+            Some(space) => name
+                .strip_prefix(space)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| rest == self.table),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.space {
+            Some(space) => write!(f, "{space}.{}", self.table),
+            None => f.write_str(self.table),
+        }
+    }
+}
+
+/// The parts of [`source_table`]'s name; `None` when nothing names a table.
+pub fn source_table_parts<'a>(
+    path: [Option<&'a str>; 3],
+    position: &'a Position,
+) -> Option<SourceTable<'a>> {
+    let [db, schema, table] = path.map(|p| p.filter(|p| !p.is_empty()));
+    if let Some(table) = table {
+        return Some(SourceTable {
+            space: schema.or(db),
+            table,
+        });
+    }
+    let Position::Kafka { topic, .. } = position else {
+        return None;
+    };
+    let mut parts = topic.rsplitn(3, '.');
+    Some(match (parts.next(), parts.next(), parts.next()) {
+        (Some(table), Some(schema), Some(_prefix)) => SourceTable {
+            space: Some(schema),
+            table,
+        },
+        _ => SourceTable {
+            space: None,
+            table: topic,
+        },
+    })
 }
 
 /// Per-table key sources that do not depend on the event: the override, the default, and

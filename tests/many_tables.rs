@@ -1183,6 +1183,52 @@ fn conflict_applies_to_every_table_with_per_table_overrides() {
     );
 }
 
+/// Shards merged into one target keep that target's tombstones and versions one way, so
+/// they must share a conflict strategy: an override that gives one shard another stops
+/// the run, naming both shards and the target, before anything of the batch is applied.
+#[test]
+fn shards_merged_into_one_target_must_share_a_conflict_strategy() {
+    let w = Workspace::new();
+    let shards = [
+        Source::mysql("shop", "orders_1", 0),
+        Source::mysql("shop", "orders_2", 0),
+    ];
+    let lines: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| upsert(shard, i as i64 + 1, 3, i as i64))
+        .collect();
+    w.append_lines("events.jsonl", &lines);
+    let yaml = SHOP.replace(
+        "  primary_key: [id]\n",
+        "  primary_key: [id]\n  route:\n    - { source: 'shop.orders_*', target: orders }\n  \
+         overrides:\n    shop.orders_2:\n      \
+         conflict: { strategy: first-write-wins, version_column: qty }\n",
+    ) + "conflict: { strategy: last-write-wins, version_column: qty }\n";
+    let pipeline = w.write("p.yaml", &yaml);
+    let run = w.run(&pipeline, &[]);
+    let stderr = run.stderr();
+    assert!(!run.output.status.success(), "{stderr}");
+    for name in [
+        "`shop.orders_1`",
+        "`shop.orders_2`",
+        "`orders`",
+        "conflict strateg",
+    ] {
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+    let applied = sqlite_rows(
+        &w.path("target.db"),
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'orders'",
+    );
+    let none = if applied == [["0"]] {
+        true
+    } else {
+        sqlite_rows(&w.path("target.db"), "SELECT count(*) FROM orders") == [["0"]]
+    };
+    assert!(none, "nothing of the batch is applied: {stderr}");
+}
+
 /// The `(source table, id)` of every change in a change-log JSON Lines file, in order.
 fn jsonl_changes(path: &Path) -> Vec<(String, i64)> {
     std::fs::read_to_string(path)

@@ -28,7 +28,7 @@ use crate::plugin::chain::{RejectRow, TransformChain};
 use crate::position::{Checkpoint, Position};
 use crate::sink::{self, Prepared, Rejects, Sink, SinkError};
 use crate::source::{self, Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
-use crate::tables::ManyTables;
+use crate::tables::{GroupLimits, ManyTables, Planned};
 
 /// What flows from the reader to the applier: the batches read (with what the sink's
 /// preparer made of them), or the error that stopped the reader.
@@ -731,11 +731,17 @@ impl Reader {
             crate::fault::panic_if_injected("read");
             Metrics::add(&self.metrics.events_read, raw.len() as u64);
             Metrics::add(&self.metrics.bytes_read, raw.bytes() as u64);
-            for (record, position) in raw.iter() {
-                self.decode(record, position)?;
-                self.checkpoint.advance(position);
+            if self.decode_grouped(&raw)? {
                 if self.decoding.full(&self.limits, self.max_total_events) && !self.send()? {
                     return Ok(());
+                }
+            } else {
+                for (record, position) in raw.iter() {
+                    self.decode(record, position)?;
+                    self.checkpoint.advance(position);
+                    if self.decoding.full(&self.limits, self.max_total_events) && !self.send()? {
+                        return Ok(());
+                    }
                 }
             }
             let poll_was_full = self.limits.filled(&raw);
@@ -746,6 +752,82 @@ impl Reader {
         }
         self.send()?;
         Ok(())
+    }
+
+    /// Decodes a poll of a many-table pipeline grouped by table ([`ManyTables::plan`]),
+    /// when it fits in the batch whole. Dead letters are written in the stream's order.
+    /// Returns false, with nothing changed, when the poll is to be decoded record by
+    /// record instead (and so also when an event must stop the pipeline: exactly the
+    /// events before it are applied).
+    fn decode_grouped(&mut self, raw: &RawBatch) -> Result<bool, PipelineError> {
+        let Decoding::Many(many) = &mut self.decoding else {
+            return Ok(false);
+        };
+        let records: Vec<_> = raw.iter().collect();
+        let limits = GroupLimits {
+            max_events: self.limits.max_records,
+            max_total: self.max_total_events,
+            max_bytes: self.limits.max_bytes,
+            max_record_bytes: self.max_record_bytes,
+        };
+        let Some(plan) = many.plan(&records, &limits) else {
+            return Ok(false);
+        };
+        let mark = many.mark();
+        let mut letters: Vec<(u32, Stage, String, Option<String>)> = Vec::new();
+        let (mut rows, mut tombstones, mut schema_changes, mut ignored) = (0, 0, 0, 0);
+        for &i in &plan.order {
+            let (record, position) = records[i as usize];
+            let result = match many.decode_planned(plan.guesses[i as usize], record, position) {
+                Planned::Decoded(result) => result,
+                Planned::Redo => {
+                    many.rewind(mark);
+                    return Ok(false);
+                }
+            };
+            match result {
+                Ok(Outcome::Row) => rows += 1,
+                Ok(Outcome::Tombstone) => tombstones += 1,
+                Ok(Outcome::SchemaChange(info)) => {
+                    schema_changes += 1;
+                    tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
+                }
+                Ok(Outcome::Ignored(what)) => {
+                    ignored += 1;
+                    tracing::debug!(at = %position, "ignored a {what}");
+                }
+                Err(DecodeError::Record(e)) => {
+                    let table = many.current_table().map(str::to_string);
+                    letters.push((i, Stage::Decode, e.message, table));
+                }
+                Err(DecodeError::OtherTable(reason)) => {
+                    let table = many.current_table().map(str::to_string);
+                    letters.push((i, Stage::Route, reason, table));
+                }
+                Err(DecodeError::Fatal(_)) => unreachable!("a fatal event asks for a redo"),
+            }
+        }
+        Metrics::add(&self.metrics.rows_decoded, rows);
+        Metrics::add(&self.metrics.tombstones, tombstones);
+        Metrics::add(&self.metrics.schema_changes, schema_changes);
+        Metrics::add(&self.metrics.ignored, ignored);
+        letters.sort_unstable_by_key(|(i, ..)| *i);
+        for (i, stage, error, table) in &letters {
+            let (record, position) = records[*i as usize];
+            self.letters.write(&DeadLetter {
+                stage: *stage,
+                error,
+                table: table.as_deref(),
+                position: Some(position),
+                key: record.key,
+                raw: record.value,
+            })?;
+            self.letters_pending = true;
+        }
+        for (_, position) in &records {
+            self.checkpoint.advance(position);
+        }
+        Ok(true)
     }
 
     fn dead_letter(

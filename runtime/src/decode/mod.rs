@@ -156,6 +156,24 @@ pub struct DecodeStats {
     pub other_tables: u64,
 }
 
+/// Where a [`Decoder`]'s batch stood ([`Decoder::mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    rows: usize,
+    columns: usize,
+    bytes: usize,
+    stats: DecodeStats,
+}
+
+impl Mark {
+    /// The mark of an empty batch with the same columns.
+    pub fn clear(&mut self) {
+        self.rows = 0;
+        self.bytes = 0;
+        self.stats = DecodeStats::default();
+    }
+}
+
 /// The `headers` column: a map per row, built from flat keys and values.
 struct HeadersBuilder {
     offsets: Vec<i32>,
@@ -182,6 +200,17 @@ impl HeadersBuilder {
         }
         self.offsets.push(self.keys.len() as i32);
         Ok(())
+    }
+
+    /// Keeps the headers of the first `rows` rows.
+    fn truncate(&mut self, rows: usize) {
+        if rows + 1 >= self.offsets.len() {
+            return;
+        }
+        self.offsets.truncate(rows + 1);
+        let entries = self.offsets[rows] as usize;
+        self.keys.truncate(entries);
+        self.values.truncate(entries);
     }
 
     fn finish(&mut self) -> ArrayRef {
@@ -559,6 +588,26 @@ impl Decoder {
         }
         self.table_check_asked = true;
         Err(reject("checking the event's table first"))
+    }
+
+    /// Where the batch being built stands, to [`rewind`](Self::rewind) to.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            rows: self.rows(),
+            columns: self.table.columns.len(),
+            bytes: self.bytes,
+            stats: self.stats,
+        }
+    }
+
+    /// Drops the rows decoded since `mark`, and the columns they added. A column whose
+    /// type they widened keeps its wider type (the batch's rows hold either).
+    pub fn rewind(&mut self, mark: Mark) {
+        self.rollback(mark.rows, mark.columns);
+        self.headers.truncate(mark.rows);
+        self.positions.truncate(mark.rows);
+        self.bytes = mark.bytes;
+        self.stats = mark.stats;
     }
 
     fn rollback(&mut self, rows: usize, columns: usize) {

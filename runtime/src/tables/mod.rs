@@ -17,7 +17,7 @@ use glob::{MatchOptions, Pattern};
 use crate::config::tables::TablesConfig;
 use crate::position::Position;
 
-pub use many::{ManyTables, TargetTable};
+pub use many::{GroupLimits, ManyTables, Planned, TargetTable};
 
 /// Globs over source table names (`transforms[].tables`): `*` spans dots.
 #[derive(Debug, Default)]

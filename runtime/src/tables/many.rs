@@ -245,9 +245,10 @@ impl ManyTables {
     /// Plans decoding a poll's records grouped by table, each table's in their order: a
     /// table's builders then take its rows in a run instead of one at a time between
     /// other tables' (most of a many-table reader's extra time was reaching builders gone
-    /// cold since the table's last row). `None` when the poll is better decoded record by
-    /// record: it holds fewer than two tables, or decoding it whole could reach a batch
-    /// limit (a batch may only be cut where the stream is, not inside a reordered poll).
+    /// cold since the table's last row). A poll of one table is planned too: its guesses
+    /// are then not made twice. `None` when the poll is to be decoded record by record: no
+    /// table in it could be guessed, or decoding it whole could reach a batch limit (a
+    /// batch may only be cut where the stream is, not inside a reordered poll).
     ///
     /// Each record's table is [guessed](Self::guess_table); records with no guess come
     /// first, and [`decode_planned`](Self::decode_planned) asks for the poll to be decoded
@@ -296,7 +297,7 @@ impl ManyTables {
             rows += count as usize;
             new_tables += usize::from(held == 0);
         }
-        let fits = tables >= 2
+        let fits = tables >= 1
             && self.rows + rows <= limits.max_total
             && self.bytes + bytes <= limits.max_bytes
             && self.with_rows + new_tables <= self.max_tables;

@@ -655,6 +655,68 @@ fn fetch(
     }
 }
 
+/// Writes a record's dead letter; `pending` says letters await a flush.
+fn write_letter(
+    letters: &mut Letters,
+    pending: &mut bool,
+    stage: Stage,
+    table: Option<&str>,
+    record: crate::decode::RawRecord<'_>,
+    position: &Position,
+    error: &str,
+) -> Result<(), PipelineError> {
+    letters.write(&DeadLetter {
+        stage,
+        error,
+        table,
+        position: Some(position),
+        key: record.key,
+        raw: record.value,
+    })?;
+    *pending = true;
+    Ok(())
+}
+
+/// What decoded records came to, for the metrics, with a log line for each schema change
+/// and ignored event.
+#[derive(Debug, Default)]
+struct DecodedCounts {
+    rows: u64,
+    tombstones: u64,
+    schema_changes: u64,
+    ignored: u64,
+}
+
+impl DecodedCounts {
+    fn count(&mut self, outcome: &Outcome, position: &Position) {
+        match outcome {
+            Outcome::Row => self.rows += 1,
+            Outcome::Tombstone => self.tombstones += 1,
+            Outcome::SchemaChange(info) => {
+                self.schema_changes += 1;
+                tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
+            }
+            Outcome::Ignored(what) => {
+                self.ignored += 1;
+                tracing::debug!(at = %position, "ignored a {what}");
+            }
+        }
+    }
+
+    fn publish(&self, metrics: &Metrics) {
+        for (counter, n) in [
+            (&metrics.rows_decoded, self.rows),
+            (&metrics.tombstones, self.tombstones),
+            (&metrics.schema_changes, self.schema_changes),
+            (&metrics.ignored, self.ignored),
+        ] {
+            if n > 0 {
+                Metrics::add(counter, n);
+            }
+        }
+    }
+}
+
 /// The reader: fetched records → decoder → channel, with dead letters for what cannot be
 /// decoded.
 struct Reader {
@@ -775,7 +837,8 @@ impl Reader {
         };
         let mark = many.mark();
         let mut letters: Vec<(u32, Stage, String, Option<String>)> = Vec::new();
-        let (mut rows, mut tombstones, mut schema_changes, mut ignored) = (0, 0, 0, 0);
+        // Published once the poll is decoded: a rewound poll counts nothing.
+        let mut counts = DecodedCounts::default();
         for &i in &plan.order {
             let (record, position) = records[i as usize];
             let result = match many.decode_planned(plan.guesses[i as usize], record, position) {
@@ -786,16 +849,7 @@ impl Reader {
                 }
             };
             match result {
-                Ok(Outcome::Row) => rows += 1,
-                Ok(Outcome::Tombstone) => tombstones += 1,
-                Ok(Outcome::SchemaChange(info)) => {
-                    schema_changes += 1;
-                    tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
-                }
-                Ok(Outcome::Ignored(what)) => {
-                    ignored += 1;
-                    tracing::debug!(at = %position, "ignored a {what}");
-                }
+                Ok(outcome) => counts.count(&outcome, position),
                 Err(DecodeError::Record(e)) => {
                     let table = many.current_table().map(str::to_string);
                     letters.push((i, Stage::Decode, e.message, table));
@@ -807,22 +861,19 @@ impl Reader {
                 Err(DecodeError::Fatal(_)) => unreachable!("a fatal event asks for a redo"),
             }
         }
-        Metrics::add(&self.metrics.rows_decoded, rows);
-        Metrics::add(&self.metrics.tombstones, tombstones);
-        Metrics::add(&self.metrics.schema_changes, schema_changes);
-        Metrics::add(&self.metrics.ignored, ignored);
+        counts.publish(&self.metrics);
         letters.sort_unstable_by_key(|(i, ..)| *i);
         for (i, stage, error, table) in &letters {
             let (record, position) = records[*i as usize];
-            self.letters.write(&DeadLetter {
-                stage: *stage,
+            write_letter(
+                &mut self.letters,
+                &mut self.letters_pending,
+                *stage,
+                table.as_deref(),
+                record,
+                position,
                 error,
-                table: table.as_deref(),
-                position: Some(position),
-                key: record.key,
-                raw: record.value,
-            })?;
-            self.letters_pending = true;
+            )?;
         }
         for (_, position) in &records {
             self.checkpoint.advance(position);
@@ -830,6 +881,7 @@ impl Reader {
         Ok(true)
     }
 
+    /// A dead letter of the record decoded last (its table, if it named one).
     fn dead_letter(
         &mut self,
         stage: Stage,
@@ -837,17 +889,15 @@ impl Reader {
         position: &Position,
         error: &str,
     ) -> Result<(), PipelineError> {
-        let table = self.decoding.table();
-        self.letters.write(&DeadLetter {
+        write_letter(
+            &mut self.letters,
+            &mut self.letters_pending,
             stage,
+            self.decoding.table(),
+            record,
+            position,
             error,
-            table,
-            position: Some(position),
-            key: record.key,
-            raw: record.value,
-        })?;
-        self.letters_pending = true;
-        Ok(())
+        )
     }
 
     fn decode(
@@ -872,15 +922,10 @@ impl Reader {
             decoded = self.decoding.decode(record, position);
         }
         match decoded {
-            Ok(Outcome::Row) => Metrics::add(&self.metrics.rows_decoded, 1),
-            Ok(Outcome::Tombstone) => Metrics::add(&self.metrics.tombstones, 1),
-            Ok(Outcome::SchemaChange(info)) => {
-                Metrics::add(&self.metrics.schema_changes, 1);
-                tracing::info!(at = %position, ddl = ?info.ddl, tables = ?info.table_changes, "schema change event");
-            }
-            Ok(Outcome::Ignored(what)) => {
-                Metrics::add(&self.metrics.ignored, 1);
-                tracing::debug!(at = %position, "ignored a {what}");
+            Ok(outcome) => {
+                let mut counts = DecodedCounts::default();
+                counts.count(&outcome, position);
+                counts.publish(&self.metrics);
             }
             Err(DecodeError::Record(e)) => {
                 self.dead_letter(Stage::Decode, record, position, &e.message)?

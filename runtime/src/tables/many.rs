@@ -305,7 +305,7 @@ impl ManyTables {
             return None;
         }
         // Records with no guess first, then each table's, by a counting sort.
-        let mut start = vec![0u32; per_entry.len() + 1];
+        let mut start = vec![0u32; per_entry.len()];
         let unguessed = (records.len() - rows) as u32;
         let mut next = unguessed;
         for (entry, count) in per_entry.iter().enumerate() {
@@ -712,12 +712,7 @@ mod tests {
     /// reading of the envelope decides, so the row goes to its real table.
     #[test]
     fn a_source_field_inside_a_row_does_not_move_the_row_to_another_table() {
-        let config: TablesConfig = serde_json::from_str(
-            r#"{"include": ["*"], "primary_key": ["id"], "columns": {"id": "int64", "doc": "json"}}"#,
-        )
-        .unwrap();
-        let mut many =
-            ManyTables::new(&config, Format::DebeziumJson, HashMap::new(), true, 100).unwrap();
+        let mut many = many_tables();
         let misleading = r#"{"source":{"db":"shop","schema":"public","table":"a"}}"#;
         let events = [
             event("a", 1, "null"),
@@ -728,12 +723,7 @@ mod tests {
             event("a", 4, "null"),
         ];
         for (i, text) in events.iter().enumerate() {
-            let record = RawRecord {
-                key: None,
-                value: Some(text.as_bytes()),
-                headers: Default::default(),
-            };
-            let outcome = many.decode(record, &file(i as u64 + 1));
+            let outcome = many.decode(record(text), &file(i as u64 + 1));
             assert_eq!(outcome, Ok(Outcome::Row), "{text}");
             let table = if text.ends_with(r#""table":"a"},"op":"c"}"#) {
                 "public.a"
@@ -803,19 +793,25 @@ mod tests {
         ManyTables::new(&config, Format::DebeziumJson, HashMap::new(), true, 100).unwrap()
     }
 
-    /// A poll decoded grouped by table gives each table its rows in the stream's order,
-    /// and its counts, as decoding record by record does.
-    #[test]
-    fn a_poll_grouped_by_table_keeps_each_table_s_order() {
+    /// A pipeline that has decoded one row of each of `tables` (ids 100, 101, …), record
+    /// by record: a poll holding a table's first rows is not grouped.
+    fn seen(tables: &[&str]) -> ManyTables {
         let mut many = many_tables();
-        // Tables are first seen record by record (a poll with unseen tables asks for it).
-        for (i, table) in ["a", "b"].iter().enumerate() {
+        for (i, table) in tables.iter().enumerate() {
             let text = event(table, 100 + i as i64, "null");
             assert_eq!(
                 many.decode(record(&text), &file(i as u64)),
                 Ok(Outcome::Row)
             );
         }
+        many
+    }
+
+    /// A poll decoded grouped by table gives each table its rows in the stream's order,
+    /// and its counts, as decoding record by record does.
+    #[test]
+    fn a_poll_grouped_by_table_keeps_each_table_s_order() {
+        let mut many = seen(&["a", "b"]);
         let mut poll = Vec::new();
         for id in 0..6 {
             poll.push(event(if id % 2 == 0 { "a" } else { "b" }, id, "null"));
@@ -837,14 +833,7 @@ mod tests {
     /// record, and rewinding leaves every table as it was before the poll.
     #[test]
     fn a_wrong_guess_in_a_grouped_poll_rewinds_it_whole() {
-        let mut many = many_tables();
-        for (i, table) in ["a", "b"].iter().enumerate() {
-            let text = event(table, 100 + i as i64, "null");
-            assert_eq!(
-                many.decode(record(&text), &file(i as u64)),
-                Ok(Outcome::Row)
-            );
-        }
+        let mut many = seen(&["a", "b"]);
         let misleading = r#"{"source":{"db":"shop","schema":"public","table":"a"}}"#;
         let poll = vec![
             event("a", 1, "null"),
@@ -868,5 +857,26 @@ mod tests {
         assert_eq!(ids(&batches, "public.b"), [101, 2, 4]);
         assert_eq!(metrics.table_counts()["public.a"].rows, 4);
         assert_eq!(metrics.table_counts()["public.b"].rows, 3);
+    }
+
+    /// A record past `batch.max_record_bytes` is the reader's to dead-letter before any
+    /// decoding, in the stream's order: a poll holding one is not grouped.
+    #[test]
+    fn a_poll_with_a_record_past_max_record_bytes_is_not_grouped() {
+        let mut many = seen(&["a", "b"]);
+        let huge = format!(r#""{}""#, "x".repeat(400));
+        let poll = [event("a", 1, "null"), event("b", 2, &huge)];
+        let positions = [file(10), file(11)];
+        let records: Vec<(RawRecord<'_>, &Position)> = poll
+            .iter()
+            .zip(&positions)
+            .map(|(t, p)| (record(t), p))
+            .collect();
+        assert!(many.plan(&records, &LIMITS).is_some());
+        let small = GroupLimits {
+            max_record_bytes: 300,
+            ..LIMITS
+        };
+        assert!(many.plan(&records, &small).is_none());
     }
 }

@@ -146,6 +146,17 @@ fn fixtures_end_as_the_expected_tables() {
 /// with the reason and their line; every other row of the batch is applied.
 #[test]
 fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
+    refused_rows_are_dead_lettered(20, &[(4, "-1"), (9, "null"), (15, "-7")]);
+}
+
+/// The same in a batch large enough to be COPYed into staging tables rather than sent
+/// as array parameters.
+#[test]
+fn rows_a_staged_batch_refuses_are_dead_lettered_and_the_rest_applied() {
+    refused_rows_are_dead_lettered(6000, &[(4, "-1"), (2999, "null"), (5990, "-7")]);
+}
+
+fn refused_rows_are_dead_lettered(count: i64, bad: &[(i64, &str)]) {
     let pg = Postgres::start();
     pg.create_database("refuse");
     pg.client("refuse")
@@ -153,8 +164,7 @@ fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
             "CREATE TABLE public.orders (id bigint PRIMARY KEY, qty bigint NOT NULL CHECK (qty >= 0), note text)",
         )
         .unwrap();
-    let bad = [(4i64, "-1"), (9, "null"), (15, "-7")];
-    let lines: Vec<String> = (1..=20i64)
+    let lines: Vec<String> = (1..=count)
         .map(|id| {
             let qty = bad
                 .iter()
@@ -170,19 +180,20 @@ fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
          source:\n  type: file\n  path: events.jsonl\n\
          table:\n  name: orders\n  primary_key: [id]\n  columns: {{id: int64, qty: int64, note: string}}\n\
          sink:\n  type: postgres\n  url: {}\n  table: public.orders\n\
+         batch:\n  max_events: 8192\n\
          dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
         pg.url("refuse")
     );
     let summary = ws.run_ok(&ws.write("pipeline.yaml", &yaml));
-    assert_eq!(summary["dead_letters"], 3, "{summary}");
+    assert_eq!(summary["dead_letters"], bad.len(), "{summary}");
     let ids = rows(
         &pg,
         "refuse",
-        "SELECT id::text FROM orders ORDER BY orders.id",
+        "SELECT id::text, note FROM orders ORDER BY orders.id",
     );
-    let expected: Vec<Vec<Option<String>>> = (1..=20i64)
+    let expected: Vec<Vec<Option<String>>> = (1..=count)
         .filter(|id| !bad.iter().any(|(b, _)| b == id))
-        .map(|id| vec![Some(id.to_string())])
+        .map(|id| vec![Some(id.to_string()), Some(format!("n{id}"))])
         .collect();
     assert_eq!(ids, expected);
     let letters = ws.dead_letters();
@@ -190,7 +201,7 @@ fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
         .iter()
         .map(|l| l["source"]["line"].as_i64().unwrap())
         .collect();
-    assert_eq!(lines, [4, 9, 15]);
+    assert_eq!(lines, bad.iter().map(|(b, _)| *b).collect::<Vec<_>>());
     for letter in &letters {
         assert_eq!(letter["stage"], "sink");
         let error = letter["error"].as_str().unwrap();
@@ -203,6 +214,128 @@ fn rows_the_table_refuses_are_dead_lettered_and_the_rest_applied() {
         assert_eq!(raw["op"], "c");
         assert_eq!(raw["after"]["id"], letter["source"]["line"]);
     }
+}
+
+/// A value too long for a column's `varchar(n)`, `char(n)`, a domain over one or an
+/// array of that domain is refused, as the column's own input would refuse it, never cut
+/// short to fit; keys of a type with a modifier still delete.
+#[test]
+fn a_value_too_long_for_its_column_is_refused_not_cut_short() {
+    let pg = Postgres::start();
+    pg.create_database("modifiers");
+    // `char(n)` and a domain over `varchar(n)`: an explicit cast to `character` means
+    // `character(1)`, and one to the domain applies its length as an explicit cast does,
+    // cutting values short, so values are cast to the base type without its modifier.
+    pg.client("modifiers")
+        .batch_execute(
+            "CREATE DOMAIN short_tag AS varchar(2);
+             CREATE TABLE public.codes (code char(3) PRIMARY KEY, label varchar(5), \
+             kind char(2), tag short_tag, tags short_tag[]);
+             INSERT INTO public.codes VALUES ('old', 'kept?', 'k0', 't0', '{t0}')",
+        )
+        .unwrap();
+    let ws = Workspace::new();
+    let lines = [
+        r#"{"op":"c","after":{"code":"abc","label":"first","kind":"k1","tag":"t1","tags":"{t1,t2}"}}"#,
+        r#"{"op":"c","after":{"code":"abd","label":"second","kind":"k2","tag":"t2","tags":"{}"}}"#,
+        r#"{"op":"c","after":{"code":"abe","label":"third","kind":"k3","tag":"t3","tags":"{}"}}"#,
+        r#"{"op":"c","after":{"code":"abcd","label":"x","kind":"k4","tag":"t4","tags":"{}"}}"#,
+        r#"{"op":"d","before":{"code":"abe","label":"third","kind":"k3","tag":"t3","tags":"{}"}}"#,
+        r#"{"op":"d","before":{"code":"old","label":"kept?","kind":"k0","tag":"t0","tags":"{t0}"}}"#,
+        r#"{"op":"c","after":{"code":"abf","label":"x","kind":"k12","tag":"t5","tags":"{}"}}"#,
+        r#"{"op":"c","after":{"code":"abg","label":"x","kind":"k6","tag":"t12","tags":"{}"}}"#,
+        r#"{"op":"c","after":{"code":"abh","label":"x","kind":"k7","tag":"t7","tags":"{t12}"}}"#,
+    ];
+    ws.append_lines("events.jsonl", &lines.map(String::from));
+    let yaml = format!(
+        "name: modifiers\n\
+         source:\n  type: file\n  path: events.jsonl\n\
+         table:\n  name: codes\n  primary_key: [code]\n  \
+         columns: {{code: string, label: string, kind: string, tag: string, tags: string}}\n\
+         sink:\n  type: postgres\n  url: {}\n  table: public.codes\n\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+        pg.url("modifiers")
+    );
+    let summary = ws.run_ok(&ws.write("pipeline.yaml", &yaml));
+    assert_eq!(summary["dead_letters"], 5, "{summary}");
+    assert_eq!(
+        rows(
+            &pg,
+            "modifiers",
+            "SELECT code::text, label::text, kind::text, tag::text, tags::text \
+             FROM codes ORDER BY code"
+        ),
+        vec![
+            ["abc", "first", "k1", "t1", "{t1,t2}"]
+                .map(|v| Some(v.to_string()))
+                .to_vec()
+        ]
+    );
+    let letters = ws.dead_letters();
+    let lines: Vec<i64> = letters
+        .iter()
+        .map(|l| l["source"]["line"].as_i64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 4, 7, 8, 9]);
+    for letter in &letters {
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains("too long"), "{error}");
+    }
+}
+
+/// A table of the user's whose column types differ from the events' (integers into
+/// `integer` and `numeric`, booleans and integers into `text`, doubles into `real`) takes
+/// each value as the column's input would read its text, by key for deletes too.
+#[test]
+fn a_table_whose_types_differ_from_the_events_reads_their_values_as_text() {
+    let pg = Postgres::start();
+    pg.create_database("mixed");
+    pg.client("mixed")
+        .batch_execute(
+            "CREATE TABLE public.mixed (id integer PRIMARY KEY, qty numeric(12,2), \
+             flag text, code text, score real);
+             INSERT INTO public.mixed VALUES (7, 1, 'old', 'old', 0)",
+        )
+        .unwrap();
+    let ws = Workspace::new();
+    let lines = [
+        r#"{"op":"c","after":{"id":1,"qty":10,"flag":true,"code":42,"score":0.5}}"#,
+        r#"{"op":"c","after":{"id":2,"qty":-3,"flag":false,"code":null,"score":1e3}}"#,
+        r#"{"op":"u","after":{"id":1,"qty":11,"flag":false,"code":43,"score":0.25}}"#,
+        r#"{"op":"d","before":{"id":7,"qty":1,"flag":false,"code":0,"score":0}}"#,
+    ];
+    ws.append_lines("events.jsonl", &lines.map(String::from));
+    let yaml = format!(
+        "name: mixed\n\
+         source:\n  type: file\n  path: events.jsonl\n\
+         table:\n  name: mixed\n  primary_key: [id]\n  \
+         columns: {{id: int64, qty: int64, flag: boolean, code: int64, score: float64}}\n\
+         sink:\n  type: postgres\n  url: {}\n  table: public.mixed\n\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+        pg.url("mixed")
+    );
+    let summary = ws.run_ok(&ws.write("pipeline.yaml", &yaml));
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    let row = |id: &str, qty: &str, flag: &str, code: Option<&str>, score: &str| {
+        vec![
+            Some(id.to_string()),
+            Some(qty.to_string()),
+            Some(flag.to_string()),
+            code.map(String::from),
+            Some(score.to_string()),
+        ]
+    };
+    assert_eq!(
+        rows(
+            &pg,
+            "mixed",
+            "SELECT id::text, qty::text, flag, code, score::text FROM mixed ORDER BY id"
+        ),
+        vec![
+            row("1", "11.00", "f", Some("43"), "0.25"),
+            row("2", "-3.00", "f", None, "1000"),
+        ]
+    );
 }
 
 /// `mode: append` keeps every change, with its operation and position, in order.

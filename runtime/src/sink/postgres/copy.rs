@@ -1,6 +1,88 @@
-//! COPY text encoding, and batches prepared ahead as COPY lines per compacted action.
+//! Values as PostgreSQL's input functions read them: COPY text for the change-log table,
+//! and batches prepared ahead as text cells per compacted action, sent as `text[]`
+//! parameters (see `arrays`).
 
 use super::*;
+
+/// Appends one non-null value's text, as the column type's input function reads it.
+pub(super) fn write_text(out: &mut String, array: &dyn Array, row: usize) {
+    use std::fmt::Write as _;
+    match array.data_type() {
+        DataType::Boolean => out.push(if array.as_boolean().value(row) {
+            't'
+        } else {
+            'f'
+        }),
+        DataType::Int8 => {
+            let _ = write!(out, "{}", array.as_primitive::<Int8Type>().value(row));
+        }
+        DataType::Int16 => {
+            let _ = write!(out, "{}", array.as_primitive::<Int16Type>().value(row));
+        }
+        DataType::Int32 => {
+            let _ = write!(out, "{}", array.as_primitive::<Int32Type>().value(row));
+        }
+        DataType::Int64 => {
+            let _ = write!(out, "{}", array.as_primitive::<Int64Type>().value(row));
+        }
+        DataType::Float32 => {
+            let v = array.as_primitive::<Float32Type>().value(row);
+            out.push_str(&float_text(v as f64, || v.to_string()));
+        }
+        DataType::Float64 => {
+            let v = array.as_primitive::<Float64Type>().value(row);
+            out.push_str(&float_text(v, || v.to_string()));
+        }
+        DataType::Binary => {
+            // bytea hex input.
+            out.push_str("\\x");
+            for b in array.as_binary::<i32>().value(row) {
+                let _ = write!(out, "{b:02x}");
+            }
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            let micros = array
+                .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
+                .value(row);
+            let _ = write!(out, "{micros} microseconds");
+        }
+        DataType::Duration(TimeUnit::Nanosecond) => {
+            let nanos = array
+                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
+                .value(row);
+            let _ = write!(out, "{} microseconds", nanos / 1000);
+        }
+        DataType::Duration(TimeUnit::Millisecond) => {
+            let millis = array
+                .as_primitive::<arrow::datatypes::DurationMillisecondType>()
+                .value(row);
+            let _ = write!(out, "{millis} milliseconds");
+        }
+        DataType::Duration(TimeUnit::Second) => {
+            let seconds = array
+                .as_primitive::<arrow::datatypes::DurationSecondType>()
+                .value(row);
+            let _ = write!(out, "{seconds} seconds");
+        }
+        _ => out.push_str(&encode::text(array, row).unwrap_or_default()),
+    }
+}
+
+/// Whether a column of this Arrow type is sent straight from its Arrow values (see
+/// `arrays::Encoding`), so no text is prepared for it.
+pub(super) fn sent_directly(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Boolean
+            | DataType::Utf8
+    )
+}
 
 /// Appends one value in COPY's text format (`\N` for null; tab, newline and backslash
 /// escaped).
@@ -9,77 +91,24 @@ pub(super) fn copy_value(out: &mut Vec<u8>, array: &dyn Array, row: usize) {
         out.extend_from_slice(b"\\N");
         return;
     }
-    let value: std::borrow::Cow<'_, str> = match array.data_type() {
-        DataType::Boolean => if array.as_boolean().value(row) {
-            "t"
-        } else {
-            "f"
-        }
-        .into(),
-        DataType::Int8 => array
-            .as_primitive::<Int8Type>()
-            .value(row)
-            .to_string()
-            .into(),
-        DataType::Int16 => array
-            .as_primitive::<Int16Type>()
-            .value(row)
-            .to_string()
-            .into(),
-        DataType::Int32 => array
-            .as_primitive::<Int32Type>()
-            .value(row)
-            .to_string()
-            .into(),
-        DataType::Int64 => array
-            .as_primitive::<Int64Type>()
-            .value(row)
-            .to_string()
-            .into(),
-        DataType::Float32 => {
-            let v = array.as_primitive::<Float32Type>().value(row);
-            float_text(v as f64, || v.to_string()).into()
-        }
-        DataType::Float64 => {
-            let v = array.as_primitive::<Float64Type>().value(row);
-            float_text(v, || v.to_string()).into()
-        }
-        DataType::Binary => {
-            let bytes = array.as_binary::<i32>().value(row);
-            // bytea hex input; the backslash itself is escaped for COPY.
-            out.extend_from_slice(b"\\\\x");
-            for b in bytes {
-                let _ = write!(out, "{b:02x}");
-            }
-            return;
-        }
-        DataType::Duration(TimeUnit::Microsecond) => {
-            let micros = array
-                .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
-                .value(row);
-            format!("{micros} microseconds").into()
-        }
-        DataType::Duration(TimeUnit::Nanosecond) => {
-            let nanos = array
-                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
-                .value(row);
-            format!("{} microseconds", nanos / 1000).into()
-        }
-        DataType::Duration(TimeUnit::Millisecond) => {
-            let millis = array
-                .as_primitive::<arrow::datatypes::DurationMillisecondType>()
-                .value(row);
-            format!("{millis} milliseconds").into()
-        }
-        DataType::Duration(TimeUnit::Second) => {
-            let seconds = array
-                .as_primitive::<arrow::datatypes::DurationSecondType>()
-                .value(row);
-            format!("{seconds} seconds").into()
-        }
-        _ => encode::text(array, row).unwrap_or_default(),
-    };
-    for &b in value.as_bytes() {
+    if array.data_type() == &DataType::Utf8 {
+        escape(out, array.as_string::<i32>().value(row).as_bytes());
+        return;
+    }
+    // One buffer reused for every value: this runs for each value of a large batch.
+    thread_local! {
+        static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    TEXT.with_borrow_mut(|text| {
+        text.clear();
+        write_text(text, array, row);
+        escape(out, text.as_bytes());
+    });
+}
+
+/// Appends `value` escaped for COPY's text format.
+fn escape(out: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
@@ -104,31 +133,84 @@ pub(super) fn float_text(value: f64, shortest: impl FnOnce() -> String) -> Strin
     }
 }
 
-/// One action of a compacted segment: upsert the row's after image, or delete its key;
-/// `line` is where its COPY line lies in the segment's `rows` or `keys` buffer.
+/// One action of a compacted segment: upsert the row's after image, or delete its key.
+/// Its values (a row's columns, or a key's) are its COPY line in the segment's `rows` or
+/// `keys` when the segment is staged, else its cells in the segment's `cells`.
 pub(super) struct Action {
     pub(super) row: usize,
     pub(super) upsert: bool,
     pub(super) line: std::ops::Range<usize>,
+    pub(super) cells: std::ops::Range<usize>,
 }
 
-/// A compacted segment with its COPY text, ready to send.
+/// From how many actions a segment is COPYed into staging tables rather than sent as
+/// array parameters. Per value, COPY is the cheaper input for PostgreSQL (it parses text
+/// straight into the column types, where a `text[]` parameter is received, unnested and
+/// cast); per statement, arrays are (no staging tables to fill, and truncate at every
+/// commit, and two round trips fewer). With one table's batch of 65,536 rows the former
+/// wins, with 100 tables' of about 650 each the latter (docs/benchmarks.md).
+pub(super) const STAGED_ACTIONS: usize = 4096;
+
+/// Where one value's text lies in a segment's `text`; `NULL_CELL` for a null, and for a
+/// column sent directly.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TextCell {
+    start: u32,
+    end: u32,
+}
+
+const NULL_CELL: TextCell = TextCell {
+    start: u32::MAX,
+    end: u32::MAX,
+};
+
+/// A compacted segment with its values as text, ready to send.
 pub(super) struct PreparedSegment {
     pub(super) truncate_first: bool,
     /// In row order.
     pub(super) actions: Vec<Action>,
+    /// Whether it is COPYed into staging tables (`rows`, `keys`), else sent as arrays
+    /// (`text`, `cells`).
+    pub(super) staged: bool,
     pub(super) rows: Vec<u8>,
     pub(super) keys: Vec<u8>,
+    text: String,
+    cells: Vec<TextCell>,
 }
 
-/// An upsert batch compacted and encoded as COPY text ahead of its turn.
+impl PreparedSegment {
+    fn value(&self, cell: TextCell) -> Option<&str> {
+        (cell.start != u32::MAX).then(|| &self.text[cell.start as usize..cell.end as usize])
+    }
+
+    /// Column `column` of `actions` (all upserts, or all deletes), one value per action:
+    /// a `text[]` parameter. Not for a column sent directly.
+    pub(super) fn column<'s>(&'s self, actions: &[&Action], column: usize) -> Vec<Option<&'s str>> {
+        actions
+            .iter()
+            .map(|a| self.value(self.cells[a.cells.start + column]))
+            .collect()
+    }
+
+    /// The bytes of text `action` holds.
+    pub(super) fn text_bytes(&self, action: &Action) -> usize {
+        self.cells[action.cells.clone()]
+            .iter()
+            .filter(|c| c.start != u32::MAX)
+            .map(|c| (c.end - c.start) as usize)
+            .sum()
+    }
+}
+
+/// An upsert batch compacted and encoded as text ahead of its turn.
 pub(super) struct PreparedUpsert {
     pub(super) segments: Vec<PreparedSegment>,
 }
 
 /// Compacts `batch` (the rows `include` selects) and encodes each segment's rows and
-/// deleted keys as COPY text. Depends on the batch alone, so it can run on another thread
-/// while the previous batch is being applied.
+/// deleted keys as COPY lines (a segment of `STAGED_ACTIONS` or more) or text cells.
+/// Depends on the batch alone, so it can run on another thread while the previous batch
+/// is being applied.
 pub(super) fn prepare_upsert(
     batch: &ChangeBatch,
     include: Option<&[bool]>,
@@ -159,27 +241,55 @@ pub(super) fn prepare_upsert(
         let mut out = PreparedSegment {
             truncate_first: segment.truncate_first,
             actions: Vec::with_capacity(order.len()),
+            staged: order.len() >= STAGED_ACTIONS,
             rows: Vec::new(),
             keys: Vec::new(),
+            text: String::new(),
+            cells: Vec::new(),
         };
         for (row, upsert) in order {
-            let (buffer, columns) = if upsert {
-                (&mut out.rows, &row_columns)
-            } else {
-                (&mut out.keys, &key_columns)
-            };
-            let start = buffer.len();
-            for (i, column) in columns.iter().enumerate() {
-                if i > 0 {
-                    buffer.push(b'\t');
+            let columns = if upsert { &row_columns } else { &key_columns };
+            if out.staged {
+                let buffer = if upsert { &mut out.rows } else { &mut out.keys };
+                let start = buffer.len();
+                for (i, column) in columns.iter().enumerate() {
+                    if i > 0 {
+                        buffer.push(b'\t');
+                    }
+                    copy_value(buffer, *column, row);
                 }
-                copy_value(buffer, *column, row);
+                buffer.push(b'\n');
+                out.actions.push(Action {
+                    row,
+                    upsert,
+                    line: start..buffer.len(),
+                    cells: 0..0,
+                });
+                continue;
             }
-            buffer.push(b'\n');
+            let first = out.cells.len();
+            for column in columns {
+                if column.is_null(row) || sent_directly(column.data_type()) {
+                    out.cells.push(NULL_CELL);
+                    continue;
+                }
+                let start = out.text.len();
+                write_text(&mut out.text, *column, row);
+                // u32::MAX marks a null.
+                let end = u32::try_from(out.text.len()).ok();
+                let (Ok(start), Some(end)) = (u32::try_from(start), end.filter(|e| *e < u32::MAX))
+                else {
+                    return Err(
+                        "the batch holds 4 GiB of text or more; lower the batch's max_bytes".into(),
+                    );
+                };
+                out.cells.push(TextCell { start, end });
+            }
             out.actions.push(Action {
                 row,
                 upsert,
-                line: start..buffer.len(),
+                line: 0..0,
+                cells: first..out.cells.len(),
             });
         }
         prepared.push(out);
@@ -199,6 +309,24 @@ mod tests {
     }
 
     #[test]
+    fn text_is_what_the_input_functions_read_unescaped() {
+        let text = |array: &dyn Array| {
+            let mut out = String::new();
+            write_text(&mut out, array, 0);
+            out
+        };
+        assert_eq!(text(&StringArray::from(vec!["a\tb\\"])), "a\tb\\");
+        assert_eq!(
+            text(&BinaryArray::from(vec![&[0x01u8, 0xff][..]])),
+            "\\x01ff"
+        );
+        assert_eq!(
+            text(&Float64Array::from(vec![f64::NEG_INFINITY])),
+            "-Infinity"
+        );
+    }
+
+    #[test]
     fn copy_text_escapes_and_encodes() {
         let s = StringArray::from(vec![Some("a\tb\nc\\d"), None]);
         assert_eq!(copied(&s, 0), "a\\tb\\nc\\\\d");
@@ -211,15 +339,12 @@ mod tests {
     }
 
     #[test]
-    fn prepared_segments_hold_each_action_s_copy_line_in_row_order() {
-        let lines = |s: &PreparedSegment| -> Vec<(usize, bool, String)> {
+    fn prepared_segments_hold_each_action_in_row_order_with_its_cells() {
+        // A row's cells are its columns (id, v); a deleted key's, the key's (id).
+        let lines = |s: &PreparedSegment| -> Vec<(usize, bool, usize)> {
             s.actions
                 .iter()
-                .map(|a| {
-                    let buffer = if a.upsert { &s.rows } else { &s.keys };
-                    let line = String::from_utf8(buffer[a.line.clone()].to_vec()).unwrap();
-                    (a.row, a.upsert, line)
-                })
+                .map(|a| (a.row, a.upsert, a.cells.len()))
                 .collect()
         };
         let batch = crate::sink::compact::tests::batch(&[
@@ -235,24 +360,14 @@ mod tests {
         assert!(!segments[0].truncate_first);
         assert_eq!(
             lines(&segments[0]),
-            vec![
-                (2, true, "1\ta\\tb\n".into()),
-                (3, false, "2\n".into()),
-                (4, true, "3\t\\N\n".into()),
-                (5, false, "4\n".into()),
-            ]
+            vec![(2, true, 2), (3, false, 1), (4, true, 2), (5, false, 1),]
         );
         // Skipping rows prepares the rest only.
         let include = [true, true, false, false, true, true];
         let segments = prepare_upsert(&batch, Some(&include)).unwrap();
         assert_eq!(
             lines(&segments[0]),
-            vec![
-                (0, true, "1\ta\n".into()),
-                (1, true, "2\tb\n".into()),
-                (4, true, "3\t\\N\n".into()),
-                (5, false, "4\n".into()),
-            ]
+            vec![(0, true, 2), (1, true, 2), (4, true, 2), (5, false, 1),]
         );
         // A truncate starts the segment over.
         let batch = crate::sink::compact::tests::batch(&[
@@ -263,6 +378,27 @@ mod tests {
         let segments = prepare_upsert(&batch, None).unwrap();
         assert_eq!(segments.len(), 1);
         assert!(segments[0].truncate_first);
-        assert_eq!(lines(&segments[0]), vec![(2, true, "2\tb\n".into())]);
+        assert_eq!(lines(&segments[0]), vec![(2, true, 2)]);
+    }
+
+    #[test]
+    fn a_segment_of_many_actions_is_prepared_as_copy_lines() {
+        let events: Vec<String> = (0..STAGED_ACTIONS)
+            .map(|i| format!(r#"{{"op":"c","after":{{"id":{i},"v":"a\tb"}}}}"#))
+            .collect();
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let batch = crate::sink::compact::tests::batch(&events);
+        let segments = prepare_upsert(&batch, None).unwrap();
+        assert!(segments[0].staged);
+        let last = segments[0].actions.last().unwrap();
+        assert_eq!(
+            &segments[0].rows[last.line.clone()],
+            format!("{}\ta\\tb\n", STAGED_ACTIONS - 1).as_bytes()
+        );
+        // One fewer is sent as arrays.
+        let batch = crate::sink::compact::tests::batch(&events[1..]);
+        let segments = prepare_upsert(&batch, None).unwrap();
+        assert!(!segments[0].staged);
+        assert!(segments[0].rows.is_empty());
     }
 }

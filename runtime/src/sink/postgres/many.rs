@@ -20,6 +20,7 @@ use crate::tables::TargetTable;
 #[derive(Debug, Default)]
 pub(super) struct Parked {
     columns: BTreeMap<String, String>,
+    casts: BTreeMap<String, String>,
     target_key: Vec<String>,
     checked: Option<arrow::datatypes::Fields>,
     staged: Option<String>,
@@ -38,6 +39,7 @@ pub(super) fn forget_session(parked: &mut HashMap<String, Parked>) {
         table.staging_created = None;
         table.checked = None;
         table.columns.clear();
+        table.casts.clear();
         table.conflict_ready = false;
     }
 }
@@ -50,6 +52,7 @@ impl PostgresSink {
         }
         let parked = Parked {
             columns: std::mem::take(&mut self.columns),
+            casts: std::mem::take(&mut self.casts),
             target_key: std::mem::take(&mut self.target_key),
             checked: self.checked.take(),
             staged: self.staged.take(),
@@ -64,6 +67,7 @@ impl PostgresSink {
         let next_stage = self.parked.len() + 1;
         let Parked {
             columns,
+            casts,
             target_key,
             checked,
             staged,
@@ -79,6 +83,7 @@ impl PostgresSink {
         });
         self.table = target.to_string();
         self.columns = columns;
+        self.casts = casts;
         self.target_key = target_key;
         self.checked = checked;
         self.staged.replace(staged);
@@ -211,6 +216,11 @@ impl PostgresSink {
             tx.commit().map_err(|e| self.pg_error("commit failed", &e))
         })();
         self.end_transaction(result.is_ok());
+        if result.is_err() {
+            // One of the statements kept prepared may have been dropped under the
+            // connection: prepare them again.
+            self.statements.borrow_mut().clear();
+        }
         if !client.is_closed() {
             self.client = Some(client);
         }

@@ -1,5 +1,6 @@
-//! Applying a batch: the rows the target lacks, compacted, COPYed into staging tables and
-//! merged (`upsert`), or COPYed into the change-log table (`append`).
+//! Applying a batch: the rows the target lacks, compacted, upserted (`upsert`; a segment
+//! of many actions is COPYed into staging tables and merged from there, a smaller one from
+//! array parameters, `arrays.rs`); or COPYed into the change-log table (`append`).
 
 use super::*;
 
@@ -101,6 +102,35 @@ impl PostgresSink {
                 &owned
             }
         };
+        let statements = self.merge_statements(batch)?;
+        if segments.iter().any(|s| s.staged) {
+            self.ensure_staging(tx, batch)?;
+        }
+        let target = self.target();
+        for segment in segments {
+            if segment.truncate_first {
+                tx.batch_execute(&format!("DELETE FROM {target}"))
+                    .map_err(|e| self.pg_error("cannot truncate", &e))?;
+                applied.truncates += 1;
+            }
+            let mut merge = |tx: &mut Transaction<'_>, actions: &[Action]| {
+                if segment.staged {
+                    self.merge_staged(tx, batch, segment, actions, present)
+                } else {
+                    self.merge(tx, batch, &statements, segment, actions, present)
+                }
+            };
+            self.isolating(tx, batch, &segment.actions, &mut merge, rejects, applied)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure this table's staging tables exist with the batch's columns.
+    fn ensure_staging(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &ChangeBatch,
+    ) -> Result<(), SinkError> {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         let typed = |name: &str| -> Result<String, SinkError> {
@@ -138,24 +168,12 @@ impl PostgresSink {
             self.staging_created.replace(Some(signature));
             self.staging_dirty.set(false);
         }
-        let target = self.target();
-        for segment in segments {
-            if segment.truncate_first {
-                tx.batch_execute(&format!("DELETE FROM {target}"))
-                    .map_err(|e| self.pg_error("cannot truncate", &e))?;
-                applied.truncates += 1;
-            }
-            let mut merge = |tx: &mut Transaction<'_>, actions: &[Action]| {
-                self.merge(tx, batch, segment, actions, present)
-            };
-            self.isolating(tx, batch, &segment.actions, &mut merge, rejects, applied)?;
-        }
         Ok(())
     }
 
     /// COPYs the prepared lines of `actions` (a run of the segment's) into the staging
     /// tables, then deletes and upserts.
-    pub(super) fn merge(
+    pub(super) fn merge_staged(
         &self,
         tx: &mut Transaction<'_>,
         batch: &ChangeBatch,
@@ -214,22 +232,8 @@ impl PostgresSink {
                     tx.batch_execute(NESTED_LOOP)?;
                     let deleted = tx.execute(&delete, &[])?;
                     tx.batch_execute(RESET)?;
-                    // A delete of a key that was present removes one row; one of a key that
-                    // was not, none; the old key of an update that moved it, either.
-                    let ops: Vec<Op> = batch.ops().collect();
-                    let deletes = actions.iter().filter(|a| !a.upsert);
-                    let least = deletes
-                        .clone()
-                        .filter(|a| ops[a.row] == Op::Delete && present[a.row])
-                        .count() as u64;
-                    let moved = deletes.filter(|a| ops[a.row] != Op::Delete).count() as u64;
-                    if !(least..=least + moved).contains(&deleted) {
-                        return Err(MergeError::Raced(format!(
-                            "the batch deleted {deleted} rows where {least} were read under \
-                             lock; another writer changed these keys meanwhile, so the batch \
-                             is applied again"
-                        )));
-                    }
+                    let deletes: Vec<&Action> = actions.iter().filter(|a| !a.upsert).collect();
+                    check_deleted(batch, &deletes, present, deleted)?;
                 }
             }
         }
@@ -270,17 +274,8 @@ impl PostgresSink {
                             &[],
                         )?
                         .get(0);
-                    let expected = actions
-                        .iter()
-                        .filter(|a| a.upsert && !present[a.row])
-                        .count() as i64;
-                    if inserted != expected {
-                        return Err(MergeError::Raced(format!(
-                            "the batch inserted {inserted} rows where {expected} keys had none \
-                             when read under lock; another writer inserted some meanwhile, so \
-                             the batch is applied again"
-                        )));
-                    }
+                    let upserts: Vec<&Action> = actions.iter().filter(|a| a.upsert).collect();
+                    check_inserted(&upserts, present, inserted)?;
                 }
             }
         }
@@ -363,6 +358,48 @@ impl PostgresSink {
         writer.finish()?;
         Ok(rows.len() as u64)
     }
+}
+
+/// With `present` (per row: whether its key had a row when read under lock), checks that
+/// deleting the keys of `deletes` removed as many rows as it should have.
+pub(super) fn check_deleted(
+    batch: &ChangeBatch,
+    deletes: &[&Action],
+    present: &[bool],
+    deleted: u64,
+) -> Result<(), MergeError> {
+    // A delete of a key that was present removes one row; one of a key that was not,
+    // none; the old key of an update that moved it, either.
+    let ops: Vec<Op> = batch.ops().collect();
+    let least = deletes
+        .iter()
+        .filter(|a| ops[a.row] == Op::Delete && present[a.row])
+        .count() as u64;
+    let moved = deletes.iter().filter(|a| ops[a.row] != Op::Delete).count() as u64;
+    if !(least..=least + moved).contains(&deleted) {
+        return Err(MergeError::Raced(format!(
+            "the batch deleted {deleted} rows where {least} were read under lock; another \
+             writer changed these keys meanwhile, so the batch is applied again"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that upserting `upserts` inserted a row exactly for the keys that had none.
+pub(super) fn check_inserted(
+    upserts: &[&Action],
+    present: &[bool],
+    inserted: i64,
+) -> Result<(), MergeError> {
+    let expected = upserts.iter().filter(|a| !present[a.row]).count() as i64;
+    if inserted != expected {
+        return Err(MergeError::Raced(format!(
+            "the batch inserted {inserted} rows where {expected} keys had none when read \
+             under lock; another writer inserted some meanwhile, so the batch is applied \
+             again"
+        )));
+    }
+    Ok(())
 }
 
 /// A failure while merging: from the server, or writing COPY data (the connection).

@@ -5,9 +5,10 @@
 //!    inserted first, so the lock always has a row; two processes that both believe they
 //!    own a partition during a rebalance are serialised here);
 //! 2. skip the rows the table already holds (at or before the stored checkpoint);
-//! 3. compact to one action per key; COPY the rows into a temporary staging table; apply
-//!    with `DELETE … USING` and `INSERT … ON CONFLICT (key) DO UPDATE` (`upsert` mode), or
-//!    COPY every change into a change-log table (`append` mode);
+//! 3. compact to one action per key; apply with `DELETE` and `INSERT … ON CONFLICT (key)
+//!    DO UPDATE` from array parameters, one per column, or (a segment of many rows) from
+//!    rows COPYed into temporary staging tables (`upsert` mode); or COPY every change
+//!    into a change-log table (`append` mode);
 //! 4. store the new checkpoint (never moving it backwards) and commit.
 //!
 //! A row the table refuses (a value out of range, a NOT NULL or CHECK violation) is found
@@ -30,6 +31,7 @@ use postgres::{Client, NoTls, Transaction};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod arrays;
 mod bisect;
 mod checkpoint;
 mod config;
@@ -75,6 +77,10 @@ fn retryable(e: &postgres::Error) -> bool {
                 || c.starts_with("57P")
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
+                // A statement kept prepared was dropped under the connection (`DISCARD
+                // ALL`, a pooler): the batch fails, the kept statements are forgotten, and
+                // the retry prepares them again.
+                || *code == SqlState::INVALID_SQL_STATEMENT_NAME
         }
     }
 }
@@ -123,6 +129,12 @@ pub struct PostgresSink {
     staging_created: RefCell<Option<String>>,
     /// Whether the staging tables may hold rows from an earlier merge of this transaction.
     staging_dirty: Cell<bool>,
+    /// Each target column's base type without its modifier (`character varying` for
+    /// `varchar(5)`, `bpchar` for `char(3)`, a domain's base type; `table.rs`), which
+    /// values sent as text are cast to.
+    casts: BTreeMap<String, String>,
+    /// Statements prepared on this connection, by their text (`arrays.rs`, `statement`).
+    statements: RefCell<std::collections::HashMap<String, postgres::Statement>>,
     /// A built-in conflict strategy (`conflict:` in the pipeline), if any.
     versioning: Option<Arc<Versioning>>,
     /// Each table's strategy, in a many-table pipeline.
@@ -185,6 +197,8 @@ impl PostgresSink {
             staged: RefCell::new(None),
             staging_created: RefCell::new(None),
             staging_dirty: Cell::new(false),
+            casts: BTreeMap::new(),
+            statements: RefCell::new(Default::default()),
             versioning: pipeline
                 .config
                 .conflict
@@ -273,7 +287,9 @@ impl PostgresSink {
                 .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
             self.client = Some(client);
             self.columns.clear();
+            self.casts.clear();
             self.checked = None;
+            self.statements.borrow_mut().clear();
             self.staged.replace(None);
             self.conflict_ready = false;
             // A new session has none of the other tables' staging tables either.
@@ -357,8 +373,10 @@ impl Sink for PostgresSink {
         }
         if result.is_err() {
             // The rollback took back any table or column the batch created: read the
-            // target again before the retry.
+            // target again before the retry. And prepare statements again: one may have
+            // been dropped under the connection.
             self.checked = None;
+            self.statements.borrow_mut().clear();
         }
         if !client.is_closed() {
             self.client = Some(client);

@@ -7,10 +7,14 @@ impl PostgresSink {
     pub(super) fn read_columns(&mut self, tx: &mut Transaction<'_>) -> Result<(), SinkError> {
         let rows = tx
             .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+                        format_type(a.atttypid, -1), a.atttypid, e.oid IS NOT NULL,
+                        t.typtype = 'd' OR coalesce(e.typtype = 'd', false)
                  FROM pg_attribute a
                  JOIN pg_class c ON c.oid = a.attrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_type t ON t.oid = a.atttypid
+                 LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
                  ORDER BY a.attnum",
                 &[&self.schema, &self.table],
@@ -20,6 +24,16 @@ impl PostgresSink {
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
             .collect();
+        self.casts.clear();
+        for row in &rows {
+            // The type without its modifier, as `format_type(…, -1)` spells it.
+            let cast = if row.get::<_, bool>(5) {
+                self.cast_type(tx, row.get(3), row.get(4))?
+            } else {
+                row.get(2)
+            };
+            self.casts.insert(row.get(0), cast);
+        }
         let key = tx
             .query(
                 "SELECT a.attname
@@ -33,6 +47,38 @@ impl PostgresSink {
             .map_err(|e| self.pg_error("cannot read the table's key", &e))?;
         self.target_key = key.iter().map(|r| r.get::<_, String>(0)).collect();
         Ok(())
+    }
+
+    /// The type a value sent as text is cast to for a column of domain type `oid` (or
+    /// an array of one, `array`): the domain's base type (its element's, as an array)
+    /// without its modifier, spelled so that it means that (`format_type(…, -1)`:
+    /// `bpchar`, not `character`, which is `character(1)`). An explicit cast to a type
+    /// with a length cuts a longer value short, and one to a domain applies the domain's
+    /// length so too; the INSERT's assignment to the column then checks the length and
+    /// the domain's constraints, refusing what does not fit.
+    fn cast_type(
+        &self,
+        tx: &mut Transaction<'_>,
+        oid: u32,
+        array: bool,
+    ) -> Result<String, SinkError> {
+        let row = tx
+            .query_one(
+                "WITH RECURSIVE chain(oid, depth) AS (
+                     SELECT CASE WHEN $2 THEN t.typelem ELSE t.oid END, 0
+                     FROM pg_type t WHERE t.oid = $1
+                     UNION ALL
+                     SELECT t.typbasetype, chain.depth + 1
+                     FROM chain JOIN pg_type t ON t.oid = chain.oid
+                     WHERE t.typtype = 'd' AND chain.depth < 100
+                 )
+                 SELECT format_type(CASE WHEN $2 THEN b.typarray ELSE b.oid END, -1)
+                 FROM chain JOIN pg_type b ON b.oid = chain.oid
+                 ORDER BY chain.depth DESC LIMIT 1",
+                &[&oid, &array],
+            )
+            .map_err(|e| self.pg_error("cannot read a column's type", &e))?;
+        Ok(row.get(0))
     }
 
     /// Makes sure the table exists with every column of the batch, creating, adding or

@@ -43,35 +43,18 @@ impl PostgresSink {
             .iter()
             .map(|f| Ok(Encoding::of(f.data_type(), cast(f.name())?)))
             .collect::<Result<Vec<_>, SinkError>>()?;
-        let before = batch.before();
-        let key_encodings = key
+        let key_encodings = key_columns(batch)
+            .map_err(|e| self.error(e))?
             .iter()
-            .map(|k| {
-                let data_type = before
-                    .column_by_name(k)
-                    .map(|c| c.data_type().clone())
-                    .ok_or_else(|| {
-                        self.error(format!("primary key column {k} is not in the rows"))
-                    })?;
-                Ok(Encoding::of(&data_type, cast(k)?))
-            })
+            .zip(key)
+            .map(|(column, k)| Ok(Encoding::of(column.data_type(), cast(k)?)))
             .collect::<Result<Vec<_>, SinkError>>()?;
         let values = fields
             .iter()
             .enumerate()
             .map(|(i, f)| Ok(format!("u.c{}::{}", i + 1, cast(f.name())?)))
             .collect::<Result<Vec<_>, SinkError>>()?;
-        let updates: Vec<String> = names
-            .iter()
-            .zip(fields.iter())
-            .filter(|(_, f)| !key.contains(f.name()))
-            .map(|(n, _)| format!("{n} = EXCLUDED.{n}"))
-            .collect();
-        let action = if updates.is_empty() {
-            "NOTHING".to_string()
-        } else {
-            format!("UPDATE SET {}", updates.join(", "))
-        };
+        let action = conflict_action(&fields, key);
         // `unnest` in the select list, not in FROM: set-returning functions there run in
         // lockstep and stream their rows, where `FROM unnest(a, b, …)` first stores every
         // column's values in a tuplestore, which spills to disk past `work_mem`.
@@ -144,18 +127,7 @@ impl PostgresSink {
             done.deletes = deletes.len() as u64;
             let statement = self.statement(tx, &statements.delete)?;
             let mut deleted = 0;
-            let before = batch.before();
-            let arrays: Vec<&dyn Array> = batch
-                .table
-                .primary_key
-                .iter()
-                .map(|k| {
-                    before
-                        .column_by_name(k)
-                        .expect("checked by merge_statements")
-                        .as_ref()
-                })
-                .collect();
+            let arrays = key_columns(batch).expect("checked by merge_statements");
             for chunk in chunks(segment, &arrays, &deletes) {
                 let columns = columns(&statements.key_encodings, segment, &arrays, chunk);
                 deleted += tx.execute(&statement, &parameters(&columns))?;

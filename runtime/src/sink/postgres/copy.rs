@@ -207,17 +207,10 @@ pub(super) struct PreparedUpsert {
     pub(super) segments: Vec<PreparedSegment>,
 }
 
-/// Compacts `batch` (the rows `include` selects) and encodes each segment's rows and
-/// deleted keys as COPY lines (a segment of `STAGED_ACTIONS` or more) or text cells.
-/// Depends on the batch alone, so it can run on another thread while the previous batch
-/// is being applied.
-pub(super) fn prepare_upsert(
-    batch: &ChangeBatch,
-    include: Option<&[bool]>,
-) -> Result<Vec<PreparedSegment>, String> {
-    let after = batch.after();
+/// The before image's primary key columns, in key order: what a deleted key is sent as.
+pub(super) fn key_columns(batch: &ChangeBatch) -> Result<Vec<&dyn Array>, String> {
     let before = batch.before();
-    let key_columns: Vec<&dyn Array> = batch
+    batch
         .table
         .primary_key
         .iter()
@@ -227,7 +220,19 @@ pub(super) fn prepare_upsert(
                 .map(|c| c.as_ref())
                 .ok_or_else(|| format!("primary key column `{k}` is not in the rows"))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// Compacts `batch` (the rows `include` selects) and encodes each segment's rows and
+/// deleted keys as COPY lines (a segment of `STAGED_ACTIONS` or more) or text cells.
+/// Depends on the batch alone, so it can run on another thread while the previous batch
+/// is being applied.
+pub(super) fn prepare_upsert(
+    batch: &ChangeBatch,
+    include: Option<&[bool]>,
+) -> Result<Vec<PreparedSegment>, String> {
+    let after = batch.after();
+    let key_columns = key_columns(batch)?;
     let row_columns: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
     let mut prepared = Vec::new();
     for segment in compact(batch, include)? {

@@ -245,17 +245,7 @@ impl PostgresSink {
             ))?;
             writer.write_all(&segment.rows[span])?;
             writer.finish()?;
-            let updates: Vec<String> = names
-                .iter()
-                .zip(fields.iter())
-                .filter(|(_, f)| !key.contains(f.name()))
-                .map(|(n, _)| format!("{n} = EXCLUDED.{n}"))
-                .collect();
-            let action = if updates.is_empty() {
-                "NOTHING".to_string()
-            } else {
-                format!("UPDATE SET {}", updates.join(", "))
-            };
+            let action = conflict_action(&fields, key);
             let insert = format!(
                 "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO {action}",
                 cols = names.join(", "),
@@ -357,6 +347,24 @@ impl PostgresSink {
         writer.write_all(&out)?;
         writer.finish()?;
         Ok(rows.len() as u64)
+    }
+}
+
+/// What `ON CONFLICT (key) DO …` does for rows of `fields`: update every non-key column
+/// from the proposed row, or nothing when all columns are key columns.
+pub(super) fn conflict_action(fields: &arrow::datatypes::Fields, key: &[String]) -> String {
+    let updates: Vec<String> = fields
+        .iter()
+        .filter(|f| !key.contains(f.name()))
+        .map(|f| {
+            let name = quote(f.name());
+            format!("{name} = EXCLUDED.{name}")
+        })
+        .collect();
+    if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
     }
 }
 

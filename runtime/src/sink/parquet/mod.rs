@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
@@ -276,7 +277,14 @@ impl Sink for ParquetSink {
         let schema = batch.data.schema();
         let mut offset = 0;
         while offset < batch.num_rows() {
-            if self.file.as_ref().is_some_and(|f| f.schema != schema) {
+            if self
+                .file
+                .as_ref()
+                // The decoder hands out one schema per table version: comparing pointers
+                // first spares a deep comparison of every field, and of the metadata
+                // map, for each table of each batch.
+                .is_some_and(|f| !Arc::ptr_eq(&f.schema, &schema) && f.schema != schema)
+            {
                 self.close_file()?;
             }
             if self.file.is_none() {

@@ -219,6 +219,16 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// Whether a file is open with a schema other than `schema` (and must be closed
+    /// before rows of `schema` are written). The decoder hands out one schema per table
+    /// version, so comparing pointers first spares a deep comparison of every field, and
+    /// of the metadata map, for each table of each batch.
+    fn file_has_other_schema(&self, schema: &SchemaRef) -> bool {
+        self.file
+            .as_ref()
+            .is_some_and(|f| !Arc::ptr_eq(&f.schema, schema) && f.schema != *schema)
+    }
+
     /// Closes the open file: footer with the checkpoint, fsync, rename.
     fn close_file(&mut self) -> Result<(), SinkError> {
         let Some(mut open) = self.file.take() else {
@@ -277,14 +287,7 @@ impl Sink for ParquetSink {
         let schema = batch.data.schema();
         let mut offset = 0;
         while offset < batch.num_rows() {
-            if self
-                .file
-                .as_ref()
-                // The decoder hands out one schema per table version: comparing pointers
-                // first spares a deep comparison of every field, and of the metadata
-                // map, for each table of each batch.
-                .is_some_and(|f| !Arc::ptr_eq(&f.schema, &schema) && f.schema != schema)
-            {
+            if self.file_has_other_schema(&schema) {
                 self.close_file()?;
             }
             if self.file.is_none() {

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -210,14 +209,7 @@ impl Sink for ParquetTables {
             let target = batch.table.target.as_deref().unwrap_or(&batch.table.name);
             let sink = self.table(target)?;
             let schema = batch.data.schema();
-            if sink
-                .file
-                .as_ref()
-                // The decoder hands out one schema per table version: comparing pointers
-                // first spares a deep comparison of every field, and of the metadata
-                // map, for each table of each batch.
-                .is_some_and(|f| !Arc::ptr_eq(&f.schema, &schema) && f.schema != schema)
-            {
+            if sink.file_has_other_schema(&schema) {
                 // A schema change closes the table's file; it is committed with the next
                 // roll (and removed, its changes replayed, if a crash comes first).
                 sink.close_file()?;

@@ -404,6 +404,56 @@ fn a_restart_applies_only_what_is_new() {
     assert_eq!(third["events_read"], 0);
 }
 
+/// A column added mid-stream closes the open file: batches before it and batches with it
+/// go to files of their own schema, each footer recording the last line it holds.
+#[test]
+fn parquet_closes_a_file_when_the_schema_changes() {
+    let ws = Workspace::new();
+    let lines: Vec<String> = (1..=6)
+        .map(|id| {
+            let note = if id > 3 {
+                format!(r#","note":"n{id}""#)
+            } else {
+                String::new()
+            };
+            format!(r#"{{"op":"c","after":{{"id":{id},"name":"a{id}"{note}}}}}"#)
+        })
+        .collect();
+    ws.append_lines("events.jsonl", &lines);
+    let yaml = "name: evolve\n\
+         source:\n  type: file\n  path: events.jsonl\n\
+         table:\n  name: items\n  primary_key: [id]\n\
+         sink:\n  type: parquet\n  path: log\n\
+         batch:\n  max_events: 2\n";
+    ws.run_ok(&ws.write("pipeline.yaml", yaml));
+    let files = parquet_files(&ws.path("log"));
+    let layout: Vec<(i64, i64)> = files
+        .iter()
+        .map(|(_, groups, line)| (groups.iter().sum(), *line))
+        .collect();
+    // Batches of two: the batch of lines 3 and 4 is the first with `note` (line 3's is
+    // null), so it starts the second file.
+    assert_eq!(layout, [(2, 2), (4, 6)]);
+    let after_columns: Vec<Vec<String>> = files
+        .iter()
+        .map(|(file, _, _)| {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(file).unwrap(),
+            )
+            .unwrap();
+            let after = reader.schema().field_with_name("after").unwrap().clone();
+            let arrow::datatypes::DataType::Struct(fields) = after.data_type() else {
+                panic!("after is {after:?}");
+            };
+            fields.iter().map(|f| f.name().clone()).collect()
+        })
+        .collect();
+    assert_eq!(
+        after_columns,
+        [vec!["id", "name"], vec!["id", "name", "note"]]
+    );
+}
+
 #[test]
 fn parquet_splits_a_batch_to_keep_files_exact() {
     let ws = Workspace::new();

@@ -1563,3 +1563,65 @@ fn reconcile_skips_and_counts_hostile_records_in_a_many_table_log() {
         "{text}"
     );
 }
+
+/// A column added to one table mid-stream closes that table's file alone: its folder
+/// holds a file of each schema, the other table's one file, and the manifest commits
+/// all of them.
+#[test]
+fn parquet_closes_only_the_file_of_a_table_whose_schema_changes() {
+    let w = Workspace::new();
+    let lines: Vec<String> = (1..=8)
+        .map(|id| {
+            let table = if id % 2 == 0 { "a" } else { "b" };
+            let note = if table == "a" && id > 4 {
+                format!(r#","note":"n{id}""#)
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"op":"c","after":{{"id":{id}{note}}},"source":{{"db":"app","table":"{table}"}}}}"#
+            )
+        })
+        .collect();
+    w.append_lines("events.jsonl", &lines);
+    let pipeline = w.write(
+        "parquet.yaml",
+        "\
+name: evolve
+source: { type: file, path: events.jsonl, format: debezium-json }
+tables: { include: ['app.*'], primary_key: [id] }
+sink: { type: parquet, path: lake }
+batch: { max_events: 2 }
+",
+    );
+    w.run_ok(&pipeline);
+    let files = |table: &str| -> Vec<Vec<String>> {
+        let mut paths: Vec<_> = std::fs::read_dir(w.path("lake").join(table))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|path| {
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        std::fs::File::open(path).unwrap(),
+                    )
+                    .unwrap();
+                let after = reader.schema().field_with_name("after").unwrap().clone();
+                let arrow::datatypes::DataType::Struct(fields) = after.data_type() else {
+                    panic!("after is {after:?}");
+                };
+                fields.iter().map(|f| f.name().clone()).collect()
+            })
+            .collect()
+    };
+    assert_eq!(files("a"), [vec!["id"], vec!["id", "note"]]);
+    assert_eq!(files("b"), [vec!["id"]]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("lake").join("_weir_manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["tables"]["a"], 1, "{manifest}");
+    assert_eq!(manifest["tables"]["b"], 0, "{manifest}");
+}

@@ -141,7 +141,7 @@ pub fn test(
         report.changes_in += batch.num_rows();
         let line_of = |row: usize| match &batch.positions[row] {
             Position::File { line, .. } => *line as usize,
-            Position::Kafka { .. } => 0,
+            Position::Kafka { .. } | Position::Postgres { .. } => 0,
         };
         let mut reject = |row: usize, reason: &str| -> Result<(), String> {
             let line = line_of(row);

@@ -104,6 +104,10 @@ impl Source {
                 format!("file:{}", file.path.display()),
                 pipeline.resolve(&file.path),
             )),
+            SourceConfig::PostgresCdc(_) => Err(
+                "waiting for a postgres-cdc pipeline to catch up is not supported yet: stop                  writes, let the pipeline apply them, then reconcile without `--wait`"
+                    .into(),
+            ),
         }
     }
 

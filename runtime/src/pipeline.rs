@@ -789,6 +789,7 @@ impl Reader {
                     continue;
                 }
                 PollStatus::Records => last_activity = Instant::now(),
+                PollStatus::Heartbeats => {}
             }
             crate::fault::panic_if_injected("read");
             Metrics::add(&self.metrics.events_read, raw.len() as u64);

@@ -30,6 +30,18 @@ pub enum Position {
         partition: i32,
         offset: i64,
     },
+    /// A row read from PostgreSQL by the `postgres-cdc` source: a change of the
+    /// replication stream (`stream` is `postgres:<slot>`, `at` the commit LSN of its
+    /// transaction and `seq` its place in it), or a row of a table's initial copy
+    /// (`postgres-snapshot:<schema>.<table>`, ordered by primary key). `resume` is where the
+    /// stream resumes once this row is applied; `lsn` is the WAL position shown to users.
+    Postgres {
+        stream: Arc<str>,
+        at: i64,
+        seq: u64,
+        resume: ResumePoint,
+        lsn: u64,
+    },
 }
 
 /// The checkpoint key of a topic partition.
@@ -41,16 +53,30 @@ impl Position {
     /// The stream this position belongs to, as stored in checkpoints.
     pub fn stream_key(&self) -> &str {
         match self {
-            Position::File { stream, .. } | Position::Kafka { stream, .. } => stream,
+            Position::File { stream, .. }
+            | Position::Kafka { stream, .. }
+            | Position::Postgres { stream, .. } => stream,
         }
     }
 
-    /// The record's own offset in its stream, comparable with a checkpoint's `next`: a
-    /// record is already applied when its offset is below the stored `next`.
+    /// The record's own offset in its stream, comparable with a checkpoint's `next`.
     pub fn offset(&self) -> i64 {
         match self {
             Position::File { offset, .. } => *offset as i64,
             Position::Kafka { offset, .. } => *offset,
+            Position::Postgres { at, .. } => *at,
+        }
+    }
+
+    /// The record's place in its stream, comparable with a checkpoint's `(next, line)`: a
+    /// record is already applied when its place is below the stored one. For files the
+    /// second part is the number of lines before it, so the next unread line compares equal
+    /// to the checkpoint; Kafka records need only the offset.
+    pub fn order(&self) -> (i64, u64) {
+        match self {
+            Position::File { offset, line, .. } => (*offset as i64, line.saturating_sub(1)),
+            Position::Kafka { offset, .. } => (*offset, 0),
+            Position::Postgres { at, seq, .. } => (*at, *seq),
         }
     }
 
@@ -65,6 +91,7 @@ impl Position {
                 next: offset + 1,
                 line: 0,
             },
+            Position::Postgres { resume, .. } => *resume,
         }
     }
 
@@ -87,6 +114,9 @@ impl Position {
                 offset,
                 ..
             } => serde_json::json!({"topic": &**topic, "partition": partition, "offset": offset}),
+            Position::Postgres { stream, lsn, .. } => {
+                serde_json::json!({"stream": &**stream, "lsn": crate::source::postgres_cdc::lsn_text(*lsn)})
+            }
         }
     }
 }
@@ -107,12 +137,19 @@ impl fmt::Display for Position {
                 offset,
                 ..
             } => write!(f, "topic {topic} partition {partition} offset {offset}"),
+            Position::Postgres { stream, lsn, .. } => write!(
+                f,
+                "{stream} at LSN {}",
+                crate::source::postgres_cdc::lsn_text(*lsn)
+            ),
         }
     }
 }
 
 /// Where to continue reading one stream: the next byte offset (files) or the next offset
-/// (Kafka), and for files the number of lines already consumed.
+/// (Kafka), and for files the number of lines already consumed. For PostgreSQL, a commit
+/// LSN and the number of that transaction's changes applied, or the end LSN of the last
+/// transaction applied whole with `line` 0. Resume points compare as `(next, line)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ResumePoint {
     pub next: i64,
@@ -127,11 +164,17 @@ pub struct Checkpoint {
     pub streams: BTreeMap<String, ResumePoint>,
 }
 
+impl ResumePoint {
+    fn order(&self) -> (i64, u64) {
+        (self.next, self.line)
+    }
+}
+
 impl Checkpoint {
     pub fn advance(&mut self, position: &Position) {
         let resume = position.resume();
         match self.streams.get_mut(position.stream_key()) {
-            Some(existing) if existing.next >= resume.next => {}
+            Some(existing) if existing.order() >= resume.order() => {}
             Some(existing) => *existing = resume,
             None => {
                 self.streams
@@ -144,13 +187,13 @@ impl Checkpoint {
     pub fn covers(&self, position: &Position) -> bool {
         self.streams
             .get(position.stream_key())
-            .is_some_and(|resume| position.offset() < resume.next)
+            .is_some_and(|resume| position.order() < resume.order())
     }
 
     pub fn merge(&mut self, other: &Checkpoint) {
         for (stream, resume) in &other.streams {
             let entry = self.streams.entry(stream.clone()).or_insert(*resume);
-            if resume.next > entry.next {
+            if resume.order() > entry.order() {
                 *entry = *resume;
             }
         }
@@ -203,6 +246,37 @@ mod tests {
         assert!(cp.covers(&kafka), "offset 41 was applied");
         assert!(!cp.covers(&later), "offset 42 was not");
         assert_eq!(kafka.to_string(), "topic orders partition 3 offset 41");
+
+        // PostgreSQL: a transaction applied in part is resumed inside it; one applied whole
+        // resumes at its end, before the next transaction's first change.
+        let change = |at: i64, seq: u64, resume: (i64, u64)| Position::Postgres {
+            stream: "postgres:s".into(),
+            at,
+            seq,
+            resume: ResumePoint {
+                next: resume.0,
+                line: resume.1,
+            },
+            lsn: at as u64,
+        };
+        let mut cp = Checkpoint::default();
+        cp.advance(&change(100, 1, (100, 2)));
+        assert!(cp.covers(&change(100, 1, (100, 2))));
+        assert!(
+            !cp.covers(&change(100, 2, (150, 0))),
+            "the second change is not applied"
+        );
+        cp.advance(&change(100, 2, (150, 0)));
+        assert!(cp.covers(&change(100, 2, (150, 0))));
+        assert!(
+            !cp.covers(&change(150, 1, (150, 2))),
+            "a transaction committed right after"
+        );
+        cp.advance(&change(100, 1, (100, 2)));
+        assert_eq!(
+            cp.get("postgres:s"),
+            Some(ResumePoint { next: 150, line: 0 })
+        );
         assert_eq!(at(7, 0).to_string(), "a.jsonl:7");
     }
 }

@@ -414,7 +414,7 @@ impl Postgres {
 
     pub fn start_server(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=50 -c wal_level=logical",
             self.port,
             self.dir.display()
         );

@@ -189,6 +189,9 @@ fn where_from(
                 From::Topics(Topics::Named(kafka.topics.clone())),
             )),
         },
+        SourceConfig::PostgresCdc(_) => Err(ReconcileError::new(
+            "the pipeline reads a PostgreSQL database directly, so there is no change log to              replay: reconcile against the database itself (`reconcile.source: { type:              postgres, url: … }`)",
+        )),
     }
 }
 

@@ -432,6 +432,15 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             report(key(&["source", "options", &option]), message, None);
         }
     }
+    if matches!(config.source, SourceConfig::PostgresCdc(_)) && config.tables.is_none() {
+        report(
+            key(&["source"]),
+            "a postgres-cdc source reads a whole database: select its tables with a \
+             `tables:` section"
+                .into(),
+            Some("e.g. `tables: { include: ['public.*'] }`".into()),
+        );
+    }
     if let crate::sink::SinkConfig::Kafka(kafka) = &config.sink {
         for (option, message) in crate::kafka::check_producer_options(&kafka.options) {
             report(key(&["sink", "options", &option]), message, None);
@@ -937,6 +946,23 @@ dead_letter:
             "  strategy: last-write-wins\n  site: a\n  source_site: a\n",
         ));
         assert!(got[0].contains("every change"), "{got:?}");
+    }
+
+    #[test]
+    fn a_postgres_cdc_source_needs_a_tables_section() {
+        let text = MINIMAL.replace(
+            "  type: file\n  path: events.jsonl\n  format: debezium-json\n",
+            "  type: postgres-cdc\n  url: postgres://u@h/db\n  publication: p\n  slot: s\n",
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1, "{err}");
+        assert!(err.diagnostics[0].message.contains("tables:"), "{err}");
+        let text = text.replace(
+            "table:\n  name: orders\n  primary_key: [id]\n",
+            "tables:\n  include: ['public.*']\n",
+        );
+        let text = text.replace("  table: orders\n", "");
+        load(&text).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

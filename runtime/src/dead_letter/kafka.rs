@@ -176,6 +176,13 @@ pub fn letter_headers(letter: &DeadLetter<'_>, pipeline: &str) -> Vec<(&'static 
             headers.push(("weir.source.line", line.to_string()));
             headers.push(("weir.source.offset", offset.to_string()));
         }
+        Some(Position::Postgres { stream, lsn, .. }) => {
+            headers.push(("weir.source.stream", stream.to_string()));
+            headers.push((
+                "weir.source.lsn",
+                crate::source::postgres_cdc::lsn_text(*lsn),
+            ));
+        }
         None => {}
     }
     headers

@@ -414,8 +414,10 @@ impl SqliteSink {
             "INSERT INTO _weir_checkpoints (pipeline, stream, next, line, updated_at)
              VALUES (?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
              ON CONFLICT (pipeline, stream) DO UPDATE SET
-                 next = max(next, excluded.next),
-                 line = CASE WHEN excluded.next > next THEN excluded.line ELSE line END,
+                 next = CASE WHEN (excluded.next, excluded.line) > (next, line)
+                             THEN excluded.next ELSE next END,
+                 line = CASE WHEN (excluded.next, excluded.line) > (next, line)
+                             THEN excluded.line ELSE line END,
                  updated_at = excluded.updated_at",
         )?;
         for (stream, resume) in &checkpoint.streams {

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod postgres_cdc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub enum SourceConfig {
     File(file::FileSourceConfig),
     /// Debezium change events from Kafka topics, through a consumer group.
     Kafka(kafka::KafkaSourceConfig),
+    /// A PostgreSQL database read directly: a copy of its tables, then its changes
+    /// through logical replication (pgoutput).
+    PostgresCdc(postgres_cdc::PostgresCdcSourceConfig),
 }
 
 impl SourceConfig {
@@ -31,6 +35,8 @@ impl SourceConfig {
         match self {
             SourceConfig::File(f) => f.format,
             SourceConfig::Kafka(k) => k.format,
+            // The source writes Debezium envelopes with their schema blocks.
+            SourceConfig::PostgresCdc(_) => Format::DebeziumJson,
         }
     }
 }
@@ -158,6 +164,9 @@ pub enum PollStatus {
     /// Nothing arrived, and the source is not ready to say it is idle (a consumer group is
     /// rebalancing, so this process owns no partitions yet).
     Waiting,
+    /// Only records that carry a position and no change (heartbeats) were added: they are
+    /// decoded and checkpointed, but the source counts as idle.
+    Heartbeats,
     /// A finite source is exhausted.
     End,
 }
@@ -198,6 +207,9 @@ pub fn build(
         SourceConfig::File(config) => Ok(Box::new(file::FileSource::open(pipeline, config)?)),
         SourceConfig::Kafka(config) => Ok(Box::new(kafka::KafkaSource::open(
             pipeline, config, metrics,
+        )?)),
+        SourceConfig::PostgresCdc(config) => Ok(Box::new(postgres_cdc::PostgresCdcSource::open(
+            pipeline, config,
         )?)),
     }
 }

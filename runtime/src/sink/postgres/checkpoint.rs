@@ -51,8 +51,11 @@ impl PostgresSink {
                 "INSERT INTO weir.checkpoints (pipeline, stream, next, line, updated_at)
                  VALUES ($1, $2, $3, $4, now())
                  ON CONFLICT (pipeline, stream) DO UPDATE SET
-                     next = GREATEST(weir.checkpoints.next, excluded.next),
-                     line = CASE WHEN excluded.next > weir.checkpoints.next
+                     next = CASE WHEN (excluded.next, excluded.line)
+                                      > (weir.checkpoints.next, weir.checkpoints.line)
+                                 THEN excluded.next ELSE weir.checkpoints.next END,
+                     line = CASE WHEN (excluded.next, excluded.line)
+                                      > (weir.checkpoints.next, weir.checkpoints.line)
                                  THEN excluded.line ELSE weir.checkpoints.line END,
                      updated_at = now()",
                 &[&self.pipeline, stream, &resume.next, &(resume.line as i64)],

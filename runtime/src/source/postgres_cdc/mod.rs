@@ -1,0 +1,429 @@
+//! The `postgres-cdc` source: a PostgreSQL database read directly, without Debezium.
+//!
+//! On its first start it creates the publication (for the tables `tables:` selects) and a
+//! logical replication slot (pgoutput) if they are missing. A new slot exports a snapshot:
+//! every selected table is copied inside it, in primary key order and in chunks, and the
+//! stream then starts at the slot's consistent point, so the copy and the stream neither
+//! miss nor repeat a change. Both produce Debezium change events (`events.rs`): every
+//! decoder, plugin and sink downstream sees what it would see from Debezium.
+//!
+//! Positions: a streamed change is placed by its transaction's commit LSN and its index
+//! in the transaction, so a restart inside a transaction skips exactly what was applied;
+//! the last change of a transaction resumes at the transaction's end LSN. A copied row of
+//! a table with one integer key column is placed by that key, so a killed copy resumes
+//! after the last row applied. The slot's confirmed flush LSN is advanced (`Committer`)
+//! only to the end of the last transaction the sink has durably applied.
+//!
+//! See docs/postgres-cdc.md for what it does and does not handle yet.
+
+mod catalog;
+mod events;
+mod replication;
+mod snapshot;
+mod stream;
+mod values;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use self::catalog::{Domains, SourceTable};
+use self::snapshot::Snapshot;
+use self::stream::Stream;
+use super::{Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
+use crate::config::{HumanDuration, LoadedPipeline};
+use crate::position::Checkpoint;
+use crate::redact::Secret;
+use crate::tables::Routing;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresCdcSourceConfig {
+    /// Connection URL of the source database, `postgres://user:password@host:port/db`.
+    /// The user needs the REPLICATION attribute (or to own the slot) and SELECT on the
+    /// tables; creating the publication needs ownership of them.
+    pub url: Secret,
+    /// The publication to read; created for the selected tables if missing.
+    #[schemars(length(min = 1))]
+    pub publication: String,
+    /// The logical replication slot (pgoutput); created if missing.
+    #[schemars(length(min = 1))]
+    pub slot: String,
+    /// When to copy the tables' existing rows.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Logical decoding messages weir writes to the source, so an idle source still moves
+    /// the slot forward (and its WAL can be freed).
+    #[serde(default)]
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// Rows fetched per chunk of a table's copy.
+    #[serde(default = "default_chunk_rows")]
+    #[schemars(range(min = 1))]
+    pub chunk_rows: usize,
+    /// The logical server name in events' `source.name` (Debezium's topic prefix).
+    /// Defaults to the pipeline's name.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+fn default_chunk_rows() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    /// Copy the tables when the slot is new (or a copy was not finished), then stream.
+    #[default]
+    Initial,
+    /// Never copy: stream from the slot's position only.
+    Never,
+    /// Copy every table on every start, then stream.
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// How often, e.g. `10s`.
+    pub interval: HumanDuration,
+}
+
+/// An LSN as PostgreSQL prints it (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// The checkpoint key of the replication stream.
+pub fn stream_key(slot: &str) -> String {
+    format!("postgres:{slot}")
+}
+
+enum Phase {
+    /// `seek` has not run yet.
+    Setup,
+    Copying(Box<Snapshot>, Box<Stream>),
+    Streaming(Box<Stream>),
+}
+
+pub struct PostgresCdcSource {
+    config: PostgresCdcSourceConfig,
+    server: String,
+    db: String,
+    routing: Routing,
+    phase: Phase,
+    /// A connection for the catalog, heartbeats and TOAST look-ups.
+    meta: Option<Client>,
+    domains: Domains,
+    last_heartbeat: Option<Instant>,
+    /// The end of the last transaction the sink applied whole: the slot may move there.
+    flushed: Arc<AtomicU64>,
+}
+
+impl PostgresCdcSource {
+    pub fn open(
+        pipeline: &LoadedPipeline,
+        config: &PostgresCdcSourceConfig,
+    ) -> Result<Self, SourceError> {
+        let fail = |message: String| SourceError {
+            source_name: "postgres-cdc source".into(),
+            message,
+            retryable: false,
+        };
+        let tables = pipeline.config.tables.as_ref().ok_or_else(|| {
+            fail(
+                "a postgres-cdc source reads a whole database: select its tables with a \
+                 `tables:` section (e.g. `tables: { include: ['public.*'] }`)"
+                    .into(),
+            )
+        })?;
+        let routing = Routing::new(tables).map_err(fail)?;
+        Ok(PostgresCdcSource {
+            server: config
+                .server_name
+                .clone()
+                .unwrap_or_else(|| pipeline.config.name.clone()),
+            config: config.clone(),
+            db: String::new(),
+            routing,
+            phase: Phase::Setup,
+            meta: None,
+            domains: Domains::default(),
+            last_heartbeat: None,
+            flushed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn error(&self, message: impl Into<String>, retryable: bool) -> SourceError {
+        SourceError {
+            source_name: format!("postgres-cdc source (slot {})", self.config.slot),
+            message: crate::redact::redact(&message.into()).into_owned(),
+            retryable,
+        }
+    }
+
+    fn meta(&mut self) -> Result<&mut Client, SourceError> {
+        if self.meta.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = connect(self.config.url.expose())
+                .map_err(|e| self.error(format!("cannot connect: {e}"), true))?;
+            self.meta = Some(client);
+        }
+        Ok(self.meta.as_mut().expect("connected"))
+    }
+
+    /// Writes a heartbeat message into the WAL when one is due.
+    fn heartbeat(&mut self) -> Result<(), SourceError> {
+        let Some(interval) = self.config.heartbeat.as_ref().map(|h| h.interval.0) else {
+            return Ok(());
+        };
+        if self
+            .last_heartbeat
+            .is_some_and(|at| at.elapsed() < interval)
+        {
+            return Ok(());
+        }
+        self.last_heartbeat = Some(Instant::now());
+        let result = self.meta()?.execute(
+            "SELECT pg_logical_emit_message(false, 'weir-heartbeat', now()::text)",
+            &[],
+        );
+        if let Err(e) = result {
+            // A heartbeat that fails is not a reason to stop: the stream reports a lost
+            // server on its own.
+            tracing::warn!(error = %catalog::describe_error(&e), "heartbeat failed");
+            self.meta = None;
+        }
+        Ok(())
+    }
+}
+
+/// A plain connection with the session settings both the copy and pgoutput's text
+/// values assume.
+fn connect(url: &str) -> Result<Client, String> {
+    let mut client = Client::connect(url, NoTls).map_err(|e| catalog::describe_error(&e))?;
+    client
+        .batch_execute(SESSION_SETTINGS_SQL)
+        .map_err(|e| catalog::describe_error(&e))?;
+    Ok(client)
+}
+
+/// Value formats every text value is read in: ISO dates, UTC, hex bytea, exact floats.
+const SESSION_SETTINGS_SQL: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
+     SET bytea_output = 'hex'; SET extra_float_digits = 1; SET IntervalStyle = 'postgres'";
+
+/// The same settings as libpq startup options, for the replication connection.
+const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c bytea_output=hex \
+     -c extra_float_digits=1 -c IntervalStyle=postgres";
+
+impl Source for PostgresCdcSource {
+    fn seek(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
+        let (tables, db) = {
+            let meta = self.meta()?;
+            let domains = Domains::load(meta).map_err(|e| (catalog::describe_error(&e), true));
+            let db = meta
+                .query_one("SELECT current_database()", &[])
+                .map(|r| r.get::<_, String>(0))
+                .map_err(|e| (catalog::describe_error(&e), true));
+            match (domains, db) {
+                (Ok(domains), Ok(db)) => {
+                    self.domains = domains;
+                    let meta = self.meta.as_mut().expect("connected");
+                    let tables = catalog::selected_tables(meta, &self.routing, &self.domains)
+                        .map_err(|e| self.error(catalog::describe_error(&e), true))?;
+                    (tables, db)
+                }
+                (Err((e, r)), _) | (_, Err((e, r))) => return Err(self.error(e, r)),
+            }
+        };
+        self.db = db;
+        let meta = self.meta.as_mut().expect("connected");
+        let created = catalog::ensure_publication(meta, &self.config.publication, &tables);
+        let published = catalog::published(meta, &self.config.publication);
+        if created.map_err(|e| self.error(e, false))? {
+            tracing::info!(publication = %self.config.publication, tables = tables.len(), "publication created");
+        }
+        let published = published.map_err(|e| self.error(e, true))?;
+        let tables: Vec<SourceTable> = tables
+            .into_iter()
+            .filter(|t| published.contains(&t.name()))
+            .collect();
+
+        let slot_exists = slot_plugin(self.meta.as_mut().expect("connected"), &self.config.slot);
+        let slot_exists = slot_exists.map_err(|e| self.error(e, true))?;
+        match slot_exists.as_deref() {
+            None | Some("pgoutput") => {}
+            Some(other) => {
+                return Err(self.error(
+                    format!(
+                        "replication slot {} exists but decodes with {other}; weir reads \
+                         pgoutput: name another slot",
+                        self.config.slot
+                    ),
+                    false,
+                ));
+            }
+        }
+        let mut stream = Stream::open(&self.config, &self.server, &self.db, self.flushed.clone())
+            .map_err(|e| self.error(e, true))?;
+        let key = stream_key(&self.config.slot);
+        let created = match slot_exists {
+            Some(_) => None,
+            None => Some(stream.create_slot().map_err(|e| self.error(e, true))?),
+        };
+        if created.is_some() && checkpoint.get(&key).is_some() {
+            return Err(self.error(
+                format!(
+                    "the sink has applied this pipeline up to {} of slot {}, but the slot does \
+                     not exist and was created anew: the changes since that position are \
+                     gone from the source (the slot was dropped or invalidated). Resync: \
+                     drop the target tables' rows and the pipeline's checkpoint, then run \
+                     again to copy every table",
+                    lsn_text(checkpoint.get(&key).map_or(0, |r| r.next.max(0) as u64)),
+                    self.config.slot
+                ),
+                false,
+            ));
+        }
+        let copy = match self.config.snapshot {
+            SnapshotMode::Never => false,
+            SnapshotMode::Always => true,
+            // A copy runs with a new slot, and is finished after a restart until the
+            // stream has applied something (which only happens once the copy is done).
+            SnapshotMode::Initial => created.is_some() || checkpoint.get(&key).is_none(),
+        };
+        self.phase = if copy {
+            let meta = self.meta.as_mut().expect("connected");
+            let (start_lsn, exported) = match created {
+                Some((lsn, name)) => (lsn, Some(name)),
+                None => (current_lsn(meta).map_err(|e| self.error(e, true))?, None),
+            };
+            let snapshot = Snapshot::start(
+                &self.config,
+                &self.server,
+                tables,
+                checkpoint,
+                exported.as_deref(),
+                start_lsn,
+            )
+            .map_err(|e| self.error(e, true))?;
+            Phase::Copying(Box::new(snapshot), Box::new(stream))
+        } else {
+            stream.start().map_err(|e| self.error(e, true))?;
+            Phase::Streaming(Box::new(stream))
+        };
+        Ok(())
+    }
+
+    fn poll(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+    ) -> Result<PollStatus, SourceError> {
+        self.heartbeat()?;
+        match std::mem::replace(&mut self.phase, Phase::Setup) {
+            Phase::Setup => Err(self.error("polled before seek", false)),
+            Phase::Copying(mut snapshot, mut stream) => {
+                let context = snapshot::Context {
+                    server: &self.server,
+                    db: &self.db,
+                };
+                match snapshot.poll(batch, limits, &context) {
+                    Ok(true) => {
+                        self.phase = Phase::Copying(snapshot, stream);
+                        Ok(PollStatus::Records)
+                    }
+                    Ok(false) => {
+                        snapshot.finish().map_err(|e| self.error(e, true))?;
+                        tracing::info!(slot = %self.config.slot, "copy finished; streaming");
+                        stream.start().map_err(|e| self.error(e, true))?;
+                        self.phase = Phase::Streaming(stream);
+                        Ok(if batch.is_empty() {
+                            PollStatus::Idle
+                        } else {
+                            PollStatus::Records
+                        })
+                    }
+                    Err(e) => Err(self.error(e, true)),
+                }
+            }
+            Phase::Streaming(mut stream) => {
+                let meta = self.meta.as_mut();
+                let result = stream.poll(batch, limits, meta, &mut self.domains);
+                self.phase = Phase::Streaming(stream);
+                result.map_err(|e| self.error(e, true))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "postgres-cdc publication {} slot {}",
+            self.config.publication, self.config.slot
+        )
+    }
+
+    fn committer(&self) -> Option<Box<dyn Committer>> {
+        Some(Box::new(SlotCommitter {
+            key: stream_key(&self.config.slot),
+            flushed: self.flushed.clone(),
+        }))
+    }
+}
+
+/// The output plugin of `slot` in this database, if it exists.
+fn slot_plugin(client: &mut Client, slot: &str) -> Result<Option<String>, String> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database = current_database() FROM pg_replication_slots
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .map_err(|e| catalog::describe_error(&e))?;
+    match row {
+        None => Ok(None),
+        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(row.get(0)),
+        Some(_) => Err(format!(
+            "replication slot {slot} belongs to another database: name another slot"
+        )),
+    }
+}
+
+fn current_lsn(client: &mut Client) -> Result<u64, String> {
+    let row = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .map_err(|e| catalog::describe_error(&e))?;
+    parse_lsn(row.get(0)).ok_or_else(|| "the server returned an unreadable LSN".into())
+}
+
+/// An LSN from its text form `16/B374D848`.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+/// Moves the slot's confirmed flush LSN to the end of the last transaction the sink has
+/// durably applied whole. A transaction applied in part moves nothing: on a restart the
+/// server sends it again, and the sink skips the changes it already holds.
+struct SlotCommitter {
+    key: String,
+    flushed: Arc<AtomicU64>,
+}
+
+impl Committer for SlotCommitter {
+    fn commit(&self, checkpoint: &Checkpoint) {
+        if let Some(resume) = checkpoint.get(&self.key)
+            && resume.line == 0
+            && resume.next > 0
+        {
+            self.flushed.fetch_max(resume.next as u64, Ordering::AcqRel);
+        }
+    }
+}
+
+/// How long one poll may wait on the replication connection at most, whatever the
+/// batch's `max_wait`: heartbeats are written between polls.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);

@@ -1,0 +1,308 @@
+//! The copy of the selected tables' rows, before the stream starts.
+//!
+//! One REPEATABLE READ transaction reads every table: in the snapshot the new slot
+//! exported (so the stream then starts exactly where the copy ends), or, when a copy is
+//! resumed after a restart, in a new snapshot. A resumed copy is later than the slot's
+//! consistent point; the stream then replays every change since that point over it, and
+//! since each change sets a whole row by key (or deletes it), the target still ends equal
+//! to the source. Each table is read through a cursor in primary key order, a chunk of
+//! `chunk_rows` at a time.
+//!
+//! A table whose primary key is one integer column resumes after the last row the sink
+//! applied: its rows are placed by their key in the stream `postgres-snapshot:<table>`.
+//! Other tables are copied again from the start after a restart, under a stream named for
+//! that copy (`…@<LSN>`), so no row of the new copy counts as applied. A table's last row
+//! resumes at `i64::MAX`: the table is done.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use postgres::{Client, SimpleQueryMessage};
+
+use super::catalog::{SourceTable, describe_error};
+use super::events::{Relation, SourceInfo, Value};
+use super::{PostgresCdcSourceConfig, SnapshotMode, connect, lsn_text};
+use crate::position::{Checkpoint, Position, ResumePoint};
+use crate::sink::postgres::quote;
+use crate::source::{PollLimits, RawBatch};
+
+/// The checkpoint stream of a table's copy, without a copy suffix.
+pub fn table_stream(table: &str) -> String {
+    format!("postgres-snapshot:{table}")
+}
+
+/// Resume point of a table whose copy is finished.
+const DONE: i64 = i64::MAX;
+
+struct Plan {
+    table: SourceTable,
+    relation: Relation,
+    stream: Arc<str>,
+    /// The integer key column, when the copy is placed by key.
+    key: Option<usize>,
+    /// Resume after this key (a copy resumed by key).
+    after: Option<i64>,
+}
+
+pub struct Context<'a> {
+    pub server: &'a str,
+    pub db: &'a str,
+}
+
+pub struct Snapshot {
+    client: Client,
+    plans: VecDeque<Plan>,
+    current: Option<Plan>,
+    /// Rows fetched and not yet emitted; one is kept back until the next fetch says
+    /// whether it is the table's last.
+    rows: VecDeque<Vec<Option<String>>>,
+    exhausted: bool,
+    ordinal: i64,
+    chunk_rows: usize,
+    lsn: u64,
+    ts_ms: i64,
+    value: String,
+    key: String,
+}
+
+impl Snapshot {
+    /// Opens the copy's transaction and plans the tables still to copy.
+    pub fn start(
+        config: &PostgresCdcSourceConfig,
+        server: &str,
+        tables: Vec<SourceTable>,
+        checkpoint: &Checkpoint,
+        exported: Option<&str>,
+        lsn: u64,
+    ) -> Result<Snapshot, String> {
+        let mut client = connect(config.url.expose())?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(|e| describe_error(&e))?;
+        if let Some(name) = exported {
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!(
+                    "the server exported a snapshot with an odd name: {name}"
+                ));
+            }
+            client
+                .batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'"))
+                .map_err(|e| {
+                    format!("cannot read in the slot's snapshot: {}", describe_error(&e))
+                })?;
+        }
+        // A slot created now, where an earlier slot's copy had begun: that copy's rows
+        // are older than this slot's stream, so every table is copied again.
+        let earlier_copy = checkpoint
+            .streams
+            .keys()
+            .any(|s| s.starts_with("postgres-snapshot:"));
+        let again = config.snapshot == SnapshotMode::Always || (exported.is_some() && earlier_copy);
+        let mut plans = VecDeque::new();
+        for table in tables {
+            let name = table.name();
+            let base = table_stream(&name);
+            let done = checkpoint.streams.iter().any(|(stream, resume)| {
+                (stream == &base || stream.starts_with(&format!("{base}@"))) && resume.next == DONE
+            });
+            if done && !again {
+                continue;
+            }
+            let key = table.integer_key();
+            let (stream, after) = match key {
+                Some(_) if !again => (base.clone(), checkpoint.get(&base).map(|r| r.next)),
+                _ => (format!("{base}@{}", lsn_text(lsn)), None),
+            };
+            let relation = Relation::new(
+                server,
+                table.schema.clone(),
+                table.table.clone(),
+                table.columns.clone(),
+            );
+            plans.push_back(Plan {
+                table,
+                relation,
+                stream: stream.into(),
+                key,
+                after,
+            });
+        }
+        tracing::info!(
+            tables = plans.len(),
+            lsn = %lsn_text(lsn),
+            exported = exported.is_some(),
+            "copying tables"
+        );
+        Ok(Snapshot {
+            client,
+            plans,
+            current: None,
+            rows: VecDeque::new(),
+            exhausted: false,
+            ordinal: 0,
+            chunk_rows: config.chunk_rows.max(1),
+            lsn,
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            value: String::new(),
+            key: String::new(),
+        })
+    }
+
+    /// Adds copied rows to `batch` up to the limits. False once every table is copied.
+    pub fn poll(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+        context: &Context<'_>,
+    ) -> Result<bool, String> {
+        loop {
+            if limits.filled(batch) {
+                return Ok(true);
+            }
+            if self.current.is_none() {
+                let Some(plan) = self.plans.pop_front() else {
+                    return Ok(false);
+                };
+                self.open(&plan)?;
+                self.current = Some(plan);
+            }
+            if self.rows.len() < 2 && !self.exhausted {
+                self.fetch()?;
+            }
+            let Some(row) = self.rows.pop_front() else {
+                // An empty table, or its last row emitted.
+                self.current = None;
+                continue;
+            };
+            let last = self.exhausted && self.rows.is_empty();
+            self.emit(batch, row, last, context)?;
+            if last {
+                self.current = None;
+            }
+        }
+    }
+
+    fn open(&mut self, plan: &Plan) -> Result<(), String> {
+        let columns: Vec<String> = plan.table.columns.iter().map(|c| quote(&c.name)).collect();
+        let keys: Vec<String> = plan
+            .table
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| quote(&c.name))
+            .collect();
+        let mut sql = format!(
+            "DECLARE weir_copy NO SCROLL CURSOR FOR SELECT {} FROM {}",
+            columns.join(", "),
+            plan.table.quoted()
+        );
+        if let (Some(after), Some(key)) = (plan.after, plan.key) {
+            sql.push_str(&format!(
+                " WHERE {} > {after}",
+                quote(&plan.table.columns[key].name)
+            ));
+        }
+        if !keys.is_empty() {
+            sql.push_str(&format!(" ORDER BY {}", keys.join(", ")));
+        }
+        self.client
+            .batch_execute(&sql)
+            .map_err(|e| format!("cannot copy {}: {}", plan.table.name(), describe_error(&e)))?;
+        self.rows.clear();
+        self.exhausted = false;
+        self.ordinal = 0;
+        tracing::info!(table = %plan.table.name(), after = ?plan.after, "copying");
+        Ok(())
+    }
+
+    fn fetch(&mut self) -> Result<(), String> {
+        let messages = self
+            .client
+            .simple_query(&format!("FETCH FORWARD {} FROM weir_copy", self.chunk_rows))
+            .map_err(|e| format!("copy: {}", describe_error(&e)))?;
+        let mut fetched = 0;
+        for message in messages {
+            if let SimpleQueryMessage::Row(row) = message {
+                fetched += 1;
+                self.rows.push_back(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                );
+            }
+        }
+        if fetched < self.chunk_rows {
+            self.exhausted = true;
+            self.client
+                .batch_execute("CLOSE weir_copy")
+                .map_err(|e| format!("copy: {}", describe_error(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        batch: &mut RawBatch,
+        row: Vec<Option<String>>,
+        last: bool,
+        context: &Context<'_>,
+    ) -> Result<(), String> {
+        let plan = self.current.as_ref().expect("a table is open");
+        let values: Vec<Value<'_>> = row
+            .iter()
+            .map(|v| v.as_deref().map_or(Value::Null, Value::Text))
+            .collect();
+        let source = SourceInfo {
+            server: context.server,
+            db: context.db,
+            ts_ms: self.ts_ms,
+            snapshot: "true",
+            tx_id: None,
+            lsn: self.lsn,
+        };
+        plan.relation.write_event(
+            &mut self.value,
+            &mut self.key,
+            "r",
+            None,
+            Some(&values),
+            &source,
+        )?;
+        self.ordinal += 1;
+        let at = match plan.key {
+            Some(i) => row[i]
+                .as_deref()
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| format!("a row of {} without its key", plan.table.name()))?,
+            None => self.ordinal,
+        };
+        let resume = if last {
+            ResumePoint {
+                next: DONE,
+                line: 0,
+            }
+        } else {
+            ResumePoint { next: at, line: 1 }
+        };
+        let position = Position::Postgres {
+            stream: plan.stream.clone(),
+            at,
+            seq: 0,
+            resume,
+            lsn: self.lsn,
+        };
+        batch.push(
+            (!self.key.is_empty()).then_some(self.key.as_bytes()),
+            Some(self.value.as_bytes()),
+            position,
+        );
+        Ok(())
+    }
+
+    /// Ends the copy's transaction.
+    pub fn finish(mut self) -> Result<(), String> {
+        self.client
+            .batch_execute("COMMIT")
+            .map_err(|e| format!("copy: {}", describe_error(&e)))
+    }
+}

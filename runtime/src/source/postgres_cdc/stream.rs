@@ -1,0 +1,553 @@
+//! The replication stream: pgoutput messages read through `pg_walstream`, turned into
+//! Debezium change events with their positions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use pg_walstream::{LogicalReplicationMessage, LogicalReplicationParser, TupleData};
+use postgres::Client;
+
+use super::catalog::{Domains, describe_error};
+use super::events::{Column, Relation, SourceInfo, Value};
+use super::replication::{Frame, ReplicationConnection};
+use super::{MAX_POLL_WAIT, PostgresCdcSourceConfig, SESSION_OPTIONS, lsn_text, stream_key};
+use crate::position::{Position, ResumePoint};
+use crate::sink::postgres::quote;
+use crate::source::{PollLimits, PollStatus, RawBatch};
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The open transaction's commit LSN, id, time and changes so far.
+struct Transaction {
+    at: u64,
+    xid: u32,
+    ts_ms: i64,
+    seq: u64,
+}
+
+/// A change held back until the next message says whether it ends its transaction.
+struct Pending {
+    key: Option<String>,
+    value: String,
+    at: u64,
+    seq: u64,
+    lsn: u64,
+}
+
+struct Table {
+    relation: Relation,
+    /// `format_type` of each column, once a TOAST look-up needed them.
+    type_names: Option<Vec<String>>,
+}
+
+pub struct Stream {
+    connection: ReplicationConnection,
+    slot: String,
+    publication: String,
+    /// The end of the last transaction the sink applied whole (the committer's).
+    flushed: Arc<AtomicU64>,
+    parser: LogicalReplicationParser,
+    stream: Arc<str>,
+    server: String,
+    db: String,
+    tables: HashMap<u32, Table>,
+    transaction: Option<Transaction>,
+    pending: Option<Pending>,
+    value: String,
+    key: String,
+    /// Changes (not heartbeats) added by the current poll.
+    changes: usize,
+}
+
+/// The URL (or key-value conninfo) with the replication and session options added.
+fn replication_conninfo(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options: String = SESSION_OPTIONS
+            .bytes()
+            .map(|b| match b {
+                b' ' => "%20".to_string(),
+                b'=' => "%3D".to_string(),
+                b',' => "%2C".to_string(),
+                _ => (b as char).to_string(),
+            })
+            .collect();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}replication=database&options={options}")
+    } else {
+        format!("{url} replication=database options='{SESSION_OPTIONS}'")
+    }
+}
+
+impl Stream {
+    pub fn open(
+        config: &PostgresCdcSourceConfig,
+        server: &str,
+        db: &str,
+        flushed: Arc<AtomicU64>,
+    ) -> Result<Stream, String> {
+        let connection = ReplicationConnection::connect(&replication_conninfo(config.url.expose()))
+            .map_err(|e| format!("cannot open a replication connection: {e}"))?;
+        Ok(Stream {
+            connection,
+            slot: config.slot.clone(),
+            publication: config.publication.clone(),
+            flushed,
+            parser: LogicalReplicationParser::with_protocol_version(2),
+            stream: stream_key(&config.slot).into(),
+            server: server.to_string(),
+            db: db.to_string(),
+            tables: HashMap::new(),
+            transaction: None,
+            pending: None,
+            value: String::new(),
+            key: String::new(),
+            changes: 0,
+        })
+    }
+
+    /// Creates the slot, exporting a snapshot; returns its consistent point and the
+    /// snapshot's name. The snapshot lives until this connection's next command.
+    pub fn create_slot(&mut self) -> Result<(u64, String), String> {
+        self.connection
+            .create_slot(&self.slot)
+            .map_err(|e| format!("cannot create replication slot {}: {e}", self.slot))
+    }
+
+    /// Starts streaming from the slot's confirmed flush LSN.
+    pub fn start(&mut self) -> Result<(), String> {
+        self.connection
+            .start(&self.slot, &self.publication)
+            .map_err(|e| format!("cannot start replication from slot {}: {e}", self.slot))
+    }
+
+    /// Reads messages until the poll is full or nothing more arrives in time.
+    pub fn poll(
+        &mut self,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+        mut meta: Option<&mut Client>,
+        domains: &mut Domains,
+    ) -> Result<PollStatus, String> {
+        let deadline = Instant::now() + limits.max_wait.min(MAX_POLL_WAIT);
+        self.changes = 0;
+        while !limits.filled(batch) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let flushed = self.flushed.load(Ordering::Acquire);
+            let Some(Frame::Data { wal_start, data }) = self.connection.next(remaining, flushed)?
+            else {
+                break;
+            };
+            let message = self
+                .parser
+                .parse_wal_message_bytes(bytes::Bytes::from(data))
+                .map_err(|e| {
+                    format!(
+                        "unreadable pgoutput message at {}: {e}",
+                        lsn_text(wal_start)
+                    )
+                })?
+                .message;
+            self.handle(message, wal_start, batch, meta.as_deref_mut(), domains)?;
+        }
+        Ok(if batch.is_empty() {
+            PollStatus::Idle
+        } else if self.changes == 0 {
+            PollStatus::Heartbeats
+        } else {
+            PollStatus::Records
+        })
+    }
+
+    fn handle(
+        &mut self,
+        message: LogicalReplicationMessage,
+        wal_start: u64,
+        batch: &mut RawBatch,
+        meta: Option<&mut Client>,
+        domains: &mut Domains,
+    ) -> Result<(), String> {
+        match message {
+            LogicalReplicationMessage::Begin {
+                final_lsn,
+                timestamp,
+                xid,
+            } => {
+                self.transaction = Some(Transaction {
+                    at: final_lsn,
+                    xid,
+                    ts_ms: (timestamp + PG_EPOCH_MICROS) / 1000,
+                    seq: 0,
+                });
+            }
+            LogicalReplicationMessage::Commit { end_lsn, .. } => {
+                if let Some(pending) = self.pending.take() {
+                    let resume = ResumePoint {
+                        next: end_lsn as i64,
+                        line: 0,
+                    };
+                    self.push(batch, pending, resume);
+                }
+                self.transaction = None;
+            }
+            LogicalReplicationMessage::Relation {
+                relation_id,
+                namespace,
+                relation_name,
+                columns,
+                ..
+            } => {
+                if columns.iter().any(|c| !domains.knows(c.type_id))
+                    && let Some(client) = meta
+                {
+                    *domains = Domains::load(client).map_err(|e| describe_error(&e))?;
+                }
+                let columns = columns
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name.to_string(),
+                        kind: domains.kind(c.type_id, c.type_modifier),
+                        key: c.is_key(),
+                    })
+                    .collect();
+                let relation = Relation::new(
+                    &self.server,
+                    namespace.to_string(),
+                    relation_name.to_string(),
+                    columns,
+                );
+                self.tables.insert(
+                    relation_id,
+                    Table {
+                        relation,
+                        type_names: None,
+                    },
+                );
+            }
+            LogicalReplicationMessage::Insert { relation_id, tuple } => {
+                let after = self.image(relation_id, &tuple)?;
+                let after: Vec<Value<'_>> = after.iter().map(as_value).collect();
+                self.change(batch, relation_id, "c", None, Some(&after), wal_start)?;
+            }
+            LogicalReplicationMessage::Update {
+                relation_id,
+                old_tuple,
+                new_tuple,
+                key_type,
+            } => {
+                let before = match &old_tuple {
+                    Some(old) => Some(self.image(relation_id, old)?),
+                    None => None,
+                };
+                let mut after = self.image(relation_id, &new_tuple)?;
+                self.fill_unchanged(relation_id, before.as_deref(), &mut after, meta)?;
+                let after: Vec<Value<'_>> = after.iter().map(as_value).collect();
+                let before: Option<Vec<Value<'_>>> =
+                    before.as_ref().map(|b| b.iter().map(as_value).collect());
+                if key_type == Some('K') {
+                    // The key changed: as Debezium does, a delete of the old key and a
+                    // create of the new row.
+                    self.change(batch, relation_id, "d", before.as_deref(), None, wal_start)?;
+                    self.change(batch, relation_id, "c", None, Some(&after), wal_start)?;
+                } else {
+                    let before = before.filter(|_| key_type == Some('O'));
+                    self.change(
+                        batch,
+                        relation_id,
+                        "u",
+                        before.as_deref(),
+                        Some(&after),
+                        wal_start,
+                    )?;
+                }
+            }
+            LogicalReplicationMessage::Delete {
+                relation_id,
+                old_tuple,
+                ..
+            } => {
+                let before = self.image(relation_id, &old_tuple)?;
+                let before: Vec<Value<'_>> = before.iter().map(as_value).collect();
+                self.change(batch, relation_id, "d", Some(&before), None, wal_start)?;
+            }
+            LogicalReplicationMessage::Truncate { relation_ids, .. } => {
+                for relation_id in relation_ids {
+                    self.change(batch, relation_id, "t", None, None, wal_start)?;
+                }
+            }
+            LogicalReplicationMessage::Message {
+                flags,
+                lsn,
+                prefix,
+                content,
+            } if flags & 1 == 0 => {
+                // A heartbeat (or another program's message) outside any transaction: it
+                // applies nothing, but its position lets the slot move on an idle source.
+                let mut value = String::from(r#"{"op":"m","ts_ms":"#);
+                value.push_str(&chrono::Utc::now().timestamp_millis().to_string());
+                value.push_str(r#","source":{"connector":"postgresql","lsn":"#);
+                value.push_str(&lsn.to_string());
+                value.push_str(r#"},"message":{"prefix":"#);
+                super::values::write_json_string(&mut value, &prefix);
+                value.push_str(r#","content":"#);
+                super::values::write_json_string(&mut value, &String::from_utf8_lossy(&content));
+                value.push_str("}}");
+                let position = Position::Postgres {
+                    stream: self.stream.clone(),
+                    at: lsn as i64,
+                    seq: 0,
+                    resume: ResumePoint {
+                        next: lsn as i64,
+                        line: 0,
+                    },
+                    lsn,
+                };
+                batch.push(None, Some(value.as_bytes()), position);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A tuple's values as text; `None` for a null, `Some(None)`… see [`Image`].
+    fn image(&self, relation_id: u32, tuple: &TupleData) -> Result<Vec<Cell>, String> {
+        let table = self
+            .tables
+            .get(&relation_id)
+            .ok_or_else(|| format!("a change of relation {relation_id} before its description"))?;
+        if tuple.columns.len() != table.relation.columns.len() {
+            return Err(format!(
+                "a row of {} columns for table {} of {}",
+                tuple.columns.len(),
+                table.relation.name(),
+                table.relation.columns.len()
+            ));
+        }
+        tuple
+            .columns
+            .iter()
+            .zip(&table.relation.columns)
+            .map(|(data, column)| match data.data_type {
+                b'n' => Ok(Cell::Null),
+                b'u' => Ok(Cell::Unchanged),
+                _ => match std::str::from_utf8(data.as_bytes()) {
+                    Ok(text) => Ok(Cell::Text(text.to_string())),
+                    Err(_) => Err(format!(
+                        "column {} of {} is not UTF-8 text",
+                        column.name,
+                        table.relation.name()
+                    )),
+                },
+            })
+            .collect()
+    }
+
+    /// Fills the columns an update left unchanged and pgoutput did not send (TOASTed
+    /// values): from the old row when the table's replica identity is FULL, else from the
+    /// source row as it is now. The row read now may be newer than this change, but every
+    /// change after this one follows in the stream, so the target still ends where the
+    /// source is; a row deleted since has its delete following too.
+    fn fill_unchanged(
+        &mut self,
+        relation_id: u32,
+        before: Option<&[Cell]>,
+        after: &mut [Cell],
+        meta: Option<&mut Client>,
+    ) -> Result<(), String> {
+        if !after.contains(&Cell::Unchanged) {
+            return Ok(());
+        }
+        if let Some(before) = before {
+            for (cell, old) in after.iter_mut().zip(before) {
+                if *cell == Cell::Unchanged && *old != Cell::Unchanged {
+                    *cell = old.clone();
+                }
+            }
+        }
+        if !after.contains(&Cell::Unchanged) {
+            return Ok(());
+        }
+        let Some(client) = meta else {
+            return Err("an unchanged TOASTed value to read, and no connection".into());
+        };
+        let table = self.tables.get_mut(&relation_id).expect("described");
+        let relation = &table.relation;
+        if table.type_names.is_none() {
+            let mut names = Vec::new();
+            for (i, _) in relation.columns.iter().enumerate() {
+                let row = client
+                    .query_one(
+                        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                         WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
+                        &[
+                            &format!("{}.{}", quote(&relation.schema), quote(&relation.table)),
+                            &relation.columns[i].name,
+                        ],
+                    )
+                    .map_err(|e| describe_error(&e))?;
+                names.push(row.get::<_, String>(0));
+            }
+            table.type_names = Some(names);
+        }
+        let types = table.type_names.as_ref().expect("read");
+        let missing: Vec<usize> = (0..after.len())
+            .filter(|&i| after[i] == Cell::Unchanged)
+            .collect();
+        let select: Vec<String> = missing
+            .iter()
+            .map(|&i| format!("{}::text", quote(&relation.columns[i].name)))
+            .collect();
+        let mut params: Vec<String> = Vec::new();
+        let mut conditions = Vec::new();
+        for (i, column) in relation.columns.iter().enumerate() {
+            if !column.key {
+                continue;
+            }
+            let Cell::Text(text) = &after[i] else {
+                return Err(format!("key column {} is null in an update", column.name));
+            };
+            params.push(text.clone());
+            conditions.push(format!(
+                "{} = ${}::text::{}",
+                quote(&column.name),
+                params.len(),
+                types[i]
+            ));
+        }
+        if conditions.is_empty() {
+            return Err(format!(
+                "table {} has neither a key nor REPLICA IDENTITY FULL: an unchanged TOASTed \
+                 value cannot be read back",
+                relation.name()
+            ));
+        }
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {}",
+            select.join(", "),
+            quote(&relation.schema),
+            quote(&relation.table),
+            conditions.join(" AND ")
+        );
+        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        let row = client
+            .query_opt(&sql, &refs)
+            .map_err(|e| describe_error(&e))?;
+        for (n, &i) in missing.iter().enumerate() {
+            after[i] = match &row {
+                Some(row) => match row.get::<_, Option<String>>(n) {
+                    Some(text) => Cell::Text(text),
+                    None => Cell::Null,
+                },
+                // Deleted since: its delete follows in the stream.
+                None => Cell::Null,
+            };
+        }
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        batch: &mut RawBatch,
+        relation_id: u32,
+        op: &str,
+        before: Option<&[Value<'_>]>,
+        after: Option<&[Value<'_>]>,
+        lsn: u64,
+    ) -> Result<(), String> {
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Err(format!(
+                "a change at {} outside a transaction",
+                lsn_text(lsn)
+            ));
+        };
+        transaction.seq += 1;
+        let (at, seq) = (transaction.at, transaction.seq);
+        let source = SourceInfo {
+            server: &self.server,
+            db: &self.db,
+            ts_ms: transaction.ts_ms,
+            snapshot: "false",
+            tx_id: Some(transaction.xid),
+            lsn,
+        };
+        let table = self
+            .tables
+            .get(&relation_id)
+            .ok_or_else(|| format!("a change of relation {relation_id} before its description"))?;
+        table
+            .relation
+            .write_event(&mut self.value, &mut self.key, op, before, after, &source)?;
+        let pending = Pending {
+            key: (!self.key.is_empty()).then(|| self.key.clone()),
+            value: self.value.clone(),
+            at,
+            seq,
+            lsn,
+        };
+        if let Some(previous) = self.pending.replace(pending) {
+            let resume = ResumePoint {
+                next: previous.at as i64,
+                line: previous.seq + 1,
+            };
+            self.push(batch, previous, resume);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, batch: &mut RawBatch, pending: Pending, resume: ResumePoint) {
+        self.changes += 1;
+        let position = Position::Postgres {
+            stream: self.stream.clone(),
+            at: pending.at as i64,
+            seq: pending.seq,
+            resume,
+            lsn: pending.lsn,
+        };
+        batch.push(
+            pending.key.as_deref().map(str::as_bytes),
+            Some(pending.value.as_bytes()),
+            position,
+        );
+    }
+}
+
+/// A column of a row image as pgoutput sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    /// A TOASTed value the update did not change, which pgoutput does not send.
+    Unchanged,
+}
+
+fn as_value(cell: &Cell) -> Value<'_> {
+    match cell {
+        Cell::Text(text) => Value::Text(text),
+        Cell::Null | Cell::Unchanged => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_options_join_the_url_or_the_conninfo() {
+        assert!(replication_conninfo("postgres://u@h/db").starts_with(
+            "postgres://u@h/db?replication=database&options=-c%20DateStyle%3DISO%2CYMD"
+        ));
+        assert!(
+            replication_conninfo("postgres://u@h/db?sslmode=disable")
+                .contains("disable&replication")
+        );
+        assert!(replication_conninfo("host=h dbname=db").ends_with("IntervalStyle=postgres'"));
+    }
+}

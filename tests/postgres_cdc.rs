@@ -1,0 +1,409 @@
+//! The `postgres-cdc` source against a real PostgreSQL server (`wal_level=logical`): the
+//! source and the target are two databases of one server.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::services::Postgres;
+use common::{Workspace, weir};
+
+fn pipeline(ws: &Workspace, pg: &Postgres, name: &str, source_extra: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "name: {name}\n\
+         source:\n  type: postgres-cdc\n  url: {}\n  publication: weir_{name}\n  slot: weir_{name}\n\
+         \x20 chunk_rows: 7\n{source_extra}\
+         tables:\n  include: ['public.*']\n\
+         sink:\n  type: postgres\n  url: {}\n  schema: public\n  mode: upsert\n  create: true\n\
+         dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+        pg.url("source"),
+        pg.url("target"),
+    );
+    ws.write("pipeline.yaml", &yaml)
+}
+
+/// Every row of `table` in `database`, each as its row text, in key order: the oracle
+/// the target is compared with, independent of weir.
+fn table_rows(pg: &Postgres, database: &str, table: &str) -> Vec<String> {
+    pg.client(database)
+        .query(
+            &format!("SELECT t::text FROM public.{table} t ORDER BY 1"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("read {table} in {database}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn assert_same(pg: &Postgres, tables: &[&str]) {
+    for table in tables {
+        let source = table_rows(pg, "source", table);
+        let target = table_rows(pg, "target", table);
+        let clip = |rows: Vec<&String>| -> Vec<String> {
+            rows.iter()
+                .take(5)
+                .map(|r| r.chars().take(300).collect())
+                .collect()
+        };
+        let missing = clip(source.iter().filter(|r| !target.contains(r)).collect());
+        let extra = clip(target.iter().filter(|r| !source.contains(r)).collect());
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "table {table}: rows of the source not in the target {missing:#?}; \
+             rows of the target not in the source {extra:#?}"
+        );
+    }
+}
+
+/// A running weir, killed when dropped (so a failing test leaves no process behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(ws: &Workspace, pipeline: &std::path::Path) -> Running {
+    Running(
+        weir()
+            .args(["run", "-q", "-v"])
+            .arg(pipeline)
+            .current_dir(ws.dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
+            .spawn()
+            .expect("start weir"),
+    )
+}
+
+/// Waits until the target matches the source, or fails after `limit`.
+fn wait_until_same(pg: &Postgres, ws: &Workspace, tables: &[&str], limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let same = tables.iter().all(|t| {
+            let target = pg
+                .client("target")
+                .query(&format!("SELECT t::text FROM public.{t} t ORDER BY 1"), &[]);
+            match target {
+                Ok(rows) => {
+                    let target: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    target == table_rows(pg, "source", t)
+                }
+                Err(_) => false,
+            }
+        });
+        if same {
+            return;
+        }
+        if started.elapsed() > limit {
+            let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("weir's log, last lines first:\n{}", tail.join("\n"));
+            assert_same(pg, tables);
+            panic!("the target did not catch up");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the pipeline has stored a checkpoint (its copy is applied).
+fn wait_for_checkpoint(pg: &Postgres, ws: &Workspace, pipeline: &str) {
+    let started = Instant::now();
+    loop {
+        let stored = pg
+            .client("target")
+            .query_opt(
+                "SELECT 1 FROM weir.checkpoints WHERE pipeline = $1 LIMIT 1",
+                &[&pipeline],
+            )
+            .ok()
+            .flatten()
+            .is_some();
+        if stored {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+            panic!("pipeline {pipeline} stored no checkpoint; weir's log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILL: nothing flushed, nothing said goodbye.
+fn kill(running: Running) {
+    drop(running);
+}
+
+fn server() -> Postgres {
+    let pg = Postgres::start();
+    pg.create_database("source");
+    pg.create_database("target");
+    pg
+}
+
+#[test]
+fn copies_every_table_then_streams_each_kind_of_change() {
+    let pg = server();
+    let ws = Workspace::new();
+    let mut source = pg.client("source");
+    source
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, price numeric(12,2),
+                 amount numeric, note text, placed timestamptz, day date, at_time time,
+                 local timestamp, doc jsonb, raw bytea, ratio real, big double precision,
+                 ok boolean, ref uuid, small smallint);
+             INSERT INTO orders SELECT g, 'customer ' || g, g * 1.25, g / 3.0,
+                 CASE WHEN g = 3 THEN (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 4000) i)
+                      ELSE 'short' END,
+                 '2024-02-29 23:30:00.5+02'::timestamptz + g * interval '1 hour',
+                 DATE '2024-01-01' + g, TIME '12:00:00.25', TIMESTAMP '2024-01-01 00:00:00.123456',
+                 jsonb_build_object('n', g, 's', 'x\"y'), '\\x00ff'::bytea, 0.1, 1e300,
+                 g % 2 = 0, md5(g::text)::uuid, g
+               FROM generate_series(1, 30) g;
+             -- A text key: copied whole after a restart.
+             CREATE TABLE items (sku text PRIMARY KEY, qty int);
+             INSERT INTO items VALUES ('a', 1), ('b', 2), ('c', 3);
+             -- Before-images of every column.
+             CREATE TABLE accounts (id int PRIMARY KEY, balance numeric(20,4), owner text);
+             ALTER TABLE accounts REPLICA IDENTITY FULL;
+             INSERT INTO accounts SELECT 1, 100.5, string_agg(md5(i::text), '')
+               FROM generate_series(1, 1000) i;
+             INSERT INTO accounts VALUES (2, 0, 'b');",
+        )
+        .unwrap();
+    let file = pipeline(&ws, &pg, "shop", "  heartbeat: { interval: 1s }\n");
+    let tables = ["orders", "items", "accounts"];
+
+    let weir_run = start(&ws, &file);
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
+
+    // Every kind of change, while weir streams, each statement its own transaction
+    // unless it says otherwise.
+    for statement in [
+        // 128 kB of digits that do not compress below the TOAST threshold.
+        "INSERT INTO orders (id, customer, price, note)
+         SELECT 100, 'new', 9.99, string_agg(md5(i::text), '') FROM generate_series(1, 4000) i",
+        // `note` is TOASTed and left unchanged: pgoutput does not send it.
+        "UPDATE orders SET price = 1.00 WHERE id = 100",
+        "UPDATE orders SET customer = 'renamed' WHERE id = 3",
+        "DELETE FROM orders WHERE id = 1",
+        "UPDATE items SET sku = 'z' WHERE sku = 'a'",
+        // REPLICA IDENTITY FULL: the old row comes whole, its TOASTed owner too.
+        "UPDATE accounts SET balance = balance + 0.0001 WHERE id = 1",
+        "UPDATE orders SET price = 2.00 WHERE id = 3",
+        "DELETE FROM accounts WHERE id = 2",
+        "BEGIN; INSERT INTO items VALUES ('d', 4); TRUNCATE items; INSERT INTO items VALUES ('e', 5); COMMIT",
+        "ALTER TABLE orders ADD COLUMN status text",
+        "UPDATE orders SET status = 'paid' WHERE id = 2",
+        "INSERT INTO orders (id, customer, status) VALUES (101, 'later', 'open')",
+    ] {
+        source.batch_execute(statement).unwrap();
+    }
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
+    kill(weir_run);
+
+    let toasted: i32 = pg
+        .client("target")
+        .query_one("SELECT length(note) FROM orders WHERE id = 100", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(toasted, 128_000, "the unchanged TOASTed value is kept");
+    let letters = std::fs::read_to_string(ws.path("dead-letters.jsonl")).unwrap_or_default();
+    assert!(letters.is_empty(), "no dead letters: {letters}");
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_repeating_and_the_slot_waits_for_the_sink() {
+    let pg = server();
+    let ws = Workspace::new();
+    let mut source = pg.client("source");
+    source
+        .batch_execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO counters SELECT g, 0 FROM generate_series(1, 500) g;
+             CREATE TABLE log (id bigserial PRIMARY KEY, counter int, n bigint);",
+        )
+        .unwrap();
+    let file = pipeline(&ws, &pg, "resume", "");
+    let tables = ["counters", "log"];
+    // Changes while weir is killed and restarted: each transaction bumps counters and
+    // appends to `log`, so a lost or doubled change shows in either table.
+    let writer = {
+        let url = pg.url("source");
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            for i in 0..1000i64 {
+                let id = (i * 7 % 500 + 1) as i32;
+                client
+                    .execute(
+                        "WITH u AS (UPDATE counters SET n = n + 1 WHERE id = $1 RETURNING id, n)
+                         INSERT INTO log (counter, n) SELECT id, n FROM u",
+                        &[&id],
+                    )
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    for round in 0..4 {
+        let child = start(&ws, &file);
+        std::thread::sleep(Duration::from_millis(1500 + round * 400));
+        kill(child);
+        // The slot never confirms past what the target committed.
+        let confirmed: Option<String> = pg
+            .client("source")
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'weir_resume'",
+                &[],
+            )
+            .ok()
+            .and_then(|r| r.get(0));
+        let committed: Option<i64> = pg
+            .client("target")
+            .query_opt(
+                "SELECT next FROM weir.checkpoints WHERE stream = 'postgres:weir_resume' AND line = 0",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        if let (Some(confirmed), Some(committed)) = (confirmed, committed) {
+            let confirmed = parse_lsn(&confirmed);
+            assert!(
+                confirmed <= committed as u64,
+                "round {round}: the slot confirmed {confirmed:X}, past the sink's {committed:X}"
+            );
+        }
+    }
+    // The sink stopped: its tables locked, so no batch commits, while the writer goes on.
+    // The slot must not confirm what weir received and could not apply.
+    let child = start(&ws, &file);
+    wait_for_checkpoint(&pg, &ws, "resume");
+    let mut lock = pg.client("target");
+    let mut held = lock.transaction().unwrap();
+    held.batch_execute("LOCK TABLE counters, log IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let (committed, _) = slot_and_sink(&pg, "resume");
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        let (now_committed, confirmed) = slot_and_sink(&pg, "resume");
+        assert_eq!(
+            now_committed, committed,
+            "nothing commits while the sink is stopped"
+        );
+        assert!(
+            confirmed <= committed,
+            "the slot confirmed {confirmed:X} while the sink had committed only {committed:X}"
+        );
+    }
+    held.rollback().unwrap();
+    kill(child);
+    writer.join().unwrap();
+    let child = start(&ws, &file);
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
+    kill(child);
+    let total: i64 = pg
+        .client("target")
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 1000, "every increment applied once");
+}
+
+#[test]
+fn heartbeats_move_the_slot_of_an_idle_source() {
+    let pg = server();
+    let ws = Workspace::new();
+    pg.client("source")
+        .batch_execute(
+            "CREATE TABLE quiet (id int PRIMARY KEY); INSERT INTO quiet VALUES (1);
+             CREATE TABLE busy (id int PRIMARY KEY, n int);",
+        )
+        .unwrap();
+    let restart_lsn = |slot: &str| -> u64 {
+        let text: String = pg
+            .client("source")
+            .query_one(
+                "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .unwrap()
+            .get(0);
+        parse_lsn(&text)
+    };
+    // WAL the slots are not interested in: another table, outside the publication.
+    let other_writes = || {
+        let mut client = pg.client("source");
+        for i in 0..200 {
+            client
+                .execute("INSERT INTO busy VALUES ($1, $1)", &[&i])
+                .unwrap();
+        }
+        client
+            .batch_execute("DELETE FROM busy; CHECKPOINT")
+            .unwrap();
+    };
+    let mut results = Vec::new();
+    for (name, heartbeat) in [
+        ("with", "  heartbeat: { interval: 200ms }\n"),
+        ("without", ""),
+    ] {
+        let yaml = std::fs::read_to_string(pipeline(&ws, &pg, name, heartbeat))
+            .unwrap()
+            .replace("include: ['public.*']", "include: ['public.quiet']");
+        let file = ws.write(&format!("{name}.yaml"), &yaml);
+        let child = start(&ws, &file);
+        wait_for_checkpoint(&pg, &ws, name);
+        let before = restart_lsn(&format!("weir_{name}"));
+        other_writes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut after = restart_lsn(&format!("weir_{name}"));
+        while after == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            other_writes();
+            after = restart_lsn(&format!("weir_{name}"));
+        }
+        kill(child);
+        results.push((name, before, after));
+    }
+    let (_, before, after) = results[0];
+    assert!(
+        after > before,
+        "with heartbeats the slot moves: {results:?}"
+    );
+    let (_, before, after) = results[1];
+    assert_eq!(after, before, "without them it stays: {results:?}");
+}
+
+/// The end of the last transaction the sink committed whole, and the slot's confirmed
+/// flush LSN.
+fn slot_and_sink(pg: &Postgres, pipeline: &str) -> (u64, u64) {
+    let committed: i64 = pg
+        .client("target")
+        .query_one(
+            "SELECT coalesce(max(next), 0) FROM weir.checkpoints
+             WHERE pipeline = $1 AND stream LIKE 'postgres:%' AND line = 0",
+            &[&pipeline],
+        )
+        .unwrap()
+        .get(0);
+    let confirmed: String = pg
+        .client("source")
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&format!("weir_{pipeline}")],
+        )
+        .unwrap()
+        .get(0);
+    (committed as u64, parse_lsn(&confirmed))
+}
+
+fn parse_lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
+}

@@ -105,7 +105,8 @@ impl Source {
                 pipeline.resolve(&file.path),
             )),
             SourceConfig::PostgresCdc(_) => Err(
-                "waiting for a postgres-cdc pipeline to catch up is not supported yet: stop                  writes, let the pipeline apply them, then reconcile without `--wait`"
+                "waiting for a postgres-cdc pipeline to catch up is not supported yet: stop \
+                 writes, let the pipeline apply them, then reconcile without `--wait`"
                     .into(),
             ),
         }

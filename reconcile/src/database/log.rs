@@ -190,7 +190,9 @@ fn where_from(
             )),
         },
         SourceConfig::PostgresCdc(_) => Err(ReconcileError::new(
-            "the pipeline reads a PostgreSQL database directly, so there is no change log to              replay: reconcile against the database itself (`reconcile.source: { type:              postgres, url: … }`)",
+            "the pipeline reads a PostgreSQL database directly, so there is no change log to \
+             replay: reconcile against the database itself (`reconcile.source: { type: \
+             postgres, url: … }`)",
         )),
     }
 }

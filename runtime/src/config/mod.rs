@@ -577,7 +577,8 @@ fn many_table_checks(
             lanes.push(PathSegment::Key("lanes".into()));
             report(
                 lanes,
-                "`lanes` does not work with `tables`: every table of a batch is applied in                  one transaction, by one writer"
+                "`lanes` does not work with `tables`: every table of a batch is applied in \
+                 one transaction, by one writer"
                     .into(),
                 Some("remove `lanes`".into()),
             );
@@ -585,7 +586,9 @@ fn many_table_checks(
         if matches!(conflict, crate::conflict::ConflictConfig::Wasm(_)) && at.len() > 1 {
             report(
                 at,
-                "a per-table override takes a built-in strategy; a resolver plugin is set for                  every table in the pipeline's `conflict` section, and it sees each change's                  table"
+                "a per-table override takes a built-in strategy; a resolver plugin is set for \
+                 every table in the pipeline's `conflict` section, and it sees each change's \
+                 table"
                     .into(),
                 None,
             );

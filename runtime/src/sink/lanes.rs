@@ -134,7 +134,7 @@ impl Sink for Lanes {
                         .streams
                         .retain(|stream, point| match checkpoint.streams.get(stream) {
                             Some(other) => {
-                                if other.next < point.next {
+                                if (other.next, other.line) < (point.next, point.line) {
                                     *point = *other;
                                 }
                                 true

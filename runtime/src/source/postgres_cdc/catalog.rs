@@ -144,6 +144,17 @@ pub fn describe(
     })
 }
 
+/// The primary key columns of table `oid` (none without a primary key).
+pub fn primary_key(client: &mut Client, oid: u32) -> Result<Vec<String>, postgres::Error> {
+    let rows = client.query(
+        "SELECT a.attname::text FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = $1 AND i.indisprimary",
+        &[&oid],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Creates `publication` for `tables` unless it exists. Returns whether it was created.
 pub fn ensure_publication(
     client: &mut Client,
@@ -169,7 +180,9 @@ pub fn ensure_publication(
     let list: Vec<String> = tables.iter().map(SourceTable::quoted).collect();
     client
         .batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            // Changes of a partition are published as the partitioned table's, which is
+            // the table the pipeline selected and copied.
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
             quote(publication),
             list.join(", ")
         ))

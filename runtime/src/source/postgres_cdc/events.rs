@@ -184,10 +184,17 @@ impl Relation {
                 out.push_str("null");
                 Ok(())
             }
-            Value::Text(text) => column
-                .kind
-                .write_value(out, text)
-                .map_err(|e| format!("column {}: {e}", column.name)),
+            Value::Text(text) => {
+                // A value with no exact form (a NaN numeric, an infinite date) goes as its
+                // text: the decoder refuses it, and the event becomes a dead letter with
+                // the reason, instead of stopping the source at it for good.
+                let start = out.len();
+                if column.kind.write_value(out, text).is_err() {
+                    out.truncate(start);
+                    write_json_string(out, text);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -239,10 +246,11 @@ mod tests {
         let fields = &event["schema"]["fields"][1]["fields"];
         assert_eq!(fields[1]["name"], "org.apache.kafka.connect.data.Decimal");
         assert_eq!(fields[1]["parameters"]["scale"], "2");
+        // No exact form: written as text, which the decoder refuses with its reason.
         let bad = [Value::Text("1"), Value::Text("NaN")];
-        let error = relation
+        relation
             .write_event(&mut value, &mut key, "c", None, Some(&bad), &source)
-            .unwrap_err();
-        assert!(error.contains("column price"), "{error}");
+            .unwrap();
+        assert!(value.contains(r#""price":"NaN"}"#), "{value}");
     }
 }

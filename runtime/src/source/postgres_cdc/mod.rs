@@ -213,11 +213,11 @@ fn connect(url: &str) -> Result<Client, String> {
 
 /// Value formats every text value is read in: ISO dates, UTC, hex bytea, exact floats.
 const SESSION_SETTINGS_SQL: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
-     SET bytea_output = 'hex'; SET extra_float_digits = 1; SET IntervalStyle = 'postgres'";
+     SET bytea_output = 'hex'; SET extra_float_digits = 3; SET IntervalStyle = 'postgres'";
 
 /// The same settings as libpq startup options, for the replication connection.
 const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c bytea_output=hex \
-     -c extra_float_digits=1 -c IntervalStyle=postgres";
+     -c extra_float_digits=3 -c IntervalStyle=postgres";
 
 impl Source for PostgresCdcSource {
     fn seek(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
@@ -253,7 +253,7 @@ impl Source for PostgresCdcSource {
             .collect();
 
         let slot_exists = slot_plugin(self.meta.as_mut().expect("connected"), &self.config.slot);
-        let slot_exists = slot_exists.map_err(|e| self.error(e, true))?;
+        let slot_exists = slot_exists.map_err(|e| self.error(e, false))?;
         match slot_exists.as_deref() {
             None | Some("pgoutput") => {}
             Some(other) => {
@@ -378,13 +378,19 @@ impl Source for PostgresCdcSource {
 fn slot_plugin(client: &mut Client, slot: &str) -> Result<Option<String>, String> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, database = current_database() FROM pg_replication_slots
-             WHERE slot_name = $1",
+            "SELECT plugin::text, database = current_database(), wal_status = 'lost'
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .map_err(|e| catalog::describe_error(&e))?;
     match row {
         None => Ok(None),
+        Some(row) if row.get::<_, Option<bool>>(2) == Some(true) => Err(format!(
+            "replication slot {slot} was invalidated (its WAL exceeded \
+             max_slot_wal_keep_size): the changes since the sink's position are gone from \
+             the source. Resync: drop the slot, the target tables' rows and the pipeline's \
+             checkpoint, then run again to copy every table"
+        )),
         Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(row.get(0)),
         Some(_) => Err(format!(
             "replication slot {slot} belongs to another database: name another slot"
@@ -405,9 +411,12 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
 
-/// Moves the slot's confirmed flush LSN to the end of the last transaction the sink has
-/// durably applied whole. A transaction applied in part moves nothing: on a restart the
-/// server sends it again, and the sink skips the changes it already holds.
+/// Moves the slot's confirmed flush LSN to what the sink has durably applied: the end of
+/// the last transaction applied whole, or, inside a transaction applied in part, that
+/// transaction's commit LSN. The server sends again every transaction whose commit record
+/// starts at or after the confirmed LSN, so the part is sent again and the sink skips the
+/// changes it already holds; every transaction committed before it was applied. So the
+/// slot moves on under a steady load too, where batches seldom end at a commit.
 struct SlotCommitter {
     key: String,
     flushed: Arc<AtomicU64>,
@@ -416,7 +425,6 @@ struct SlotCommitter {
 impl Committer for SlotCommitter {
     fn commit(&self, checkpoint: &Checkpoint) {
         if let Some(resume) = checkpoint.get(&self.key)
-            && resume.line == 0
             && resume.next > 0
         {
             self.flushed.fetch_max(resume.next as u64, Ordering::AcqRel);

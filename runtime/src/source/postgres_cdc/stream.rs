@@ -169,7 +169,7 @@ impl Stream {
         message: LogicalReplicationMessage,
         wal_start: u64,
         batch: &mut RawBatch,
-        meta: Option<&mut Client>,
+        mut meta: Option<&mut Client>,
         domains: &mut Domains,
     ) -> Result<(), String> {
         match message {
@@ -181,7 +181,7 @@ impl Stream {
                 self.transaction = Some(Transaction {
                     at: final_lsn,
                     xid,
-                    ts_ms: (timestamp + PG_EPOCH_MICROS) / 1000,
+                    ts_ms: timestamp.saturating_add(PG_EPOCH_MICROS) / 1000,
                     seq: 0,
                 });
             }
@@ -200,19 +200,30 @@ impl Stream {
                 namespace,
                 relation_name,
                 columns,
-                ..
+                replica_identity,
             } => {
                 if columns.iter().any(|c| !domains.knows(c.type_id))
-                    && let Some(client) = meta
+                    && let Some(client) = meta.as_deref_mut()
                 {
                     *domains = Domains::load(client).map_err(|e| describe_error(&e))?;
                 }
+                // Under REPLICA IDENTITY FULL pgoutput flags every column as the identity;
+                // events are keyed by the primary key, as copied rows are.
+                let primary_key = match (replica_identity, meta.as_deref_mut()) {
+                    (b'f', Some(client)) => super::catalog::primary_key(client, relation_id)
+                        .map_err(|e| describe_error(&e))?,
+                    _ => Vec::new(),
+                };
                 let columns = columns
                     .iter()
                     .map(|c| Column {
                         name: c.name.to_string(),
                         kind: domains.kind(c.type_id, c.type_modifier),
-                        key: c.is_key(),
+                        key: if primary_key.is_empty() {
+                            c.is_key()
+                        } else {
+                            primary_key.iter().any(|k| **k == *c.name)
+                        },
                     })
                     .collect();
                 let relation = Relation::new(
@@ -245,7 +256,10 @@ impl Stream {
                     None => None,
                 };
                 let mut after = self.image(relation_id, &new_tuple)?;
-                self.fill_unchanged(relation_id, before.as_deref(), &mut after, meta)?;
+                // Only a full old row ('O') holds the other columns; a key-only one ('K')
+                // has nulls there.
+                let full = before.as_deref().filter(|_| key_type == Some('O'));
+                self.fill_unchanged(relation_id, full, &mut after, meta)?;
                 let after: Vec<Value<'_>> = after.iter().map(as_value).collect();
                 let before: Option<Vec<Value<'_>>> =
                     before.as_ref().map(|b| b.iter().map(as_value).collect());
@@ -375,22 +389,35 @@ impl Stream {
         let Some(client) = meta else {
             return Err("an unchanged TOASTed value to read, and no connection".into());
         };
+        // The table by its OID: it may have been renamed since this change.
+        let current = client
+            .query_opt(
+                "SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = $1",
+                &[&relation_id],
+            )
+            .map_err(|e| describe_error(&e))?;
+        let Some(current) = current.map(|r| r.get::<_, String>(0)) else {
+            // Dropped since: nothing of it is left to apply.
+            for cell in after.iter_mut() {
+                if *cell == Cell::Unchanged {
+                    *cell = Cell::Null;
+                }
+            }
+            return Ok(());
+        };
         let table = self.tables.get_mut(&relation_id).expect("described");
         let relation = &table.relation;
         if table.type_names.is_none() {
             let mut names = Vec::new();
-            for (i, _) in relation.columns.iter().enumerate() {
+            for column in &relation.columns {
                 let row = client
-                    .query_one(
+                    .query_opt(
                         "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                         WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
-                        &[
-                            &format!("{}.{}", quote(&relation.schema), quote(&relation.table)),
-                            &relation.columns[i].name,
-                        ],
+                         WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped",
+                        &[&relation_id, &column.name],
                     )
                     .map_err(|e| describe_error(&e))?;
-                names.push(row.get::<_, String>(0));
+                names.push(row.map_or_else(|| "text".to_string(), |r| r.get::<_, String>(0)));
             }
             table.type_names = Some(names);
         }
@@ -427,10 +454,8 @@ impl Stream {
             ));
         }
         let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {}",
+            "SELECT {} FROM {current} WHERE {}",
             select.join(", "),
-            quote(&relation.schema),
-            quote(&relation.table),
             conditions.join(" AND ")
         );
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params

@@ -414,3 +414,98 @@ fn parse_lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').expect("an LSN");
     (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }
+
+#[test]
+fn a_killed_copy_resumes_after_the_last_row_the_sink_applied() {
+    let pg = server();
+    let ws = Workspace::new();
+    let total: i64 = 60_000;
+    pg.client("source")
+        .batch_execute(&format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, {total}) g;"
+        ))
+        .unwrap();
+    let yaml = std::fs::read_to_string(pipeline(&ws, &pg, "copy", ""))
+        .unwrap()
+        .replace("chunk_rows: 7", "chunk_rows: 500");
+    let file = ws.write("copy.yaml", &yaml);
+    let count = || -> i64 {
+        pg.client("target")
+            .query_one("SELECT count(*) FROM big", &[])
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    };
+    // Kill the first run in the middle of its copy.
+    let child = start(&ws, &file);
+    let started = Instant::now();
+    let mut applied = count();
+    while applied == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+        applied = count();
+    }
+    kill(child);
+    let applied = count();
+    assert!(
+        applied > 0 && applied < total,
+        "the copy was killed in its middle ({applied} of {total} rows applied)"
+    );
+    // The second run copies only what the first did not apply.
+    let run = ws.run(&file, &["--stop-when-idle", "2s"]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let read = run.summary["events_read"].as_i64().unwrap();
+    assert_eq!(
+        read,
+        total - applied,
+        "the resumed copy read {read} rows; {applied} of {total} were applied before the kill"
+    );
+    assert_same(&pg, &["big"]);
+}
+
+#[test]
+fn a_lost_replication_connection_is_reopened_and_nothing_is_lost() {
+    let pg = server();
+    let ws = Workspace::new();
+    let mut source = pg.client("source");
+    source
+        .batch_execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO counters SELECT g, 0 FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+    let file = pipeline(&ws, &pg, "reopen", "");
+    let child = start(&ws, &file);
+    wait_for_checkpoint(&pg, &ws, "reopen");
+    for round in 0..3 {
+        for i in 0..100 {
+            source
+                .execute(
+                    "UPDATE counters SET n = n + 1 WHERE id = $1",
+                    &[&(i % 50 + 1)],
+                )
+                .unwrap();
+        }
+        // The server ends weir's replication connection, as a failover or a network
+        // cut would.
+        let ended: i64 = pg
+            .client("source")
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication
+                 WHERE application_name <> 'none'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(ended <= 1, "round {round}: one walsender at most");
+    }
+    wait_until_same(&pg, &ws, &["counters"], Duration::from_secs(60));
+    let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+    assert!(log.contains("reconnected"), "weir reconnected:\n{log}");
+    kill(child);
+    let total: i64 = pg
+        .client("target")
+        .query_one("SELECT sum(n)::bigint FROM counters", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 300, "every increment applied once");
+}

@@ -108,7 +108,15 @@ enum Phase {
     Setup,
     Copying(Box<Snapshot>, Box<Stream>),
     Streaming(Box<Stream>),
+    /// The replication connection was lost: reconnect on the next poll.
+    Lost {
+        attempts: u32,
+        error: String,
+    },
 }
+
+/// Reconnections in a row before the run fails: about a minute and a half of back-off.
+const MAX_RECONNECTS: u32 = 12;
 
 pub struct PostgresCdcSource {
     config: PostgresCdcSourceConfig,
@@ -352,9 +360,54 @@ impl Source for PostgresCdcSource {
             }
             Phase::Streaming(mut stream) => {
                 let meta = self.meta.as_mut();
-                let result = stream.poll(batch, limits, meta, &mut self.domains);
-                self.phase = Phase::Streaming(stream);
-                result.map_err(|e| self.error(e, true))
+                match stream.poll(batch, limits, meta, &mut self.domains) {
+                    Ok(status) => {
+                        self.phase = Phase::Streaming(stream);
+                        Ok(status)
+                    }
+                    Err(error) => {
+                        // Dropping the stream closes its connection. What this poll read
+                        // is kept; the server sends again everything after the slot's
+                        // confirmed position, and the sink skips what it holds.
+                        let error = crate::redact::redact(&error).into_owned();
+                        tracing::warn!(%error, "replication stream lost; reconnecting");
+                        self.phase = Phase::Lost { attempts: 0, error };
+                        Ok(if batch.is_empty() {
+                            PollStatus::Waiting
+                        } else {
+                            PollStatus::Records
+                        })
+                    }
+                }
+            }
+            Phase::Lost { attempts, error } => {
+                if attempts >= MAX_RECONNECTS {
+                    return Err(self.error(
+                        format!("{error} (the stream was lost; {attempts} reconnections failed)"),
+                        true,
+                    ));
+                }
+                if attempts > 0 {
+                    std::thread::sleep(Duration::from_secs(1 << attempts.min(3)));
+                }
+                let reopened =
+                    Stream::open(&self.config, &self.server, &self.db, self.flushed.clone())
+                        .and_then(|mut stream| stream.start().map(|()| stream));
+                match reopened {
+                    Ok(stream) => {
+                        tracing::info!(slot = %self.config.slot, "replication stream reconnected");
+                        self.phase = Phase::Streaming(Box::new(stream));
+                    }
+                    Err(e) => {
+                        let e = crate::redact::redact(&e).into_owned();
+                        tracing::warn!(error = %e, attempt = attempts + 1, "cannot reconnect");
+                        self.phase = Phase::Lost {
+                            attempts: attempts + 1,
+                            error: e,
+                        };
+                    }
+                }
+                Ok(PollStatus::Waiting)
             }
         }
     }

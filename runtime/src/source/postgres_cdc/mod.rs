@@ -195,10 +195,10 @@ impl PostgresCdcSource {
             return Ok(());
         }
         self.last_heartbeat = Some(Instant::now());
-        let result = self.meta()?.execute(
-            "SELECT pg_logical_emit_message(false, 'weir-heartbeat', now()::text)",
-            &[],
-        );
+        // The simple query protocol: nothing is prepared (and parsed again) each time.
+        let result = self
+            .meta()?
+            .batch_execute("SELECT pg_logical_emit_message(false, 'weir-heartbeat', now()::text)");
         if let Err(e) = result {
             // A heartbeat that fails is not a reason to stop: the stream reports a lost
             // server on its own.

@@ -511,8 +511,9 @@ impl Stream {
             .relation
             .write_event(&mut self.value, &mut self.key, op, before, after, &source)?;
         let pending = Pending {
-            key: (!self.key.is_empty()).then(|| self.key.clone()),
-            value: self.value.clone(),
+            // The buffers move into the held change instead of being copied per change.
+            key: (!self.key.is_empty()).then(|| std::mem::take(&mut self.key)),
+            value: std::mem::take(&mut self.value),
             at,
             seq,
             lsn,

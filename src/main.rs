@@ -2,6 +2,7 @@
 
 mod plugin_tool;
 mod progress;
+mod status;
 
 // The reader thread allocates each batch's buffers and the applier frees them; mimalloc
 // handles that cross-thread pattern without the page faults glibc's allocator takes.
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir_runtime::config;
+use weir_runtime::lifecycle::State;
 use weir_runtime::metrics::Metrics;
 use weir_runtime::pipeline::{self, RunOptions};
 
@@ -62,6 +64,17 @@ enum Command {
     /// extra and mismatched rows, and the named queries. Exits 0 when the two are equal,
     /// 1 when they differ, 2 when they cannot be compared.
     Reconcile(ReconcileArgs),
+    /// Show where a pipeline stands, as it persisted in its target: its state (snapshotting,
+    /// streaming, degraded, resync-required...), each table's progress, positions, lag,
+    /// the last heartbeat and error, and the latest changes of state. Exits 2 when there
+    /// is no status to show.
+    Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
     /// Work with WebAssembly plugins.
@@ -387,6 +400,7 @@ fn main() -> ExitCode {
             quiet,
         } => run(pipeline, stop_when_idle, json, quiet),
         Command::Validate { pipelines } => validate(&pipelines),
+        Command::Status { pipeline, json } => status::status(&pipeline, json),
         Command::Reconcile(args) => reconcile(&args),
         Command::Schema => {
             println!(
@@ -517,6 +531,10 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Exit code of a run stopped because the source no longer holds the stored position
+/// (docs/status.md).
+const RESYNC_REQUIRED: u8 = 3;
+
 fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool) -> ExitCode {
     let pipeline = match config::load(&path) {
         Ok(p) => p,
@@ -574,7 +592,11 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
                 "error: pipeline `{}` stopped: {e}\n  applied before stopping: {} rows, {} dead letters",
                 pipeline.config.name, snapshot.rows_applied, snapshot.dead_letters
             );
-            ExitCode::FAILURE
+            if metrics.lifecycle.current_phase() == Some(State::ResyncRequired) {
+                ExitCode::from(RESYNC_REQUIRED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -189,6 +189,7 @@ fn help_exists_for_every_command() {
         &["--help"][..],
         &["run", "--help"],
         &["validate", "--help"],
+        &["status", "--help"],
         &["schema", "--help"],
         &["bench", "decode", "--help"],
     ] {
@@ -211,6 +212,45 @@ fn a_missing_source_file_is_a_clear_error() {
     assert!(stderr.contains("cannot open"), "{stderr}");
     assert!(stderr.contains("events.jsonl"), "{stderr}");
     assert!(stderr.contains("relative to the pipeline file"), "{stderr}");
+}
+
+#[test]
+fn status_is_read_back_from_the_target_after_the_run() {
+    let ws = Workspace::new();
+    let path = ws.write("pipeline.yaml", VALID);
+    let status = |json: bool| {
+        let mut command = weir();
+        command.arg("status").arg(&path);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let before = status(false);
+    assert_eq!(before.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&before.stderr).contains("has not run yet"),
+        "{before:?}"
+    );
+    ws.write(
+        "events.jsonl",
+        "{\"op\":\"c\",\"after\":{\"id\":1,\"name\":\"a\"}}\n\
+         {\"op\":\"c\",\"after\":{\"id\":2,\"name\":\"b\"}}\n",
+    );
+    ws.run_ok(&path);
+    let after = status(true);
+    assert!(after.status.success(), "{after:?}");
+    let json: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(json["state"], "streaming", "{json}");
+    assert_eq!(json["process"], "stopped", "{json}");
+    assert_eq!(json["rows_applied"], 2, "{json}");
+    assert_eq!(json["events_read"], 2, "{json}");
+    assert!(!json["positions"].as_object().unwrap().is_empty(), "{json}");
+    // A recorded log's event times are not a lag.
+    assert!(json["lag"]["seconds"].is_null(), "{json}");
+    let text = String::from_utf8_lossy(&status(false).stdout).into_owned();
+    assert!(text.starts_with("pipeline orders: streaming"), "{text}");
+    assert!(text.contains("process: stopped"), "{text}");
 }
 
 #[test]

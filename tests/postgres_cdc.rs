@@ -509,3 +509,214 @@ fn a_lost_replication_connection_is_reopened_and_nothing_is_lost() {
         .get(0);
     assert_eq!(total, 300, "every increment applied once");
 }
+
+/// `weir status --json` of the pipeline file, if it shows a status.
+fn status_json(ws: &Workspace, file: &std::path::Path) -> Option<serde_json::Value> {
+    let output = weir()
+        .args(["status", "--json"])
+        .arg(file)
+        .current_dir(ws.dir.path())
+        .output()
+        .expect("run weir status");
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).expect("weir status --json prints JSON"))
+}
+
+/// Polls `weir status` until `accept` holds, or fails after `limit` with the last status.
+fn wait_for_status(
+    ws: &Workspace,
+    file: &std::path::Path,
+    limit: Duration,
+    what: &str,
+    mut accept: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        if let Some(status) = status_json(ws, file) {
+            if accept(&status) {
+                return status;
+            }
+            last = Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    panic!(
+        "weir status never showed {what} within {limit:?}; last status:\n{}\nweir's log, last \
+         lines first:\n{}",
+        serde_json::to_string_pretty(&last).unwrap(),
+        tail.join("\n")
+    );
+}
+
+#[test]
+fn status_follows_the_copy_streaming_a_lost_source_and_a_dropped_slot() {
+    let pg = server();
+    let ws = Workspace::new();
+    let total: u64 = 200_000;
+    pg.client("source")
+        .batch_execute(&format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, pad text);
+             INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, {total}) g;
+             ANALYZE big;
+             CREATE TABLE small (id int PRIMARY KEY, v int);
+             INSERT INTO small VALUES (1, 1), (2, 2);"
+        ))
+        .unwrap();
+    let yaml = std::fs::read_to_string(pipeline(
+        &ws,
+        &pg,
+        "watched",
+        "  heartbeat: { interval: 1s }\n",
+    ))
+    .unwrap()
+    .replace("chunk_rows: 7", "chunk_rows: 1000");
+    let file = ws.write("watched.yaml", &yaml);
+    let mut child = start(&ws, &file);
+
+    // 1. The copy, table by table, with its progress against the planner's estimate.
+    let copying = wait_for_status(
+        &ws,
+        &file,
+        Duration::from_secs(60),
+        "the copy of `big` in progress",
+        |s| {
+            s["state"] == "snapshotting"
+                && s["tables"]["public.big"]["state"] == "snapshotting"
+                && s["tables"]["public.big"]["rows_copied"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+        },
+    );
+    let big = &copying["tables"]["public.big"];
+    let estimated = big["rows_estimated"].as_u64().unwrap_or_else(|| {
+        let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+        panic!("no estimate: {copying}\n{log}")
+    });
+    assert!(
+        estimated.abs_diff(total) < total / 10,
+        "the estimate {estimated} is near the {total} rows"
+    );
+    assert!(big["rows_copied"].as_u64().unwrap() < total, "{big}");
+    assert!(copying["process"] == "running", "{copying}");
+    assert!(copying["lag"]["events"].as_u64().unwrap() > 0, "{copying}");
+
+    // 2. Streaming, with heartbeats applied and a lag measured from them.
+    let streaming = wait_for_status(
+        &ws,
+        &file,
+        Duration::from_secs(120),
+        "streaming with a heartbeat applied",
+        |s| s["state"] == "streaming" && !s["last_heartbeat"].is_null(),
+    );
+    for table in ["public.big", "public.small"] {
+        assert_eq!(
+            streaming["tables"][table]["state"], "streaming",
+            "{streaming}"
+        );
+        assert_eq!(streaming["tables"][table]["copied"], true, "{streaming}");
+    }
+    assert!(
+        streaming["lag"]["seconds"].as_f64().is_some(),
+        "{streaming}"
+    );
+    assert!(
+        streaming["positions"]["postgres:weir_watched"]["next"]
+            .as_i64()
+            .unwrap()
+            > 0,
+        "{streaming}"
+    );
+    let path: Vec<&str> = streaming["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    assert!(
+        path.ends_with(&["snapshotting", "streaming"]),
+        "the transitions went through the copy to streaming: {path:?}"
+    );
+
+    // 3. The source refuses connections and weir's replication connection is cut:
+    // degraded, with the reason, until the source takes connections again.
+    let mut admin = pg.client("postgres");
+    admin
+        .batch_execute("ALTER DATABASE source ALLOW_CONNECTIONS false")
+        .unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_replication
+             WHERE application_name <> 'none'",
+        )
+        .unwrap();
+    let degraded = wait_for_status(&ws, &file, Duration::from_secs(30), "degraded", |s| {
+        s["state"] == "degraded"
+    });
+    let reason = degraded["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("source") && reason.contains("not currently accepting connections"),
+        "the reason names the source and its error: {reason}"
+    );
+    admin
+        .batch_execute("ALTER DATABASE source ALLOW_CONNECTIONS true")
+        .unwrap();
+    wait_for_status(
+        &ws,
+        &file,
+        Duration::from_secs(60),
+        "streaming again",
+        |s| s["state"] == "streaming",
+    );
+    pg.client("source")
+        .batch_execute("INSERT INTO small VALUES (3, 3)")
+        .unwrap();
+    wait_until_same(&pg, &ws, &["small"], Duration::from_secs(30));
+
+    // 4. The slot is dropped while weir is down: the changes since the sink's position
+    // are gone. The run stops with the resync exit code, and the status says what to do.
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let started = Instant::now();
+    while pg
+        .client("source")
+        .batch_execute("SELECT pg_drop_replication_slot('weir_watched')")
+        .is_err()
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "drop the slot");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = ws.run(&file, &["--stop-when-idle", "2s"]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", run.stderr());
+    assert!(run.stderr().contains("Resync"), "{}", run.stderr());
+    let stopped = status_json(&ws, &file).expect("a status");
+    assert_eq!(stopped["state"], "resync-required", "{stopped}");
+    assert_eq!(stopped["process"], "failed", "{stopped}");
+    assert!(
+        stopped["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{stopped}"
+    );
+    let text = weir()
+        .arg("status")
+        .arg(&file)
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("pipeline watched: resync-required") && text.contains("public.big"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("postgres://"),
+        "no connection URL in the status: {text}"
+    );
+}

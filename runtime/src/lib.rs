@@ -15,6 +15,7 @@ pub mod encode;
 pub mod envelope;
 pub mod fault;
 pub mod kafka;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

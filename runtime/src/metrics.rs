@@ -59,6 +59,8 @@ impl Health {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub health: Health,
+    /// Where the pipeline stands (its lifecycle state), for `weir status`.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// Records read from the source.
     pub events_read: AtomicU64,
     pub bytes_read: AtomicU64,

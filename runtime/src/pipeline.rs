@@ -23,6 +23,7 @@ use crate::dead_letter::{self, DeadLetter, DeadLetterSink, Stage};
 use crate::decode::table::IncompatibleChange;
 use crate::decode::{DecodeError, Decoder, Outcome};
 use crate::envelope::ChangeBatch;
+use crate::lifecycle::writer::{StatusWriter, newest_source_time};
 use crate::metrics::Metrics;
 use crate::plugin::chain::{RejectRow, TransformChain};
 use crate::position::{Checkpoint, Position};
@@ -275,10 +276,33 @@ pub fn run(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
+    metrics.lifecycle.configure(
+        pipeline.config.lifecycle.catch_up_lag.0,
+        !matches!(pipeline.config.source, source::SourceConfig::File(_)),
+    );
+    let mut status = None;
+    let result = run_stages(pipeline, options, metrics.clone(), stop, &mut status);
+    // A run that failed before its sink was ready still leaves its error in the status.
+    status
+        .unwrap_or_else(|| StatusWriter::start(pipeline, metrics))
+        .finish(result.as_ref().err().map(ToString::to_string).as_deref());
+    result
+}
+
+fn run_stages(
+    pipeline: &LoadedPipeline,
+    options: &RunOptions,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    status: &mut Option<StatusWriter>,
+) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let mut transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
     let mut sink = sink::build(pipeline, metrics.clone())?;
     let resumed_from = sink.committed()?;
+    // Started once the sink has prepared its own tables (the status is stored beside
+    // them, and two sessions creating one schema at once make one of them fail).
+    *status = Some(StatusWriter::start(pipeline, metrics.clone()));
     let start = resumed_from.clone().unwrap_or_default();
     let decoding = match &pipeline.config.tables {
         None => {
@@ -306,6 +330,13 @@ pub fn run(
     };
     let mut source = source::build(pipeline, metrics.clone())?;
     source.seek(&start)?;
+    if metrics.lifecycle.current_phase().is_none() {
+        // A source without phases of its own (a file, Kafka) streams from the start.
+        metrics.lifecycle.phase(
+            crate::lifecycle::State::Streaming,
+            format!("reading {}", source.describe()),
+        );
+    }
     let committer = source.committer();
     tracing::info!(
         pipeline = %pipeline.config.name,
@@ -529,10 +560,14 @@ impl Applier<'_> {
             Metrics::add(&self.metrics.echoes_dropped, applied.echoes);
             Metrics::add(&self.metrics.duplicates_skipped, applied.duplicates);
             Metrics::add(&self.metrics.batches, 1);
+            if let Some(newest) = work.batches.iter().filter_map(newest_source_time).max() {
+                self.metrics.lifecycle.changes_applied(newest);
+            }
             if let Some(checkpoint) = applied.durable {
                 if let Some(committer) = &self.committer {
                     committer.commit(&checkpoint);
                 }
+                self.metrics.lifecycle.durable(&checkpoint);
                 durable = Some(checkpoint);
             }
         }
@@ -544,8 +579,11 @@ impl Applier<'_> {
         if let Some(flushed) = self.sink.flush()? {
             *durable = Some(flushed);
         }
-        if let (Some(committer), Some(checkpoint)) = (&self.committer, durable.as_ref()) {
-            committer.commit_sync(checkpoint);
+        if let Some(checkpoint) = durable.as_ref() {
+            if let Some(committer) = &self.committer {
+                committer.commit_sync(checkpoint);
+            }
+            self.metrics.lifecycle.durable(checkpoint);
         }
         Ok(())
     }

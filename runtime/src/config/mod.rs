@@ -71,6 +71,31 @@ pub struct PipelineConfig {
     /// ignore, and named queries (docs/reconcile.md).
     #[serde(default)]
     pub reconcile: Option<reconcile::ReconcileConfig>,
+    /// How the pipeline's state (`weir status`) is worked out.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// How the pipeline's lifecycle state is worked out (docs/status.md).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// A streaming pipeline further behind its source than this is `catching-up`, e.g.
+    /// `30s`. Measured from the source times of the changes and heartbeats applied.
+    #[serde(default = "default_catch_up_lag")]
+    pub catch_up_lag: HumanDuration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            catch_up_lag: default_catch_up_lag(),
+        }
+    }
+}
+
+fn default_catch_up_lag() -> HumanDuration {
+    HumanDuration(crate::lifecycle::DEFAULT_CATCH_UP_LAG)
 }
 
 /// The table a pipeline's change events describe.

@@ -209,7 +209,7 @@ pub fn build(
             pipeline, config, metrics,
         )?)),
         SourceConfig::PostgresCdc(config) => Ok(Box::new(postgres_cdc::PostgresCdcSource::open(
-            pipeline, config,
+            pipeline, config, metrics,
         )?)),
     }
 }

@@ -91,7 +91,7 @@ fn data_error(e: &postgres::Error) -> bool {
         .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
 }
 
-pub(super) fn describe_error(e: &postgres::Error) -> String {
+pub(crate) fn describe_error(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({})", db.message(), db.code().code());

@@ -23,8 +23,9 @@ mod snapshot;
 mod stream;
 mod values;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
@@ -36,6 +37,8 @@ use self::snapshot::Snapshot;
 use self::stream::Stream;
 use super::{Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
 use crate::config::{HumanDuration, LoadedPipeline};
+use crate::lifecycle::State;
+use crate::metrics::Metrics;
 use crate::position::Checkpoint;
 use crate::redact::Secret;
 use crate::tables::Routing;
@@ -115,6 +118,16 @@ enum Phase {
     },
 }
 
+/// Heartbeats the stream has read and the sink has not yet applied: (LSN, the source's
+/// time when it was written), oldest first.
+type SentHeartbeats = Arc<Mutex<VecDeque<(u64, chrono::DateTime<chrono::Utc>)>>>;
+
+/// Heartbeats remembered at most (the sink applies them in order; older ones are dropped).
+const MAX_SENT_HEARTBEATS: usize = 1024;
+
+/// How often the WAL written past the sink's position is measured.
+const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Reconnections in a row before the run fails: about a minute and a half of back-off.
 const MAX_RECONNECTS: u32 = 12;
 
@@ -130,12 +143,16 @@ pub struct PostgresCdcSource {
     last_heartbeat: Option<Instant>,
     /// The end of the last transaction the sink applied whole: the slot may move there.
     flushed: Arc<AtomicU64>,
+    heartbeats: SentHeartbeats,
+    last_lag_probe: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl PostgresCdcSource {
     pub fn open(
         pipeline: &LoadedPipeline,
         config: &PostgresCdcSourceConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, SourceError> {
         let fail = |message: String| SourceError {
             source_name: "postgres-cdc source".into(),
@@ -163,6 +180,9 @@ impl PostgresCdcSource {
             domains: Domains::default(),
             last_heartbeat: None,
             flushed: Arc::new(AtomicU64::new(0)),
+            heartbeats: Arc::default(),
+            last_lag_probe: None,
+            metrics,
         })
     }
 
@@ -171,6 +191,58 @@ impl PostgresCdcSource {
             source_name: format!("postgres-cdc source (slot {})", self.config.slot),
             message: crate::redact::redact(&message.into()).into_owned(),
             retryable,
+        }
+    }
+
+    /// The slot no longer holds the sink's position: the pipeline needs a resync, and
+    /// stops with `message`.
+    fn resync_required(&self, message: String) -> SourceError {
+        self.metrics
+            .lifecycle
+            .phase(State::ResyncRequired, message.clone());
+        self.error(message, false)
+    }
+
+    /// Every table now streams.
+    fn streaming(&self, tables: impl Iterator<Item = String>) {
+        let lifecycle = &self.metrics.lifecycle;
+        for table in tables {
+            lifecycle.table(&table, |t| t.state = Some(State::Streaming));
+        }
+        lifecycle.lag_events(None);
+        lifecycle.phase(
+            State::Streaming,
+            format!("streaming from slot {}", self.config.slot),
+        );
+    }
+
+    fn open_stream(&self) -> Result<Stream, String> {
+        Stream::open(
+            &self.config,
+            &self.server,
+            &self.db,
+            self.flushed.clone(),
+            self.heartbeats.clone(),
+        )
+    }
+
+    /// Measures how much WAL the source has written past what the sink applied, now and
+    /// then, for `weir status`.
+    fn probe_lag(&mut self) {
+        if self
+            .last_lag_probe
+            .is_some_and(|at| at.elapsed() < LAG_PROBE_INTERVAL)
+        {
+            return;
+        }
+        self.last_lag_probe = Some(Instant::now());
+        let flushed = self.flushed.load(Ordering::Acquire);
+        if let Ok(meta) = self.meta()
+            && let Ok(current) = current_lsn(meta)
+        {
+            self.metrics
+                .lifecycle
+                .lag_wal_bytes((flushed > 0).then(|| current.saturating_sub(flushed)));
         }
     }
 
@@ -196,9 +268,10 @@ impl PostgresCdcSource {
         }
         self.last_heartbeat = Some(Instant::now());
         // The simple query protocol: nothing is prepared (and parsed again) each time.
-        let result = self
-            .meta()?
-            .batch_execute("SELECT pg_logical_emit_message(false, 'weir-heartbeat', now()::text)");
+        let result = self.meta()?.batch_execute(&format!(
+            "SELECT pg_logical_emit_message(false, '{}', now()::text)",
+            stream::HEARTBEAT_PREFIX
+        ));
         if let Err(e) = result {
             // A heartbeat that fails is not a reason to stop: the stream reports a lost
             // server on its own.
@@ -261,7 +334,11 @@ impl Source for PostgresCdcSource {
             .collect();
 
         let slot_exists = slot_plugin(self.meta.as_mut().expect("connected"), &self.config.slot);
-        let slot_exists = slot_exists.map_err(|e| self.error(e, false))?;
+        let slot_exists = match slot_exists.map_err(|e| self.error(e, false))? {
+            Slot::Lost(message) => return Err(self.resync_required(message)),
+            Slot::Found(plugin) => Some(plugin),
+            Slot::Missing => None,
+        };
         match slot_exists.as_deref() {
             None | Some("pgoutput") => {}
             Some(other) => {
@@ -275,26 +352,22 @@ impl Source for PostgresCdcSource {
                 ));
             }
         }
-        let mut stream = Stream::open(&self.config, &self.server, &self.db, self.flushed.clone())
-            .map_err(|e| self.error(e, true))?;
+        let mut stream = self.open_stream().map_err(|e| self.error(e, true))?;
         let key = stream_key(&self.config.slot);
         let created = match slot_exists {
             Some(_) => None,
             None => Some(stream.create_slot().map_err(|e| self.error(e, true))?),
         };
         if created.is_some() && checkpoint.get(&key).is_some() {
-            return Err(self.error(
-                format!(
-                    "the sink has applied this pipeline up to {} of slot {}, but the slot does \
+            return Err(self.resync_required(format!(
+                "the sink has applied this pipeline up to {} of slot {}, but the slot does \
                      not exist and was created anew: the changes since that position are \
                      gone from the source (the slot was dropped or invalidated). Resync: \
                      drop the target tables' rows and the pipeline's checkpoint, then run \
                      again to copy every table",
-                    lsn_text(checkpoint.get(&key).map_or(0, |r| r.next.max(0) as u64)),
-                    self.config.slot
-                ),
-                false,
-            ));
+                lsn_text(checkpoint.get(&key).map_or(0, |r| r.next.max(0) as u64)),
+                self.config.slot
+            )));
         }
         let copy = match self.config.snapshot {
             SnapshotMode::Never => false,
@@ -316,11 +389,13 @@ impl Source for PostgresCdcSource {
                 checkpoint,
                 exported.as_deref(),
                 start_lsn,
+                self.metrics.clone(),
             )
             .map_err(|e| self.error(e, true))?;
             Phase::Copying(Box::new(snapshot), Box::new(stream))
         } else {
             stream.start().map_err(|e| self.error(e, true))?;
+            self.streaming(tables.iter().map(SourceTable::name));
             Phase::Streaming(Box::new(stream))
         };
         Ok(())
@@ -345,9 +420,10 @@ impl Source for PostgresCdcSource {
                         Ok(PollStatus::Records)
                     }
                     Ok(false) => {
-                        snapshot.finish().map_err(|e| self.error(e, true))?;
+                        let copied = snapshot.finish().map_err(|e| self.error(e, true))?;
                         tracing::info!(slot = %self.config.slot, "copy finished; streaming");
                         stream.start().map_err(|e| self.error(e, true))?;
+                        self.streaming(copied.into_iter());
                         self.phase = Phase::Streaming(stream);
                         Ok(if batch.is_empty() {
                             PollStatus::Idle
@@ -359,6 +435,7 @@ impl Source for PostgresCdcSource {
                 }
             }
             Phase::Streaming(mut stream) => {
+                self.probe_lag();
                 let meta = self.meta.as_mut();
                 match stream.poll(batch, limits, meta, &mut self.domains) {
                     Ok(status) => {
@@ -371,6 +448,9 @@ impl Source for PostgresCdcSource {
                         // confirmed position, and the sink skips what it holds.
                         let error = crate::redact::redact(&error).into_owned();
                         tracing::warn!(%error, "replication stream lost; reconnecting");
+                        self.metrics
+                            .health
+                            .failing(HEALTH, &format!("replication stream lost: {error}"));
                         self.phase = Phase::Lost { attempts: 0, error };
                         Ok(if batch.is_empty() {
                             PollStatus::Waiting
@@ -390,17 +470,25 @@ impl Source for PostgresCdcSource {
                 if attempts > 0 {
                     std::thread::sleep(Duration::from_secs(1 << attempts.min(3)));
                 }
-                let reopened =
-                    Stream::open(&self.config, &self.server, &self.db, self.flushed.clone())
-                        .and_then(|mut stream| stream.start().map(|()| stream));
+                let reopened = self
+                    .open_stream()
+                    .and_then(|mut stream| stream.start().map(|()| stream));
                 match reopened {
                     Ok(stream) => {
                         tracing::info!(slot = %self.config.slot, "replication stream reconnected");
+                        self.metrics.health.ok(HEALTH);
                         self.phase = Phase::Streaming(Box::new(stream));
                     }
                     Err(e) => {
                         let e = crate::redact::redact(&e).into_owned();
                         tracing::warn!(error = %e, attempt = attempts + 1, "cannot reconnect");
+                        self.metrics.health.failing(
+                            HEALTH,
+                            &format!(
+                                "source unreachable ({e}); reconnection {} of {MAX_RECONNECTS} failed",
+                                attempts + 1
+                            ),
+                        );
                         self.phase = Phase::Lost {
                             attempts: attempts + 1,
                             error: e,
@@ -423,12 +511,22 @@ impl Source for PostgresCdcSource {
         Some(Box::new(SlotCommitter {
             key: stream_key(&self.config.slot),
             flushed: self.flushed.clone(),
+            heartbeats: self.heartbeats.clone(),
+            metrics: self.metrics.clone(),
         }))
     }
 }
 
+enum Slot {
+    Missing,
+    /// It exists in this database, with this output plugin.
+    Found(String),
+    /// It was invalidated: the changes since its position are gone.
+    Lost(String),
+}
+
 /// The output plugin of `slot` in this database, if it exists.
-fn slot_plugin(client: &mut Client, slot: &str) -> Result<Option<String>, String> {
+fn slot_plugin(client: &mut Client, slot: &str) -> Result<Slot, String> {
     let row = client
         .query_opt(
             "SELECT plugin::text, database = current_database(), wal_status = 'lost'
@@ -437,14 +535,14 @@ fn slot_plugin(client: &mut Client, slot: &str) -> Result<Option<String>, String
         )
         .map_err(|e| catalog::describe_error(&e))?;
     match row {
-        None => Ok(None),
-        Some(row) if row.get::<_, Option<bool>>(2) == Some(true) => Err(format!(
+        None => Ok(Slot::Missing),
+        Some(row) if row.get::<_, Option<bool>>(2) == Some(true) => Ok(Slot::Lost(format!(
             "replication slot {slot} was invalidated (its WAL exceeded \
              max_slot_wal_keep_size): the changes since the sink's position are gone from \
              the source. Resync: drop the slot, the target tables' rows and the pipeline's \
              checkpoint, then run again to copy every table"
-        )),
-        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(row.get(0)),
+        ))),
+        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(Slot::Found(row.get(0))),
         Some(_) => Err(format!(
             "replication slot {slot} belongs to another database: name another slot"
         )),
@@ -473,6 +571,8 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 struct SlotCommitter {
     key: String,
     flushed: Arc<AtomicU64>,
+    heartbeats: SentHeartbeats,
+    metrics: Arc<Metrics>,
 }
 
 impl Committer for SlotCommitter {
@@ -480,10 +580,25 @@ impl Committer for SlotCommitter {
         if let Some(resume) = checkpoint.get(&self.key)
             && resume.next > 0
         {
-            self.flushed.fetch_max(resume.next as u64, Ordering::AcqRel);
+            let flushed = resume.next as u64;
+            self.flushed.fetch_max(flushed, Ordering::AcqRel);
+            // The heartbeats now applied measure the lag from source to sink.
+            let mut applied = None;
+            {
+                let mut sent = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+                while sent.front().is_some_and(|(lsn, _)| *lsn <= flushed) {
+                    applied = sent.pop_front().map(|(_, at)| at);
+                }
+            }
+            if let Some(at) = applied {
+                self.metrics.lifecycle.heartbeat_applied(at);
+            }
         }
     }
 }
+
+/// The health component a lost replication connection is reported under.
+const HEALTH: &str = "source";
 
 /// How long one poll may wait on the replication connection at most, whatever the
 /// batch's `max_wait`: heartbeats are written between polls.

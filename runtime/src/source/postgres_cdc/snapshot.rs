@@ -22,6 +22,8 @@ use postgres::{Client, SimpleQueryMessage};
 use super::catalog::{SourceTable, describe_error};
 use super::events::{Relation, SourceInfo, Value};
 use super::{PostgresCdcSourceConfig, SnapshotMode, connect, lsn_text};
+use crate::lifecycle::State;
+use crate::metrics::Metrics;
 use crate::position::{Checkpoint, Position, ResumePoint};
 use crate::sink::postgres::quote;
 use crate::source::{PollLimits, RawBatch};
@@ -42,6 +44,8 @@ struct Plan {
     key: Option<usize>,
     /// Resume after this key (a copy resumed by key).
     after: Option<i64>,
+    /// The source's estimate of its rows.
+    estimated: Option<u64>,
 }
 
 pub struct Context<'a> {
@@ -63,6 +67,14 @@ pub struct Snapshot {
     ts_ms: i64,
     value: String,
     key: String,
+    /// Every table of the copy, those finished by an earlier run included.
+    names: Vec<String>,
+    /// Rows of the current table read in this run.
+    copied: u64,
+    /// Tables whose copy has begun, of `total`.
+    started: usize,
+    total: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Snapshot {
@@ -74,6 +86,7 @@ impl Snapshot {
         checkpoint: &Checkpoint,
         exported: Option<&str>,
         lsn: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<Snapshot, String> {
         let mut client = connect(config.url.expose())?;
         client
@@ -99,13 +112,20 @@ impl Snapshot {
             .any(|s| s.starts_with("postgres-snapshot:"));
         let again = config.snapshot == SnapshotMode::Always || (exported.is_some() && earlier_copy);
         let mut plans = VecDeque::new();
+        let lifecycle = &metrics.lifecycle;
+        let mut names = Vec::new();
         for table in tables {
             let name = table.name();
+            names.push(name.clone());
             let base = table_stream(&name);
             let done = checkpoint.streams.iter().any(|(stream, resume)| {
                 (stream == &base || stream.starts_with(&format!("{base}@"))) && resume.next == DONE
             });
             if done && !again {
+                lifecycle.table(&name, |t| {
+                    t.state = Some(State::Snapshotting);
+                    t.copied = true;
+                });
                 continue;
             }
             let key = table.integer_key();
@@ -119,14 +139,28 @@ impl Snapshot {
                 table.table.clone(),
                 table.columns.clone(),
             );
+            let estimated = estimate_rows(&mut client, &table);
+            lifecycle.table(&name, |t| {
+                t.state = Some(State::SnapshotPending);
+                t.copied = false;
+                t.rows_copied = 0;
+                t.rows_estimated = estimated;
+                t.resumed_after = after.map(|key| key.to_string());
+            });
             plans.push_back(Plan {
                 table,
                 relation,
                 stream: stream.into(),
                 key,
                 after,
+                estimated,
             });
         }
+        let total = plans.len();
+        lifecycle.phase(
+            State::SnapshotPending,
+            format!("{total} of {} tables to copy", names.len()),
+        );
         tracing::info!(
             tables = plans.len(),
             lsn = %lsn_text(lsn),
@@ -145,7 +179,34 @@ impl Snapshot {
             ts_ms: chrono::Utc::now().timestamp_millis(),
             value: String::new(),
             key: String::new(),
+            names,
+            copied: 0,
+            started: 0,
+            total,
+            metrics,
         })
+    }
+
+    /// Reports the current table's progress, and the rows left to copy, for `weir status`.
+    fn report(&self) {
+        let lifecycle = &self.metrics.lifecycle;
+        let mut left = self.plans.iter().filter_map(|p| p.estimated).sum::<u64>();
+        if let Some(plan) = &self.current {
+            let copied = self.copied;
+            lifecycle.table(&plan.table.name(), |t| t.rows_copied = copied);
+            left += plan.estimated.unwrap_or(0).saturating_sub(copied);
+        }
+        lifecycle.lag_events(Some(left));
+    }
+
+    /// The current table's copy is finished.
+    fn close_table(&mut self) {
+        self.report();
+        if let Some(plan) = self.current.take() {
+            self.metrics
+                .lifecycle
+                .table(&plan.table.name(), |t| t.copied = true);
+        }
     }
 
     /// Adds copied rows to `batch` up to the limits. False once every table is copied.
@@ -157,6 +218,7 @@ impl Snapshot {
     ) -> Result<bool, String> {
         loop {
             if limits.filled(batch) {
+                self.report();
                 return Ok(true);
             }
             if self.current.is_none() {
@@ -171,13 +233,13 @@ impl Snapshot {
             }
             let Some(row) = self.rows.pop_front() else {
                 // An empty table, or its last row emitted.
-                self.current = None;
+                self.close_table();
                 continue;
             };
             let last = self.exhausted && self.rows.is_empty();
             self.emit(batch, row, last, context)?;
             if last {
-                self.current = None;
+                self.close_table();
             }
         }
     }
@@ -211,7 +273,16 @@ impl Snapshot {
         self.rows.clear();
         self.exhausted = false;
         self.ordinal = 0;
-        tracing::info!(table = %plan.table.name(), after = ?plan.after, "copying");
+        self.copied = 0;
+        self.started += 1;
+        let name = plan.table.name();
+        tracing::info!(table = %name, after = ?plan.after, "copying");
+        let lifecycle = &self.metrics.lifecycle;
+        lifecycle.table(&name, |t| t.state = Some(State::Snapshotting));
+        lifecycle.phase(
+            State::Snapshotting,
+            format!("copying {name} (table {} of {})", self.started, self.total),
+        );
         Ok(())
     }
 
@@ -269,6 +340,7 @@ impl Snapshot {
             &source,
         )?;
         self.ordinal += 1;
+        self.copied += 1;
         let at = match plan.key {
             Some(i) => row[i]
                 .as_deref()
@@ -299,10 +371,36 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Ends the copy's transaction.
-    pub fn finish(mut self) -> Result<(), String> {
+    /// Ends the copy's transaction; returns every table of the copy.
+    pub fn finish(mut self) -> Result<Vec<String>, String> {
         self.client
             .batch_execute("COMMIT")
-            .map_err(|e| format!("copy: {}", describe_error(&e)))
+            .map_err(|e| format!("copy: {}", describe_error(&e)))?;
+        Ok(std::mem::take(&mut self.names))
     }
+}
+
+/// The planner's estimate of a table's rows (over its partitions), if it has one: the
+/// table may never have been analysed.
+/// Asked under a savepoint: an error must not abort the copy's transaction.
+fn estimate_rows(client: &mut Client, table: &SourceTable) -> Option<u64> {
+    client.batch_execute("SAVEPOINT weir_estimate").ok()?;
+    let row = client.query_one(
+        "SELECT sum(reltuples)::float8 FROM pg_class
+         WHERE reltuples >= 0 AND (oid = $1::text::regclass
+             OR oid IN (SELECT relid FROM pg_partition_tree($1::text::regclass)))",
+        &[&table.quoted()],
+    );
+    if let Err(e) = &row {
+        tracing::debug!(table = %table.name(), error = %describe_error(e), "no row estimate");
+    }
+    let undo = if row.is_ok() {
+        "RELEASE SAVEPOINT weir_estimate"
+    } else {
+        "ROLLBACK TO SAVEPOINT weir_estimate"
+    };
+    client.batch_execute(undo).ok()?;
+    row.ok()?
+        .get::<_, Option<f64>>(0)
+        .map(|n| n.max(0.0) as u64)
 }

@@ -49,6 +49,7 @@ pub struct Stream {
     publication: String,
     /// The end of the last transaction the sink applied whole (the committer's).
     flushed: Arc<AtomicU64>,
+    heartbeats: super::SentHeartbeats,
     parser: LogicalReplicationParser,
     stream: Arc<str>,
     server: String,
@@ -87,6 +88,7 @@ impl Stream {
         server: &str,
         db: &str,
         flushed: Arc<AtomicU64>,
+        heartbeats: super::SentHeartbeats,
     ) -> Result<Stream, String> {
         let connection = ReplicationConnection::connect(&replication_conninfo(config.url.expose()))
             .map_err(|e| format!("cannot open a replication connection: {e}"))?;
@@ -95,6 +97,7 @@ impl Stream {
             slot: config.slot.clone(),
             publication: config.publication.clone(),
             flushed,
+            heartbeats,
             parser: LogicalReplicationParser::with_protocol_version(2),
             stream: stream_key(&config.slot).into(),
             server: server.to_string(),
@@ -302,6 +305,16 @@ impl Stream {
             } if flags & 1 == 0 => {
                 // A heartbeat (or another program's message) outside any transaction: it
                 // applies nothing, but its position lets the slot move on an idle source.
+                if prefix == HEARTBEAT_PREFIX
+                    && let Some(sent) = heartbeat_time(&content)
+                {
+                    let mut sent_heartbeats =
+                        self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+                    if sent_heartbeats.len() >= super::MAX_SENT_HEARTBEATS {
+                        sent_heartbeats.pop_front();
+                    }
+                    sent_heartbeats.push_back((lsn, sent));
+                }
                 let mut value = String::from(r#"{"op":"m","ts_ms":"#);
                 value.push_str(&chrono::Utc::now().timestamp_millis().to_string());
                 value.push_str(r#","source":{"connector":"postgresql","lsn":"#);
@@ -561,6 +574,17 @@ fn as_value(cell: &Cell) -> Value<'_> {
     }
 }
 
+/// The prefix of weir's heartbeat messages.
+pub const HEARTBEAT_PREFIX: &str = "weir-heartbeat";
+
+/// When a heartbeat was written: its content is the source's `now()` in ISO form, UTC.
+fn heartbeat_time(content: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = std::str::from_utf8(content).ok()?;
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.to_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,5 +599,12 @@ mod tests {
                 .contains("disable&replication")
         );
         assert!(replication_conninfo("host=h dbname=db").ends_with("IntervalStyle=postgres'"));
+    }
+
+    #[test]
+    fn a_heartbeat_s_time_is_read_from_its_content() {
+        let at = super::heartbeat_time(b"2026-12-05 07:00:01.250431+00").unwrap();
+        assert_eq!(at.timestamp_millis(), 1_796_454_001_250);
+        assert_eq!(super::heartbeat_time(b"not a time"), None);
     }
 }

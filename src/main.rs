@@ -1,5 +1,6 @@
 //! The `weir` command line.
 
+mod cutover;
 mod plugin_tool;
 mod progress;
 mod status;
@@ -75,6 +76,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Before switching an application from a `postgres-cdc` pipeline's source to its
+    /// target: freeze writes, wait until the pipeline has applied everything, reconcile
+    /// every table in checksum mode, print the positions and write a reverse pipeline for
+    /// a rollback. A dry run unless `--execute`. Exits 0 when ready, 1 when a table
+    /// differs, 2 when the checks could not run.
+    Cutover(cutover::CutoverArgs),
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
     /// Work with WebAssembly plugins.
@@ -401,6 +408,7 @@ fn main() -> ExitCode {
         } => run(pipeline, stop_when_idle, json, quiet),
         Command::Validate { pipelines } => validate(&pipelines),
         Command::Status { pipeline, json } => status::status(&pipeline, json),
+        Command::Cutover(args) => cutover::cutover(&args),
         Command::Reconcile(args) => reconcile(&args),
         Command::Schema => {
             println!(

@@ -282,10 +282,12 @@ pub fn run(
     );
     let mut status = None;
     let result = run_stages(pipeline, options, metrics.clone(), stop, &mut status);
-    // A run that failed before its sink was ready still leaves its error in the status.
-    status
-        .unwrap_or_else(|| StatusWriter::start(pipeline, metrics))
-        .finish(result.as_ref().err().map(ToString::to_string).as_deref());
+    // A run that failed before its sink was ready (a plugin that does not load, a target
+    // that cannot be reached) writes no status: it never reached the target, and a
+    // status would create a target database (SQLite) or folder just to say so.
+    if let Some(status) = status {
+        status.finish(result.as_ref().err().map(ToString::to_string).as_deref());
+    }
     result
 }
 

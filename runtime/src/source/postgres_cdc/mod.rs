@@ -17,6 +17,7 @@
 //! See docs/postgres-cdc.md for what it does and does not handle yet.
 
 mod catalog;
+pub mod cutover;
 mod events;
 mod replication;
 mod snapshot;

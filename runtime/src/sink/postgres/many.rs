@@ -236,7 +236,10 @@ impl PostgresSink {
         let rows = client
             .query(
                 "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-                        coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+                        -- `indkey` is an int2vector, whose subscripts start at 0: the
+                        -- position within the key is counted from 1 here.
+                        coalesce(array_position(i.indkey::int2[], a.attnum)
+                                 - array_lower(i.indkey::int2[], 1) + 1, 0)
                  FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -211,6 +211,7 @@ fn run(args: &CutoverArgs) -> Result<(), Failed> {
         std::fs::write(&path, &yaml)
             .map_err(|e| cannot(format!("cannot write {}: {e}", path.display())))?;
         println!("  reverse pipeline: {}", path.display());
+        loop_advice(source, sink, &reverse);
         println!(
             "ready to switch: stop `weir run` of {name}, point the application at the target, \
              and run `weir run {}` to carry the target's writes back to the source for a \
@@ -324,6 +325,11 @@ struct Reverse {
     /// `(target table, source table)`, by the target's names.
     tables: Vec<(String, String)>,
     target_schema: String,
+    /// The origin the forward pipeline's sink marks its writes with, if it does: the
+    /// reverse pipeline leaves those out.
+    forward_origin: Option<String>,
+    /// The origin the reverse pipeline's sink marks its writes with.
+    origin: String,
 }
 
 impl Reverse {
@@ -332,7 +338,9 @@ impl Reverse {
         moved: &[MovedTable],
         target_schema: &str,
     ) -> Result<Reverse, Failed> {
-        let SourceConfig::PostgresCdc(source) = &pipeline.config.source else {
+        let (SourceConfig::PostgresCdc(source), SinkConfig::Postgres(sink)) =
+            (&pipeline.config.source, &pipeline.config.sink)
+        else {
             unreachable!("checked by the caller");
         };
         let mut schemas: Vec<&str> = moved.iter().map(|t| t.schema.as_str()).collect();
@@ -362,6 +370,8 @@ impl Reverse {
                 .map(|t| (t.target.clone(), t.table.clone()))
                 .collect(),
             target_schema: target_schema.to_string(),
+            forward_origin: sink.origin.clone(),
+            origin: format!("{}-reverse", pipeline.config.name),
         })
     }
 
@@ -400,6 +410,12 @@ impl Reverse {
             "  snapshot: never            # the two databases were equal at the cutover\n",
         );
         out.push_str("  heartbeat: { interval: 10s }\n");
+        if let Some(forward) = &self.forward_origin {
+            out.push_str(&format!(
+                "  skip_origins: [{}]   # the forward pipeline's writes\n",
+                quoted(&format!("{forward}*"))
+            ));
+        }
         out.push_str("tables:\n  include:\n");
         for (target, _) in &self.tables {
             out.push_str(&format!(
@@ -423,10 +439,41 @@ impl Reverse {
         out.push_str(&format!("  schema: {}\n", quoted(&self.schema)));
         out.push_str("  mode: upsert\n");
         out.push_str(&format!(
+            "  origin: {}   # so the forward pipeline can leave these writes out\n",
+            quoted(&self.origin)
+        ));
+        out.push_str(&format!(
             "dead_letter: {{ type: file, path: {} }}\n",
             quoted(&format!("{name}-reverse.dead-letters.jsonl"))
         ));
         Ok(out)
+    }
+}
+
+/// Says what keeps a change from going back and forth when both pipelines run at once.
+fn loop_advice(
+    source: &weir_runtime::source::postgres_cdc::PostgresCdcSourceConfig,
+    sink: &weir_runtime::sink::postgres::PostgresSinkConfig,
+    reverse: &Reverse,
+) {
+    let skips_reverse = source.skips_origin(&reverse.origin);
+    if sink.origin.is_none() || !skips_reverse {
+        println!(
+            "  note: the forward pipeline {} and {}: stop it before the reverse pipeline \
+             runs, or a change would go back and forth. To run both, give its sink \
+             `origin: '<name>'` and its source `skip_origins: ['{}*']`",
+            if sink.origin.is_none() {
+                "marks no origin on its writes"
+            } else {
+                "marks an origin on its writes"
+            },
+            if skips_reverse {
+                "skips the reverse pipeline's writes"
+            } else {
+                "does not skip the reverse pipeline's writes"
+            },
+            reverse.origin
+        );
     }
 }
 

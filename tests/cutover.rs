@@ -63,7 +63,17 @@ fn cutover_checks_a_live_pipeline_and_its_reverse_pipeline_carries_writes_back()
              INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 10) g;",
         )
         .unwrap();
-    let file = pipeline(&ws, &pg, "move", "  heartbeat: { interval: 1s }\n");
+    // The forward pipeline marks its writes with an origin and leaves out the reverse
+    // pipeline's, so the two can run at once.
+    let yaml = std::fs::read_to_string(pipeline(
+        &ws,
+        &pg,
+        "move",
+        "  heartbeat: { interval: 1s }\n  skip_origins: ['move-reverse*']\n",
+    ))
+    .unwrap()
+    .replace("  create: true\n", "  create: true\n  origin: weir_move\n");
+    let file = ws.write("pipeline.yaml", &yaml);
     let forward = start(&ws, &file);
     wait_until_same(&pg, &ws, &["accounts", "notes"], Duration::from_secs(60));
 
@@ -166,4 +176,97 @@ fn cutover_checks_a_live_pipeline_and_its_reverse_pipeline_carries_writes_back()
         .unwrap()
         .get(0);
     assert_eq!(note, "written after the switch");
+    assert!(yaml_of(&reverse).contains("skip_origins: ['weir_move*']"));
+
+    // Both at once: each leaves out the other's writes, so nothing goes back and forth.
+    let forward = start_logged(&ws, &file, "forward.log");
+    let back = start_logged(&ws, &reverse, "reverse.log");
+    let forward_applied = applied_past(&ws, &file, &pg, "source", "postgres:weir_move");
+    assert_eq!(
+        forward_applied, 0,
+        "the forward pipeline left out the reverse pipeline's writes"
+    );
+    pg.client("target")
+        .batch_execute("INSERT INTO notes VALUES (12, 'both running')")
+        .unwrap();
+    wait_until_same(&pg, &ws, &["notes"], Duration::from_secs(60));
+    let reverse_applied = applied_past(&ws, &reverse, &pg, "target", "postgres:weir_move_reverse");
+    assert!(reverse_applied > 0);
+    assert_eq!(
+        applied_past(&ws, &file, &pg, "source", "postgres:weir_move"),
+        0,
+        "the forward pipeline left out the write the reverse pipeline carried back"
+    );
+    pg.client("source")
+        .batch_execute("INSERT INTO notes VALUES (13, 'from the source')")
+        .unwrap();
+    wait_until_same(&pg, &ws, &["notes"], Duration::from_secs(60));
+    assert_eq!(
+        applied_past(&ws, &file, &pg, "source", "postgres:weir_move"),
+        1,
+        "the forward pipeline applied the source's write"
+    );
+    assert_eq!(
+        applied_past(&ws, &reverse, &pg, "target", "postgres:weir_move_reverse"),
+        reverse_applied,
+        "the reverse pipeline left out the forward pipeline's write"
+    );
+    drop((forward, back));
+    assert_same(&pg, &["accounts", "notes"]);
+}
+
+fn yaml_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn start_logged(ws: &Workspace, pipeline: &std::path::Path, log: &str) -> Running {
+    Running(
+        weir()
+            .args(["run", "-q", "-v"])
+            .arg(pipeline)
+            .current_dir(ws.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(ws.path(log)).unwrap())
+            .spawn()
+            .expect("start weir"),
+    )
+}
+
+/// The rows the pipeline of `file` has applied in this run, once it has read its source
+/// (`database`) past everything written there so far: a watermark message is written,
+/// and its position must reach the pipeline's stored `stream`.
+fn applied_past(
+    ws: &Workspace,
+    file: &std::path::Path,
+    pg: &Postgres,
+    database: &str,
+    stream: &str,
+) -> u64 {
+    let lsn: String = pg
+        .client(database)
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'test', 'watermark')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (high, low) = lsn.split_once('/').unwrap();
+    let lsn =
+        (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap();
+    let status = wait_for_status(
+        ws,
+        file,
+        Duration::from_secs(60),
+        "the watermark applied",
+        |s| {
+            s["positions"][stream]["next"]
+                .as_u64()
+                .is_some_and(|next| next >= lsn)
+                && s["process"] == "running"
+        },
+    );
+    // The counts are written with the status, a second apart: one more round.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = status_json(ws, file).unwrap_or(status);
+    status["rows_applied"].as_u64().unwrap()
 }

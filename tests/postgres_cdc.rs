@@ -540,3 +540,188 @@ fn status_follows_the_copy_streaming_a_lost_source_and_a_dropped_slot() {
         "no connection URL in the status: {text}"
     );
 }
+
+#[test]
+fn reconcile_waits_for_a_watermark_in_the_source_s_wal() {
+    let pg = server();
+    let ws = Workspace::new();
+    pg.client("source")
+        .batch_execute(
+            "CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+             INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g;",
+        )
+        .unwrap();
+    let yaml = std::fs::read_to_string(pipeline(&ws, &pg, "waited", "")).unwrap()
+        + &format!(
+            "reconcile:\n  source: {{ type: postgres, url: '{}', schema: public }}\n  \
+             target: {{ type: postgres, url: '{}', schema: public }}\n  \
+             wait: {{ timeout: 60s }}\n",
+            pg.url("source"),
+            pg.url("target")
+        );
+    let file = ws.write("waited.yaml", &yaml);
+    let _running = start(&ws, &file);
+    wait_until_same(&pg, &ws, &["counters"], Duration::from_secs(60));
+    // The sink is held back (the table locked against writes) while the source changes:
+    // a comparison that did not wait would find the target behind.
+    let mut blocker = pg.client("target");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE counters IN EXCLUSIVE MODE")
+        .unwrap();
+    pg.client("source")
+        .batch_execute("UPDATE counters SET n = n + 1")
+        .unwrap();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        blocker.batch_execute("COMMIT").unwrap();
+    });
+    let output = weir()
+        .args(["reconcile", "-q"])
+        .arg(&file)
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    unlock.join().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("waited"), "the report says it waited: {text}");
+}
+
+#[test]
+fn a_dropped_slot_is_copied_again_with_resync_auto_and_stops_a_manual_run() {
+    let pg = server();
+    let ws = Workspace::new();
+    let total: i64 = 60_000;
+    pg.client("source")
+        .batch_execute(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, {total}) g;
+             -- A text key: its copy cannot resume, so it is copied whole again.
+             CREATE TABLE tags (name text PRIMARY KEY, n int);
+             INSERT INTO tags SELECT 'tag' || g, g FROM generate_series(1, 50) g;"
+        ))
+        .unwrap();
+    let yaml = std::fs::read_to_string(pipeline(
+        &ws,
+        &pg,
+        "resync",
+        "  heartbeat: { interval: 1s }\n",
+    ))
+    .unwrap()
+    .replace("chunk_rows: 7", "chunk_rows: 500");
+    let auto = ws.write(
+        "auto.yaml",
+        &format!("{yaml}lifecycle: {{ resync: auto }}\n"),
+    );
+    let manual = ws.write("manual.yaml", &yaml);
+    let tables = ["items", "tags"];
+    let stream = "postgres:weir_resync";
+    let first = start(&ws, &auto);
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(120));
+    wait_for_status(
+        &ws,
+        &auto,
+        Duration::from_secs(30),
+        "a streamed position",
+        |s| s["positions"][stream]["next"].as_i64().is_some(),
+    );
+    kill(first);
+
+    // The slot is dropped while weir is down, and the source changes meanwhile: those
+    // changes are in no slot. Rows deleted now must go from the target too.
+    let drop_slot = || {
+        let started = Instant::now();
+        while pg
+            .client("source")
+            .batch_execute("SELECT pg_drop_replication_slot('weir_resync')")
+            .is_err()
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "drop the slot");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    drop_slot();
+    pg.client("source")
+        .batch_execute(
+            "DELETE FROM items WHERE id <= 100;
+             UPDATE items SET v = 'changed' WHERE id BETWEEN 500 AND 600;
+             INSERT INTO items VALUES (70000, 'new');
+             DELETE FROM tags WHERE n < 10;
+             UPDATE tags SET n = n + 100;",
+        )
+        .unwrap();
+
+    // The resync is killed in the middle of its copy of `items`, after it emptied the
+    // table; the next run resumes it.
+    let count = || -> i64 {
+        pg.client("target")
+            .query_one("SELECT count(*) FROM items", &[])
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    };
+    let second = start(&ws, &auto);
+    let started = Instant::now();
+    let mut emptied = false;
+    loop {
+        let now = count();
+        emptied |= now < total - 100;
+        if emptied && now > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the resync emptied and began to refill items ({now} rows); weir's log:\n{}",
+            std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(second);
+    let refilled = count();
+    assert!(
+        refilled < total - 100,
+        "killed in the middle: {refilled} rows"
+    );
+
+    let third = start(&ws, &auto);
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(120));
+    pg.client("source")
+        .batch_execute("INSERT INTO items VALUES (80000, 'streamed after the resync')")
+        .unwrap();
+    wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
+    let status = wait_for_status(&ws, &auto, Duration::from_secs(30), "streaming", |s| {
+        s["state"] == "streaming"
+    });
+    let path: Vec<&str> = status["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap())
+        .collect();
+    let resync = path
+        .iter()
+        .position(|s| *s == "resync-required")
+        .unwrap_or_else(|| panic!("the transitions show the resync: {path:?}"));
+    assert!(
+        path[resync..].contains(&"snapshotting") && path.last() == Some(&"streaming"),
+        "a resync copies, then streams: {path:?}"
+    );
+    kill(third);
+
+    // Without `resync: auto`, a slot made anew by hand (past the sink's position) stops
+    // the run with the resync exit code instead of streaming from where the slot starts.
+    drop_slot();
+    pg.client("source")
+        .batch_execute("UPDATE items SET v = 'missed' WHERE id = 1000")
+        .unwrap();
+    pg.client("source")
+        .batch_execute("SELECT pg_create_logical_replication_slot('weir_resync', 'pgoutput')")
+        .unwrap();
+    let run = ws.run(&manual, &["--stop-when-idle", "2s"]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", run.stderr());
+    assert!(run.stderr().contains("created anew"), "{}", run.stderr());
+}

@@ -18,6 +18,9 @@ use weir_runtime::position::kafka_stream;
 use weir_runtime::sink::stored::stored_checkpoint;
 use weir_runtime::source::SourceConfig;
 use weir_runtime::source::kafka::KafkaSourceConfig;
+use weir_runtime::source::postgres_cdc::PostgresCdcSourceConfig;
+use weir_runtime::source::postgres_cdc::cutover::SourceDatabase;
+use weir_runtime::source::postgres_cdc::stream_key;
 
 use crate::ReconcileError;
 
@@ -91,6 +94,9 @@ enum Source {
     Kafka(Vec<String>, Offsets),
     /// The file's checkpoint stream key and its resolved path.
     File(String, std::path::PathBuf),
+    /// A PostgreSQL database read by `postgres-cdc`: the replication stream's checkpoint
+    /// key, and the source's settings.
+    Postgres(String, Box<PostgresCdcSourceConfig>),
 }
 
 impl Source {
@@ -104,17 +110,22 @@ impl Source {
                 format!("file:{}", file.path.display()),
                 pipeline.resolve(&file.path),
             )),
-            SourceConfig::PostgresCdc(_) => Err(
-                "waiting for a postgres-cdc pipeline to catch up is not supported yet: stop \
-                 writes, let the pipeline apply them, then reconcile without `--wait`"
-                    .into(),
-            ),
+            SourceConfig::PostgresCdc(source) => Ok(Source::Postgres(
+                stream_key(&source.slot),
+                Box::new(source.clone()),
+            )),
         }
     }
 
     /// Each stream's end now.
     fn ends(&self) -> Result<BTreeMap<String, i64>, String> {
         match self {
+            // The end of the WAL is no position the slot's stream reaches (it holds other
+            // databases' records too): a watermark message written now is.
+            Source::Postgres(stream, config) => {
+                let lsn = SourceDatabase::connect(config)?.watermark()?;
+                Ok(BTreeMap::from([(stream.clone(), lsn as i64)]))
+            }
             Source::Kafka(topics, kafka) => kafka.ends(topics),
             Source::File(stream, path) => {
                 let length = std::fs::metadata(path)
@@ -135,6 +146,13 @@ impl Source {
             .iter()
             .map(|(name, &offset)| {
                 let stream = match self {
+                    Source::Postgres(stream, _) => {
+                        return Err(format!(
+                            "position `{name}`: a postgres-cdc pipeline is waited for up to \
+                             a watermark weir writes into the source's WAL when the wait \
+                             starts; give no `positions` (the stream is {stream})"
+                        ));
+                    }
                     Source::Kafka(..) => {
                         let (topic, partition) = name
                             .strip_prefix("kafka:")
@@ -175,6 +193,9 @@ impl Source {
                 .map(|(stream, point)| (stream, point.next))
                 .collect()),
             (None, Source::Kafka(topics, kafka)) => kafka.committed(topics),
+            (None, Source::Postgres(..)) => {
+                Err("the pipeline's sink stores no checkpoint weir can read".into())
+            }
             (None, Source::File(..)) => Err(
                 "the pipeline's sink stores no checkpoint that weir can read from outside \
                  (Parquet, JSON lines, Kafka), and its file source has no consumer group; \

@@ -84,12 +84,26 @@ pub struct LifecycleConfig {
     /// `30s`. Measured from the source times of the changes and heartbeats applied.
     #[serde(default = "default_catch_up_lag")]
     pub catch_up_lag: HumanDuration,
+    /// What happens when the source no longer holds the stored position (a dropped or
+    /// invalidated replication slot): `manual` stops the run with exit code 3 and says
+    /// what to run; `auto` copies the tables again, then streams.
+    #[serde(default)]
+    pub resync: ResyncMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResyncMode {
+    #[default]
+    Manual,
+    Auto,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
             catch_up_lag: default_catch_up_lag(),
+            resync: ResyncMode::default(),
         }
     }
 }

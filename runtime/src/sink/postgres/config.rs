@@ -25,6 +25,14 @@ pub struct PostgresSinkConfig {
     /// table's DDL).
     #[serde(default)]
     pub create: bool,
+    /// Marks every transaction weir applies with this PostgreSQL replication origin
+    /// (created if missing), so a `postgres-cdc` pipeline reading this database can leave
+    /// weir's own writes out (its `skip_origins`): a pipeline and its reverse then send
+    /// no change back and forth. Needs a superuser, or EXECUTE on
+    /// `pg_replication_origin_create` and `pg_replication_origin_session_setup`.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub origin: Option<String>,
 }
 
 impl PostgresSinkConfig {

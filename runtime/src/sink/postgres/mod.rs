@@ -110,6 +110,9 @@ pub(crate) fn describe_error(e: &postgres::Error) -> String {
 pub struct PostgresSink {
     url: Secret,
     client: Option<Client>,
+    /// The replication origin this sink's sessions mark their transactions with
+    /// (`origin`; a lane's own, since one origin serves one session at a time).
+    origin: Option<String>,
     schema: String,
     table: String,
     pipeline: String,
@@ -183,9 +186,17 @@ impl PostgresSink {
                 qualified,
             ),
         };
+        let origin = config.origin.as_ref().map(|origin| {
+            // A lane's checkpoint name is the pipeline's plus ` /lane i of n`.
+            let lane = checkpoint_name
+                .strip_prefix(pipeline.config.name.as_str())
+                .unwrap_or("");
+            format!("{origin}{lane}")
+        });
         let mut sink = PostgresSink {
             url: config.url.clone(),
             client: None,
+            origin,
             schema,
             table,
             pipeline: checkpoint_name.to_string(),
@@ -285,6 +296,20 @@ impl PostgresSink {
                      );",
                 )
                 .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
+            if let Some(origin) = &self.origin {
+                mark_with_origin(&mut client, origin).map_err(|e| SinkError {
+                    // Still held by this sink's previous session, which the server has
+                    // not noticed is gone: a later attempt gets it.
+                    retryable: e.code() == Some(&postgres::error::SqlState::OBJECT_IN_USE),
+                    ..self.error(format!(
+                        "cannot mark this session's writes with replication origin \
+                         `{origin}` (it needs a superuser, or EXECUTE on \
+                         pg_replication_origin_create and \
+                         pg_replication_origin_session_setup): {}",
+                        describe_error(&e)
+                    ))
+                })?;
+            }
             self.client = Some(client);
             self.columns.clear();
             self.casts.clear();
@@ -434,4 +459,19 @@ impl Sink for PostgresSink {
     fn describe(&self) -> String {
         format!("postgres sink {}", self.target())
     }
+}
+
+/// Marks every transaction of this session with replication origin `origin`, created if
+/// missing: logical decoding then tells weir's writes from others'.
+fn mark_with_origin(client: &mut Client, origin: &str) -> Result<(), postgres::Error> {
+    let create = |client: &mut Client| {
+        client.execute(
+            "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
+            &[&origin],
+        )
+    };
+    // Two lanes' sessions may create it at once: the loser finds it the second time.
+    create(client).or_else(|_| create(client))?;
+    client.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])?;
+    Ok(())
 }

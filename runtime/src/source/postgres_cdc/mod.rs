@@ -72,6 +72,28 @@ pub struct PostgresCdcSourceConfig {
     /// Defaults to the pipeline's name.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Replication origins (names or `*` patterns) whose transactions are not read: the
+    /// writes of another pipeline whose `postgres` sink marks them with that `origin`.
+    /// A pipeline and its reverse skip each other's origin, so a change does not go
+    /// back and forth (docs/cutover.md).
+    #[serde(default)]
+    pub skip_origins: Vec<String>,
+}
+
+impl PostgresCdcSourceConfig {
+    /// Whether `skip_origins` leaves out the transactions of replication origin `origin`.
+    pub fn skips_origin(&self, origin: &str) -> bool {
+        origin_patterns(&self.skip_origins)
+            .is_ok_and(|patterns| patterns.iter().any(|p| p.matches(origin)))
+    }
+}
+
+/// Compiles `skip_origins`.
+fn origin_patterns(patterns: &[String]) -> Result<Vec<glob::Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| format!("skip_origins `{p}`: {e}")))
+        .collect()
 }
 
 fn default_chunk_rows() -> usize {
@@ -147,6 +169,8 @@ pub struct PostgresCdcSource {
     heartbeats: SentHeartbeats,
     last_lag_probe: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// `lifecycle.resync: auto`: a gap copies every table again instead of stopping.
+    resync_auto: bool,
 }
 
 impl PostgresCdcSource {
@@ -184,6 +208,7 @@ impl PostgresCdcSource {
             heartbeats: Arc::default(),
             last_lag_probe: None,
             metrics,
+            resync_auto: pipeline.config.lifecycle.resync == crate::config::ResyncMode::Auto,
         })
     }
 
@@ -195,13 +220,26 @@ impl PostgresCdcSource {
         }
     }
 
-    /// The slot no longer holds the sink's position: the pipeline needs a resync, and
-    /// stops with `message`.
-    fn resync_required(&self, message: String) -> SourceError {
-        self.metrics
-            .lifecycle
-            .phase(State::ResyncRequired, message.clone());
-        self.error(message, false)
+    /// The slot no longer holds the sink's position: with `lifecycle.resync: auto`, the
+    /// state says so and the tables are copied again; otherwise the run stops with the
+    /// resync exit code.
+    fn gap(&self, message: &str) -> Result<(), SourceError> {
+        let lifecycle = &self.metrics.lifecycle;
+        lifecycle.phase(State::ResyncRequired, message);
+        // Recorded now: the copy that follows would replace the state within a second.
+        lifecycle.refresh(&self.metrics.health);
+        if self.resync_auto {
+            tracing::warn!(slot = %self.config.slot, reason = %message, "resync: copying every table again");
+            return Ok(());
+        }
+        Err(self.error(
+            format!(
+                "{message}. Resync: run with `lifecycle: {{ resync: auto }}` to copy every \
+                 table again (each target table is emptied first, then refilled), or drop \
+                 the target tables' rows and the pipeline's checkpoint and run again"
+            ),
+            false,
+        ))
     }
 
     /// Every table now streams.
@@ -334,10 +372,50 @@ impl Source for PostgresCdcSource {
             .filter(|t| published.contains(&t.name()))
             .collect();
 
+        let key = stream_key(&self.config.slot);
+        let stored = checkpoint.get(&key).map(|r| r.next.max(0) as u64);
+        // Why the tables must be copied again, and from which slot position, when the
+        // source no longer holds the sink's position (a gap).
+        let mut resync: Option<(String, Option<u64>)> = None;
         let slot_exists = slot_plugin(self.meta.as_mut().expect("connected"), &self.config.slot);
         let slot_exists = match slot_exists.map_err(|e| self.error(e, false))? {
-            Slot::Lost(message) => return Err(self.resync_required(message)),
-            Slot::Found(plugin) => Some(plugin),
+            Slot::Lost(message) => {
+                self.gap(&message)?;
+                let meta = self.meta.as_mut().expect("connected");
+                meta.execute("SELECT pg_drop_replication_slot($1)", &[&self.config.slot])
+                    .map_err(|e| {
+                        self.error(
+                            format!(
+                                "cannot drop the invalidated slot {}: {}",
+                                self.config.slot,
+                                catalog::describe_error(&e)
+                            ),
+                            false,
+                        )
+                    })?;
+                resync = Some((message, None));
+                None
+            }
+            Slot::Found(plugin, confirmed) => {
+                // The slot is confirmed only up to what the sink durably applied, so a
+                // slot confirmed past the sink's position was created after it: by a
+                // resync whose copy is not finished, or by hand. Either way the changes
+                // between are not in it.
+                if let (Some(stored), Some(confirmed)) = (stored, confirmed)
+                    && confirmed > stored
+                {
+                    let message = format!(
+                        "replication slot {} starts at {}, after the sink's position {}: it \
+                         was created anew since, and the changes between are not in it",
+                        self.config.slot,
+                        lsn_text(confirmed),
+                        lsn_text(stored)
+                    );
+                    self.gap(&message)?;
+                    resync = Some((message, Some(confirmed)));
+                }
+                Some(plugin)
+            }
             Slot::Missing => None,
         };
         match slot_exists.as_deref() {
@@ -353,30 +431,42 @@ impl Source for PostgresCdcSource {
                 ));
             }
         }
+        if slot_exists.is_none()
+            && resync.is_none()
+            && let Some(stored) = stored
+        {
+            let message = format!(
+                "the sink has applied this pipeline up to {} of slot {}, but the slot does \
+                 not exist: the changes since that position are gone from the source (the \
+                 slot was dropped)",
+                lsn_text(stored),
+                self.config.slot
+            );
+            self.gap(&message)?;
+            resync = Some((message, None));
+        }
         let mut stream = self.open_stream().map_err(|e| self.error(e, true))?;
-        let key = stream_key(&self.config.slot);
         let created = match slot_exists {
             Some(_) => None,
             None => Some(stream.create_slot().map_err(|e| self.error(e, true))?),
         };
-        if created.is_some() && checkpoint.get(&key).is_some() {
-            return Err(self.resync_required(format!(
-                "the sink has applied this pipeline up to {} of slot {}, but the slot does \
-                     not exist and was created anew: the changes since that position are \
-                     gone from the source (the slot was dropped or invalidated). Resync: \
-                     drop the target tables' rows and the pipeline's checkpoint, then run \
-                     again to copy every table",
-                lsn_text(checkpoint.get(&key).map_or(0, |r| r.next.max(0) as u64)),
-                self.config.slot
-            )));
-        }
-        let copy = match self.config.snapshot {
-            SnapshotMode::Never => false,
-            SnapshotMode::Always => true,
-            // A copy runs with a new slot, and is finished after a restart until the
-            // stream has applied something (which only happens once the copy is done).
-            SnapshotMode::Initial => created.is_some() || checkpoint.get(&key).is_none(),
-        };
+        // A resync copies every table again as of the new slot's start; each copy is named
+        // for that position, so a resync interrupted by a restart resumes it.
+        let resync_at = resync.as_ref().map(|(_, confirmed)| {
+            created
+                .as_ref()
+                .map(|(lsn, _)| *lsn)
+                .or(*confirmed)
+                .unwrap_or_default()
+        });
+        let copy = resync.is_some()
+            || match self.config.snapshot {
+                SnapshotMode::Never => false,
+                SnapshotMode::Always => true,
+                // A copy runs with a new slot, and is finished after a restart until the
+                // stream has applied something (which only happens once the copy is done).
+                SnapshotMode::Initial => created.is_some() || checkpoint.get(&key).is_none(),
+            };
         self.phase = if copy {
             let meta = self.meta.as_mut().expect("connected");
             let (start_lsn, exported) = match created {
@@ -388,8 +478,11 @@ impl Source for PostgresCdcSource {
                 &self.server,
                 tables,
                 checkpoint,
-                exported.as_deref(),
-                start_lsn,
+                snapshot::CopyPoint {
+                    exported: exported.as_deref(),
+                    lsn: start_lsn,
+                    resync_at,
+                },
                 self.metrics.clone(),
             )
             .map_err(|e| self.error(e, true))?;
@@ -520,8 +613,8 @@ impl Source for PostgresCdcSource {
 
 enum Slot {
     Missing,
-    /// It exists in this database, with this output plugin.
-    Found(String),
+    /// It exists in this database, with this output plugin, confirmed up to this LSN.
+    Found(String, Option<u64>),
     /// It was invalidated: the changes since its position are gone.
     Lost(String),
 }
@@ -530,7 +623,8 @@ enum Slot {
 fn slot_plugin(client: &mut Client, slot: &str) -> Result<Slot, String> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, database = current_database(), wal_status = 'lost'
+            "SELECT plugin::text, database = current_database(), wal_status = 'lost',
+                    confirmed_flush_lsn::text
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -540,10 +634,12 @@ fn slot_plugin(client: &mut Client, slot: &str) -> Result<Slot, String> {
         Some(row) if row.get::<_, Option<bool>>(2) == Some(true) => Ok(Slot::Lost(format!(
             "replication slot {slot} was invalidated (its WAL exceeded \
              max_slot_wal_keep_size): the changes since the sink's position are gone from \
-             the source. Resync: drop the slot, the target tables' rows and the pipeline's \
-             checkpoint, then run again to copy every table"
+             the source"
         ))),
-        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(Slot::Found(row.get(0))),
+        Some(row) if row.get::<_, Option<bool>>(1) == Some(true) => Ok(Slot::Found(
+            row.get(0),
+            row.get::<_, Option<&str>>(3).and_then(parse_lsn),
+        )),
         Some(_) => Err(format!(
             "replication slot {slot} belongs to another database: name another slot"
         )),

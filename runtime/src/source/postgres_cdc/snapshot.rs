@@ -46,6 +46,19 @@ struct Plan {
     after: Option<i64>,
     /// The source's estimate of its rows.
     estimated: Option<u64>,
+    /// Empty the target table first (a resync: rows deleted while the stream was lost
+    /// must go too).
+    truncate: bool,
+}
+
+/// Where a copy stands against the stream.
+pub struct CopyPoint<'a> {
+    /// The snapshot the new slot exported, to read in.
+    pub exported: Option<&'a str>,
+    /// The position the copy is as of: the slot's consistent point, or the current LSN.
+    pub lsn: u64,
+    /// A resync's copy, named for the new slot's start.
+    pub resync_at: Option<u64>,
 }
 
 pub struct Context<'a> {
@@ -84,10 +97,14 @@ impl Snapshot {
         server: &str,
         tables: Vec<SourceTable>,
         checkpoint: &Checkpoint,
-        exported: Option<&str>,
-        lsn: u64,
+        at: CopyPoint<'_>,
         metrics: Arc<Metrics>,
     ) -> Result<Snapshot, String> {
+        let CopyPoint {
+            exported,
+            lsn,
+            resync_at,
+        } = at;
         let mut client = connect(config.url.expose())?;
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -118,10 +135,17 @@ impl Snapshot {
             let name = table.name();
             names.push(name.clone());
             let base = table_stream(&name);
+            // A resync's copies are named for the new slot's start; only theirs count.
+            let generation = resync_at.map(|at| format!("{base}@{}", lsn_text(at)));
+            let prefix = match &generation {
+                Some(generation) => generation.clone(),
+                None => format!("{base}@"),
+            };
             let done = checkpoint.streams.iter().any(|(stream, resume)| {
-                (stream == &base || stream.starts_with(&format!("{base}@"))) && resume.next == DONE
+                (stream.starts_with(&prefix) || (generation.is_none() && stream == &base))
+                    && resume.next == DONE
             });
-            if done && !again {
+            if done && (!again || generation.is_some()) {
                 lifecycle.table(&name, |t| {
                     t.state = Some(State::Snapshotting);
                     t.copied = true;
@@ -129,9 +153,23 @@ impl Snapshot {
                 continue;
             }
             let key = table.integer_key();
-            let (stream, after) = match key {
-                Some(_) if !again => (base.clone(), checkpoint.get(&base).map(|r| r.next)),
-                _ => (format!("{base}@{}", lsn_text(lsn)), None),
+            let (stream, after, truncate) = match (&generation, key) {
+                // A resync copy resumes by key where the sink stopped; a table it has
+                // not reached yet is emptied first.
+                (Some(generation), Some(_)) => match checkpoint.get(generation) {
+                    Some(r) => (generation.clone(), Some(r.next), false),
+                    None => (generation.clone(), None, true),
+                },
+                // A table without an integer key cannot resume its copy: emptied and
+                // copied again from its start, under a name of its own.
+                (Some(generation), None) => match checkpoint.get(generation) {
+                    Some(_) => (format!("{generation}+{}", lsn_text(lsn)), None, true),
+                    None => (generation.clone(), None, true),
+                },
+                (None, Some(_)) if !again => {
+                    (base.clone(), checkpoint.get(&base).map(|r| r.next), false)
+                }
+                (None, _) => (format!("{base}@{}", lsn_text(lsn)), None, false),
             };
             let relation = Relation::new(
                 server,
@@ -154,6 +192,7 @@ impl Snapshot {
                 key,
                 after,
                 estimated,
+                truncate,
             });
         }
         let total = plans.len();
@@ -226,6 +265,9 @@ impl Snapshot {
                     return Ok(false);
                 };
                 self.open(&plan)?;
+                if plan.truncate {
+                    self.emit_truncate(batch, &plan, context)?;
+                }
                 self.current = Some(plan);
             }
             if self.rows.len() < 2 && !self.exhausted {
@@ -368,6 +410,38 @@ impl Snapshot {
             Some(self.value.as_bytes()),
             position,
         );
+        Ok(())
+    }
+
+    /// An event emptying the target table before a resync copies it again, placed
+    /// before every row of the copy.
+    fn emit_truncate(
+        &mut self,
+        batch: &mut RawBatch,
+        plan: &Plan,
+        context: &Context<'_>,
+    ) -> Result<(), String> {
+        let source = SourceInfo {
+            server: context.server,
+            db: context.db,
+            ts_ms: self.ts_ms,
+            snapshot: "true",
+            tx_id: None,
+            lsn: self.lsn,
+        };
+        plan.relation
+            .write_event(&mut self.value, &mut self.key, "t", None, None, &source)?;
+        let position = Position::Postgres {
+            stream: plan.stream.clone(),
+            at: i64::MIN,
+            seq: 0,
+            resume: ResumePoint {
+                next: i64::MIN,
+                line: 1,
+            },
+            lsn: self.lsn,
+        };
+        batch.push(None, Some(self.value.as_bytes()), position);
         Ok(())
     }
 

@@ -26,6 +26,8 @@ struct Transaction {
     xid: u32,
     ts_ms: i64,
     seq: u64,
+    /// Its replication origin is one `skip_origins` names: its changes are dropped.
+    skip: bool,
 }
 
 /// A change held back until the next message says whether it ends its transaction.
@@ -61,6 +63,8 @@ pub struct Stream {
     key: String,
     /// Changes (not heartbeats) added by the current poll.
     changes: usize,
+    /// Replication origins whose transactions are not read (`skip_origins`).
+    skip_origins: Vec<glob::Pattern>,
 }
 
 /// The URL (or key-value conninfo) with the replication and session options added.
@@ -108,6 +112,7 @@ impl Stream {
             value: String::new(),
             key: String::new(),
             changes: 0,
+            skip_origins: super::origin_patterns(&config.skip_origins)?,
         })
     }
 
@@ -186,8 +191,24 @@ impl Stream {
                     xid,
                     ts_ms: timestamp.saturating_add(PG_EPOCH_MICROS) / 1000,
                     seq: 0,
+                    skip: false,
                 });
             }
+            // Sent right after `Begin` when the transaction was made by a session with a
+            // replication origin (another pipeline's sink, marked by its `origin`).
+            LogicalReplicationMessage::Origin { origin_name, .. } => {
+                if let Some(transaction) = self.transaction.as_mut()
+                    && self.skip_origins.iter().any(|p| p.matches(&origin_name))
+                {
+                    tracing::debug!(origin = %origin_name, xid = transaction.xid, "transaction of a skipped origin");
+                    transaction.skip = true;
+                }
+            }
+            LogicalReplicationMessage::Insert { .. }
+            | LogicalReplicationMessage::Update { .. }
+            | LogicalReplicationMessage::Delete { .. }
+            | LogicalReplicationMessage::Truncate { .. }
+                if self.transaction.as_ref().is_some_and(|t| t.skip) => {}
             LogicalReplicationMessage::Commit { end_lsn, .. } => {
                 if let Some(pending) = self.pending.take() {
                     let resume = ResumePoint {

@@ -286,7 +286,10 @@ fn example_pipelines_and_documented_examples_validate() {
             _ => "example".to_string(),
         })
     };
-    for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
+    let examples = std::fs::read_dir(root.join("pipelines"))
+        .unwrap()
+        .chain(std::fs::read_dir(root.join("examples/migration")).unwrap());
+    for entry in examples {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();

@@ -179,6 +179,40 @@ struct Inner {
     catch_up_lag: Option<Duration>,
     /// Whether event times measure lag (not for a recorded log replayed from a file).
     live_event_times: bool,
+    /// Copies read but not yet applied: each table's copy stream, and the resume point
+    /// that marks the copy's end in the sink's checkpoint.
+    copies: BTreeMap<String, (String, i64)>,
+    /// The phase to enter once every copy is applied (the source reads ahead of the sink,
+    /// so its own end of the copy is too early to say `streaming`).
+    after_copies: Option<(State, String)>,
+}
+
+impl Inner {
+    fn copy_applied(&mut self, table: &str) {
+        if self.copies.remove(table).is_none() {
+            return;
+        }
+        let streaming = self.after_copies.is_some();
+        let status = self.tables.entry(table.to_string()).or_default();
+        status.copied = true;
+        if streaming {
+            status.state = Some(State::Streaming);
+        }
+        self.enter_after_copies();
+    }
+
+    fn enter_after_copies(&mut self) {
+        if self.copies.is_empty()
+            && let Some(phase) = self.after_copies.take()
+        {
+            for status in self.tables.values_mut() {
+                if status.state.is_some() {
+                    status.state = Some(State::Streaming);
+                }
+            }
+            self.phase = Some(phase);
+        }
+    }
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> String {
@@ -277,9 +311,38 @@ impl Lifecycle {
         self.lock().lag.wal_bytes = bytes;
     }
 
-    /// The last checkpoint the sink made durable.
+    /// The last checkpoint the sink made durable. A copy whose end it holds is applied.
     pub fn durable(&self, checkpoint: &Checkpoint) {
-        self.lock().positions = Some(checkpoint.clone());
+        let mut inner = self.lock();
+        inner.positions = Some(checkpoint.clone());
+        let applied: Vec<String> = inner
+            .copies
+            .iter()
+            .filter(|(_, (stream, end))| checkpoint.get(stream).is_some_and(|r| r.next >= *end))
+            .map(|(table, _)| table.clone())
+            .collect();
+        for table in applied {
+            inner.copy_applied(&table);
+        }
+    }
+
+    /// A table's copy will end at `end` in checkpoint stream `stream`.
+    pub fn copy_planned(&self, table: &str, stream: &str, end: i64) {
+        self.lock()
+            .copies
+            .insert(table.to_string(), (stream.to_string(), end));
+    }
+
+    /// A table's copy needs nothing applied (it read no row).
+    pub fn copy_applied(&self, table: &str) {
+        self.lock().copy_applied(table);
+    }
+
+    /// Enters `state` once every planned copy is applied (at once if none is pending).
+    pub fn after_copies(&self, state: State, reason: impl Into<String>) {
+        let mut inner = self.lock();
+        inner.after_copies = Some((state, reason.into()));
+        inner.enter_after_copies();
     }
 
     pub fn error(&self, message: &str) {
@@ -436,6 +499,46 @@ mod tests {
             ]
         );
         assert!(status.transitions[2].reason.contains("connection refused"));
+    }
+
+    #[test]
+    fn streaming_begins_when_the_sink_has_applied_every_copy() {
+        let lifecycle = Lifecycle::default();
+        let health = Health::default();
+        lifecycle.phase(State::Snapshotting, "copying");
+        lifecycle.table("a", |t| t.state = Some(State::Snapshotting));
+        lifecycle.table("b", |t| t.state = Some(State::Snapshotting));
+        lifecycle.copy_planned("a", "copy:a", i64::MAX);
+        lifecycle.copy_planned("b", "copy:b", i64::MAX);
+        lifecycle.copy_applied("b");
+        // The source has read both copies; the sink has applied only part of `a`.
+        lifecycle.after_copies(State::Streaming, "streaming");
+        let partial = Checkpoint {
+            streams: [(
+                "copy:a".to_string(),
+                crate::position::ResumePoint { next: 10, line: 1 },
+            )]
+            .into(),
+        };
+        lifecycle.durable(&partial);
+        assert_eq!(lifecycle.refresh(&health), State::Snapshotting);
+        let status = lifecycle.status("p", Process::Running, Counts::default());
+        assert!(!status.tables["a"].copied && status.tables["b"].copied);
+        let done = Checkpoint {
+            streams: [(
+                "copy:a".to_string(),
+                crate::position::ResumePoint {
+                    next: i64::MAX,
+                    line: 0,
+                },
+            )]
+            .into(),
+        };
+        lifecycle.durable(&done);
+        assert_eq!(lifecycle.refresh(&health), State::Streaming);
+        let status = lifecycle.status("p", Process::Running, Counts::default());
+        assert_eq!(status.tables["a"].state, Some(State::Streaming));
+        assert!(status.tables["a"].copied);
     }
 
     #[test]

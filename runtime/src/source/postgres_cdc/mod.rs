@@ -242,14 +242,17 @@ impl PostgresCdcSource {
         ))
     }
 
-    /// Every table now streams.
+    /// The stream runs: the pipeline is `streaming` once the sink has applied every
+    /// table's copy.
     fn streaming(&self, tables: impl Iterator<Item = String>) {
         let lifecycle = &self.metrics.lifecycle;
         for table in tables {
-            lifecycle.table(&table, |t| t.state = Some(State::Streaming));
+            lifecycle.table(&table, |t| {
+                t.state.get_or_insert(State::Streaming);
+            });
         }
         lifecycle.lag_events(None);
-        lifecycle.phase(
+        lifecycle.after_copies(
             State::Streaming,
             format!("streaming from slot {}", self.config.slot),
         );

@@ -149,6 +149,7 @@ impl Snapshot {
                 lifecycle.table(&name, |t| {
                     t.state = Some(State::Snapshotting);
                     t.copied = true;
+                    t.resumed_after = None;
                 });
                 continue;
             }
@@ -178,6 +179,7 @@ impl Snapshot {
                 table.columns.clone(),
             );
             let estimated = estimate_rows(&mut client, &table);
+            lifecycle.copy_planned(&name, &stream, DONE);
             lifecycle.table(&name, |t| {
                 t.state = Some(State::SnapshotPending);
                 t.copied = false;
@@ -238,13 +240,21 @@ impl Snapshot {
         lifecycle.lag_events(Some(left));
     }
 
-    /// The current table's copy is finished.
+    /// The current table's copy has been read (it is copied once the sink has applied
+    /// its last row: [`crate::lifecycle::Lifecycle::durable`]).
     fn close_table(&mut self) {
         self.report();
-        if let Some(plan) = self.current.take() {
-            self.metrics
-                .lifecycle
-                .table(&plan.table.name(), |t| t.copied = true);
+        if let Some(plan) = self.current.take()
+            && self.copied == 0
+        {
+            let lifecycle = &self.metrics.lifecycle;
+            if plan.truncate {
+                // Only the truncate to apply.
+                lifecycle.copy_planned(&plan.table.name(), &plan.stream, i64::MIN);
+            } else {
+                // Nothing to apply: an empty table (or one whose last row was applied).
+                lifecycle.copy_applied(&plan.table.name());
+            }
         }
     }
 

@@ -151,17 +151,60 @@ fn a_killed_run_resumes_without_losing_or_repeating_and_the_slot_waits_for_the_s
         }
     }
     // The sink stopped: its tables locked, so no batch commits, while the writer goes on.
-    // The slot must not confirm what weir received and could not apply.
+    // The slot must not confirm what weir received and could not apply, and the server
+    // must not end the replication connection meanwhile: weir still reports, once a
+    // second, what the sink has applied (a two-second `wal_sender_timeout` here).
+    let mut admin = pg.client("source");
+    admin
+        .batch_execute("ALTER SYSTEM SET wal_sender_timeout = '2s'")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     let child = start(&ws, &file);
     wait_for_checkpoint(&pg, &ws, "resume");
+    let walsender = || -> Option<i32> {
+        pg.client("source")
+            .query_opt("SELECT pid FROM pg_stat_replication LIMIT 1", &[])
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    let started = Instant::now();
+    let mut streaming_from = walsender();
+    while streaming_from.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "weir streams");
+        std::thread::sleep(Duration::from_millis(100));
+        streaming_from = walsender();
+    }
+    // The stream has caught up with what the writer did while weir was down.
+    std::thread::sleep(Duration::from_millis(500));
+    writer.join().unwrap();
     let mut lock = pg.client("target");
     let mut held = lock.transaction().unwrap();
     held.batch_execute("LOCK TABLE counters, log IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    let (committed, _) = slot_and_sink(&pg, "resume");
+    let (committed, _) = sink_and_slot(&pg, "resume");
+    // The source keeps changing: weir reads until its stages are full, then waits.
+    let stalled_writer = {
+        let url = pg.url("source");
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let started = Instant::now();
+            let mut writes = 0i64;
+            while started.elapsed() < Duration::from_secs(3) {
+                client
+                    .execute(
+                        "UPDATE counters SET n = n + 1 WHERE id = $1",
+                        &[&((writes % 500 + 1) as i32)],
+                    )
+                    .unwrap();
+                writes += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            writes
+        })
+    };
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(250));
-        let (now_committed, confirmed) = slot_and_sink(&pg, "resume");
+        let (now_committed, confirmed) = sink_and_slot(&pg, "resume");
         assert_eq!(
             now_committed, committed,
             "nothing commits while the sink is stopped"
@@ -171,9 +214,14 @@ fn a_killed_run_resumes_without_losing_or_repeating_and_the_slot_waits_for_the_s
             "the slot confirmed {confirmed:X} while the sink had committed only {committed:X}"
         );
     }
+    assert_eq!(
+        walsender(),
+        streaming_from,
+        "the replication connection outlived 3 s of a stopped sink"
+    );
     held.rollback().unwrap();
+    let stalled_writes = stalled_writer.join().unwrap();
     kill(child);
-    writer.join().unwrap();
     let child = start(&ws, &file);
     wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
     kill(child);
@@ -182,7 +230,7 @@ fn a_killed_run_resumes_without_losing_or_repeating_and_the_slot_waits_for_the_s
         .query_one("SELECT sum(n)::bigint FROM counters", &[])
         .unwrap()
         .get(0);
-    assert_eq!(total, 1000, "every increment applied once");
+    assert_eq!(total, 1000 + stalled_writes, "every increment applied once");
 }
 
 #[test]
@@ -252,7 +300,8 @@ fn heartbeats_move_the_slot_of_an_idle_source() {
 
 /// Where the sink has applied the stream to (the end of the last transaction it applied
 /// whole, or the commit LSN of one it applied in part), and the slot's confirmed flush LSN.
-fn slot_and_sink(pg: &Postgres, pipeline: &str) -> (u64, u64) {
+/// What the sink has committed of the replication stream, and what the slot confirms.
+fn sink_and_slot(pg: &Postgres, pipeline: &str) -> (u64, u64) {
     let committed: i64 = pg
         .client("target")
         .query_one(

@@ -12,7 +12,7 @@
 //! the batch that covers them is applied, so a crash at any point loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -676,6 +676,9 @@ fn transform(
 
 /// The fetcher: polls the source until it ends, fails, the pipeline stops, or the reader
 /// is gone. Polling runs ahead of decoding by at most one raw batch.
+/// How often a source that keeps its connection alive is asked to, while it waits.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(100);
+
 fn fetch(
     mut source: Box<dyn Source>,
     limits: PollLimits,
@@ -689,7 +692,35 @@ fn fetch(
         raw.clear();
         let polled = source.poll(&mut raw, &limits);
         let last = matches!(polled, Ok(PollStatus::End) | Err(_));
-        if fetched.send(polled.map(|status| (raw, status))).is_err() || last {
+        let mut message = polled.map(|status| (raw, status));
+        if !source.keeps_alive() {
+            if fetched.send(message).is_err() || last {
+                return;
+            }
+            continue;
+        }
+        // While the next stage is full, the source keeps its connection alive. The hand-over
+        // is retried every millisecond: the channel may be a rendezvous, which takes a
+        // message only while the reader waits.
+        let mut kept = Instant::now();
+        loop {
+            match fetched.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) => {
+                    message = back;
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if kept.elapsed() >= KEEP_ALIVE_EVERY {
+                        source.keep_alive();
+                        kept = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        if last {
             return;
         }
     }

@@ -182,6 +182,14 @@ pub trait Source: Send {
     ) -> Result<PollStatus, SourceError>;
     /// A short description for logs (never secrets).
     fn describe(&self) -> String;
+    /// Whether [`keep_alive`](Self::keep_alive) does anything: only then does the fetcher
+    /// wake while it waits to hand records over.
+    fn keeps_alive(&self) -> bool {
+        false
+    }
+    /// Called about every 100 ms while the pipeline cannot take more records (the sink is
+    /// slow or stalled), so a source can keep its connection alive without reading.
+    fn keep_alive(&mut self) {}
     /// Tells the source what the sink has durably applied (Kafka commits the offsets to the
     /// consumer group). `None` for sources that keep no position of their own.
     fn committer(&self) -> Option<Box<dyn Committer>> {

@@ -178,21 +178,30 @@ pub fn ensure_publication(
         ));
     }
     let list: Vec<String> = tables.iter().map(SourceTable::quoted).collect();
+    create_publication(client, publication, &list)?;
+    Ok(true)
+}
+
+/// Creates `publication` for the tables of `quoted` (each `"schema"."table"`).
+pub fn create_publication(
+    client: &mut Client,
+    publication: &str,
+    quoted: &[String],
+) -> Result<(), String> {
     client
         .batch_execute(&format!(
             // Changes of a partition are published as the partitioned table's, which is
             // the table the pipeline selected and copied.
             "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
             quote(publication),
-            list.join(", ")
+            quoted.join(", ")
         ))
         .map_err(|e| {
             format!(
                 "cannot create publication {publication}: {}",
                 describe_error(&e)
             )
-        })?;
-    Ok(true)
+        })
 }
 
 /// The tables `publication` publishes, as `schema.table`.

@@ -154,18 +154,8 @@ pub fn prepare_reverse(
             .iter()
             .map(|t| format!("{}.{}", quote(schema), quote(&t.target)))
             .collect();
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-                quote(publication),
-                list.join(", ")
-            ))
-            .map_err(|e| {
-                format!(
-                    "cannot create publication {publication} on the target: {}",
-                    describe_error(&e)
-                )
-            })?;
+        catalog::create_publication(&mut client, publication, &list)
+            .map_err(|e| format!("on the target: {e}"))?;
     }
     let existing = client
         .query_opt(

@@ -604,6 +604,19 @@ impl Source for PostgresCdcSource {
         )
     }
 
+    fn keeps_alive(&self) -> bool {
+        true
+    }
+
+    fn keep_alive(&mut self) {
+        if let Phase::Streaming(stream) = &mut self.phase
+            && let Err(error) = stream.keep_alive()
+        {
+            // The next poll finds the connection lost and reopens it.
+            tracing::debug!(%error, "status update while the pipeline is full");
+        }
+    }
+
     fn committer(&self) -> Option<Box<dyn Committer>> {
         Some(Box::new(SlotCommitter {
             key: stream_key(&self.config.slot),

@@ -32,6 +32,8 @@ pub struct ReplicationConnection {
     /// The end of the WAL the server has sent us (from data and keepalives).
     received: u64,
     last_status: Option<Instant>,
+    /// START_REPLICATION has run: the connection is in copy mode.
+    streaming: bool,
 }
 
 // A libpq connection may move between threads; it is used by one at a time (`&mut self`).
@@ -76,6 +78,7 @@ impl ReplicationConnection {
             conn,
             received: 0,
             last_status: None,
+            streaming: false,
         };
         if unsafe { PQstatus(conn) } != ConnStatusType::CONNECTION_OK {
             return Err(crate::redact::redact(&connection.error()).into_owned());
@@ -160,7 +163,18 @@ impl ReplicationConnection {
                 self.error()
             ));
         }
+        self.streaming = true;
         Ok(())
+    }
+
+    /// Reports `flushed` without reading: while the pipeline cannot take more records, a
+    /// status update a second keeps the server from ending the connection
+    /// (`wal_sender_timeout`), and the slot still moves as the sink commits.
+    pub fn keep_alive(&mut self, flushed: u64) -> Result<(), String> {
+        if !self.streaming {
+            return Ok(());
+        }
+        self.maybe_send_status(flushed, false)
     }
 
     /// The next WAL message, waiting at most `wait`. Keepalives are answered on the way;

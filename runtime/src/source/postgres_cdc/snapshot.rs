@@ -375,14 +375,7 @@ impl Snapshot {
             .iter()
             .map(|v| v.as_deref().map_or(Value::Null, Value::Text))
             .collect();
-        let source = SourceInfo {
-            server: context.server,
-            db: context.db,
-            ts_ms: self.ts_ms,
-            snapshot: "true",
-            tx_id: None,
-            lsn: self.lsn,
-        };
+        let source = self.source_info(context);
         plan.relation.write_event(
             &mut self.value,
             &mut self.key,
@@ -423,6 +416,18 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The `source` block of the copy's events: all as of the copy's snapshot.
+    fn source_info<'a>(&self, context: &Context<'a>) -> SourceInfo<'a> {
+        SourceInfo {
+            server: context.server,
+            db: context.db,
+            ts_ms: self.ts_ms,
+            snapshot: "true",
+            tx_id: None,
+            lsn: self.lsn,
+        }
+    }
+
     /// An event emptying the target table before a resync copies it again, placed
     /// before every row of the copy.
     fn emit_truncate(
@@ -431,14 +436,7 @@ impl Snapshot {
         plan: &Plan,
         context: &Context<'_>,
     ) -> Result<(), String> {
-        let source = SourceInfo {
-            server: context.server,
-            db: context.db,
-            ts_ms: self.ts_ms,
-            snapshot: "true",
-            tx_id: None,
-            lsn: self.lsn,
-        };
+        let source = self.source_info(context);
         plan.relation
             .write_event(&mut self.value, &mut self.key, "t", None, None, &source)?;
         let position = Position::Postgres {

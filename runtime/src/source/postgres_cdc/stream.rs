@@ -124,6 +124,13 @@ impl Stream {
             .map_err(|e| format!("cannot create replication slot {}: {e}", self.slot))
     }
 
+    /// Tells the server what the sink has applied, without reading (see
+    /// [`ReplicationConnection::keep_alive`]).
+    pub fn keep_alive(&mut self) -> Result<(), String> {
+        self.connection
+            .keep_alive(self.flushed.load(Ordering::Acquire))
+    }
+
     /// Starts streaming from the slot's confirmed flush LSN.
     pub fn start(&mut self) -> Result<(), String> {
         self.connection

@@ -161,14 +161,7 @@ pub fn ensure_publication(
     publication: &str,
     tables: &[SourceTable],
 ) -> Result<bool, String> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .map_err(|e| describe_error(&e))?
-        .is_some();
-    if exists {
+    if publication_exists(client, publication)? {
         return Ok(false);
     }
     if tables.is_empty() {
@@ -180,6 +173,17 @@ pub fn ensure_publication(
     let list: Vec<String> = tables.iter().map(SourceTable::quoted).collect();
     create_publication(client, publication, &list)?;
     Ok(true)
+}
+
+/// Whether `publication` exists in this database.
+pub fn publication_exists(client: &mut Client, publication: &str) -> Result<bool, String> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .map_err(|e| describe_error(&e))?
+        .is_some())
 }
 
 /// Creates `publication` for the tables of `quoted` (each `"schema"."table"`).

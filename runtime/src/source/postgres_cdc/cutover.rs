@@ -142,14 +142,7 @@ pub fn prepare_reverse(
 ) -> Result<u64, String> {
     let mut client =
         connect(target_url).map_err(|e| format!("cannot connect to the target: {e}"))?;
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .map_err(|e| describe_error(&e))?
-        .is_some();
-    if !exists {
+    if !catalog::publication_exists(&mut client, publication)? {
         let list: Vec<String> = tables
             .iter()
             .map(|t| format!("{}.{}", quote(schema), quote(&t.target)))

@@ -136,6 +136,7 @@ impl RowEncoder {
 pub fn envelope_schema(topic: &str, row: &RowEncoder) -> Json {
     let value_name = format!("{topic}.Value");
     let text = |field: &str| json!({"type": "string", "optional": true, "field": field});
+    let int64 = |field: &str| json!({"type": "int64", "optional": true, "field": field});
     json!({
         "type": "struct",
         "name": format!("{topic}.Envelope"),
@@ -144,6 +145,7 @@ pub fn envelope_schema(topic: &str, row: &RowEncoder) -> Json {
             row.struct_schema(&value_name, Some("before"), true),
             row.struct_schema(&value_name, Some("after"), true),
             {"type": "string", "optional": false, "field": "op"},
+            {"type": "int64", "optional": true, "field": "ts_ms"},
             {"type": "int64", "optional": true, "field": "ts_us"},
             {
                 "type": "struct",
@@ -151,15 +153,42 @@ pub fn envelope_schema(topic: &str, row: &RowEncoder) -> Json {
                 "optional": false,
                 "field": "source",
                 "fields": [
+                    {"type": "string", "optional": false, "field": "version"},
+                    {"type": "int64", "optional": true, "field": "ts_ms"},
                     {"type": "int64", "optional": true, "field": "ts_us"},
                     text("connector"),
                     text("name"),
                     text("db"),
                     text("schema"),
                     text("table"),
-                    text("weir_position"),
-                    text("txId"),
                     text("snapshot"),
+                    // Debezium's PostgreSQL connector: numbers (other sources' text
+                    // transaction ids do not fit it).
+                    int64("txId"),
+                    text("file"),
+                    int64("pos"),
+                    int64("row"),
+                    text("gtid"),
+                    int64("lsn"),
+                    text("change_lsn"),
+                    text("commit_lsn"),
+                    int64("event_serial_no"),
+                    text("scn"),
+                    text("commit_scn"),
+                    int64("ord"),
+                    text("sequence"),
+                    int64("xmin"),
+                    text("weir_position"),
+                ],
+            },
+            {
+                "type": "struct",
+                "optional": true,
+                "field": "transaction",
+                "fields": [
+                    {"type": "string", "optional": false, "field": "id"},
+                    {"type": "int64", "optional": false, "field": "total_order"},
+                    {"type": "int64", "optional": false, "field": "data_collection_order"},
                 ],
             },
             text("origin"),

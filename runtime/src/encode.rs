@@ -217,6 +217,78 @@ pub fn write_struct_row(out: &mut String, array: &StructArray, row: usize) {
     out.push('}');
 }
 
+/// Source-block fields that locate an event in its source's log, as the decoder keeps them
+/// (`lsn=123,txId=…`), with whether Debezium writes them as numbers.
+const POSITION_FIELDS: [(&str, bool); 12] = [
+    ("file", false),
+    ("pos", true),
+    ("row", true),
+    ("gtid", false),
+    ("lsn", true),
+    ("change_lsn", false),
+    ("commit_lsn", false),
+    ("event_serial_no", true),
+    ("scn", false),
+    ("commit_scn", false),
+    ("ord", true),
+    ("sequence", false),
+];
+
+/// Writes a source position (`lsn=34078720,sequence=["1","2"]`) back as the source
+/// block's own fields, as Debezium had them. A position that is not such a list is kept
+/// whole as `weir_position`.
+fn write_position(out: &mut String, position: &str) {
+    let starts_field = |at: &str| {
+        POSITION_FIELDS.iter().position(|(key, _)| {
+            at.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
+    };
+    // Values may hold commas (a GTID set, a sequence), so a field starts only where a
+    // comma is followed by a known key and `=`.
+    let mut fields: Vec<(usize, &str)> = Vec::new();
+    let mut rest = position;
+    let mut current = starts_field(rest);
+    while let Some(field) = current {
+        let value_start = POSITION_FIELDS[field].0.len() + 1;
+        let mut end = rest.len();
+        let mut next = None;
+        for (i, _) in rest.match_indices(',').filter(|(i, _)| *i >= value_start) {
+            if let Some(found) = starts_field(&rest[i + 1..]) {
+                end = i;
+                next = Some(found);
+                break;
+            }
+        }
+        fields.push((field, &rest[value_start..end]));
+        rest = if end < rest.len() {
+            &rest[end + 1..]
+        } else {
+            ""
+        };
+        current = next;
+    }
+    let numbers_ok = fields
+        .iter()
+        .all(|(field, value)| !POSITION_FIELDS[*field].1 || value.parse::<i64>().is_ok());
+    if fields.is_empty() || !rest.is_empty() || !numbers_ok {
+        out.push_str(",\"weir_position\":");
+        write_json_string(out, position);
+        return;
+    }
+    for (field, value) in fields {
+        let (key, number) = POSITION_FIELDS[field];
+        out.push(',');
+        write_json_string(out, key);
+        out.push(':');
+        if number {
+            out.push_str(value);
+        } else {
+            write_json_string(out, value);
+        }
+    }
+}
+
 /// Appends one change as a Debezium-style JSON event (the bare payload form), so a change
 /// log written by weir can be read back by weir.
 pub fn write_change(out: &mut String, batch: &ChangeBatch, row: usize) {
@@ -239,46 +311,63 @@ pub fn write_change_with(
     write_image(out, batch.after(), row);
     out.push_str(",\"op\":");
     write_json(out, column(envelope::OP).as_ref(), row);
-    let event_time = column(envelope::EVENT_TIME);
-    if event_time.is_valid(row) {
-        out.push_str(",\"ts_us\":");
-        let micros = event_time
-            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-            .value(row);
-        let _ = write!(out, "{micros}");
+    let micros = |name: &str| {
+        let times = column(name);
+        times.is_valid(row).then(|| {
+            times
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row)
+        })
+    };
+    if let Some(us) = micros(envelope::EVENT_TIME) {
+        let _ = write!(out, ",\"ts_ms\":{},\"ts_us\":{us}", us.div_euclid(1000));
     }
-    out.push_str(",\"source\":{");
-    let mut first = true;
-    let source_time = column(envelope::SOURCE_TIME);
-    if source_time.is_valid(row) {
-        let micros = source_time
-            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-            .value(row);
-        let _ = write!(out, "\"ts_us\":{micros}");
-        first = false;
+    out.push_str(",\"source\":{\"version\":\"weir-");
+    out.push_str(env!("CARGO_PKG_VERSION"));
+    out.push('"');
+    if let Some(us) = micros(envelope::SOURCE_TIME) {
+        let _ = write!(out, ",\"ts_ms\":{},\"ts_us\":{us}", us.div_euclid(1000));
     }
+    let text = |name: &str| {
+        let values = column(name);
+        values
+            .as_string_opt::<i32>()
+            .filter(|values| values.is_valid(row))
+            .map(|values| values.value(row).to_string())
+    };
     for (name, key) in [
         (envelope::SOURCE_CONNECTOR, "connector"),
         (envelope::SOURCE_NAME, "name"),
         (envelope::SOURCE_DB, "db"),
         (envelope::SOURCE_SCHEMA, "schema"),
         (envelope::SOURCE_TABLE, "table"),
-        (envelope::SOURCE_POSITION, "weir_position"),
-        (envelope::SOURCE_TXID, "txId"),
         (envelope::SOURCE_SNAPSHOT, "snapshot"),
     ] {
-        let values = column(name);
-        if values.is_valid(row) {
-            if !first {
-                out.push(',');
-            }
-            first = false;
+        if let Some(value) = text(name) {
+            out.push(',');
             write_json_string(out, key);
             out.push(':');
-            write_json(out, values.as_ref(), row);
+            write_json_string(out, &value);
         }
     }
-    out.push('}');
+    if let Some(tx) = text(envelope::SOURCE_TXID) {
+        out.push_str(",\"txId\":");
+        // Debezium writes PostgreSQL's transaction ids as numbers.
+        match tx.parse::<i64>() {
+            Ok(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Err(_) => write_json_string(out, &tx),
+        }
+    }
+    if let Some(position) = text(envelope::SOURCE_POSITION) {
+        write_position(out, &position);
+    }
+    if text(envelope::SOURCE_CONNECTOR).as_deref() == Some("postgresql") {
+        // Debezium's PostgreSQL connector always has it; weir does not track it.
+        out.push_str(",\"xmin\":null");
+    }
+    out.push_str("},\"transaction\":null");
     let origin = column(envelope::ORIGIN);
     if origin.is_valid(row) {
         out.push_str(",\"origin\":");
@@ -291,6 +380,31 @@ pub fn write_change_with(
 mod tests {
     use super::*;
     use arrow::array::{Decimal128Array, Float32Array, StringArray, TimestampMicrosecondArray};
+
+    #[test]
+    fn positions_go_back_to_their_own_fields() {
+        let written = |position: &str| {
+            let mut out = String::new();
+            write_position(&mut out, position);
+            out
+        };
+        assert_eq!(written("lsn=34078720"), r#","lsn":34078720"#);
+        // Commas inside values (a sequence, a GTID set) do not split fields.
+        assert_eq!(
+            written(r#"sequence=["1","2"],lsn=7"#),
+            r#","sequence":"[\"1\",\"2\"]","lsn":7"#
+        );
+        assert_eq!(
+            written("file=binlog.000003,pos=154,row=0,gtid=a:1-5,b:1-3"),
+            r#","file":"binlog.000003","pos":154,"row":0,"gtid":"a:1-5,b:1-3""#
+        );
+        // Not a list of known fields, or a number that is not one: kept whole.
+        assert_eq!(written("line=12"), r#","weir_position":"line=12""#);
+        assert_eq!(
+            written("lsn=0/16B3748"),
+            r#","weir_position":"lsn=0/16B3748""#
+        );
+    }
 
     #[test]
     fn values_render_exactly() {

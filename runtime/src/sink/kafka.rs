@@ -1,8 +1,8 @@
 //! The Kafka sink: every change, in order, as a record keyed by the row's primary key.
 //!
 //! Formats:
-//! - `debezium-json`: the Debezium payload (`before`, `after`, `op`, `ts_us`, `source`),
-//!   values in plain JSON (decimals as numbers, dates and timestamps as ISO text);
+//! - `debezium-json`: the Debezium payload (`before`, `after`, `op`, `ts_ms`, `ts_us`,
+//!   `source`, `transaction`) with Debezium's `source` fields, values in plain JSON (decimals as numbers, dates and timestamps as ISO text);
 //! - `debezium-json-schema`: `{"schema", "payload"}` as Kafka Connect's JsonConverter
 //!   writes with schemas enabled, values in Connect's native encodings, so a reader (weir
 //!   included) gets back exactly the types that went in;
@@ -50,7 +50,8 @@ pub struct KafkaSinkConfig {
     #[schemars(length(min = 1))]
     pub brokers: String,
     /// The topic to produce to. `{table}` in it is replaced by the target table's name, so
-    /// a many-table pipeline writes a topic per table (`shop.{table}`).
+    /// a many-table pipeline writes a topic per table (`shop.{table}`); `{source}` by the
+    /// source table's (`shop.{source}` gives Debezium's `shop.public.orders`).
     #[schemars(length(min = 1))]
     pub topic: String,
     /// The shape of each record's value.
@@ -76,14 +77,21 @@ impl KafkaSinkConfig {
         }
     }
 
-    /// The topic for a target table's changes.
-    pub fn topic_for(&self, table: &str) -> String {
-        self.topic.replace(TABLE, table)
+    /// The topic for a target table's changes, read from the source table `source`.
+    pub fn topic_for(&self, table: &str, source: &str) -> String {
+        topic_for(&self.topic, table, source)
     }
+}
+
+fn topic_for(template: &str, table: &str, source: &str) -> String {
+    template.replace(TABLE, table).replace(SOURCE, source)
 }
 
 /// The placeholder for the target table in `topic`.
 const TABLE: &str = "{table}";
+/// The placeholder for the source table (`public.orders`): `shop.{source}` names the
+/// topics as Debezium does (`<prefix>.<schema>.<table>`).
+const SOURCE: &str = "{source}";
 
 /// Whether `topic` is a name Kafka accepts: at most 249 characters of ASCII letters,
 /// digits, `.`, `_` and `-`, and not `.` or `..`.
@@ -108,10 +116,10 @@ impl KafkaSinkConfig {
     /// Problems with `topic`: a placeholder other than `{table}`, or characters Kafka
     /// refuses outside it.
     pub fn topic_problems(&self) -> Option<String> {
-        let sample = self.topic_for("t");
+        let sample = self.topic_for("t", "s.t");
         if sample.contains(['{', '}']) {
             return Some(format!(
-                "`{}` has a placeholder other than `{TABLE}`",
+                "`{}` has a placeholder other than `{TABLE}` and `{SOURCE}`",
                 self.topic
             ));
         }
@@ -177,7 +185,7 @@ impl KafkaSink {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
         let topic = match _pipeline.table() {
-            Some(table) => config.topic_for(&table.name),
+            Some(table) => config.topic_for(&table.name, &table.name),
             None => config.topic.clone(),
         };
         Ok(KafkaSink {
@@ -386,7 +394,7 @@ impl Sink for KafkaSink {
         let mut applied = Applied::default();
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let table = batch.table.target.as_deref().unwrap_or(&batch.table.name);
-            let topic = self.template.replace(TABLE, table);
+            let topic = topic_for(&self.template, table, &batch.table.name);
             if topic != self.topic {
                 check_topic_name(&topic).map_err(|e| {
                     SinkError::new(self.describe(), format!("table `{table}`: {e}"))

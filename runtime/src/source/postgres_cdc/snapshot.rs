@@ -78,6 +78,9 @@ pub struct Snapshot {
     chunk_rows: usize,
     lsn: u64,
     ts_ms: i64,
+    /// The copy's `txId`: the first transaction its snapshot does not see (every row it
+    /// reads was written before it). Debezium's snapshot events carry one too.
+    tx_id: Option<u32>,
     value: String,
     key: String,
     /// Every table of the copy, those finished by an earlier run included.
@@ -121,6 +124,16 @@ impl Snapshot {
                     format!("cannot read in the slot's snapshot: {}", describe_error(&e))
                 })?;
         }
+        // txid_* (not pg_snapshot_*) still works on PostgreSQL before 13; the low 32 bits
+        // are the xid, as pgoutput sends transactions' ids.
+        let tx_id = client
+            .query_one(
+                "SELECT (txid_snapshot_xmax(txid_current_snapshot()) % 4294967296)::bigint",
+                &[],
+            )
+            .ok()
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .and_then(|xid| u32::try_from(xid).ok());
         // A slot created now, where an earlier slot's copy had begun: that copy's rows
         // are older than this slot's stream, so every table is copied again.
         let earlier_copy = checkpoint
@@ -218,6 +231,7 @@ impl Snapshot {
             chunk_rows: config.chunk_rows.max(1),
             lsn,
             ts_ms: chrono::Utc::now().timestamp_millis(),
+            tx_id,
             value: String::new(),
             key: String::new(),
             names,
@@ -423,7 +437,7 @@ impl Snapshot {
             db: context.db,
             ts_ms: self.ts_ms,
             snapshot: "true",
-            tx_id: None,
+            tx_id: self.tx_id,
             lsn: self.lsn,
         }
     }

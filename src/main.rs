@@ -3,6 +3,7 @@
 mod cutover;
 mod plugin_tool;
 mod progress;
+mod resync;
 mod status;
 
 // The reader thread allocates each batch's buffers and the applier frees them; mimalloc
@@ -53,6 +54,10 @@ enum Command {
         /// No progress display.
         #[arg(short, long)]
         quiet: bool,
+        /// Resync when the source no longer holds the stored position, as
+        /// `lifecycle.resync: auto` does, for this run.
+        #[arg(long)]
+        resync: bool,
     },
     /// Check pipeline files without running them; every problem is reported with its
     /// file, line and column.
@@ -405,7 +410,8 @@ fn main() -> ExitCode {
             stop_when_idle,
             json,
             quiet,
-        } => run(pipeline, stop_when_idle, json, quiet),
+            resync,
+        } => run(pipeline, stop_when_idle, json, quiet, resync),
         Command::Validate { pipelines } => validate(&pipelines),
         Command::Status { pipeline, json } => status::status(&pipeline, json),
         Command::Cutover(args) => cutover::cutover(&args),
@@ -543,8 +549,14 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
 /// (docs/status.md).
 const RESYNC_REQUIRED: u8 = 3;
 
-fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool) -> ExitCode {
-    let pipeline = match config::load(&path) {
+fn run(
+    path: PathBuf,
+    stop_when_idle: Option<Duration>,
+    json: bool,
+    quiet: bool,
+    resync: bool,
+) -> ExitCode {
+    let mut pipeline = match config::load(&path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -560,8 +572,45 @@ fn run(path: PathBuf, stop_when_idle: Option<Duration>, json: bool, quiet: bool)
     let metrics = Arc::new(Metrics::default());
     let display =
         (!quiet && !json).then(|| progress::Display::start(&pipeline.config.name, metrics.clone()));
+    if resync {
+        pipeline.config.lifecycle.resync = config::ResyncMode::Auto;
+    }
     let options = RunOptions { stop_when_idle };
-    let result = pipeline::run(&pipeline, &options, metrics.clone(), stop);
+    let mut result = pipeline::run(&pipeline, &options, metrics.clone(), stop.clone());
+    // A Kafka source that found a gap stopped in `resync-required`: with `resync: auto`,
+    // repair the target from the reconcile source and run again (src/resync.rs). Once:
+    // a second gap right after a repair is a fault to look at, not to loop on.
+    let kafka = matches!(
+        pipeline.config.source,
+        weir_runtime::source::SourceConfig::Kafka(_)
+    );
+    if kafka
+        && result.is_err()
+        && pipeline.config.lifecycle.resync == config::ResyncMode::Auto
+        && metrics.lifecycle.current_phase() == Some(State::ResyncRequired)
+        && !metrics.lifecycle.gaps().is_empty()
+    {
+        match resync::repair_after_gap(&pipeline, &metrics) {
+            Ok(repaired) => {
+                tracing::warn!(%repaired, "resync: the target was repaired from the reconcile source; running again");
+                // The first run raised its stop flag to end its stages: a new one, which
+                // the signals raise too.
+                let stop = Arc::new(AtomicBool::new(false));
+                for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                    let _ = signal_hook::flag::register(signal, stop.clone());
+                }
+                result = pipeline::run(&pipeline, &options, metrics.clone(), stop);
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: pipeline `{}`: the resync's repair failed: {}",
+                    pipeline.config.name,
+                    weir_runtime::redact::redact(&e)
+                );
+                return ExitCode::from(RESYNC_REQUIRED);
+            }
+        }
+    }
     if let Some(display) = display {
         display.finish();
     }

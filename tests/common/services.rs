@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const INSTALL_TANSU: &str =
-    "cargo install tansu --version 0.6.0 --locked --features dynostore,postgres";
+    "cargo install tansu --version 0.6.0 --locked --features dynostore,postgres,libsql";
 const INSTALL_POSTGRES: &str =
     "apt-get install -y postgresql (or run scripts/test, which installs it)";
 
@@ -76,6 +76,8 @@ impl Broker {
         let log = self.dir.path().join("tansu.log");
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new("tansu")
+            // A file storage (`sqlite://tansu.db`) lives in the broker's own directory.
+            .current_dir(self.dir.path())
             .args([
                 "broker",
                 "--listener-url",
@@ -147,7 +149,39 @@ impl Broker {
         self.launch();
     }
 
+    /// Kills the broker and starts it again on the same port, on `storage` (the same
+    /// data with other settings, e.g. `?maintenance_interval=1s`).
+    #[allow(dead_code)]
+    pub fn restart_on(&mut self, storage: &str) {
+        self.storage = storage.to_string();
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Where a partition begins and ends now, as a consumer asking the broker sees it.
+    #[allow(dead_code)]
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("group.id", "watermarks")
+            .create()
+            .expect("consumer");
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .ok()
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// [`create_topic`](Self::create_topic) with topic settings, e.g.
+    /// `("retention.ms", "600000")`.
+    pub fn create_topic_with(&self, topic: &str, partitions: u32, settings: &[(&str, &str)]) {
+        let settings: Vec<String> = settings
+            .iter()
+            .flat_map(|(k, v)| ["--config".to_string(), format!("{k}={v}")])
+            .collect();
         let output = Command::new("tansu")
             .args([
                 "topic",
@@ -157,6 +191,7 @@ impl Broker {
                 &format!("tcp://{}", self.address()),
             ])
             .args(["--partitions", &partitions.to_string()])
+            .args(&settings)
             .output()
             .expect("run tansu topic create");
         assert!(
@@ -171,7 +206,19 @@ impl Broker {
     /// producer of the bundled librdkafka, one record per batch, waiting until every one is
     /// acknowledged.
     pub fn produce(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
-        self.produce_with(topic, records, &[], true)
+        self.produce_with(topic, records, &[], true, None)
+    }
+
+    /// [`produce`](Self::produce) with each record's create time set to `at_ms` (epoch
+    /// milliseconds), e.g. in the past for the broker's retention to delete them.
+    #[allow(dead_code)]
+    pub fn produce_at(
+        &self,
+        topic: &str,
+        records: &[(Option<String>, Option<String>)],
+        at_ms: i64,
+    ) {
+        self.produce_with(topic, records, &[], true, Some(at_ms))
     }
 
     /// [`produce`](Self::produce), the i-th record with the i-th list of headers.
@@ -181,13 +228,13 @@ impl Broker {
         records: &[(Option<String>, Option<String>)],
         headers: &[Vec<(&str, &str)>],
     ) {
-        self.produce_with(topic, records, headers, true)
+        self.produce_with(topic, records, headers, true, None)
     }
 
     /// [`produce`](Self::produce) with librdkafka's normal batching, for benchmarks that
     /// read a topic once from the start.
     pub fn produce_batched(&self, topic: &str, records: &[(Option<String>, Option<String>)]) {
-        self.produce_with(topic, records, &[], false)
+        self.produce_with(topic, records, &[], false, None)
     }
 
     fn produce_with(
@@ -196,6 +243,7 @@ impl Broker {
         records: &[(Option<String>, Option<String>)],
         headers: &[Vec<(&str, &str)>],
         one_per_batch: bool,
+        at_ms: Option<i64>,
     ) {
         use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
         let mut config = rdkafka::ClientConfig::new();
@@ -228,6 +276,9 @@ impl Broker {
             }
             if let Some(k) = key {
                 record = record.key(k.as_str());
+            }
+            if let Some(at) = at_ms {
+                record = record.timestamp(at);
             }
             if let Some(v) = value {
                 record = record.payload(v.as_str());

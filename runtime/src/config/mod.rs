@@ -470,6 +470,18 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
         for (option, message) in crate::kafka::check_options(&kafka.options) {
             report(key(&["source", "options", &option]), message, None);
         }
+        if let Some(Err(problem)) = kafka.heartbeat.as_ref().map(|h| h.topic(kafka)) {
+            report(key(&["source", "heartbeat"]), problem, None);
+        }
+        if config.lifecycle.resync == ResyncMode::Auto && config.reconcile.is_none() {
+            report(
+                key(&["lifecycle", "resync"]),
+                "a Kafka source resyncs by repairing the target from the source it \
+                 reconciles against: add a `reconcile:` section"
+                    .into(),
+                Some("or keep `resync: manual`: a gap then stops the run with exit code 3".into()),
+            );
+        }
     }
     if matches!(config.source, SourceConfig::PostgresCdc(_)) && config.tables.is_none() {
         report(

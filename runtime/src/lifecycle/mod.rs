@@ -185,6 +185,10 @@ struct Inner {
     /// The phase to enter once every copy is applied (the source reads ahead of the sink,
     /// so its own end of the copy is too early to say `streaming`).
     after_copies: Option<(State, String)>,
+    /// Streams whose stored position the source no longer holds: where they now begin.
+    gaps: BTreeMap<String, i64>,
+    /// Gaps the target was repaired after: where each stream began then.
+    repaired: BTreeMap<String, i64>,
 }
 
 impl Inner {
@@ -287,6 +291,41 @@ impl Lifecycle {
         inner.last_heartbeat = Some(inner.last_heartbeat.map_or(sent, |h| h.max(sent)));
         inner.lag.seconds = Some(seconds_between(sent, now));
         inner.lag.measured_at = Some(timestamp(now));
+    }
+
+    /// A heartbeat written at the source at `sent` was read (a Kafka source reads them
+    /// beside the changes, so they say the source lives, not how far the sink is behind).
+    pub fn heartbeat_seen(&self, sent: DateTime<Utc>) {
+        let mut inner = self.lock();
+        inner.last_heartbeat = Some(inner.last_heartbeat.map_or(sent, |h| h.max(sent)));
+    }
+
+    /// The source no longer holds `stream` from the stored position: it now begins at
+    /// `first`. Kept until [`gaps_repaired`](Self::gaps_repaired).
+    pub fn gap(&self, stream: &str, first: i64) {
+        self.lock().gaps.insert(stream.to_string(), first);
+    }
+
+    /// The gaps found, by stream: where each stream now begins.
+    pub fn gaps(&self) -> BTreeMap<String, i64> {
+        self.lock().gaps.clone()
+    }
+
+    /// The target was repaired from the source after the gaps found: a stream may now go
+    /// on from where it begins, as long as that is no later than when the gap was found
+    /// (changes deleted since the repair began would be a new gap).
+    pub fn gaps_repaired(&self) {
+        let mut inner = self.lock();
+        let gaps = std::mem::take(&mut inner.gaps);
+        inner.repaired.extend(gaps);
+    }
+
+    /// Whether a gap in `stream` up to `first` was repaired.
+    pub fn gap_repaired(&self, stream: &str, first: i64) -> bool {
+        self.lock()
+            .repaired
+            .get(stream)
+            .is_some_and(|repaired| first <= *repaired)
     }
 
     /// Changes written at the source up to `newest_ms` (epoch milliseconds) were applied now.

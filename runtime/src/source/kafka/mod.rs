@@ -7,6 +7,12 @@
 //! (so a crash between the sink's commit and the broker's commit neither loses nor repeats
 //! a change), else at the group's committed offset, else where `start` says.
 //!
+//! A stored position the broker no longer holds (retention deleted the records while the
+//! pipeline was stopped) is a gap, never skipped: the first record after an assignment is
+//! checked against the partition's log start, and a gap stops the run in
+//! `resync-required` (see [`KafkaSource::first_record`]). Debezium's heartbeats tell an
+//! idle source from a broken one ([`heartbeat`]).
+//!
 //! A broker that is down is not an error: librdkafka keeps reconnecting, the status line
 //! says so, and reading resumes when the broker is back.
 
@@ -24,12 +30,15 @@ use rdkafka::types::RDKafkaRespErr;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub mod heartbeat;
+
 use super::{Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
 use crate::config::LoadedPipeline;
 use crate::decode::Format;
 use crate::kafka::{Context, KafkaOptions, client_config};
 use crate::metrics::Metrics;
 use crate::position::{Checkpoint, Position, kafka_stream};
+use heartbeat::{HeartbeatWatch, KafkaHeartbeatConfig};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +67,10 @@ pub struct KafkaSourceConfig {
     /// `security.protocol: SASL_SSL`, `sasl.password: ${KAFKA_PASSWORD}`.
     #[serde(default)]
     pub options: KafkaOptions,
+    /// Debezium's heartbeats, e.g. `{ timeout: 60s }`: without a change event or a
+    /// heartbeat for `timeout`, the pipeline is `degraded`.
+    #[serde(default)]
+    pub heartbeat: Option<KafkaHeartbeatConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -84,34 +97,6 @@ struct Shared {
     expected: Mutex<HashMap<(String, i32), i64>>,
     /// Whether `expected` has entries (read per record without taking the lock).
     checking: AtomicBool,
-}
-
-/// Warns when the first record after an assignment is past the offset asked for. On a
-/// compacted topic that is normal; otherwise the broker skipped records (tansu 0.6 does,
-/// when the offset lies inside a record batch: see docs/decisions.md).
-fn check_first_offset(shared: &Shared, topic: &str, partition: i32, offset: i64) {
-    if !shared.checking.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut expected = shared.expected.lock().expect("expected lock");
-    if expected.is_empty() {
-        shared.checking.store(false, Ordering::Relaxed);
-        return;
-    }
-    if let Some(asked) = expected.remove(&(topic.to_string(), partition))
-        && offset > asked
-    {
-        tracing::warn!(
-            topic,
-            partition,
-            asked,
-            received = offset,
-            "the broker's first record is past the offset asked for: offsets {asked}..{} were \
-                 skipped. Normal on a compacted topic; otherwise the broker did not return the \
-                 record batch holding the offset, and those changes are missing",
-            offset - 1
-        );
-    }
 }
 
 /// librdkafka settings weir changes unless `options` names them.
@@ -204,6 +189,9 @@ pub struct KafkaSource {
     last_stream: Option<(i32, Arc<str>, Arc<str>)>,
     subscription: Vec<String>,
     subscribed: bool,
+    heartbeat: Option<HeartbeatWatch>,
+    metrics: Arc<Metrics>,
+    resync_auto: bool,
 }
 
 /// The librdkafka consumer settings: the user's `options`, weir's tuned defaults where
@@ -250,9 +238,15 @@ impl KafkaSource {
         };
         let client = consumer_config(config, &pipeline.config.name);
         let shared = Arc::new(Shared::default());
+        let heartbeat = config
+            .heartbeat
+            .as_ref()
+            .map(|h| HeartbeatWatch::open(config, h, &pipeline.config.name, metrics.clone()))
+            .transpose()
+            .map_err(error)?;
         let context = SourceContext {
             base: Context {
-                metrics,
+                metrics: metrics.clone(),
                 component: "kafka source",
             },
             shared: shared.clone(),
@@ -273,6 +267,132 @@ impl KafkaSource {
             last_stream: None,
             subscription,
             subscribed: false,
+            heartbeat,
+            metrics,
+            resync_auto: pipeline.config.lifecycle.resync == crate::config::ResyncMode::Auto,
+        })
+    }
+
+    /// Checks the first record after an assignment against the offset asked for. Past it
+    /// is normal on a compacted topic (and tansu 0.6 does it when the offset lies inside a
+    /// record batch: see docs/decisions.md); but when the partition's log now begins past
+    /// the offset asked for, retention deleted changes weir never applied: a gap.
+    fn first_record(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SourceError> {
+        if !self.shared.checking.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let asked = {
+            let mut expected = self.shared.expected.lock().expect("expected lock");
+            let asked = expected.remove(&(topic.to_string(), partition));
+            if expected.is_empty() {
+                self.shared.checking.store(false, Ordering::Relaxed);
+            }
+            asked
+        };
+        let Some(asked) = asked.filter(|asked| offset != *asked) else {
+            return Ok(());
+        };
+        if offset < asked {
+            // Records before the position asked for: the broker has reset the partition
+            // (it ended before that position: the topic was deleted and created again, or
+            // the broker lost records). What was stored no longer describes this log.
+            return self.gap(
+                topic,
+                partition,
+                asked,
+                offset,
+                format!(
+                    "the broker sent offset {offset}, before the stored position {asked}: the \
+                     partition ended before it (the topic was deleted and created again, or the \
+                     broker lost records)"
+                ),
+            );
+        }
+        match self
+            .consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        {
+            Ok((first, _)) if first > asked => self.gap(
+                topic,
+                partition,
+                asked,
+                first,
+                format!(
+                    "the stored position is offset {asked}, but the broker now begins the \
+                     partition at offset {first}: offsets {asked}..{} were deleted (retention) \
+                     before weir applied them",
+                    first - 1
+                ),
+            ),
+            Ok(_) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    asked,
+                    received = offset,
+                    "the broker's first record is past the offset asked for: offsets \
+                     {asked}..{} were skipped. Normal on a compacted topic; otherwise the \
+                     broker did not return the record batch holding the offset, and those \
+                     changes are missing",
+                    offset - 1
+                );
+                Ok(())
+            }
+            // Not knowing is not a reason to skip: stop, and the next run looks again.
+            Err(e) => Err(SourceError {
+                source_name: self.description.clone(),
+                message: format!(
+                    "{topic}/{partition}: asked for offset {asked} and received {offset}, and \
+                     cannot read where the partition begins to tell retention from compaction: {e}"
+                ),
+                retryable: false,
+            }),
+        }
+    }
+
+    /// The partition no longer holds the stored position `asked`: it begins at `first`
+    /// (`what` says how it was found). Unless the
+    /// target was repaired since the gap was found, the pipeline is `resync-required` and
+    /// the run stops; `weir run` repairs it from the `reconcile` source with
+    /// `lifecycle.resync: auto` (or `--resync`) and runs again.
+    fn gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        asked: i64,
+        first: i64,
+        what: String,
+    ) -> Result<(), SourceError> {
+        let stream = kafka_stream(topic, partition);
+        let lifecycle = &self.metrics.lifecycle;
+        if lifecycle.gap_repaired(&stream, first) {
+            tracing::info!(
+                %stream,
+                from = first,
+                "the target was repaired from the source after this gap; going on"
+            );
+            return Ok(());
+        }
+        tracing::debug!(%stream, asked, first, "gap");
+        let message = format!("{stream}: {what}");
+        lifecycle.gap(&stream, first);
+        lifecycle.phase(crate::lifecycle::State::ResyncRequired, &message);
+        lifecycle.refresh(&self.metrics.health);
+        let advice = match self.resync_auto {
+            true => format!(
+                "weir repairs the target from the pipeline's `reconcile` source, then goes on \
+                 from offset {first}"
+            ),
+            false => format!(
+                "run `weir run PIPELINE --resync` (or set `lifecycle: {{ resync: auto }}`): \
+                 weir repairs the target from the pipeline's `reconcile` source, then goes on \
+                 from offset {first}"
+            ),
+        };
+        Err(SourceError {
+            source_name: self.description.clone(),
+            message: format!("{message}. Resync: {advice}"),
+            retryable: false,
         })
     }
 
@@ -294,6 +414,16 @@ impl KafkaSource {
             topic,
             partition,
             offset,
+        }
+    }
+}
+
+impl KafkaSource {
+    /// Records arrived: the source lives; heartbeats read meanwhile are taken in.
+    fn heartbeat_between_records(&mut self) {
+        if let Some(heartbeat) = self.heartbeat.as_mut() {
+            heartbeat.events_arrived();
+            heartbeat.check(false);
         }
     }
 }
@@ -324,6 +454,7 @@ impl Source for KafkaSource {
         let mut elapsed = Duration::ZERO;
         loop {
             if limits.filled(batch) {
+                self.heartbeat_between_records();
                 return Ok(PollStatus::Records);
             }
             // While records flow, reading the clock for each one costs more than a batch
@@ -333,6 +464,7 @@ impl Source for KafkaSource {
             }
             if elapsed >= limits.max_wait {
                 if !batch.is_empty() {
+                    self.heartbeat_between_records();
                     return Ok(PollStatus::Records);
                 }
                 // Without partitions (the group is still assigning them) there is nothing
@@ -343,6 +475,9 @@ impl Source for KafkaSource {
                     .lock()
                     .expect("assigned lock")
                     .is_empty();
+                if let Some(heartbeat) = self.heartbeat.as_mut() {
+                    heartbeat.check(true);
+                }
                 return Ok(if owns_partitions {
                     PollStatus::Idle
                 } else {
@@ -358,12 +493,7 @@ impl Source for KafkaSource {
                     if batch.is_empty() {
                         self.consumer.context().base.ok();
                     }
-                    check_first_offset(
-                        &self.shared,
-                        message.topic(),
-                        message.partition(),
-                        message.offset(),
-                    );
+                    self.first_record(message.topic(), message.partition(), message.offset())?;
                     let position =
                         self.position(message.topic(), message.partition(), message.offset());
                     // Borrowed from the message; the batch copies them once.
@@ -388,6 +518,7 @@ impl Source for KafkaSource {
                     // Transport trouble: librdkafka retries; report and keep polling.
                     self.consumer.context().base.failing(&e.to_string());
                     if !batch.is_empty() {
+                        self.heartbeat_between_records();
                         return Ok(PollStatus::Records);
                     }
                 }

@@ -14,7 +14,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)]
 mod support;
 
 use std::io::{Read, Write};
@@ -33,24 +32,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        rows: 100_000,
-        repeat: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or_else(|| panic!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--rows" => args.rows = value(),
-            "--repeat" => args.repeat = value().max(1),
-            _ => {}
-        }
+    let values = support::number_args(&[("--rows", 100_000), ("--repeat", 1)]);
+    Args {
+        rows: values[0],
+        repeat: values[1].max(1),
     }
-    args
 }
 
 fn table_ddl(table: &str) -> String {
@@ -130,31 +116,13 @@ fn weir_copy(pg: &Postgres, ws: &Workspace, target: &str, run: usize, rows: i64)
         assert!(started.elapsed() < Duration::from_secs(3600), "too slow");
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds(pid);
+    let cpu = support::process_cpu_seconds(pid);
     let _ = child.kill();
     let _ = child.wait();
     pg.client("source")
         .execute("SELECT pg_drop_replication_slot($1)", &[&name])
         .unwrap();
     (seconds, cpu)
-}
-
-/// User + system CPU seconds of a running process, from `/proc/<pid>/stat`.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 fn main() {

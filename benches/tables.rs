@@ -20,7 +20,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 // Each benchmark uses some of the shared helpers.
-#[allow(dead_code)]
 mod support;
 
 use std::fmt::Write as _;

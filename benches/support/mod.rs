@@ -1,4 +1,6 @@
-//! What the benchmarks share: medians and CPU time.
+//! What the benchmarks share: medians, CPU time, number arguments.
+// Each benchmark uses a part of this module.
+#![allow(dead_code)]
 
 /// Sorts `values` and returns their median.
 pub fn median(values: &mut [f64]) -> Option<f64> {
@@ -22,4 +24,39 @@ pub fn cpu_seconds(who: i32) -> f64 {
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// User + system CPU seconds of a running process, from `/proc/<pid>/stat`.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The value after each `--name` among the arguments, parsed as a number: `names` gives
+/// each name with its default. A name without a number is an error.
+pub fn number_args(names: &[(&str, usize)]) -> Vec<usize> {
+    let mut values: Vec<usize> = names.iter().map(|(_, default)| *default).collect();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        if let Some(i) = names.iter().position(|(name, _)| *name == arg) {
+            values[i] = it
+                .next()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{arg} needs a number"));
+        }
+    }
+    values
 }

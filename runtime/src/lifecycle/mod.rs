@@ -505,6 +505,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gap_counts_as_repaired_only_up_to_where_the_stream_began_when_found() {
+        let lifecycle = Lifecycle::default();
+        let stream = "kafka:orders/0";
+        lifecycle.gap(stream, 2200);
+        assert!(!lifecycle.gap_repaired(stream, 2200), "not repaired yet");
+        lifecycle.gaps_repaired();
+        assert!(lifecycle.gaps().is_empty());
+        assert!(lifecycle.gap_repaired(stream, 2200));
+        assert!(lifecycle.gap_repaired(stream, 2100));
+        // Retention deleted more since: a new gap.
+        assert!(!lifecycle.gap_repaired(stream, 2300));
+        assert!(!lifecycle.gap_repaired("kafka:orders/1", 10));
+    }
+
+    #[test]
     fn the_state_follows_the_phase_health_and_lag() {
         let lifecycle = Lifecycle::default();
         let health = Health::default();

@@ -16,6 +16,9 @@
 //! (both apply a table's transactions in commit order), and every table must then equal
 //! the source. They run one after the other, never side by side.
 //!
+//! Beside them, `pg_recvlogical` reads the same backlog into /dev/null from a third slot:
+//! the rate one slot's walsender decodes at, which no reader of one slot can pass.
+//!
 //! Lag: weir streams while a writer updates rows at half the rate weir caught up at, and
 //! weir's heartbeats (one a second) measure the time from a heartbeat's writing at the
 //! source to the sink applying it; the status's lag is sampled as it changes.
@@ -184,6 +187,8 @@ fn create_slot(pg: &Postgres, slot: &str) {
 }
 
 struct Run {
+    /// The walsender alone: `pg_recvlogical` writing the backlog to /dev/null.
+    walsender: f64,
     subscription: f64,
     weir: f64,
     weir_cpu: f64,
@@ -194,8 +199,10 @@ fn catch_up(pg: &Postgres, ws: &Workspace, rows: usize, changes: usize, run: usi
     copy_tables(pg, &sub_db);
     copy_tables(pg, &weir_db);
     let (sub_slot, weir_slot) = (format!("sub_slot{run}"), format!("weir_slot{run}"));
+    let recv_slot = format!("recv_slot{run}");
     create_slot(pg, &sub_slot);
     create_slot(pg, &weir_slot);
+    create_slot(pg, &recv_slot);
     let backlog = Instant::now();
     write_backlog(pg, rows, changes, run);
     println!(
@@ -203,6 +210,35 @@ fn catch_up(pg: &Postgres, ws: &Workspace, rows: usize, changes: usize, run: usi
         backlog.elapsed().as_secs_f64()
     );
     let source = digests(pg, "source");
+    let end: String = pg
+        .client("source")
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+
+    // The floor: one slot's walsender decodes the backlog at this rate for any reader.
+    let started = Instant::now();
+    let status = std::process::Command::new(common::services::find_pg_binary("pg_recvlogical"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-d", "source", "--slot", &recv_slot, "--start", "-P", "pgoutput",
+        ])
+        .args(["-o", "proto_version=1", "-o", "publication_names=bench_pub"])
+        .args(["-E", &end, "-f", "/dev/null"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_recvlogical failed");
+    let walsender = started.elapsed().as_secs_f64();
+    pg.client("source")
+        .execute("SELECT pg_drop_replication_slot($1)", &[&recv_slot])
+        .unwrap();
 
     // PostgreSQL's own: a subscription on the same publication, from its slot.
     let mut sub = pg.client(&sub_db);
@@ -233,6 +269,7 @@ fn catch_up(pg: &Postgres, ws: &Workspace, rows: usize, changes: usize, run: usi
         .execute("SELECT pg_drop_replication_slot($1)", &[&weir_slot])
         .unwrap();
     Run {
+        walsender,
         subscription,
         weir,
         weir_cpu,
@@ -368,6 +405,11 @@ fn main() {
     let (mut subs, mut weirs, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..repeat {
         let r = catch_up(&pg, &ws, rows, changes, run);
+        println!(
+            "  pg_recvlogical       {:7.2} s  {:>9.0} changes/s  (the walsender alone, to /dev/null)",
+            r.walsender,
+            changes as f64 / r.walsender
+        );
         println!(
             "  CREATE SUBSCRIPTION  {:7.2} s  {:>9.0} changes/s",
             r.subscription,

@@ -324,3 +324,54 @@ fn a_retention_gap_is_never_skipped_and_a_resync_repairs_it_from_the_source() {
         "{transitions:?}"
     );
 }
+
+/// The lag in events from Kafka counts what the sink has not applied: while the target
+/// table is locked, the records read stay in it; once the lock goes, it falls to 0.
+#[test]
+fn kafka_lag_in_events_counts_the_records_the_sink_has_not_applied() {
+    let pg = Postgres::start();
+    pg.create_database("target");
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let stream = change_stream(400, 100, 9);
+    let (first, second) = stream.lines.split_at(200);
+    broker.produce(TOPIC, &keyed(first));
+    let ws = Workspace::new();
+    let pipeline = ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: items-sync\n\
+             source:\n  type: kafka\n  brokers: {}\n  topics: [{TOPIC}]\n  group_id: weir-items\n  \
+             options: {{ session.timeout.ms: 6000, statistics.interval.ms: 200 }}\n\
+             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+             sink: {{ type: postgres, url: '{}', table: public.items, mode: upsert, create: true }}\n\
+             batch: {{ max_wait: 100ms }}\n",
+            broker.address(),
+            pg.url("target")
+        ),
+    );
+    let running: Running = start(&ws, &pipeline);
+    let lag = |s: &serde_json::Value| s["lag"]["events"].as_u64();
+    wait_for_status(&ws, &pipeline, Duration::from_secs(60), "caught up", |s| {
+        s["rows_applied"].as_u64() == Some(200) && lag(s) == Some(0)
+    });
+    // Locked: the sink waits, the records stay unapplied.
+    let mut locker = pg.client("target");
+    let mut lock = locker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE public.items IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    broker.produce(TOPIC, &keyed(second));
+    let behind = wait_for_status(&ws, &pipeline, Duration::from_secs(60), "200 behind", |s| {
+        lag(s) == Some(200)
+    });
+    assert_eq!(behind["rows_applied"].as_u64(), Some(200), "{behind:#}");
+    lock.rollback().unwrap();
+    wait_for_status(
+        &ws,
+        &pipeline,
+        Duration::from_secs(60),
+        "caught up again",
+        |s| s["rows_applied"].as_u64() == Some(400) && lag(s) == Some(0),
+    );
+    drop(running);
+}

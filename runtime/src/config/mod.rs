@@ -483,6 +483,19 @@ fn semantic_checks(config: &PipelineConfig, root: &Node) -> Vec<Diagnostic> {
             );
         }
     }
+    if let SourceConfig::PostgresCdc(cdc) = &config.source {
+        for (i, pattern) in cdc.skip_origins.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                let mut path = key(&["source", "skip_origins"]);
+                path.push(PathSegment::Index(i));
+                report(
+                    path,
+                    format!("`{pattern}` is not an origin pattern: {e}"),
+                    None,
+                );
+            }
+        }
+    }
     if matches!(config.source, SourceConfig::PostgresCdc(_)) && config.tables.is_none() {
         report(
             key(&["source"]),

@@ -105,7 +105,14 @@ struct Shared {
 /// librdkafka stops fetching for this long, 1 s by default; weir drains the queue well
 /// before that and then waits idle. 100 ms keeps the queue fed: the end-to-end benchmark
 /// went from ≈ 215k to ≈ 280k events/s (docs/benchmarks.md).
-const TUNED_DEFAULTS: [(&str, &str); 1] = [("fetch.queue.backoff.ms", "100")];
+///
+/// `statistics.interval.ms`: librdkafka's statistics give each partition's lag (the
+/// broker's end less the group's committed offset, which weir commits only once the sink
+/// has applied everything before it): the status's lag in events, every 5 s.
+const TUNED_DEFAULTS: [(&str, &str); 2] = [
+    ("fetch.queue.backoff.ms", "100"),
+    ("statistics.interval.ms", "5000"),
+];
 
 const METADATA_REFRESH: &str = "topic.metadata.refresh.interval.ms";
 /// How often a `topic_pattern` subscription looks for new topics, unless `options` say.
@@ -123,6 +130,21 @@ impl rdkafka::client::ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.base.error(error, reason);
+    }
+
+    /// The lag in events: over the partitions this process owns, the broker's end less
+    /// the committed offset (none while no partition's lag is known).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = None;
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                // Partition -1 is librdkafka's own; -1 lag means not known yet.
+                if partition.partition >= 0 && partition.desired && partition.consumer_lag >= 0 {
+                    *lag.get_or_insert(0u64) += partition.consumer_lag as u64;
+                }
+            }
+        }
+        self.base.metrics.lifecycle.lag_events(lag);
     }
 }
 

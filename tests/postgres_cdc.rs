@@ -49,6 +49,17 @@ fn copies_every_table_then_streams_each_kind_of_change() {
 
     let weir_run = start(&ws, &file);
     wait_until_same(&pg, &ws, &tables, Duration::from_secs(60));
+    // An unconstrained numeric (its scale varies by row) stays a numeric in the target.
+    let amount: String = pg
+        .client("target")
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'public.orders'::regclass AND attname = 'amount'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(amount, "numeric");
 
     // Every kind of change, while weir streams, each statement its own transaction
     // unless it says otherwise.

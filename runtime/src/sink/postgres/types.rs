@@ -20,6 +20,10 @@ pub fn pg_type(field: &Field) -> String {
         DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("numeric({p},{s})"),
         DataType::Utf8 if semantic == Some("io.debezium.data.Json") => "jsonb".into(),
         DataType::Utf8 if semantic == Some("io.debezium.data.Uuid") => "uuid".into(),
+        // Exact decimal text whose scale varies by row: an unconstrained numeric holds it.
+        DataType::Utf8 if semantic == Some("io.debezium.data.VariableScaleDecimal") => {
+            "numeric".into()
+        }
         DataType::Binary => "bytea".into(),
         DataType::Date32 => "date".into(),
         DataType::Time32(_) | DataType::Time64(_) => "time".into(),

@@ -279,6 +279,16 @@ impl Lifecycle {
         self.lock().phase.as_ref().map(|(s, _)| *s)
     }
 
+    /// Whether an earlier run's status says `table` was copied: `None` when there is no
+    /// earlier status with tables to tell.
+    pub fn was_copied(&self, table: &str) -> Option<bool> {
+        let inner = self.lock();
+        if inner.tables.is_empty() {
+            return None;
+        }
+        Some(inner.tables.get(table).is_some_and(|t| t.copied))
+    }
+
     /// Updates one table's status.
     pub fn table(&self, table: &str, update: impl FnOnce(&mut TableStatus)) {
         update(self.lock().tables.entry(table.to_string()).or_default());

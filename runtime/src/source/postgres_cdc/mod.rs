@@ -171,6 +171,9 @@ pub struct PostgresCdcSource {
     metrics: Arc<Metrics>,
     /// `lifecycle.resync: auto`: a gap copies every table again instead of stopping.
     resync_auto: bool,
+    /// The tables selected when the run began (a table added to the publication later
+    /// has not been copied).
+    selected: std::collections::HashSet<String>,
 }
 
 impl PostgresCdcSource {
@@ -209,6 +212,7 @@ impl PostgresCdcSource {
             last_lag_probe: None,
             metrics,
             resync_auto: pipeline.config.lifecycle.resync == crate::config::ResyncMode::Auto,
+            selected: Default::default(),
         })
     }
 
@@ -240,6 +244,24 @@ impl PostgresCdcSource {
             ),
             false,
         ))
+    }
+
+    /// `table` streams without having been copied (it was added to the publication after
+    /// the copy): its rows from before are not in the target. Said in the log and in the
+    /// status, table and last error, so the gap is not silent.
+    fn not_copied(&self, table: &str) {
+        let message = format!(
+            "{table} was added to the publication after the copy: its changes stream, but \
+             its rows from before are not in the target; copy them with a run with \
+             `snapshot: always`, or `weir reconcile --repair apply`"
+        );
+        tracing::warn!(%table, "{message}");
+        let lifecycle = &self.metrics.lifecycle;
+        lifecycle.table(table, |t| {
+            t.state = Some(State::Streaming);
+            t.copied = false;
+        });
+        lifecycle.error(&message);
     }
 
     /// The stream runs: the pipeline is `streaming` once the sink has applied every
@@ -377,6 +399,22 @@ impl Source for PostgresCdcSource {
 
         let key = stream_key(&self.config.slot);
         let stored = checkpoint.get(&key).map(|r| r.next.max(0) as u64);
+        self.selected = tables.iter().map(SourceTable::name).collect();
+        // Streamed before, yet never copied: published after that run's copy.
+        let never_copied: Vec<String> = match (stored, self.config.snapshot) {
+            (Some(_), SnapshotMode::Initial) => self
+                .selected
+                .iter()
+                .filter(|table| {
+                    // An empty table's copy leaves no position; the earlier status says.
+                    let base = snapshot::table_stream(table);
+                    !checkpoint.streams.keys().any(|s| s.starts_with(&base))
+                        && self.metrics.lifecycle.was_copied(table) == Some(false)
+                })
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         // Why the tables must be copied again, and from which slot position, when the
         // source no longer holds the sink's position (a gap).
         let mut resync: Option<(String, Option<u64>)> = None;
@@ -492,6 +530,9 @@ impl Source for PostgresCdcSource {
             Phase::Copying(Box::new(snapshot), Box::new(stream))
         } else {
             stream.start().map_err(|e| self.error(e, true))?;
+            for table in &never_copied {
+                self.not_copied(table);
+            }
             self.streaming(tables.iter().map(SourceTable::name));
             Phase::Streaming(Box::new(stream))
         };
@@ -536,6 +577,11 @@ impl Source for PostgresCdcSource {
                 let meta = self.meta.as_mut();
                 match stream.poll(batch, limits, meta, &mut self.domains) {
                     Ok(status) => {
+                        for table in stream.take_relations_seen() {
+                            if self.selected.insert(table.clone()) {
+                                self.not_copied(&table);
+                            }
+                        }
                         self.phase = Phase::Streaming(stream);
                         Ok(status)
                     }

@@ -57,6 +57,9 @@ pub struct Stream {
     server: String,
     db: String,
     tables: HashMap<u32, Table>,
+    /// Tables whose relation message arrived, for the source to spot one it did not
+    /// select at the start (added to the publication since).
+    relations_seen: Vec<String>,
     transaction: Option<Transaction>,
     pending: Option<Pending>,
     value: String,
@@ -107,6 +110,7 @@ impl Stream {
             server: server.to_string(),
             db: db.to_string(),
             tables: HashMap::new(),
+            relations_seen: Vec::new(),
             transaction: None,
             pending: None,
             value: String::new(),
@@ -139,6 +143,11 @@ impl Stream {
     }
 
     /// Reads messages until the poll is full or nothing more arrives in time.
+    /// The tables whose relation message arrived since the last call.
+    pub fn take_relations_seen(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.relations_seen)
+    }
+
     pub fn poll(
         &mut self,
         batch: &mut RawBatch,
@@ -263,6 +272,7 @@ impl Stream {
                     relation_name.to_string(),
                     columns,
                 );
+                self.relations_seen.push(relation.name());
                 self.tables.insert(
                     relation_id,
                     Table {

@@ -16,13 +16,12 @@
 mod common;
 mod support;
 
-use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Workspace;
 use common::services::Postgres;
-use support::median;
+use support::{median, table_ddl};
 
 const TABLES: usize = 10;
 
@@ -39,13 +38,6 @@ fn args() -> Args {
     }
 }
 
-fn table_ddl(table: &str) -> String {
-    format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, customer text, price numeric(12,2),
-             qty int, placed timestamptz, day date, ok boolean, note text)"
-    )
-}
-
 /// `COPY TO STDOUT` of every table piped into `COPY FROM STDIN` of `target`.
 fn copy_baseline(pg: &Postgres, target: &str) -> f64 {
     let mut dst = pg.client(target);
@@ -55,17 +47,7 @@ fn copy_baseline(pg: &Postgres, target: &str) -> f64 {
     let mut src = pg.client("source");
     let started = Instant::now();
     for t in 0..TABLES {
-        let mut reader = src.copy_out(&format!("COPY t{t} TO STDOUT")).unwrap();
-        let mut writer = dst.copy_in(&format!("COPY t{t} FROM STDIN")).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = reader.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            writer.write_all(&buf[..n]).unwrap();
-        }
-        writer.finish().unwrap();
+        support::copy_table(&mut src, &mut dst, &format!("t{t}"));
     }
     started.elapsed().as_secs_f64()
 }

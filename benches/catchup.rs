@@ -27,7 +27,6 @@
 mod common;
 mod support;
 
-use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,18 +34,11 @@ use std::time::{Duration, Instant};
 
 use common::Workspace;
 use common::services::Postgres;
-use support::median;
+use support::{median, table_ddl};
 
 const TABLES: usize = 10;
 /// Rows updated per transaction of the backlog.
 const PER_TRANSACTION: usize = 100;
-
-fn table_ddl(table: &str) -> String {
-    format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, customer text, price numeric(12,2),
-             qty int, placed timestamptz, day date, ok boolean, note text)"
-    )
-}
 
 /// Each table's rows as one digest: equal digests, equal tables.
 fn digests(pg: &Postgres, database: &str) -> Vec<String> {
@@ -71,17 +63,7 @@ fn copy_tables(pg: &Postgres, target: &str) {
     let mut src = pg.client("source");
     for t in 0..TABLES {
         dst.batch_execute(&table_ddl(&format!("t{t}"))).unwrap();
-        let mut reader = src.copy_out(&format!("COPY t{t} TO STDOUT")).unwrap();
-        let mut writer = dst.copy_in(&format!("COPY t{t} FROM STDIN")).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = reader.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            writer.write_all(&buf[..n]).unwrap();
-        }
-        writer.finish().unwrap();
+        support::copy_table(&mut src, &mut dst, &format!("t{t}"));
     }
 }
 

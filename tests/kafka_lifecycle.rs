@@ -5,27 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cdc::{Running, start, status_json, wait_for_status};
+use common::cdc::{Running, start, status_json, transition_targets, wait_for_status};
 use common::services::{Broker, Postgres};
-use common::{STREAM_COLUMNS, Workspace, change_stream, weir};
+use common::{STREAM_COLUMNS, Workspace, change_stream, keyed_by_row_id, weir};
 
 const TOPIC: &str = "shop.public.items";
 const HEARTBEATS: &str = "__debezium-heartbeat.shop";
-
-/// Debezium's records: keyed by the row's id.
-fn keyed(lines: &[String]) -> Vec<(Option<String>, Option<String>)> {
-    lines
-        .iter()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let image = if v["op"] == "d" { "before" } else { "after" };
-            (
-                Some(format!("{{\"id\":{}}}", v[image]["id"])),
-                Some(line.clone()),
-            )
-        })
-        .collect()
-}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -73,7 +58,7 @@ fn missing_heartbeats_degrade_the_pipeline_and_returning_ones_restore_it() {
     broker.create_topic(TOPIC, 1);
     broker.create_topic(HEARTBEATS, 1);
     let stream = change_stream(300, 60, 5);
-    broker.produce(TOPIC, &keyed(&stream.lines));
+    broker.produce(TOPIC, &keyed_by_row_id(&stream.lines));
     let ws = Workspace::new();
     let timeout = 3;
     let pipeline = ws.write(
@@ -155,12 +140,7 @@ fn missing_heartbeats_degrade_the_pipeline_and_returning_ones_restore_it() {
         "streaming after the heartbeats came back",
         |s| s["state"] == "streaming",
     );
-    let transitions: Vec<&str> = back["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["to"].as_str())
-        .collect();
+    let transitions = transition_targets(&back);
     assert!(
         transitions.ends_with(&["streaming", "degraded", "streaming"]),
         "{transitions:?}"
@@ -249,7 +229,7 @@ fn a_retention_gap_is_never_skipped_and_a_resync_repairs_it_from_the_source() {
     );
     // Written an hour ago: old enough for the retention to delete, once it runs.
     let an_hour_ago = now_ms() - 3_600_000;
-    broker.produce_at(TOPIC, &keyed(applied), an_hour_ago);
+    broker.produce_at(TOPIC, &keyed_by_row_id(applied), an_hour_ago);
     let first = run(&ws, &pipeline, &[]);
     assert!(
         first.status.success(),
@@ -266,8 +246,8 @@ fn a_retention_gap_is_never_skipped_and_a_resync_repairs_it_from_the_source() {
 
     // While weir is stopped: more changes, the older ones past retention; the broker's
     // retention runs (every second from now on) and deletes them.
-    broker.produce_at(TOPIC, &keyed(lost), an_hour_ago);
-    broker.produce(TOPIC, &keyed(kept));
+    broker.produce_at(TOPIC, &keyed_by_row_id(lost), an_hour_ago);
+    broker.produce(TOPIC, &keyed_by_row_id(kept));
     assert_eq!(broker.watermarks(TOPIC, 0), Some((0, 3000)));
     broker.restart_on("sqlite://tansu.db?maintenance_interval=1s");
     let started = Instant::now();
@@ -313,12 +293,7 @@ fn a_retention_gap_is_never_skipped_and_a_resync_repairs_it_from_the_source() {
         String::from_utf8_lossy(&reconcile.stdout)
     );
     let status = status_json(&ws, &pipeline).expect("a status");
-    let transitions: Vec<&str> = status["transitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["to"].as_str())
-        .collect();
+    let transitions = transition_targets(&status);
     assert!(
         transitions.ends_with(&["resync-required", "snapshotting", "streaming"]),
         "{transitions:?}"
@@ -335,7 +310,7 @@ fn kafka_lag_in_events_counts_the_records_the_sink_has_not_applied() {
     broker.create_topic(TOPIC, 1);
     let stream = change_stream(400, 100, 9);
     let (first, second) = stream.lines.split_at(200);
-    broker.produce(TOPIC, &keyed(first));
+    broker.produce(TOPIC, &keyed_by_row_id(first));
     let ws = Workspace::new();
     let pipeline = ws.write(
         "pipeline.yaml",
@@ -360,7 +335,7 @@ fn kafka_lag_in_events_counts_the_records_the_sink_has_not_applied() {
     let mut lock = locker.transaction().unwrap();
     lock.batch_execute("LOCK TABLE public.items IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    broker.produce(TOPIC, &keyed(second));
+    broker.produce(TOPIC, &keyed_by_row_id(second));
     let behind = wait_for_status(&ws, &pipeline, Duration::from_secs(60), "200 behind", |s| {
         lag(s) == Some(200)
     });

@@ -10,22 +10,8 @@ use std::time::{Duration, Instant};
 use common::services::{Broker, Postgres};
 use common::{
     FULL_TYPES_COLUMNS, STREAM_COLUMNS, Stream, Workspace, change_stream, compact_json, fixture,
-    json_lines, weir,
+    json_lines, keyed_by_row_id, weir,
 };
-
-fn keyed(lines: &[String]) -> Vec<(Option<String>, Option<String>)> {
-    lines
-        .iter()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let image = if v["op"] == "d" { "before" } else { "after" };
-            (
-                Some(format!("{{\"id\":{}}}", v[image]["id"])),
-                Some(line.clone()),
-            )
-        })
-        .collect()
-}
 
 /// A Kafka → PostgreSQL pipeline file; the topic has the table's name.
 fn pipeline(
@@ -207,7 +193,7 @@ fn setup(
     pg.create_database("target");
     broker.create_topic("items", partitions);
     let stream = change_stream(events, keys, seed);
-    broker.produce("items", &keyed(&stream.lines));
+    broker.produce("items", &keyed_by_row_id(&stream.lines));
     (broker, pg, Workspace::new(), stream)
 }
 
@@ -220,7 +206,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
     broker.create_topic("products", 3);
     broker.produce(
         "products",
-        &keyed(&json_lines(&fixture(
+        &keyed_by_row_id(&json_lines(&fixture(
             "flink/debezium-data-schema-include.txt",
         ))),
     );
@@ -241,7 +227,7 @@ fn shared_fixtures_through_kafka_end_as_the_expected_tables() {
     broker.create_topic("customers", 2);
     broker.produce(
         "customers",
-        &keyed(&json_lines(&fixture("risingwave/debezium_log.1"))),
+        &keyed_by_row_id(&json_lines(&fixture("risingwave/debezium_log.1"))),
     );
     let ws = Workspace::new();
     let p = pipeline(&ws, &broker, &pg, "customers", "id", "", 500);
@@ -411,7 +397,7 @@ fn poison_records_are_dead_lettered_and_the_rest_applied() {
     broker.create_topic("items", 3);
     let stream = change_stream(10_000, 500, 25);
     // About 1% poison, of four kinds, mixed in.
-    let mut records = keyed(&stream.lines);
+    let mut records = keyed_by_row_id(&stream.lines);
     let mut poison = Vec::new();
     for i in 0..100 {
         let id = i % 500;
@@ -482,7 +468,7 @@ fn the_documented_kafka_to_postgres_pipeline_runs_as_written() {
     pg.create_database("target");
     broker.create_topic("orders", 2);
     let stream = change_stream(3_000, 200, 11);
-    broker.produce("orders", &keyed(&stream.lines));
+    broker.produce("orders", &keyed_by_row_id(&stream.lines));
     let ws = Workspace::new();
     let documented =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/kafka-postgres.yaml");

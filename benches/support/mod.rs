@@ -60,3 +60,27 @@ pub fn number_args(names: &[(&str, usize)]) -> Vec<usize> {
     }
     values
 }
+
+/// The benchmarks' table of capture: an integer key and 7 columns of 6 types.
+pub fn table_ddl(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, customer text, price numeric(12,2),
+             qty int, placed timestamptz, day date, ok boolean, note text)"
+    )
+}
+
+/// `COPY table TO STDOUT` from `src` streamed into `COPY table FROM STDIN` of `dst`.
+pub fn copy_table(src: &mut postgres::Client, dst: &mut postgres::Client, table: &str) {
+    use std::io::{Read, Write};
+    let mut reader = src.copy_out(&format!("COPY {table} TO STDOUT")).unwrap();
+    let mut writer = dst.copy_in(&format!("COPY {table} FROM STDIN")).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        writer.write_all(&buf[..n]).unwrap();
+    }
+    writer.finish().unwrap();
+}

@@ -191,3 +191,13 @@ pub fn wait_for_status(
         tail.join("\n")
     );
 }
+
+/// Where each of a status's transitions went, oldest first.
+pub fn transition_targets(status: &serde_json::Value) -> Vec<&str> {
+    status["transitions"]
+        .as_array()
+        .expect("a status has transitions")
+        .iter()
+        .filter_map(|t| t["to"].as_str())
+        .collect()
+}

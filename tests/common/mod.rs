@@ -226,6 +226,22 @@ pub fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
     .expect("rows")
 }
 
+/// Debezium records for Kafka, keyed as Debezium keys them: `{"id":…}` from the row
+/// after, or before a delete.
+pub fn keyed_by_row_id(lines: &[String]) -> Vec<(Option<String>, Option<String>)> {
+    lines
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let image = if v["op"] == "d" { "before" } else { "after" };
+            (
+                Some(format!("{{\"id\":{}}}", v[image]["id"])),
+                Some(line.clone()),
+            )
+        })
+        .collect()
+}
+
 /// A synthetic change stream over `keys` keys: inserts, updates (with a version that
 /// grows per key) and deletes, as bare Debezium payloads; plus the final table an
 /// independent oracle computes (last change per key wins, deletes remove).

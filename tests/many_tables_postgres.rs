@@ -822,3 +822,74 @@ fn conflict_strategies_apply_per_table_with_overrides_and_tombstones_of_their_ow
         .get(0);
     assert_eq!(tombstones, 2, "{summary}");
 }
+
+/// Inserts (and copied rows) of a large batch are COPYed straight into the target; when
+/// the target already holds some of their keys, that COPY is refused and undone, and the
+/// rows are merged as upserts instead: each row ends as the last event says, once. Both
+/// the many-table path (no savepoints on the first attempt) and the one-table path.
+#[test]
+fn inserts_of_keys_the_target_already_holds_update_them() {
+    let pg = Postgres::start();
+    pg.create_database("target");
+    let mut client = pg.client("target");
+    for table in ["a", "b", "one"] {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE public.{table} (id int PRIMARY KEY, qty int NOT NULL);
+                 INSERT INTO public.{table} SELECT g, -1 FROM generate_series(3000, 3010) g;"
+            ))
+            .unwrap();
+    }
+    let ws = Workspace::new();
+    let event = |table: &str, op: &str, id: i64| {
+        format!(
+            r#"{{"op":"{op}","before":null,"after":{{"id":{id},"qty":{id}}},"source":{{"db":"shop","schema":"app","table":"{table}"}},"ts_ms":{id}}}"#
+        )
+    };
+    let mut lines = Vec::new();
+    for id in 0..6000 {
+        // `a` is a copy (`r`), `b` inserts; `c` is new to the target.
+        lines.push(event("a", "r", id));
+        lines.push(event("b", "c", id));
+        lines.push(event("c", "c", id));
+    }
+    ws.append_lines("events.jsonl", &lines);
+    let many = ws.write(
+        "many.yaml",
+        &format!(
+            "name: many\nsource: {{ type: file, path: events.jsonl, format: debezium-json }}\n\
+             tables: {{ primary_key: [id] }}\n\
+             sink: {{ type: postgres, url: '{}', mode: upsert, create: true }}\n\
+             batch: {{ max_events: 20000 }}\n\
+             dead_letter: {{ type: file, path: dead-letters.jsonl }}\n",
+            pg.url("target")
+        ),
+    );
+    let summary = ws.run_ok(&many);
+    assert_eq!(summary["dead_letters"], 0, "{summary}");
+    let one = ws.write(
+        "one.yaml",
+        &format!(
+            "name: one\nsource: {{ type: file, path: events.jsonl, format: debezium-json }}\n\
+             table: {{ name: app.b, primary_key: [id] }}\n\
+             sink: {{ type: postgres, url: '{}', table: public.one }}\n\
+             batch: {{ max_events: 20000 }}\n\
+             dead_letter: {{ type: file, path: one-dead-letters.jsonl }}\n",
+            pg.url("target")
+        ),
+    );
+    ws.run_ok(&one);
+    for table in ["a", "b", "c", "one"] {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(*) FILTER (WHERE qty = id), min(id)::bigint, max(id)::bigint FROM public.{table}"
+                ),
+                &[],
+            )
+            .unwrap();
+        let (count, right, min, max): (i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!((count, right, min, max), (6000, 6000, 0, 5999), "{table}");
+    }
+}

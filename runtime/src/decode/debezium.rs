@@ -53,9 +53,15 @@ impl Decoder {
         while let Some(k) = name {
             match k {
                 Key::Schema => {
-                    let raw = j.skip_slice()?;
-                    if raw != b"null" {
-                        schema = Some(self.schema_entry(raw)?);
+                    // Debezium repeats the same block in every event of a table: a block
+                    // seen before is matched by its bytes, not read again.
+                    if let Some(index) = self.schemas.iter().rposition(|s| j.skip_known(&s.raw)) {
+                        schema = Some(self.checked_schema(index)?);
+                    } else {
+                        let raw = j.skip_slice()?;
+                        if raw != b"null" {
+                            schema = Some(self.schema_entry(raw)?);
+                        }
                     }
                 }
                 Key::Payload => {

@@ -385,6 +385,23 @@ impl<'a> Json<'a> {
     }
 
     /// Skips one value and returns its text.
+    /// Skips the next value when its text is exactly `known`, a complete JSON object or
+    /// array seen before. A JSON object's text ends at its closing brace, so text that
+    /// begins with `known` holds `known` as its next value, whatever follows. Returns
+    /// whether it skipped.
+    #[inline]
+    pub fn skip_known(&mut self, known: &[u8]) -> bool {
+        self.skip_ws();
+        if !matches!(known.first(), Some(b'{' | b'[')) {
+            return false;
+        }
+        let skipped = self.data[self.pos..].starts_with(known);
+        if skipped {
+            self.pos += known.len();
+        }
+        skipped
+    }
+
     pub fn skip_slice(&mut self) -> Result<&'a [u8], JsonError> {
         self.skip_ws();
         let start = self.pos;

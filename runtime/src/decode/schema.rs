@@ -48,6 +48,11 @@ impl Decoder {
                 self.schemas.len() - 1
             }
         };
+        self.checked_schema(index)
+    }
+
+    /// A cached schema block, merged into the table as it now stands, or its refusal.
+    pub(super) fn checked_schema(&mut self, index: usize) -> Result<usize, DecodeError> {
         if self.schemas[index].merged_at != Some(self.table.version) {
             self.merge_schema(index)?;
         }

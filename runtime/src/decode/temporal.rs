@@ -168,8 +168,24 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
 
 pub fn format_date(days: i32) -> String {
     match epoch().checked_add_signed(chrono::TimeDelta::days(days as i64)) {
-        Some(d) => d.format("%Y-%m-%d").to_string(),
+        Some(d) => {
+            let mut out = String::with_capacity(10);
+            write_date(&mut out, d);
+            out
+        }
         None => days.to_string(),
+    }
+}
+
+/// `%Y-%m-%d` as chrono writes it, without interpreting a format string for the years
+/// PostgreSQL and most targets hold (0 to 9999): the sink formats a value per cell.
+fn write_date(out: &mut String, d: NaiveDate) {
+    use chrono::Datelike;
+    use std::fmt::Write as _;
+    if (0..=9999).contains(&d.year()) {
+        let _ = write!(out, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+    } else {
+        let _ = write!(out, "{}", d.format("%Y-%m-%d"));
     }
 }
 
@@ -180,7 +196,17 @@ pub fn format_timestamp_nanos(nanos: i128, utc: bool) -> String {
     match DateTime::from_timestamp(secs, sub) {
         Some(dt) => {
             let naive = dt.naive_utc();
-            let mut out = naive.format("%Y-%m-%dT%H:%M:%S").to_string();
+            let mut out = String::with_capacity(32);
+            write_date(&mut out, naive.date());
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "T{:02}:{:02}:{:02}",
+                    naive.hour(),
+                    naive.minute(),
+                    naive.second()
+                ),
+            );
             push_fraction(&mut out, sub);
             if utc {
                 out.push('Z');
@@ -205,7 +231,7 @@ pub fn format_time_nanos(nanos: i64) -> String {
 }
 
 /// Appends `.ffffff` with trailing zeros removed in groups of three (milli/micro/nano).
-fn push_fraction(out: &mut String, nanos: u32) {
+pub(crate) fn push_fraction(out: &mut String, nanos: u32) {
     if nanos == 0 {
         return;
     }
@@ -250,6 +276,33 @@ mod tests {
         assert_eq!(format_timestamp_nanos(t, false), "2020-07-17T18:00:22");
         let far = parse_timestamp_nanos("9999-12-31T23:59:59Z", false).unwrap();
         assert_eq!(format_timestamp_nanos(far, true), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn dates_and_timestamps_format_as_chrono_formats_them() {
+        for days in [
+            -719_528 - 400,
+            -719_528,
+            -1,
+            0,
+            1,
+            19_000,
+            2_932_896,
+            2_932_897,
+        ] {
+            let chrono = epoch()
+                .checked_add_signed(chrono::TimeDelta::days(days as i64))
+                .unwrap();
+            assert_eq!(format_date(days), chrono.format("%Y-%m-%d").to_string());
+            for nanos_of_day in [0_i64, 1, 45_296_000_000_123] {
+                let nanos = days as i128 * 86_400_000_000_000 + nanos_of_day as i128;
+                let at = chrono.and_hms_opt(0, 0, 0).unwrap()
+                    + chrono::TimeDelta::nanoseconds(nanos_of_day);
+                let mut expected = at.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+                expected.push('Z');
+                assert_eq!(format_timestamp_nanos(nanos, true), expected);
+            }
+        }
     }
 
     #[test]

@@ -463,6 +463,48 @@ fn schema_evolution_adds_columns_and_widens_integers() {
 }
 
 #[test]
+fn a_repeated_schema_block_is_matched_by_its_bytes_and_only_when_whole() {
+    let fields = |extra: &str| {
+        format!(
+            r#"{{"type":"struct","fields":[{{"type":"struct","fields":[{{"type":"int32","field":"id"}},{{"type":"int32","optional":true,"field":"age"}}{extra}],"optional":true,"field":"after"}},{{"type":"string","field":"op"}}]}}"#
+        )
+    };
+    let v1 = fields("");
+    let v2 = fields(r#",{"type":"string","optional":true,"field":"city"}"#);
+    let event = |schema: &str, after: &str| {
+        format!(r#"{{"schema":{schema},"payload":{{"op":"c","after":{after}}}}}"#)
+    };
+    let mut decoder = Decoder::new(spec(), Format::DebeziumJson);
+    let events = vec![
+        event(&v1, r#"{"id":1,"age":18}"#),
+        // The same block again, then with other spacing (not the same bytes), then a
+        // block that begins like the first but has another column.
+        event(&v1, r#"{"id":2,"age":19}"#),
+        event(&v1.replacen(',', ", ", 1), r#"{"id":3,"age":20}"#),
+        event(&v2, r#"{"id":4,"age":21,"city":"Lyon"}"#),
+        event(&v1, r#"{"id":5,"age":22}"#),
+    ];
+    let batch = ok(&mut decoder, &events);
+    assert_eq!(
+        after_column(&batch, "age")
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .values()
+            .to_vec(),
+        [18, 19, 20, 21, 22]
+    );
+    let city = after_column(&batch, "city");
+    assert!(
+        city.is_valid(3) && city.is_null(4),
+        "the second block's column is read"
+    );
+
+    // What follows a known block is still read: text after it is no JSON.
+    let trailing = format!(r#"{{"schema":{v1}x,"payload":{{"op":"c","after":{{"id":6}}}}}}"#);
+    let result = decode_all(&mut decoder, &[trailing]).pop().unwrap();
+    assert!(matches!(result, Err(DecodeError::Record(_))), "{result:?}");
+}
+
+#[test]
 fn bad_records_are_rejected_without_touching_the_batch() {
     let bad = [
         (r#"{"op":"c","after":{"id":1"#, "invalid JSON"),

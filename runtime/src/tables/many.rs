@@ -69,8 +69,6 @@ pub struct ManyTables {
     unplaced: BTreeMap<String, TableCounts>,
     /// The buffer event tables are named in.
     name: String,
-    /// Finds [`SOURCE_BLOCK`] in an event.
-    source_block: memchr::memmem::Finder<'static>,
 }
 
 /// The batch limits a poll decoded grouped by table must stay within.
@@ -164,7 +162,6 @@ impl ManyTables {
             current: None,
             unplaced: BTreeMap::new(),
             name: String::new(),
-            source_block: memchr::memmem::Finder::new(SOURCE_BLOCK),
         })
     }
 
@@ -401,7 +398,9 @@ impl ManyTables {
     }
 
     /// A guess at the table of a Debezium event, cheaper than reading its structure: the
-    /// first `"source":{` in it, read as the envelope's `source` block. Only a table
+    /// last `"source":{` in it, read as the envelope's `source` block. Debezium writes
+    /// that block after the row images, near the end, and the schema block it begins
+    /// with (often most of the event) is then never searched. Only a table
     /// already decoded is guessed; its decoder then checks the guess against the table it
     /// reads for the event (`TableCheck::Exact`) before the event can change anything, so
     /// a wrong guess (a row column that holds an object with a `source` field) costs a
@@ -416,7 +415,12 @@ impl ManyTables {
             return None;
         }
         let value = record.value?;
-        let at = self.source_block.find(value)?;
+        // Each `{` from the end (a vectorised search; few follow the source block) until
+        // one ends `"source":{`.
+        let at = memchr::memrchr_iter(b'{', value)
+            .find(|&brace| value[..=brace].ends_with(SOURCE_BLOCK))?
+            + 1
+            - SOURCE_BLOCK.len();
         let fields = Fields::read_source(&value[at + SOURCE_BLOCK.len() - 1..])?;
         let path = [
             fields.db.as_deref(),
@@ -839,8 +843,10 @@ mod tests {
             event("a", 1, "null"),
             event("b", 2, "null"),
             event("a", 3, "null"),
-            // Guessed `a`, but `b`'s.
-            event("b", 4, misleading),
+            // Guessed `a` (the last source block is the row's), but `b`'s.
+            format!(
+                r#"{{"before":null,"source":{{"db":"shop","schema":"public","table":"b"}},"after":{{"id":4,"doc":{misleading}}},"op":"c"}}"#
+            ),
             event("a", 5, "null"),
         ];
         assert_eq!(decode_poll(&mut many, &poll, 10), None);

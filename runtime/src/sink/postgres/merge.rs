@@ -187,6 +187,16 @@ impl PostgresSink {
         let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
         let key_names: Vec<String> = key.iter().map(|k| quote(k)).collect();
         let (stage_rows, stage_keys) = self.staging_names();
+        if present.is_none() && self.copies_directly(batch, actions) {
+            let first = actions.first().map_or(0, |a| a.line.start);
+            let last = actions.last().map_or(0, |a| a.line.end);
+            if self.copy_direct(tx, &names, &segment.rows[first..last])? {
+                return Ok(Applied {
+                    upserts: actions.len() as u64,
+                    ..Applied::default()
+                });
+            }
+        }
         if self.staging_dirty.get() {
             // A second merge in one transaction (after a truncate, or while bisecting).
             // DELETE, not TRUNCATE: TRUNCATE gives the table a new file, a catalog write.
@@ -273,6 +283,65 @@ impl PostgresSink {
             tx.batch_execute(&pending.join(";\n"))?;
         }
         Ok(done)
+    }
+
+    /// Whether `actions` are all inserts or copied rows, of a table where a direct COPY
+    /// has not been refused. Such rows are nearly always new (a copy into an empty
+    /// target, or inserts streamed after it), so they are COPYed straight into the target,
+    /// without staging them and merging (half the server's work per row).
+    fn copies_directly(&self, batch: &ChangeBatch, actions: &[Action]) -> bool {
+        if actions.is_empty() || self.direct_refused.borrow().contains(&self.table) {
+            return false;
+        }
+        let ops = arrow::array::AsArray::as_string::<i32>(batch.data.column(0));
+        actions
+            .iter()
+            .all(|a| a.upsert && matches!(Op::parse(ops.value(a.row)), Some(Op::Create | Op::Read)))
+    }
+
+    /// COPYs `rows` (staging lines, in the target's column order `names`) into the target.
+    /// A refusal (a key already there, or any other) is undone, the table's rows go
+    /// through staging from then on, and false says to merge them that way: the merge
+    /// then updates, or isolates the row at fault. Without savepoints (`optimistic`), the
+    /// refusal fails the transaction instead, which is applied again with them.
+    fn copy_direct(
+        &self,
+        tx: &mut Transaction<'_>,
+        names: &[String],
+        rows: &[u8],
+    ) -> Result<bool, MergeError> {
+        const SAVEPOINT: &str = "weir_direct_copy";
+        let optimistic = self.optimistic.get();
+        if !optimistic {
+            tx.batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))?;
+        }
+        let copied = (|| -> Result<(), MergeError> {
+            let mut writer = tx.copy_in(&format!(
+                "COPY {} ({}) FROM STDIN",
+                self.target(),
+                names.join(", ")
+            ))?;
+            writer.write_all(rows)?;
+            writer.finish()?;
+            Ok(())
+        })();
+        let Err(refusal) = copied else {
+            if !optimistic {
+                tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))?;
+            }
+            return Ok(true);
+        };
+        self.direct_refused.borrow_mut().insert(self.table.clone());
+        tracing::debug!(table = %self.table, "a direct COPY was refused; merging through staging");
+        if optimistic {
+            return Err(refusal);
+        }
+        match tx.batch_execute(&format!(
+            "ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"
+        )) {
+            Ok(()) => Ok(false),
+            Err(_) => Err(refusal),
+        }
     }
 
     pub(super) fn append(

@@ -162,6 +162,9 @@ pub struct PostgresSink {
     /// Set when an optimistic write was refused: the transaction is applied again with
     /// savepoints, which isolate the refused row.
     refused_optimistically: Cell<bool>,
+    /// Target tables where a COPY of new rows straight into the table was refused (a key
+    /// was there already): their rows go through staging from then on (`merge.rs`).
+    direct_refused: RefCell<std::collections::HashSet<String>>,
 }
 
 impl PostgresSink {
@@ -208,6 +211,7 @@ impl PostgresSink {
             staged: RefCell::new(None),
             staging_created: RefCell::new(None),
             staging_dirty: Cell::new(false),
+            direct_refused: RefCell::new(Default::default()),
             casts: BTreeMap::new(),
             statements: RefCell::new(Default::default()),
             versioning: pipeline

@@ -18,6 +18,7 @@
 
 mod catalog;
 pub mod cutover;
+mod datetime;
 mod events;
 mod replication;
 mod snapshot;

@@ -10,6 +10,8 @@
 use std::fmt::Write as _;
 
 use base64::Engine as _;
+
+use super::datetime;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
 /// The most digits an unconstrained `numeric` may have here: its base64 form is built by
@@ -197,7 +199,9 @@ impl Kind {
                 out.push('"');
             }
             Kind::Date => {
-                let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                let date = datetime::date(text)
+                    .map(Ok)
+                    .unwrap_or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d"))
                     .map_err(|_| format!("`{}` is not a date Debezium can carry", clip(text)))?;
                 let days = date.signed_duration_since(NaiveDate::default()).num_days();
                 let _ = write!(out, "{days}");
@@ -214,9 +218,13 @@ impl Kind {
                 let _ = write!(out, "{}", if *millis { micros / 1000 } else { micros });
             }
             Kind::Timestamp { millis } => {
-                let at = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                    .map_err(|_| format!("`{}` is not a timestamp Debezium can carry", clip(text)))?
-                    .and_utc();
+                let at = match datetime::date_time(text) {
+                    Some((at, "")) => at,
+                    _ => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map_err(
+                        |_| format!("`{}` is not a timestamp Debezium can carry", clip(text)),
+                    )?,
+                }
+                .and_utc();
                 let value = if *millis {
                     at.timestamp_millis()
                 } else {
@@ -225,6 +233,14 @@ impl Kind {
                 let _ = write!(out, "{value}");
             }
             Kind::ZonedTimestamp => {
+                if let Some(at) = datetime::zoned(text) {
+                    out.push('"');
+                    if datetime::write_utc(out, at) {
+                        out.push('"');
+                        return Ok(());
+                    }
+                    out.pop();
+                }
                 let at = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
                     .map_err(|_| format!("`{}` is not a timestamp Debezium can carry", clip(text)))?
                     .to_utc();

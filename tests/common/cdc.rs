@@ -50,8 +50,13 @@ pub fn assert_same(pg: &Postgres, tables: &[&str]) {
                 .map(|r| r.chars().take(300).collect())
                 .collect()
         };
-        let missing = clip(source.iter().filter(|r| !target.contains(r)).collect());
-        let extra = clip(target.iter().filter(|r| !source.contains(r)).collect());
+        // Sets: the tables may hold hundreds of thousands of rows.
+        let (in_source, in_target): (
+            std::collections::HashSet<&String>,
+            std::collections::HashSet<&String>,
+        ) = (source.iter().collect(), target.iter().collect());
+        let missing = clip(source.iter().filter(|r| !in_target.contains(r)).collect());
+        let extra = clip(target.iter().filter(|r| !in_source.contains(r)).collect());
         assert!(
             missing.is_empty() && extra.is_empty(),
             "table {table}: rows of the source not in the target {missing:#?}; \

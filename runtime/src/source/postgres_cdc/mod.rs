@@ -175,6 +175,24 @@ pub struct PostgresCdcSource {
     /// The tables selected when the run began (a table added to the publication later
     /// has not been copied).
     selected: std::collections::HashSet<String>,
+    /// Tables added to the publication since their copy would have run, to copy while
+    /// streaming (`late_copy`).
+    late_queue: Vec<String>,
+    /// The copy of such tables under way.
+    late: Option<LateCopy>,
+    /// The checkpoint the run started from: a copy of a late table resumes from it.
+    start_checkpoint: Checkpoint,
+}
+
+/// A copy of tables added to the publication while streaming. It reads in the snapshot a
+/// temporary slot exported, which sees exactly the transactions committed before the
+/// slot's consistent point (`until`). The stream pauses before the first transaction
+/// committed at or after that point, the copy is emitted, and the stream goes on. So the
+/// changes the copy holds are applied before it (it overwrites them with the same or
+/// later rows) and the changes it lacks after it: no gap and nothing older on top.
+struct LateCopy {
+    until: u64,
+    snapshot: Box<Snapshot>,
 }
 
 impl PostgresCdcSource {
@@ -214,6 +232,9 @@ impl PostgresCdcSource {
             metrics,
             resync_auto: pipeline.config.lifecycle.resync == crate::config::ResyncMode::Auto,
             selected: Default::default(),
+            late_queue: Vec::new(),
+            late: None,
+            start_checkpoint: Checkpoint::default(),
         })
     }
 
@@ -263,6 +284,94 @@ impl PostgresCdcSource {
             t.copied = false;
         });
         lifecycle.error(&message);
+    }
+
+    /// Starts copying the tables in `late_queue` while `stream` runs ([`LateCopy`]).
+    fn start_late_copy(&mut self, stream: &mut Stream) -> Result<(), String> {
+        let names = std::mem::take(&mut self.late_queue);
+        self.meta().map_err(|e| e.message)?;
+        let meta = self.meta.as_mut().expect("connected");
+        let published = catalog::published(meta, &self.config.publication)?;
+        let tables: Vec<SourceTable> = catalog::selected_tables(meta, &self.routing, &self.domains)
+            .map_err(|e| catalog::describe_error(&e))?
+            .into_iter()
+            .filter(|t| names.contains(&t.name()) && published.contains(&t.name()))
+            .collect();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = tables.iter().map(SourceTable::name).collect();
+        tracing::info!(tables = ?listed, "copying tables added to the publication mid-run");
+        // A second replication connection holds the temporary slot until the copy has
+        // imported its snapshot; closing it then drops the slot.
+        let mut exporter = self.open_stream()?;
+        let name = temporary_slot_name(&self.config.slot);
+        let (until, exported) = exporter.create_temporary_slot(&name)?;
+        let snapshot = Snapshot::start(
+            &self.config,
+            &self.server,
+            tables,
+            &self.start_checkpoint,
+            snapshot::CopyPoint {
+                exported: Some(&exported),
+                lsn: until,
+                resync_at: None,
+                late: true,
+            },
+            self.metrics.clone(),
+        )?;
+        drop(exporter);
+        // Something at or past `until` reaches the stream even on an idle source.
+        self.emit_heartbeat().map_err(|e| e.message)?;
+        stream.pause_at(until);
+        self.late = Some(LateCopy {
+            until,
+            snapshot: Box::new(snapshot),
+        });
+        Ok(())
+    }
+
+    /// Emits the next rows of the late copy once the stream has paused at its point;
+    /// `None` while the stream still has to get there.
+    fn poll_late_copy(
+        &mut self,
+        stream: &mut Stream,
+        batch: &mut RawBatch,
+        limits: &PollLimits,
+    ) -> Option<Result<PollStatus, SourceError>> {
+        if !stream.paused() {
+            return None;
+        }
+        let late = self.late.as_mut()?;
+        let context = snapshot::Context {
+            server: &self.server,
+            db: &self.db,
+        };
+        let result = late.snapshot.poll(batch, limits, &context);
+        // The stream is not read meanwhile: tell the server the sink's progress.
+        if let Err(e) = stream.keep_alive() {
+            tracing::debug!(error = %e, "keep-alive during the copy failed");
+        }
+        Some(match result {
+            Ok(true) => Ok(PollStatus::Records),
+            Ok(false) => {
+                let late = self.late.take().expect("a late copy");
+                match late.snapshot.finish() {
+                    Ok(copied) => {
+                        tracing::info!(lsn = %lsn_text(late.until), "copy of tables added mid-run finished; streaming");
+                        stream.resume();
+                        self.streaming(copied.into_iter());
+                        Ok(if batch.is_empty() {
+                            PollStatus::Idle
+                        } else {
+                            PollStatus::Records
+                        })
+                    }
+                    Err(e) => Err(self.error(e, true)),
+                }
+            }
+            Err(e) => Err(self.error(e, true)),
+        })
     }
 
     /// The stream runs: the pipeline is `streaming` once the sink has applied every
@@ -331,6 +440,11 @@ impl PostgresCdcSource {
         {
             return Ok(());
         }
+        self.emit_heartbeat()
+    }
+
+    /// Writes a heartbeat message into the WAL now.
+    fn emit_heartbeat(&mut self) -> Result<(), SourceError> {
         self.last_heartbeat = Some(Instant::now());
         // The simple query protocol: nothing is prepared (and parsed again) each time.
         let result = self.meta()?.batch_execute(&format!(
@@ -345,6 +459,17 @@ impl PostgresCdcSource {
         }
         Ok(())
     }
+}
+
+/// The temporary slot of a copy while streaming: the pipeline's slot name with a suffix,
+/// within PostgreSQL's 63 bytes.
+fn temporary_slot_name(slot: &str) -> String {
+    const SUFFIX: &str = "_copy";
+    let mut end = slot.len().min(63 - SUFFIX.len());
+    while !slot.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{SUFFIX}", &slot[..end])
 }
 
 /// A plain connection with the session settings both the copy and pgoutput's text
@@ -401,16 +526,17 @@ impl Source for PostgresCdcSource {
         let key = stream_key(&self.config.slot);
         let stored = checkpoint.get(&key).map(|r| r.next.max(0) as u64);
         self.selected = tables.iter().map(SourceTable::name).collect();
-        // Streamed before, yet never copied: published after that run's copy.
+        self.start_checkpoint = checkpoint.clone();
+        // Streamed before, yet never copied (published after that run's copy), or whose
+        // copy while streaming was cut short.
         let never_copied: Vec<String> = match (stored, self.config.snapshot) {
-            (Some(_), SnapshotMode::Initial) => self
+            (Some(_), SnapshotMode::Initial | SnapshotMode::Always) => self
                 .selected
                 .iter()
-                .filter(|table| {
+                .filter(|table| match snapshot::copy_finished(checkpoint, table) {
+                    Some(finished) => !finished,
                     // An empty table's copy leaves no position; the earlier status says.
-                    let base = snapshot::table_stream(table);
-                    !checkpoint.streams.keys().any(|s| s.starts_with(&base))
-                        && self.metrics.lifecycle.was_copied(table) == Some(false)
+                    None => self.metrics.lifecycle.was_copied(table) == Some(false),
                 })
                 .cloned()
                 .collect(),
@@ -524,6 +650,7 @@ impl Source for PostgresCdcSource {
                     exported: exported.as_deref(),
                     lsn: start_lsn,
                     resync_at,
+                    late: false,
                 },
                 self.metrics.clone(),
             )
@@ -531,9 +658,7 @@ impl Source for PostgresCdcSource {
             Phase::Copying(Box::new(snapshot), Box::new(stream))
         } else {
             stream.start().map_err(|e| self.error(e, true))?;
-            for table in &never_copied {
-                self.not_copied(table);
-            }
+            self.late_queue = never_copied;
             self.streaming(tables.iter().map(SourceTable::name));
             Phase::Streaming(Box::new(stream))
         };
@@ -574,14 +699,32 @@ impl Source for PostgresCdcSource {
                 }
             }
             Phase::Streaming(mut stream) => {
+                if let Some(result) = self.poll_late_copy(&mut stream, batch, limits) {
+                    self.phase = Phase::Streaming(stream);
+                    return result;
+                }
                 self.probe_lag();
                 let meta = self.meta.as_mut();
                 match stream.poll(batch, limits, meta, &mut self.domains) {
                     Ok(status) => {
                         for table in stream.take_relations_seen() {
                             if self.selected.insert(table.clone()) {
-                                self.not_copied(&table);
+                                match self.config.snapshot {
+                                    SnapshotMode::Never => self.not_copied(&table),
+                                    _ => self.late_queue.push(table),
+                                }
                             }
+                        }
+                        if self.late.is_none() && !self.late_queue.is_empty() {
+                            let started = self.start_late_copy(&mut stream);
+                            self.phase = Phase::Streaming(stream);
+                            if let Err(e) = started {
+                                return Err(self.error(
+                                    format!("cannot copy the tables added to the publication: {e}"),
+                                    false,
+                                ));
+                            }
+                            return Ok(status);
                         }
                         self.phase = Phase::Streaming(stream);
                         Ok(status)
@@ -618,7 +761,10 @@ impl Source for PostgresCdcSource {
                     .open_stream()
                     .and_then(|mut stream| stream.start().map(|()| stream));
                 match reopened {
-                    Ok(stream) => {
+                    Ok(mut stream) => {
+                        if let Some(late) = &self.late {
+                            stream.pause_at(late.until);
+                        }
                         tracing::info!(slot = %self.config.slot, "replication stream reconnected");
                         self.metrics.health.ok(HEALTH);
                         self.phase = Phase::Streaming(Box::new(stream));

@@ -122,10 +122,11 @@ impl ReplicationConnection {
     /// Creates a logical slot for pgoutput exporting a snapshot. Returns its consistent
     /// point and the snapshot's name, which stays usable until this connection runs its
     /// next command.
-    pub fn create_slot(&mut self, slot: &str) -> Result<(u64, String), String> {
+    pub fn create_slot(&mut self, slot: &str, temporary: bool) -> Result<(u64, String), String> {
         let rows = self.command(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-            crate::sink::postgres::quote(slot)
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            crate::sink::postgres::quote(slot),
+            if temporary { " TEMPORARY" } else { "" }
         ))?;
         let row = rows
             .first()

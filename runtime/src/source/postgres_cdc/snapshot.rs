@@ -59,6 +59,27 @@ pub struct CopyPoint<'a> {
     pub lsn: u64,
     /// A resync's copy, named for the new slot's start.
     pub resync_at: Option<u64>,
+    /// A copy of tables added to the publication while streaming: from a temporary slot,
+    /// so a table copied in part before resumes by key, as in the first copy.
+    pub late: bool,
+}
+
+/// Whether a table's copy has finished (`Some(true)`), begun and not finished
+/// (`Some(false)`), or left no position (`None`: never begun, or an empty table).
+pub fn copy_finished(checkpoint: &Checkpoint, table: &str) -> Option<bool> {
+    let base = table_stream(table);
+    let mut copies = checkpoint
+        .streams
+        .iter()
+        .filter(|(stream, _)| {
+            stream.as_str() == base
+                || stream
+                    .strip_prefix(&base)
+                    .is_some_and(|s| s.starts_with('@'))
+        })
+        .peekable();
+    copies.peek()?;
+    Some(copies.any(|(_, resume)| resume.next == DONE))
 }
 
 pub struct Context<'a> {
@@ -107,6 +128,7 @@ impl Snapshot {
             exported,
             lsn,
             resync_at,
+            late,
         } = at;
         let mut client = connect(config.url.expose())?;
         client
@@ -140,7 +162,8 @@ impl Snapshot {
             .streams
             .keys()
             .any(|s| s.starts_with("postgres-snapshot:"));
-        let again = config.snapshot == SnapshotMode::Always || (exported.is_some() && earlier_copy);
+        let again = config.snapshot == SnapshotMode::Always
+            || (exported.is_some() && earlier_copy && !late);
         let mut plans = VecDeque::new();
         let lifecycle = &metrics.lifecycle;
         let mut names = Vec::new();

@@ -68,6 +68,10 @@ pub struct Stream {
     changes: usize,
     /// Replication origins whose transactions are not read (`skip_origins`).
     skip_origins: Vec<glob::Pattern>,
+    /// Where to stop reading ([`Self::pause_at`]).
+    pause_at: Option<u64>,
+    /// The first message past that point, read and kept until the stream resumes.
+    held: Option<(LogicalReplicationMessage, u64)>,
 }
 
 /// The URL (or key-value conninfo) with the replication and session options added.
@@ -117,6 +121,8 @@ impl Stream {
             key: String::new(),
             changes: 0,
             skip_origins: super::origin_patterns(&config.skip_origins)?,
+            pause_at: None,
+            held: None,
         })
     }
 
@@ -124,8 +130,34 @@ impl Stream {
     /// snapshot's name. The snapshot lives until this connection's next command.
     pub fn create_slot(&mut self) -> Result<(u64, String), String> {
         self.connection
-            .create_slot(&self.slot)
+            .create_slot(&self.slot, false)
             .map_err(|e| format!("cannot create replication slot {}: {e}", self.slot))
+    }
+
+    /// Creates a temporary slot named `name` on this connection, exporting a snapshot, for
+    /// the copy of tables added mid-run: its consistent point is an exact boundary (the
+    /// snapshot sees every transaction committed before it and none after). The slot goes
+    /// when this connection closes.
+    pub fn create_temporary_slot(&mut self, name: &str) -> Result<(u64, String), String> {
+        self.connection
+            .create_slot(name, true)
+            .map_err(|e| format!("cannot create a temporary replication slot {name}: {e}"))
+    }
+
+    /// Stops reading before the first transaction committed at or after `lsn` (or a
+    /// message written there), so a copy as of `lsn` can go first.
+    pub fn pause_at(&mut self, lsn: u64) {
+        self.pause_at = Some(lsn);
+    }
+
+    /// Whether the stream has reached the point [`Self::pause_at`] set.
+    pub fn paused(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Reads on from the point it paused at.
+    pub fn resume(&mut self) {
+        self.pause_at = None;
     }
 
     /// Tells the server what the sink has applied, without reading (see
@@ -157,7 +189,12 @@ impl Stream {
     ) -> Result<PollStatus, String> {
         let deadline = Instant::now() + limits.max_wait.min(MAX_POLL_WAIT);
         self.changes = 0;
-        while !limits.filled(batch) {
+        if self.pause_at.is_none()
+            && let Some((message, wal_start)) = self.held.take()
+        {
+            self.handle(message, wal_start, batch, meta.as_deref_mut(), domains)?;
+        }
+        while !limits.filled(batch) && self.held.is_none() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
@@ -177,6 +214,21 @@ impl Stream {
                     )
                 })?
                 .message;
+            if let Some(pause) = self.pause_at
+                && self.transaction.is_none()
+            {
+                let at = match &message {
+                    LogicalReplicationMessage::Begin { final_lsn, .. } => Some(*final_lsn),
+                    LogicalReplicationMessage::Message { flags, lsn, .. } if flags & 1 == 0 => {
+                        Some(*lsn)
+                    }
+                    _ => None,
+                };
+                if at.is_some_and(|at| at >= pause) {
+                    self.held = Some((message, wal_start));
+                    break;
+                }
+            }
             self.handle(message, wal_start, batch, meta.as_deref_mut(), domains)?;
         }
         Ok(if batch.is_empty() {

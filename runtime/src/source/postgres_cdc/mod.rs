@@ -322,7 +322,7 @@ impl PostgresCdcSource {
         )?;
         drop(exporter);
         // Something at or past `until` reaches the stream even on an idle source.
-        self.emit_heartbeat().map_err(|e| e.message)?;
+        self.emit_heartbeat()?;
         stream.pause_at(until);
         self.late = Some(LateCopy {
             until,
@@ -440,36 +440,42 @@ impl PostgresCdcSource {
         {
             return Ok(());
         }
-        self.emit_heartbeat()
+        self.meta()?;
+        if let Err(e) = self.emit_heartbeat() {
+            // A heartbeat that fails is not a reason to stop: the stream reports a lost
+            // server on its own.
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        Ok(())
     }
 
     /// Writes a heartbeat message into the WAL now.
-    fn emit_heartbeat(&mut self) -> Result<(), SourceError> {
+    fn emit_heartbeat(&mut self) -> Result<(), String> {
         self.last_heartbeat = Some(Instant::now());
         // The simple query protocol: nothing is prepared (and parsed again) each time.
-        let result = self.meta()?.batch_execute(&format!(
+        let result = self.meta().map_err(|e| e.message)?.batch_execute(&format!(
             "SELECT pg_logical_emit_message(false, '{}', now()::text)",
             stream::HEARTBEAT_PREFIX
         ));
-        if let Err(e) = result {
-            // A heartbeat that fails is not a reason to stop: the stream reports a lost
-            // server on its own.
-            tracing::warn!(error = %catalog::describe_error(&e), "heartbeat failed");
+        result.map_err(|e| {
             self.meta = None;
-        }
-        Ok(())
+            catalog::describe_error(&e)
+        })
     }
 }
 
 /// The temporary slot of a copy while streaming: the pipeline's slot name with a suffix,
 /// within PostgreSQL's 63 bytes.
 fn temporary_slot_name(slot: &str) -> String {
-    const SUFFIX: &str = "_copy";
-    let mut end = slot.len().min(63 - SUFFIX.len());
+    // The process id: another process of the pipeline (or a slot named like this one
+    // with a suffix) never holds the same name; a killed process's temporary slot went
+    // with its connection.
+    let suffix = format!("_copy_{}", std::process::id());
+    let mut end = slot.len().min(63 - suffix.len());
     while !slot.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{SUFFIX}", &slot[..end])
+    format!("{}{suffix}", &slot[..end])
 }
 
 /// A plain connection with the session settings both the copy and pgoutput's text

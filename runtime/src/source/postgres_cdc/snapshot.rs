@@ -59,27 +59,32 @@ pub struct CopyPoint<'a> {
     pub lsn: u64,
     /// A resync's copy, named for the new slot's start.
     pub resync_at: Option<u64>,
-    /// A copy of tables added to the publication while streaming: from a temporary slot,
-    /// so a table copied in part before resumes by key, as in the first copy.
+    /// A copy of tables added to the publication while streaming, as of a temporary
+    /// slot's point: every table is copied whole under a name of its own (`…@<LSN>`),
+    /// since an earlier copy of it (before it left the publication, or cut short) is
+    /// older than the stream it now joins.
     pub late: bool,
 }
 
-/// Whether a table's copy has finished (`Some(true)`), begun and not finished
-/// (`Some(false)`), or left no position (`None`: never begun, or an empty table).
+/// Whether a table's newest copy has finished (`Some(true)`), begun and not finished
+/// (`Some(false)`), or left no position (`None`: never begun, or an empty table). Copies
+/// are named `…`, `…@<LSN>` or `…@<LSN>+<LSN>`; the greatest LSNs are the newest.
 pub fn copy_finished(checkpoint: &Checkpoint, table: &str) -> Option<bool> {
     let base = table_stream(table);
-    let mut copies = checkpoint
+    let generation = |stream: &str| -> Option<(u64, u64)> {
+        if stream == base {
+            return Some((0, 0));
+        }
+        let suffix = stream.strip_prefix(base.as_str())?.strip_prefix('@')?;
+        let (first, second) = suffix.split_once('+').unwrap_or((suffix, "0/0"));
+        Some((super::parse_lsn(first)?, super::parse_lsn(second)?))
+    };
+    checkpoint
         .streams
         .iter()
-        .filter(|(stream, _)| {
-            stream.as_str() == base
-                || stream
-                    .strip_prefix(&base)
-                    .is_some_and(|s| s.starts_with('@'))
-        })
-        .peekable();
-    copies.peek()?;
-    Some(copies.any(|(_, resume)| resume.next == DONE))
+        .filter_map(|(stream, resume)| Some((generation(stream)?, resume.next == DONE)))
+        .max_by_key(|(generation, _)| *generation)
+        .map(|(_, finished)| finished)
 }
 
 pub struct Context<'a> {
@@ -132,7 +137,12 @@ impl Snapshot {
         } = at;
         let mut client = connect(config.url.expose())?;
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            // The transaction may wait idle for the stream to reach its point (a copy
+            // while streaming): a server-wide idle timeout must not end it.
+            .batch_execute(
+                "SET idle_in_transaction_session_timeout = 0;
+                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            )
             .map_err(|e| describe_error(&e))?;
         if let Some(name) = exported {
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
@@ -162,8 +172,8 @@ impl Snapshot {
             .streams
             .keys()
             .any(|s| s.starts_with("postgres-snapshot:"));
-        let again = config.snapshot == SnapshotMode::Always
-            || (exported.is_some() && earlier_copy && !late);
+        let again =
+            config.snapshot == SnapshotMode::Always || late || (exported.is_some() && earlier_copy);
         let mut plans = VecDeque::new();
         let lifecycle = &metrics.lifecycle;
         let mut names = Vec::new();
@@ -522,4 +532,35 @@ fn estimate_rows(client: &mut Client, table: &SourceTable) -> Option<u64> {
     row.ok()?
         .get::<_, Option<f64>>(0)
         .map(|n| n.max(0.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_table_s_newest_copy_says_whether_it_is_copied() {
+        let mut checkpoint = Checkpoint::default();
+        let mut set = |stream: &str, next: i64| {
+            checkpoint
+                .streams
+                .insert(stream.to_string(), ResumePoint { next, line: 0 });
+        };
+        set("postgres-snapshot:public.a", DONE);
+        set("postgres-snapshot:public.b", 40);
+        // `c` was copied, then copied again while streaming, cut short at key 7.
+        set("postgres-snapshot:public.c", DONE);
+        set("postgres-snapshot:public.c@0/2008818", 7);
+        // `d`'s later copy (a greater LSN, not a greater text) finished.
+        set("postgres-snapshot:public.d@0/1D50CE8", 3);
+        set("postgres-snapshot:public.d@0/2008818", DONE);
+        set("postgres-snapshot:public.d@0/1D50CE8+0/9", 5);
+        // Another table whose name begins the same way.
+        set("postgres-snapshot:public.ab", 1);
+        assert_eq!(copy_finished(&checkpoint, "public.a"), Some(true));
+        assert_eq!(copy_finished(&checkpoint, "public.b"), Some(false));
+        assert_eq!(copy_finished(&checkpoint, "public.c"), Some(false));
+        assert_eq!(copy_finished(&checkpoint, "public.d"), Some(true));
+        assert_eq!(copy_finished(&checkpoint, "public.e"), None);
+    }
 }

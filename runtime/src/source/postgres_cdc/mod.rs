@@ -176,12 +176,10 @@ pub struct PostgresCdcSource {
     /// has not been copied).
     selected: std::collections::HashSet<String>,
     /// Tables added to the publication since their copy would have run, to copy while
-    /// streaming (`late_copy`).
+    /// streaming ([`LateCopy`]).
     late_queue: Vec<String>,
     /// The copy of such tables under way.
     late: Option<LateCopy>,
-    /// The checkpoint the run started from: a copy of a late table resumes from it.
-    start_checkpoint: Checkpoint,
 }
 
 /// A copy of tables added to the publication while streaming. It reads in the snapshot a
@@ -234,7 +232,6 @@ impl PostgresCdcSource {
             selected: Default::default(),
             late_queue: Vec::new(),
             late: None,
-            start_checkpoint: Checkpoint::default(),
         })
     }
 
@@ -311,7 +308,8 @@ impl PostgresCdcSource {
             &self.config,
             &self.server,
             tables,
-            &self.start_checkpoint,
+            // Taken whole under a name of its own (`late`): no earlier position counts.
+            &Checkpoint::default(),
             snapshot::CopyPoint {
                 exported: Some(&exported),
                 lsn: until,
@@ -532,11 +530,10 @@ impl Source for PostgresCdcSource {
         let key = stream_key(&self.config.slot);
         let stored = checkpoint.get(&key).map(|r| r.next.max(0) as u64);
         self.selected = tables.iter().map(SourceTable::name).collect();
-        self.start_checkpoint = checkpoint.clone();
         // Streamed before, yet never copied (published after that run's copy), or whose
         // copy while streaming was cut short.
         let never_copied: Vec<String> = match (stored, self.config.snapshot) {
-            (Some(_), SnapshotMode::Initial | SnapshotMode::Always) => self
+            (Some(_), SnapshotMode::Initial) => self
                 .selected
                 .iter()
                 .filter(|table| match snapshot::copy_finished(checkpoint, table) {

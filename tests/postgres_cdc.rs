@@ -98,6 +98,65 @@ fn copies_every_table_then_streams_each_kind_of_change() {
     assert!(letters.is_empty(), "no dead letters: {letters}");
 }
 
+/// A value weir cannot carry exactly (a numeric NaN) makes its change a dead letter with
+/// the reason, written as the Debezium event it would have been, and the stream goes on.
+#[test]
+fn a_change_weir_cannot_carry_is_a_dead_letter_in_debezium_form() {
+    let pg = server();
+    let ws = Workspace::new();
+    let mut source = pg.client("source");
+    source
+        .batch_execute(
+            "CREATE TABLE prices (id int PRIMARY KEY, price numeric(12,2), note text);
+             INSERT INTO prices VALUES (1, 1.50, 'a');",
+        )
+        .unwrap();
+    let file = pipeline(&ws, &pg, "shop", "");
+    let weir_run = start(&ws, &file);
+    wait_until_same(&pg, &ws, &["prices"], Duration::from_secs(60));
+    source
+        .batch_execute(
+            "INSERT INTO prices VALUES (2, 'NaN', 'x\"y');
+             INSERT INTO prices VALUES (3, 3.00, 'c');",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let target_has_3 = || {
+        pg.client("target")
+            .query_opt("SELECT 1 FROM prices WHERE id = 3", &[])
+            .unwrap()
+            .is_some()
+    };
+    while !target_has_3() {
+        assert!(
+            Instant::now() < deadline,
+            "the change after the refused one is applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(weir_run);
+    let letters = std::fs::read_to_string(ws.path("dead-letters.jsonl")).unwrap();
+    let letters: Vec<serde_json::Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert!(
+        letter["error"].as_str().unwrap().contains("price"),
+        "the reason names the column: {letter}"
+    );
+    let event: serde_json::Value = serde_json::from_str(letter["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(event["payload"]["op"], "c");
+    assert_eq!(event["payload"]["after"]["price"], "NaN");
+    assert_eq!(event["payload"]["after"]["note"], "x\"y");
+    assert_eq!(event["payload"]["source"]["table"], "prices");
+    assert_eq!(
+        event["schema"]["fields"][1]["fields"][1]["name"],
+        "org.apache.kafka.connect.data.Decimal"
+    );
+}
+
 #[test]
 fn a_killed_run_resumes_without_losing_or_repeating_and_the_slot_waits_for_the_sink() {
     let pg = server();

@@ -16,7 +16,7 @@ use common::services::Postgres;
 use common::{Workspace, weir};
 
 const TABLES: usize = 10;
-const ROWS: i64 = 20_000;
+const ROWS: i64 = 60_000;
 const CHUNK: i64 = 1_000;
 
 fn table(i: usize) -> String {

@@ -20,6 +20,7 @@ use rand::Rng;
 
 use crate::config::LoadedPipeline;
 use crate::dead_letter::{self, DeadLetter, DeadLetterSink, Stage};
+use crate::decode::native::NativeTables;
 use crate::decode::table::IncompatibleChange;
 use crate::decode::{DecodeError, Decoder, Outcome};
 use crate::envelope::ChangeBatch;
@@ -52,6 +53,13 @@ enum Decoding {
 }
 
 impl Decoding {
+    fn set_native(&mut self, tables: Option<Arc<NativeTables>>) {
+        match self {
+            Decoding::One(decoder) => decoder.set_native(tables),
+            Decoding::Many(many) => many.set_native(tables),
+        }
+    }
+
     fn rows(&self) -> usize {
         match self {
             Decoding::One(decoder) => decoder.rows(),
@@ -199,6 +207,8 @@ pub struct RunSummary {
 struct Letters {
     sink: Arc<Mutex<Box<dyn DeadLetterSink>>>,
     metrics: Arc<Metrics>,
+    /// Native events ([`crate::decode::native`]) are written as Debezium documents.
+    native: Option<Arc<NativeTables>>,
 }
 
 impl Letters {
@@ -212,6 +222,23 @@ impl Letters {
     fn write(&self, letter: &DeadLetter<'_>) -> Result<(), PipelineError> {
         tracing::debug!(stage = letter.stage.as_str(), error = %letter.error, "record sent to the dead-letter output");
         Metrics::add(&self.metrics.dead_letters, 1);
+        let rendered = match (&self.native, letter.raw) {
+            (Some(native), Some(raw)) if crate::decode::native::is_native(raw) => {
+                native.render(raw)
+            }
+            _ => None,
+        };
+        let rendered_letter;
+        let letter = match &rendered {
+            Some(document) => {
+                rendered_letter = DeadLetter {
+                    raw: Some(document),
+                    ..*letter
+                };
+                &rendered_letter
+            }
+            None => letter,
+        };
         self.sink
             .lock()
             .expect("dead letters")
@@ -306,7 +333,7 @@ fn run_stages(
     // them, and two sessions creating one schema at once make one of them fail).
     *status = Some(StatusWriter::start(pipeline, metrics.clone()));
     let start = resumed_from.clone().unwrap_or_default();
-    let decoding = match &pipeline.config.tables {
+    let mut decoding = match &pipeline.config.tables {
         None => {
             let mut table = pipeline.table_spec();
             table.target_types = sink.target_types()?;
@@ -331,6 +358,8 @@ fn run_stages(
         }
     };
     let mut source = source::build(pipeline, metrics.clone())?;
+    let native = source.native_tables();
+    decoding.set_native(native.clone());
     source.seek(&start)?;
     if metrics.lifecycle.current_phase().is_none() {
         // A source without phases of its own (a file, Kafka) streams from the start.
@@ -357,6 +386,7 @@ fn run_stages(
             })?,
         )),
         metrics: metrics.clone(),
+        native,
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     let limits = PollLimits {

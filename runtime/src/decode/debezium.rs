@@ -10,6 +10,9 @@ impl Decoder {
             return self.tombstone(record.key);
         }
         match self.format {
+            Format::DebeziumJson if self.reads_native(value) => {
+                self.decode_native(value, record.key)
+            }
             Format::DebeziumJson => self.decode_envelope_document(value, record.key),
             Format::DebeziumJsonUnwrapped => self.decode_unwrapped(value),
         }
@@ -225,39 +228,60 @@ impl Decoder {
         let mut source_time: Option<i64> = None;
         let mut key = j.object_first()?.map(SourceKey::of);
         while let Some(k) = key {
-            match k {
-                SourceKey::Text(column) => {
-                    let builder = &mut self.envelope.texts[column];
-                    if builder.len() == row {
-                        push_scalar_text(j, builder)?;
-                    } else {
-                        j.skip()?;
-                    }
-                }
-                SourceKey::Time(which) => {
-                    let micros = read_epoch_micros(j, which)?;
-                    if micros.is_some() && (source_time.is_none() || !matches!(which, Key::TsMs)) {
-                        source_time = micros;
-                    }
-                }
-                SourceKey::Position(name) => {
-                    let mark = self.scratch.len();
-                    if !self.scratch.is_empty() {
-                        self.scratch.push(',');
-                    }
-                    self.scratch.push_str(name);
-                    self.scratch.push('=');
-                    let value_start = self.scratch.len();
-                    append_scalar_text(j, &mut self.scratch)?;
-                    if self.scratch.len() == value_start {
-                        // null or empty: leave it out
-                        self.scratch.truncate(mark);
-                    }
-                }
-                SourceKey::Other => j.skip()?,
-            }
+            self.source_field(k, j, row, &mut source_time)?;
             key = j.object_next()?.map(SourceKey::of);
         }
+        self.end_source(row, source_time)
+    }
+
+    /// One field of the `source` block (`scratch` gathers the log position).
+    pub(super) fn source_field(
+        &mut self,
+        key: SourceKey,
+        j: &mut Json,
+        row: usize,
+        source_time: &mut Option<i64>,
+    ) -> Result<(), DecodeError> {
+        match key {
+            SourceKey::Text(column) => {
+                let builder = &mut self.envelope.texts[column];
+                if builder.len() == row {
+                    push_scalar_text(j, builder)?;
+                } else {
+                    j.skip()?;
+                }
+            }
+            SourceKey::Time(which) => {
+                let micros = read_epoch_micros(j, which)?;
+                if micros.is_some() && (source_time.is_none() || !matches!(which, Key::TsMs)) {
+                    *source_time = micros;
+                }
+            }
+            SourceKey::Position(name) => {
+                let mark = self.scratch.len();
+                if !self.scratch.is_empty() {
+                    self.scratch.push(',');
+                }
+                self.scratch.push_str(name);
+                self.scratch.push('=');
+                let value_start = self.scratch.len();
+                append_scalar_text(j, &mut self.scratch)?;
+                if self.scratch.len() == value_start {
+                    // null or empty: leave it out
+                    self.scratch.truncate(mark);
+                }
+            }
+            SourceKey::Other => j.skip()?,
+        }
+        Ok(())
+    }
+
+    /// Ends the `source` block: its time and the log position gathered in `scratch`.
+    pub(super) fn end_source(
+        &mut self,
+        row: usize,
+        source_time: Option<i64>,
+    ) -> Result<(), DecodeError> {
         if let Some(t) = source_time
             && self.envelope.source_time.len() == row
         {

@@ -18,6 +18,7 @@ pub mod builder;
 mod debezium;
 pub mod decimal;
 pub mod json;
+pub mod native;
 pub mod route;
 mod schema;
 pub mod table;
@@ -300,6 +301,8 @@ struct SchemaEntry {
     source_types: SourceTypes,
     /// Set when the schema names a column that `unknown_columns: reject` refuses.
     rejected: Option<String>,
+    /// The native table ([`native::NativeTables`]) whose block this is, once looked up.
+    native: Option<u32>,
 }
 
 /// Which row image a value is for.
@@ -418,6 +421,8 @@ pub struct Decoder {
     /// were built for: a table's columns rarely change, and rebuilding them for every
     /// batch of every table of a many-table pipeline was a good part of its allocations.
     finished_schema: Option<(u64, Fields, SchemaRef)>,
+    /// The tables of weir's own source, whose native events this decoder reads.
+    native: Option<Arc<native::NativeTables>>,
     pub stats: DecodeStats,
 }
 
@@ -456,6 +461,7 @@ impl Decoder {
             table_info,
             table_info_version: None,
             finished_schema: None,
+            native: None,
             stats: DecodeStats::default(),
         }
     }

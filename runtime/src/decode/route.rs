@@ -196,6 +196,10 @@ impl<'a> Fields<'a> {
     /// Reads them in one pass over the event's structure, without validating what it
     /// skips. `None` when the event is not a JSON object as far as the pass reads.
     pub(crate) fn read(value: &'a [u8], format: Format) -> Option<Fields<'a>> {
+        if format == Format::DebeziumJson && super::native::is_native(value) {
+            // weir's own source names the table in the event's header.
+            return super::native::NativeEvent::table_fields(value);
+        }
         let mut scan = Scan {
             bytes: value,
             at: 0,

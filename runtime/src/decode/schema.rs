@@ -44,6 +44,7 @@ impl Decoder {
                     merged_at: None,
                     source_types: Arc::new(Vec::new()),
                     rejected: None,
+                    native: None,
                 });
                 self.schemas.len() - 1
             }

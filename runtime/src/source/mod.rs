@@ -195,6 +195,11 @@ pub trait Source: Send {
     fn committer(&self) -> Option<Box<dyn Committer>> {
         None
     }
+    /// The tables of a source that hands over native events
+    /// ([`crate::decode::native`]) rather than Debezium documents.
+    fn native_tables(&self) -> Option<Arc<crate::decode::native::NativeTables>> {
+        None
+    }
 }
 
 /// Receives the positions the sink has durably applied; called from the applier thread.

@@ -2,8 +2,10 @@
 //! table each event names, so every table keeps its own schema, key and evolution.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::config::tables::TablesConfig;
+use crate::decode::native::NativeTables;
 use crate::decode::route::Fields;
 use crate::decode::table::{TableCheck, TableSpec, UnknownColumns};
 use crate::decode::types::ColumnType;
@@ -69,6 +71,8 @@ pub struct ManyTables {
     unplaced: BTreeMap<String, TableCounts>,
     /// The buffer event tables are named in.
     name: String,
+    /// The tables of weir's own source, for decoders of its native events.
+    native: Option<Arc<NativeTables>>,
 }
 
 /// The batch limits a poll decoded grouped by table must stay within.
@@ -162,7 +166,17 @@ impl ManyTables {
             current: None,
             unplaced: BTreeMap::new(),
             name: String::new(),
+            native: None,
         })
+    }
+
+    /// Lets every table's decoder read native events of these tables.
+    pub fn set_native(&mut self, tables: Option<Arc<NativeTables>>) {
+        self.classifier.set_native(tables.clone());
+        for table in &mut self.tables {
+            table.decoder.set_native(tables.clone());
+        }
+        self.native = tables;
     }
 
     /// Rows decoded since the last [`finish`](Self::finish), over every table.
@@ -415,6 +429,20 @@ impl ManyTables {
             return None;
         }
         let value = record.value?;
+        if crate::decode::native::is_native(value) {
+            // weir's own source names the table exactly.
+            let fields = Fields::read(value, self.format)?;
+            let path = [
+                fields.db.as_deref(),
+                fields.schema.as_deref(),
+                fields.table.as_deref(),
+            ];
+            if !source_table_into(path, position, name) {
+                return None;
+            }
+            let entry = *self.slots.get(name.as_str())?;
+            return matches!(self.entries[entry].slot, Slot::Decoded(_)).then_some(entry);
+        }
         // Each `{` from the end (a vectorised search; few follow the source block) until
         // one ends `"source":{`.
         let at = memchr::memrchr_iter(b'{', value)
@@ -598,10 +626,9 @@ impl ManyTables {
             target: Some(target.clone()),
         };
         tracing::info!(table = %name, target = %target, key = ?spec.primary_key, "new table");
-        self.tables.push(Table {
-            decoder: Decoder::new(spec, self.format),
-            target,
-        });
+        let mut decoder = Decoder::new(spec, self.format);
+        decoder.set_native(self.native.clone());
+        self.tables.push(Table { decoder, target });
         Ok(Slot::Decoded(self.tables.len() - 1))
     }
 

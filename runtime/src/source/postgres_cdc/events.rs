@@ -1,10 +1,19 @@
-//! Debezium change events for PostgreSQL rows: the envelope the Debezium decoder reads,
-//! with its schema block, so snapshot rows and streamed changes become the same change
-//! batches as events captured by Debezium itself.
+//! Change events for PostgreSQL rows, written as native events
+//! (`crate::decode::native`): the values of the Debezium envelope, whose schema block is
+//! built once per table, so snapshot rows and streamed changes become the same change
+//! batches as events captured by Debezium itself. Where an event leaves weir (a dead
+//! letter) it is rendered as that Debezium document.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use crate::decode::native::{MARK, NativeTable, NativeTables};
 
 use super::values::{Kind, write_json_string};
+
+/// The framing bytes of a native event, as characters.
+const FIELD: char = crate::decode::native::FIELD as char;
+const IMAGE: char = crate::decode::native::IMAGE as char;
 
 /// One column of a table, as the source describes it.
 #[derive(Debug, Clone)]
@@ -23,6 +32,8 @@ pub struct Relation {
     pub columns: Vec<Column>,
     /// `{"schema":{…},"payload":`: the start of every event of this table.
     head: String,
+    /// Its id among the source's native tables, once registered.
+    native: OnceLock<u32>,
 }
 
 /// A column's value in one row image.
@@ -44,6 +55,8 @@ pub struct SourceInfo<'a> {
     pub snapshot: &'a str,
     pub tx_id: Option<u32>,
     pub lsn: u64,
+    /// When weir read the change, in epoch milliseconds (the event's own `ts_ms`).
+    pub now_ms: i64,
 }
 
 const SOURCE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"version"},{"type":"string","optional":false,"field":"connector"},{"type":"string","optional":false,"field":"name"},{"type":"int64","optional":false,"field":"ts_ms"},{"type":"string","optional":true,"name":"io.debezium.data.Enum","version":1,"parameters":{"allowed":"true,last,false,incremental"},"default":"false","field":"snapshot"},{"type":"string","optional":false,"field":"db"},{"type":"string","optional":false,"field":"schema"},{"type":"string","optional":false,"field":"table"},{"type":"int64","optional":true,"field":"txId"},{"type":"int64","optional":true,"field":"lsn"},{"type":"int64","optional":true,"field":"xmin"}],"optional":false,"name":"io.debezium.connector.postgresql.Source","field":"source"}"#;
@@ -77,6 +90,7 @@ impl Relation {
             table,
             columns,
             head,
+            native: OnceLock::new(),
         }
     }
 
@@ -85,11 +99,31 @@ impl Relation {
         format!("{}.{}", self.schema, self.table)
     }
 
-    /// Writes the change event (value) for `op` (`r`, `c`, `u`, `d`, `t`) into `value`,
-    /// and its record key (`{"id":1}`, schemaless) into `key`. An image's values are in
-    /// column order. A value with no exact JSON form is an error naming the column.
+    /// This table's id in `tables`, registered the first time it is asked for.
+    fn native_id(&self, tables: &NativeTables) -> u32 {
+        *self.native.get_or_init(|| {
+            let keys = self
+                .columns
+                .iter()
+                .map(|c| {
+                    let mut quoted = String::new();
+                    write_json_string(&mut quoted, &c.name);
+                    quoted[1..quoted.len() - 1].to_string()
+                })
+                .collect();
+            tables.register(NativeTable::new(self.head.clone(), keys))
+        })
+    }
+
+    /// Writes the change event for `op` (`r`, `c`, `u`, `d`, `t`) into `value` as a
+    /// native event of `tables` (`crate::decode::native`: the Debezium event's values
+    /// without its document), and its record key (`{"id":1}`, schemaless) into `key`.
+    /// An image's values are in column order. A value with no exact JSON form is written
+    /// as its text, which the decoder refuses with the reason.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_event(
         &self,
+        tables: &NativeTables,
         value: &mut String,
         key: &mut String,
         op: &str,
@@ -99,35 +133,31 @@ impl Relation {
     ) -> Result<(), String> {
         value.clear();
         key.clear();
-        value.push_str(&self.head);
-        value.push_str(r#"{"before":"#);
-        self.write_image(value, before)?;
-        value.push_str(r#","after":"#);
-        self.write_image(value, after)?;
-        value.push_str(r#","source":{"version":"weir","connector":"postgresql","name":"#);
+        let id = self.native_id(tables);
+        // SAFETY of the framing: every field is a JSON value, and JSON text holds no raw
+        // 0x1e or 0x1f.
+        value.push_str(std::str::from_utf8(MARK).expect("ASCII"));
+        let _ = write!(value, "{FIELD}{id}{FIELD}{op}{FIELD}");
         write_json_string(value, source.server);
-        let _ = write!(
-            value,
-            r#","ts_ms":{},"snapshot":"{}","db":"#,
-            source.ts_ms, source.snapshot
-        );
+        value.push(FIELD);
         write_json_string(value, source.db);
-        value.push_str(r#","schema":"#);
+        value.push(FIELD);
         write_json_string(value, &self.schema);
-        value.push_str(r#","table":"#);
+        value.push(FIELD);
         write_json_string(value, &self.table);
+        let _ = write!(value, "{FIELD}{}{FIELD}", source.ts_ms);
+        write_json_string(value, source.snapshot);
         match source.tx_id {
             Some(tx) => {
-                let _ = write!(value, r#","txId":{tx}"#);
+                let _ = write!(value, "{FIELD}{tx}");
             }
-            None => value.push_str(r#","txId":null"#),
+            None => {
+                let _ = write!(value, "{FIELD}null");
+            }
         }
-        let _ = write!(
-            value,
-            r#","lsn":{},"xmin":null}},"op":"{op}","ts_ms":{}}}}}"#,
-            source.lsn,
-            chrono::Utc::now().timestamp_millis()
-        );
+        let _ = write!(value, "{FIELD}{}{FIELD}{}", source.lsn, source.now_ms);
+        self.write_image(value, before)?;
+        self.write_image(value, after)?;
         // The key comes from the image that has it: the row after, or before a delete.
         if let Some(image) = after.or(before) {
             key.push('{');
@@ -153,8 +183,9 @@ impl Relation {
     }
 
     fn write_image(&self, out: &mut String, image: Option<&[Value<'_>]>) -> Result<(), String> {
+        out.push(IMAGE);
         let Some(image) = image else {
-            out.push_str("null");
+            out.push('n');
             return Ok(());
         };
         if image.len() != self.columns.len() {
@@ -165,16 +196,11 @@ impl Relation {
                 self.columns.len()
             ));
         }
-        out.push('{');
-        for (i, (column, v)) in self.columns.iter().zip(image).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_json_string(out, &column.name);
-            out.push(':');
+        out.push('r');
+        for (column, v) in self.columns.iter().zip(image) {
+            out.push(FIELD);
             self.write_value(out, column, *v)?;
         }
-        out.push('}');
         Ok(())
     }
 
@@ -203,42 +229,77 @@ impl Relation {
 mod tests {
     use super::super::values::oid;
     use super::*;
+    use crate::decode::table::TableSpec;
+    use crate::decode::{Decoder, Format, RawRecord};
+    use crate::position::Position;
+    use std::sync::Arc;
 
-    #[test]
-    fn an_event_is_a_debezium_envelope_with_its_schema() {
-        let relation = Relation::new(
+    fn orders() -> Relation {
+        let column = |name: &str, oid: u32, typmod: i32, key: bool| Column {
+            name: name.into(),
+            kind: Kind::of(oid, typmod),
+            key,
+        };
+        Relation::new(
             "shop",
             "public".into(),
             "orders".into(),
             vec![
-                Column {
-                    name: "id".into(),
-                    kind: Kind::of(oid::INT8, -1),
-                    key: true,
-                },
-                Column {
-                    name: "price".into(),
-                    kind: Kind::of(oid::NUMERIC, ((10 << 16) | 2) + 4),
-                    key: false,
-                },
+                column("id", oid::INT8, -1, true),
+                column("price", oid::NUMERIC, ((10 << 16) | 2) + 4, false),
+                column("note \"q\"", 25, -1, false),
+                column("placed", oid::TIMESTAMPTZ, -1, false),
+                column("day", oid::DATE, -1, false),
+                column("ok", oid::BOOL, -1, false),
+                column("raw", oid::BYTEA, -1, false),
+                column("ratio", oid::FLOAT8, -1, false),
+                column("doc", oid::JSONB, -1, false),
             ],
-        );
-        let (mut value, mut key) = (String::new(), String::new());
-        let source = SourceInfo {
+        )
+    }
+
+    fn source(tx_id: Option<u32>, snapshot: &str) -> SourceInfo<'_> {
+        SourceInfo {
             server: "shop",
             db: "app",
             ts_ms: 5,
-            snapshot: "false",
-            tx_id: Some(7),
+            snapshot,
+            tx_id,
             lsn: 99,
-        };
-        let after = [Value::Text("1"), Value::Text("9.50")];
+            now_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn an_event_renders_as_a_debezium_envelope_with_its_schema() {
+        let tables = NativeTables::default();
+        let relation = orders();
+        let (mut value, mut key) = (String::new(), String::new());
+        let mut after = [Value::Null; 9];
+        after[0] = Value::Text("1");
+        after[1] = Value::Text("9.50");
         relation
-            .write_event(&mut value, &mut key, "c", None, Some(&after), &source)
+            .write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                "c",
+                None,
+                Some(&after),
+                &source(Some(7), "false"),
+            )
             .unwrap();
-        let event: serde_json::Value = serde_json::from_str(&value).unwrap();
+        assert!(crate::decode::native::is_native(value.as_bytes()));
+        let document = tables.render(value.as_bytes()).unwrap();
+        let text = String::from_utf8(document).unwrap();
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(key, r#"{"id":1}"#);
-        assert!(value.contains(r#""price":9.50}"#), "exact digits: {value}");
+        assert!(text.contains(r#""price":9.50,"#), "exact digits: {text}");
+        assert_eq!(event["payload"]["before"], serde_json::Value::Null);
+        assert_eq!(
+            event["payload"]["after"]["note \"q\""],
+            serde_json::Value::Null
+        );
         assert_eq!(event["payload"]["source"]["lsn"], 99);
         assert_eq!(event["payload"]["source"]["txId"], 7);
         assert_eq!(event["payload"]["source"]["table"], "orders");
@@ -247,10 +308,172 @@ mod tests {
         assert_eq!(fields[1]["name"], "org.apache.kafka.connect.data.Decimal");
         assert_eq!(fields[1]["parameters"]["scale"], "2");
         // No exact form: written as text, which the decoder refuses with its reason.
-        let bad = [Value::Text("1"), Value::Text("NaN")];
+        after[1] = Value::Text("NaN");
         relation
-            .write_event(&mut value, &mut key, "c", None, Some(&bad), &source)
+            .write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                "c",
+                None,
+                Some(&after),
+                &source(Some(7), "false"),
+            )
             .unwrap();
-        assert!(value.contains(r#""price":"NaN"}"#), "{value}");
+        let text = String::from_utf8(tables.render(value.as_bytes()).unwrap()).unwrap();
+        assert!(text.contains(r#""price":"NaN","#), "{text}");
+    }
+
+    fn position() -> Position {
+        Position::File {
+            stream: "test".into(),
+            line: 1,
+            offset: 0,
+            next: 1,
+        }
+    }
+
+    /// What a decoder makes of `records`: each record's outcome (or error), then the
+    /// batch of the rows.
+    fn decoded(
+        tables: Option<Arc<NativeTables>>,
+        records: &[(Option<String>, Vec<u8>)],
+    ) -> (Vec<String>, arrow::array::RecordBatch) {
+        let mut decoder = Decoder::new(
+            TableSpec::new("public.orders", &["id"]),
+            Format::DebeziumJson,
+        );
+        decoder.set_native(tables);
+        let outcomes = records
+            .iter()
+            .map(|(key, value)| {
+                let record = RawRecord {
+                    key: key.as_deref().map(str::as_bytes),
+                    value: Some(value),
+                    ..RawRecord::default()
+                };
+                format!("{:?}", decoder.decode(record, &position()))
+            })
+            .collect();
+        (outcomes, decoder.finish(Default::default()).data)
+    }
+
+    /// The native events are a faster form of the Debezium documents, nothing more: a
+    /// decoder given both makes the same batch, and refuses the same events with the
+    /// same reasons.
+    #[test]
+    fn native_events_decode_exactly_as_their_debezium_documents() {
+        let tables = Arc::new(NativeTables::default());
+        let relation = orders();
+        let full = [
+            Value::Text("1"),
+            Value::Text("12345678.91"),
+            Value::Text("tab\t \u{1f}unit \u{1e}record \"quoted\" \\ é"),
+            Value::Text("2024-05-01 12:30:00.25+05:30"),
+            Value::Text("2024-02-29"),
+            Value::Text("t"),
+            Value::Text("\\x00ff10"),
+            Value::Text("-1.5e-7"),
+            Value::Text(r#"{"a": [1, "x\u001f"]}"#),
+        ];
+        let mut nulls = [Value::Null; 9];
+        nulls[0] = Value::Text("2");
+        let mut bad = full;
+        bad[1] = Value::Text("NaN");
+        let mut bad_date = full;
+        bad_date[4] = Value::Text("infinity");
+        // op, before, after, txId, snapshot
+        type Event<'a> = (
+            &'a str,
+            Option<&'a [Value<'a>]>,
+            Option<&'a [Value<'a>]>,
+            Option<u32>,
+            &'a str,
+        );
+        let events: [Event<'_>; 8] = [
+            ("r", None, Some(&full), None, "true"),
+            ("c", None, Some(&nulls), Some(7), "false"),
+            ("u", Some(&nulls), Some(&full), Some(8), "false"),
+            ("c", None, Some(&bad), Some(9), "false"),
+            ("c", None, Some(&bad_date), Some(9), "false"),
+            ("d", Some(&full), None, Some(10), "false"),
+            ("t", None, None, Some(11), "last"),
+            ("c", None, Some(&full[..3]), Some(12), "false"),
+        ];
+        let (mut native, mut rendered) = (Vec::new(), Vec::new());
+        for (op, before, after, tx_id, snapshot) in events {
+            let (mut value, mut key) = (String::new(), String::new());
+            let written = relation.write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                op,
+                before,
+                after,
+                &source(tx_id, snapshot),
+            );
+            if written.is_err() {
+                // A row of the wrong width is the source's own error, before any event.
+                assert_eq!(after.map(<[_]>::len), Some(3));
+                continue;
+            }
+            let key = (!key.is_empty()).then_some(key);
+            rendered.push((key.clone(), tables.render(value.as_bytes()).unwrap()));
+            native.push((key, value.into_bytes()));
+        }
+        assert_eq!(native.len(), 7);
+        let (native_outcomes, native_batch) = decoded(Some(tables.clone()), &native);
+        let (document_outcomes, document_batch) = decoded(None, &rendered);
+        assert_eq!(native_outcomes, document_outcomes);
+        assert_eq!(
+            native_outcomes
+                .iter()
+                .filter(|o| o.starts_with("Err"))
+                .count(),
+            2,
+            "{native_outcomes:?}"
+        );
+        assert_eq!(native_batch.num_rows(), 5);
+        assert_eq!(native_batch, document_batch);
+        // A decoder not given the source's tables refuses native events as malformed.
+        let (outcomes, batch) = decoded(None, &native[..1]);
+        assert!(outcomes[0].starts_with("Err"), "{outcomes:?}");
+        assert_eq!(batch.num_rows(), 0);
+    }
+
+    #[test]
+    fn a_malformed_native_event_is_refused_without_a_panic() {
+        let tables = Arc::new(NativeTables::default());
+        let relation = orders();
+        let (mut value, mut key) = (String::new(), String::new());
+        let after = [Value::Text("1"); 9];
+        relation
+            .write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                "c",
+                None,
+                Some(&after),
+                &source(None, "false"),
+            )
+            .unwrap();
+        let whole = value.into_bytes();
+        let mut cases: Vec<Vec<u8>> = (1..whole.len()).map(|n| whole[..n].to_vec()).collect();
+        let mut unknown_id = whole.clone();
+        unknown_id[MARK.len() + 1] = b'9';
+        cases.push(unknown_id);
+        let mut extra = whole.clone();
+        extra.extend_from_slice(b"\x1f1");
+        cases.push(extra);
+        for case in cases {
+            let (outcomes, batch) = decoded(Some(tables.clone()), &[(None, case.clone())]);
+            assert!(
+                outcomes[0].starts_with("Err"),
+                "{:?}: {outcomes:?}",
+                String::from_utf8_lossy(&case)
+            );
+            assert_eq!(batch.num_rows(), 0);
+        }
     }
 }

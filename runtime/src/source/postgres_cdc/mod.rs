@@ -39,6 +39,7 @@ use self::snapshot::Snapshot;
 use self::stream::Stream;
 use super::{Committer, PollLimits, PollStatus, RawBatch, Source, SourceError};
 use crate::config::{HumanDuration, LoadedPipeline};
+use crate::decode::native::NativeTables;
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
 use crate::position::Checkpoint;
@@ -180,6 +181,8 @@ pub struct PostgresCdcSource {
     late_queue: Vec<String>,
     /// The copy of such tables under way.
     late: Option<LateCopy>,
+    /// The tables the events are written for ([`crate::decode::native`]).
+    native: Arc<NativeTables>,
 }
 
 /// A copy of tables added to the publication while streaming. It reads in the snapshot a
@@ -232,6 +235,7 @@ impl PostgresCdcSource {
             selected: Default::default(),
             late_queue: Vec::new(),
             late: None,
+            native: Arc::new(NativeTables::default()),
         })
     }
 
@@ -344,6 +348,8 @@ impl PostgresCdcSource {
         let context = snapshot::Context {
             server: &self.server,
             db: &self.db,
+            native: &self.native,
+            now_ms: chrono::Utc::now().timestamp_millis(),
         };
         let result = late.snapshot.poll(batch, limits, &context);
         // The stream is not read meanwhile: tell the server the sink's progress.
@@ -395,6 +401,7 @@ impl PostgresCdcSource {
             &self.db,
             self.flushed.clone(),
             self.heartbeats.clone(),
+            self.native.clone(),
         )
     }
 
@@ -680,6 +687,8 @@ impl Source for PostgresCdcSource {
                 let context = snapshot::Context {
                     server: &self.server,
                     db: &self.db,
+                    native: &self.native,
+                    now_ms: chrono::Utc::now().timestamp_millis(),
                 };
                 match snapshot.poll(batch, limits, &context) {
                     Ok(true) => {
@@ -811,6 +820,10 @@ impl Source for PostgresCdcSource {
             // The next poll finds the connection lost and reopens it.
             tracing::debug!(%error, "status update while the pipeline is full");
         }
+    }
+
+    fn native_tables(&self) -> Option<Arc<NativeTables>> {
+        Some(self.native.clone())
     }
 
     fn committer(&self) -> Option<Box<dyn Committer>> {

@@ -90,6 +90,9 @@ pub fn copy_finished(checkpoint: &Checkpoint, table: &str) -> Option<bool> {
 pub struct Context<'a> {
     pub server: &'a str,
     pub db: &'a str,
+    pub native: &'a crate::decode::native::NativeTables,
+    /// When the poll began, in epoch milliseconds: the events' own `ts_ms`.
+    pub now_ms: i64,
 }
 
 pub struct Snapshot {
@@ -424,6 +427,7 @@ impl Snapshot {
             .collect();
         let source = self.source_info(context);
         plan.relation.write_event(
+            context.native,
             &mut self.value,
             &mut self.key,
             "r",
@@ -472,6 +476,7 @@ impl Snapshot {
             snapshot: "true",
             tx_id: self.tx_id,
             lsn: self.lsn,
+            now_ms: context.now_ms,
         }
     }
 
@@ -484,8 +489,15 @@ impl Snapshot {
         context: &Context<'_>,
     ) -> Result<(), String> {
         let source = self.source_info(context);
-        plan.relation
-            .write_event(&mut self.value, &mut self.key, "t", None, None, &source)?;
+        plan.relation.write_event(
+            context.native,
+            &mut self.value,
+            &mut self.key,
+            "t",
+            None,
+            None,
+            &source,
+        )?;
         let position = Position::Postgres {
             stream: plan.stream.clone(),
             at: i64::MIN,

@@ -13,6 +13,7 @@ use super::catalog::{Domains, describe_error};
 use super::events::{Column, Relation, SourceInfo, Value};
 use super::replication::{Frame, ReplicationConnection};
 use super::{MAX_POLL_WAIT, PostgresCdcSourceConfig, SESSION_OPTIONS, lsn_text, stream_key};
+use crate::decode::native::NativeTables;
 use crate::position::{Position, ResumePoint};
 use crate::sink::postgres::quote;
 use crate::source::{PollLimits, PollStatus, RawBatch};
@@ -72,6 +73,11 @@ pub struct Stream {
     pause_at: Option<u64>,
     /// The first message past that point, read and kept until the stream resumes.
     held: Option<(LogicalReplicationMessage, u64)>,
+    /// The tables the events are written for ([`crate::decode::native`]).
+    native: Arc<NativeTables>,
+    /// When the poll began, in epoch milliseconds: the events' `ts_ms` (when weir read
+    /// them), read once per poll rather than per change.
+    now_ms: i64,
 }
 
 /// The URL (or key-value conninfo) with the replication and session options added.
@@ -100,6 +106,7 @@ impl Stream {
         db: &str,
         flushed: Arc<AtomicU64>,
         heartbeats: super::SentHeartbeats,
+        native: Arc<NativeTables>,
     ) -> Result<Stream, String> {
         let connection = ReplicationConnection::connect(&replication_conninfo(config.url.expose()))
             .map_err(|e| format!("cannot open a replication connection: {e}"))?;
@@ -123,6 +130,8 @@ impl Stream {
             skip_origins: super::origin_patterns(&config.skip_origins)?,
             pause_at: None,
             held: None,
+            native,
+            now_ms: 0,
         })
     }
 
@@ -188,6 +197,7 @@ impl Stream {
         domains: &mut Domains,
     ) -> Result<PollStatus, String> {
         let deadline = Instant::now() + limits.max_wait.min(MAX_POLL_WAIT);
+        self.now_ms = chrono::Utc::now().timestamp_millis();
         self.changes = 0;
         if self.pause_at.is_none()
             && let Some((message, wal_start)) = self.held.take()
@@ -605,14 +615,21 @@ impl Stream {
             snapshot: "false",
             tx_id: Some(transaction.xid),
             lsn,
+            now_ms: self.now_ms,
         };
         let table = self
             .tables
             .get(&relation_id)
             .ok_or_else(|| format!("a change of relation {relation_id} before its description"))?;
-        table
-            .relation
-            .write_event(&mut self.value, &mut self.key, op, before, after, &source)?;
+        table.relation.write_event(
+            &self.native,
+            &mut self.value,
+            &mut self.key,
+            op,
+            before,
+            after,
+            &source,
+        )?;
         let pending = Pending {
             // The buffers move into the held change instead of being copied per change.
             key: (!self.key.is_empty()).then(|| std::mem::take(&mut self.key)),
@@ -645,6 +662,11 @@ impl Stream {
             Some(pending.value.as_bytes()),
             position,
         );
+        // Its buffers are written into next, instead of growing new ones per change.
+        self.value = pending.value;
+        if let Some(key) = pending.key {
+            self.key = key;
+        }
     }
 }
 

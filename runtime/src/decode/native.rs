@@ -149,6 +149,13 @@ fn plain_string(value: &[u8]) -> Option<&str> {
     std::str::from_utf8(inner).ok()
 }
 
+/// The table id of a native event, read without the rest of its header.
+pub fn table_id(value: &[u8]) -> Option<u32> {
+    let rest = value.strip_prefix(MARK)?.strip_prefix(&[FIELD])?;
+    let end = memchr::memchr(FIELD, rest)?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
 /// Whether a record's value is a native event.
 pub fn is_native(value: &[u8]) -> bool {
     value.starts_with(MARK)

@@ -73,6 +73,8 @@ pub struct ManyTables {
     name: String,
     /// The tables of weir's own source, for decoders of its native events.
     native: Option<Arc<NativeTables>>,
+    /// The entry of each native table id met (a table's name never changes under its id).
+    native_entries: HashMap<u32, usize>,
 }
 
 /// The batch limits a poll decoded grouped by table must stay within.
@@ -167,6 +169,7 @@ impl ManyTables {
             unplaced: BTreeMap::new(),
             name: String::new(),
             native: None,
+            native_entries: HashMap::new(),
         })
     }
 
@@ -430,7 +433,12 @@ impl ManyTables {
         }
         let value = record.value?;
         if crate::decode::native::is_native(value) {
-            // weir's own source names the table exactly.
+            // weir's own source names the table exactly, the same for every event of
+            // one of its table ids.
+            let id = crate::decode::native::table_id(value)?;
+            if let Some(&entry) = self.native_entries.get(&id) {
+                return Some(entry);
+            }
             let fields = Fields::read(value, self.format)?;
             let path = [
                 fields.db.as_deref(),
@@ -441,7 +449,11 @@ impl ManyTables {
                 return None;
             }
             let entry = *self.slots.get(name.as_str())?;
-            return matches!(self.entries[entry].slot, Slot::Decoded(_)).then_some(entry);
+            if !matches!(self.entries[entry].slot, Slot::Decoded(_)) {
+                return None;
+            }
+            self.native_entries.insert(id, entry);
+            return Some(entry);
         }
         // Each `{` from the end (a vectorised search; few follow the source block) until
         // one ends `"source":{`.

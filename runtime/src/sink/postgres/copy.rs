@@ -14,16 +14,16 @@ pub(super) fn write_text(out: &mut String, array: &dyn Array, row: usize) {
             'f'
         }),
         DataType::Int8 => {
-            let _ = write!(out, "{}", array.as_primitive::<Int8Type>().value(row));
+            out.push_str(itoa::Buffer::new().format(array.as_primitive::<Int8Type>().value(row)));
         }
         DataType::Int16 => {
-            let _ = write!(out, "{}", array.as_primitive::<Int16Type>().value(row));
+            out.push_str(itoa::Buffer::new().format(array.as_primitive::<Int16Type>().value(row)));
         }
         DataType::Int32 => {
-            let _ = write!(out, "{}", array.as_primitive::<Int32Type>().value(row));
+            out.push_str(itoa::Buffer::new().format(array.as_primitive::<Int32Type>().value(row)));
         }
         DataType::Int64 => {
-            let _ = write!(out, "{}", array.as_primitive::<Int64Type>().value(row));
+            out.push_str(itoa::Buffer::new().format(array.as_primitive::<Int64Type>().value(row)));
         }
         DataType::Float32 => {
             let v = array.as_primitive::<Float32Type>().value(row);

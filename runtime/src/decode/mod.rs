@@ -562,7 +562,7 @@ impl Decoder {
         let Some(filter) = &self.filter else {
             return Ok(());
         };
-        let reason = match filter.scan(record.value, self.format, position) {
+        let reason = match filter.scan(record.value, self.format, self.native.is_some(), position) {
             route::Verdict::Accept => return Ok(()),
             route::Verdict::Unreadable if !strict => return Ok(()),
             route::Verdict::Unreadable => filter.unreadable(),

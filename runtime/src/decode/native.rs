@@ -22,6 +22,7 @@
 //! ([`NativeTables::render`]).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::json::Json;
@@ -68,19 +69,56 @@ impl NativeTable {
 /// and the decoders (which read); a table described again (a new column) is a new id.
 #[derive(Debug, Default)]
 pub struct NativeTables {
-    tables: RwLock<Vec<Arc<NativeTable>>>,
+    inner: RwLock<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    tables: Vec<Arc<NativeTable>>,
+    /// Ids by a hash of the table's form: PostgreSQL describes a table again on every
+    /// new replication session and after cache invalidations, and an unchanged
+    /// description keeps its id instead of growing the registry.
+    by_form: HashMap<u64, Vec<u32>>,
 }
 
 impl NativeTables {
+    /// The id of a table of this form: its existing one, else a new one.
     pub fn register(&self, table: NativeTable) -> u32 {
-        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&table.head, &table.keys).hash(&mut hasher);
+        let form = hasher.finish();
+        let mut registry = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Registry { tables, by_form } = &mut *registry;
+        let ids = by_form.entry(form).or_default();
+        if let Some(&id) = ids.iter().find(|&&id| {
+            let known = &tables[id as usize];
+            known.head == table.head && known.keys == table.keys
+        }) {
+            return id;
+        }
         tables.push(Arc::new(table));
-        (tables.len() - 1) as u32
+        let id = (tables.len() - 1) as u32;
+        ids.push(id);
+        id
     }
 
     pub fn get(&self, id: u32) -> Option<Arc<NativeTable>> {
-        let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
-        tables.get(id as usize).cloned()
+        let registry = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        registry.tables.get(id as usize).cloned()
+    }
+
+    /// How many distinct tables are registered.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .tables
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The Debezium document of a native event (`None` for anything else, or an event
@@ -240,7 +278,8 @@ impl<'a> NativeEvent<'a> {
 fn image(part: &[u8]) -> Option<Option<&[u8]>> {
     match part.split_first()? {
         (b'n', []) => Some(None),
-        (b'r', values) => Some(Some(values)),
+        // Nothing before the first value's ␟ (an image of no columns is empty).
+        (b'r', values) if values.first().is_none_or(|&b| b == FIELD) => Some(Some(values)),
         _ => None,
     }
 }
@@ -333,6 +372,7 @@ impl Decoder {
         })?);
         let mut j = Json::new(event.event_ts_ms);
         state.event_time = debezium::read_epoch_micros(&mut j, Key::TsMs)?;
+        j.finish()?;
         self.finish_event(state, key)
     }
 

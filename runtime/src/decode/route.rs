@@ -110,14 +110,21 @@ impl TableFilter {
     }
 
     /// Reads the table of a record that has not been decoded (`value` is `None` for a
-    /// tombstone: only the topic can name its table).
-    pub fn scan(&self, value: Option<&[u8]>, format: Format, position: &Position) -> Verdict {
+    /// tombstone: only the topic can name its table). `native`: the record may be a
+    /// native event of weir's own source ([`super::native`]).
+    pub fn scan(
+        &self,
+        value: Option<&[u8]>,
+        format: Format,
+        native: bool,
+        position: &Position,
+    ) -> Verdict {
         let fields = match value {
             None => Fields::default(),
             Some(value) if value.trim_ascii().is_empty() || value.trim_ascii() == b"null" => {
                 Fields::default()
             }
-            Some(value) => match Fields::read(value, format) {
+            Some(value) => match Fields::read(value, format, native) {
                 Some(fields) => fields,
                 None => return Verdict::Unreadable,
             },
@@ -195,9 +202,10 @@ pub(crate) struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// Reads them in one pass over the event's structure, without validating what it
     /// skips. `None` when the event is not a JSON object as far as the pass reads.
-    pub(crate) fn read(value: &'a [u8], format: Format) -> Option<Fields<'a>> {
-        if format == Format::DebeziumJson && super::native::is_native(value) {
-            // weir's own source names the table in the event's header.
+    /// `native`: the record may be a native event of weir's own source, whose header
+    /// names its table (never trusted from any other source).
+    pub(crate) fn read(value: &'a [u8], format: Format, native: bool) -> Option<Fields<'a>> {
+        if native && format == Format::DebeziumJson && super::native::is_native(value) {
             return super::native::NativeEvent::table_fields(value);
         }
         let mut scan = Scan {
@@ -408,7 +416,7 @@ mod tests {
         format: Format,
         at: &Position,
     ) -> Result<(), String> {
-        match filter.scan(Some(event.as_bytes()), format, at) {
+        match filter.scan(Some(event.as_bytes()), format, false, at) {
             Verdict::Accept => Ok(()),
             Verdict::Refuse(reason) => Err(reason),
             Verdict::Unreadable => Err("unreadable".into()),
@@ -496,7 +504,7 @@ mod tests {
         let topic = kafka("db1.inventory.orders");
         for value in [None, Some(&b""[..]), Some(&b"null"[..])] {
             assert!(matches!(
-                filter.scan(value, Format::DebeziumJsonUnwrapped, &topic),
+                filter.scan(value, Format::DebeziumJsonUnwrapped, false, &topic),
                 Verdict::Refuse(_)
             ));
         }

@@ -175,6 +175,8 @@ impl ManyTables {
 
     /// Lets every table's decoder read native events of these tables.
     pub fn set_native(&mut self, tables: Option<Arc<NativeTables>>) {
+        // Ids are the registry's own.
+        self.native_entries.clear();
         self.classifier.set_native(tables.clone());
         for table in &mut self.tables {
             table.decoder.set_native(tables.clone());
@@ -234,18 +236,20 @@ impl ManyTables {
             }
         }
         let named = match record.value {
-            Some(value) if !is_null(value) => match Fields::read(value, self.format) {
-                Some(fields) => source_table_into(
-                    [
-                        fields.db.as_deref(),
-                        fields.schema.as_deref(),
-                        fields.table.as_deref(),
-                    ],
-                    position,
-                    &mut name,
-                ),
-                None => false,
-            },
+            Some(value) if !is_null(value) => {
+                match Fields::read(value, self.format, self.native.is_some()) {
+                    Some(fields) => source_table_into(
+                        [
+                            fields.db.as_deref(),
+                            fields.schema.as_deref(),
+                            fields.table.as_deref(),
+                        ],
+                        position,
+                        &mut name,
+                    ),
+                    None => false,
+                }
+            }
             _ => source_table_into([None, None, None], position, &mut name),
         };
         let result = match named {
@@ -432,14 +436,14 @@ impl ManyTables {
             return None;
         }
         let value = record.value?;
-        if crate::decode::native::is_native(value) {
+        if self.native.is_some() && crate::decode::native::is_native(value) {
             // weir's own source names the table exactly, the same for every event of
             // one of its table ids.
             let id = crate::decode::native::table_id(value)?;
             if let Some(&entry) = self.native_entries.get(&id) {
                 return Some(entry);
             }
-            let fields = Fields::read(value, self.format)?;
+            let fields = Fields::read(value, self.format, true)?;
             let path = [
                 fields.db.as_deref(),
                 fields.schema.as_deref(),

@@ -333,6 +333,21 @@ mod tests {
         }
     }
 
+    /// A row of `orders()` with a value in every column, each of which decodes.
+    fn full_row() -> [Value<'static>; 9] {
+        [
+            Value::Text("1"),
+            Value::Text("12345678.91"),
+            Value::Text("tab\t \u{1f}unit \u{1e}record \"quoted\" \\ é"),
+            Value::Text("2024-05-01 12:30:00.25+05:30"),
+            Value::Text("2024-02-29"),
+            Value::Text("t"),
+            Value::Text("\\x00ff10"),
+            Value::Text("-1.5e-7"),
+            Value::Text(r#"{"a": [1, "x\u001f"]}"#),
+        ]
+    }
+
     /// What a decoder makes of `records`: each record's outcome (or error), then the
     /// batch of the rows.
     fn decoded(
@@ -365,17 +380,7 @@ mod tests {
     fn native_events_decode_exactly_as_their_debezium_documents() {
         let tables = Arc::new(NativeTables::default());
         let relation = orders();
-        let full = [
-            Value::Text("1"),
-            Value::Text("12345678.91"),
-            Value::Text("tab\t \u{1f}unit \u{1e}record \"quoted\" \\ é"),
-            Value::Text("2024-05-01 12:30:00.25+05:30"),
-            Value::Text("2024-02-29"),
-            Value::Text("t"),
-            Value::Text("\\x00ff10"),
-            Value::Text("-1.5e-7"),
-            Value::Text(r#"{"a": [1, "x\u001f"]}"#),
-        ];
+        let full = full_row();
         let mut nulls = [Value::Null; 9];
         nulls[0] = Value::Text("2");
         let mut bad = full;
@@ -441,12 +446,82 @@ mod tests {
         assert_eq!(batch.num_rows(), 0);
     }
 
+    /// PostgreSQL describes a table again on every replication session: an unchanged
+    /// description keeps its id, a changed one gets a new id.
+    #[test]
+    fn a_table_described_again_unchanged_keeps_its_id() {
+        let tables = NativeTables::default();
+        let (mut value, mut key) = (String::new(), String::new());
+        let after = [Value::Text("1"); 9];
+        let mut ids = Vec::new();
+        for relation in [orders(), orders()] {
+            relation
+                .write_event(
+                    &tables,
+                    &mut value,
+                    &mut key,
+                    "c",
+                    None,
+                    Some(&after),
+                    &source(None, "false"),
+                )
+                .unwrap();
+            ids.push(crate::decode::native::table_id(value.as_bytes()).unwrap());
+        }
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(tables.len(), 1);
+        let mut columns = orders().columns;
+        columns.pop();
+        let narrower = Relation::new("shop", "public".into(), "orders".into(), columns);
+        narrower
+            .write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                "c",
+                None,
+                Some(&after[..8]),
+                &source(None, "false"),
+            )
+            .unwrap();
+        assert_ne!(
+            crate::decode::native::table_id(value.as_bytes()),
+            Some(ids[0])
+        );
+        assert_eq!(tables.len(), 2);
+    }
+
+    /// Only a reader that has the source's tables takes a native header's word for the
+    /// table: from any other source the same bytes name nothing.
+    #[test]
+    fn a_native_header_is_read_only_for_weir_s_own_source() {
+        let tables = NativeTables::default();
+        let (mut value, mut key) = (String::new(), String::new());
+        orders()
+            .write_event(
+                &tables,
+                &mut value,
+                &mut key,
+                "d",
+                Some(&[Value::Text("1"); 9]),
+                None,
+                &source(None, "false"),
+            )
+            .unwrap();
+        let read = |native| {
+            crate::decode::route::Fields::read(value.as_bytes(), Format::DebeziumJson, native)
+                .map(|f| f.table.map(|t| t.into_owned()))
+        };
+        assert_eq!(read(true), Some(Some("orders".to_string())));
+        assert_eq!(read(false), None);
+    }
+
     #[test]
     fn a_malformed_native_event_is_refused_without_a_panic() {
         let tables = Arc::new(NativeTables::default());
         let relation = orders();
         let (mut value, mut key) = (String::new(), String::new());
-        let after = [Value::Text("1"); 9];
+        let after = full_row();
         relation
             .write_event(
                 &tables,
@@ -459,6 +534,8 @@ mod tests {
             )
             .unwrap();
         let whole = value.into_bytes();
+        let (outcomes, _) = decoded(Some(tables.clone()), &[(None, whole.clone())]);
+        assert_eq!(outcomes, ["Ok(Row)"], "the whole event decodes");
         let mut cases: Vec<Vec<u8>> = (1..whole.len()).map(|n| whole[..n].to_vec()).collect();
         let mut unknown_id = whole.clone();
         unknown_id[MARK.len() + 1] = b'9';
@@ -466,6 +543,11 @@ mod tests {
         let mut extra = whole.clone();
         extra.extend_from_slice(b"\x1f1");
         cases.push(extra);
+        // Bytes before an image's first value.
+        let after = whole.iter().rposition(|&b| b == IMAGE as u8).unwrap();
+        let mut stray = whole.clone();
+        stray.insert(after + 2, b'x');
+        cases.push(stray);
         for case in cases {
             let (outcomes, batch) = decoded(Some(tables.clone()), &[(None, case.clone())]);
             assert!(

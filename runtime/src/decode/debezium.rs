@@ -331,18 +331,7 @@ impl Decoder {
         // so the next column is tried first.
         let mut key = j.object_first()?;
         while let Some(raw) = key {
-            let index = match self.table.find_bytes(raw, hint) {
-                Some(i) => Some(i),
-                None => {
-                    // Rare: a key with escapes (compared once decoded), or a new column.
-                    let name = key_string(raw);
-                    match self.table.find(&name, hint) {
-                        Some(i) => Some(i),
-                        None => self.unknown_column(&name, j)?,
-                    }
-                }
-            };
-            if let Some(i) = index {
+            if let Some(i) = self.column_of_key(raw, hint, j)? {
                 self.decode_value(j, which, i, row, sources)?;
                 hint = i + 1;
             }
@@ -353,6 +342,26 @@ impl Decoder {
             Which::After => self.after.end_row(),
         }
         Ok(())
+    }
+
+    /// The column of a row field named by its raw (escaped) key, trying from `hint` on;
+    /// a field the table does not have goes to [`Self::unknown_column`] (`j` is at its
+    /// value, which is skipped when the field is ignored).
+    pub(super) fn column_of_key(
+        &mut self,
+        raw: &[u8],
+        hint: usize,
+        j: &mut Json,
+    ) -> Result<Option<usize>, DecodeError> {
+        if let Some(i) = self.table.find_bytes(raw, hint) {
+            return Ok(Some(i));
+        }
+        // Rare: a key with escapes (compared once decoded), or a new column.
+        let name = key_string(raw);
+        match self.table.find(&name, hint) {
+            Some(i) => Ok(Some(i)),
+            None => self.unknown_column(&name, j),
+        }
     }
 
     /// A row field the table does not have: add, ignore or reject it per `unknown_columns`.

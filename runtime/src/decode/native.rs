@@ -132,21 +132,17 @@ impl NativeTables {
         render_image(&mut out, &table, event.before)?;
         out.extend_from_slice(br#","after":"#);
         render_image(&mut out, &table, event.after)?;
-        out.extend_from_slice(br#","source":{"version":"weir","connector":"postgresql","name":"#);
-        for (name, value) in [
-            (&b""[..], event.server),
-            (b",\"ts_ms\":", event.ts_ms),
-            (b",\"snapshot\":", event.snapshot),
-            (b",\"db\":", event.db),
-            (b",\"schema\":", event.schema),
-            (b",\"table\":", event.table),
-            (b",\"txId\":", event.tx_id),
-            (b",\"lsn\":", event.lsn),
-        ] {
+        out.extend_from_slice(br#","source":{"#);
+        for (i, (name, value)) in event.source_block().into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
             out.extend_from_slice(name);
+            out.extend_from_slice(b"\":");
             out.extend_from_slice(value);
         }
-        out.extend_from_slice(br#","xmin":null},"op":""#);
+        out.extend_from_slice(br#"},"op":""#);
         out.extend_from_slice(event.op);
         out.extend_from_slice(br#"","ts_ms":"#);
         out.extend_from_slice(event.event_ts_ms);
@@ -257,6 +253,24 @@ impl<'a> NativeEvent<'a> {
         next().is_none().then_some((event, &rest[end + 1..]))
     }
 
+    /// The event's `source` block, field by field in Debezium's order: each name and
+    /// its JSON value. The decoder reads it and the Debezium document is written from it.
+    fn source_block(&self) -> [(&'static [u8], &'a [u8]); 11] {
+        [
+            (b"version", br#""weir""#),
+            (b"connector", br#""postgresql""#),
+            (b"name", self.server),
+            (b"ts_ms", self.ts_ms),
+            (b"snapshot", self.snapshot),
+            (b"db", self.db),
+            (b"schema", self.schema),
+            (b"table", self.table),
+            (b"txId", self.tx_id),
+            (b"lsn", self.lsn),
+            (b"xmin", b"null"),
+        ]
+    }
+
     /// The fields that say which table an event is for, from its header.
     pub fn table_fields(value: &'a [u8]) -> Option<Fields<'a>> {
         Self::parse_header(value)?.0.fields()
@@ -337,19 +351,7 @@ impl Decoder {
         let row = self.rows();
         self.scratch.clear();
         let mut source_time = None;
-        for (name, value) in [
-            (&b"version"[..], &br#""weir""#[..]),
-            (b"connector", br#""postgresql""#),
-            (b"name", event.server),
-            (b"ts_ms", event.ts_ms),
-            (b"snapshot", event.snapshot),
-            (b"db", event.db),
-            (b"schema", event.schema),
-            (b"table", event.table),
-            (b"txId", event.tx_id),
-            (b"lsn", event.lsn),
-            (b"xmin", b"null"),
-        ] {
+        for (name, value) in event.source_block() {
             let key = SourceKey::of(name);
             if let (SourceKey::Text(column), Some(text)) = (key, plain_string(value)) {
                 // A string without escapes, as nearly all names are: its bytes as they are.
@@ -408,17 +410,7 @@ impl Decoder {
                 .next()
                 .ok_or_else(|| reject("a change event from weir's own source lacks a value"))?;
             let mut j = Json::new(value);
-            let index = match self.table.find_bytes(key.as_bytes(), hint) {
-                Some(i) => Some(i),
-                None => {
-                    let name = key_string(key.as_bytes());
-                    match self.table.find(&name, hint) {
-                        Some(i) => Some(i),
-                        None => self.unknown_column(&name, &mut j)?,
-                    }
-                }
-            };
-            if let Some(i) = index {
+            if let Some(i) = self.column_of_key(key.as_bytes(), hint, &mut j)? {
                 self.decode_value(&mut j, which, i, row, sources)?;
                 hint = i + 1;
             }

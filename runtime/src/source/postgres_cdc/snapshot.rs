@@ -385,6 +385,9 @@ impl Snapshot {
             State::Snapshotting,
             format!("copying {name} (table {} of {})", self.started, self.total),
         );
+        // Recorded now: a short copy would otherwise end before the next refresh, and
+        // the transitions would not show that a resync copied anything.
+        lifecycle.refresh(&self.metrics.health);
         Ok(())
     }
 

@@ -183,7 +183,11 @@ fn write_date(out: &mut String, d: NaiveDate) {
     use chrono::Datelike;
     use std::fmt::Write as _;
     if (0..=9999).contains(&d.year()) {
-        let _ = write!(out, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+        push_padded(out, d.year() as u32, 4);
+        out.push('-');
+        push_padded(out, d.month(), 2);
+        out.push('-');
+        push_padded(out, d.day(), 2);
     } else {
         let _ = write!(out, "{}", d.format("%Y-%m-%d"));
     }
@@ -198,15 +202,14 @@ pub fn format_timestamp_nanos(nanos: i128, utc: bool) -> String {
             let naive = dt.naive_utc();
             let mut out = String::with_capacity(32);
             write_date(&mut out, naive.date());
-            let _ = std::fmt::Write::write_fmt(
-                &mut out,
-                format_args!(
-                    "T{:02}:{:02}:{:02}",
-                    naive.hour(),
-                    naive.minute(),
-                    naive.second()
-                ),
-            );
+            for (separator, value) in [
+                ('T', naive.hour()),
+                (':', naive.minute()),
+                (':', naive.second()),
+            ] {
+                out.push(separator);
+                push_padded(&mut out, value, 2);
+            }
             push_fraction(&mut out, sub);
             if utc {
                 out.push('Z');
@@ -235,13 +238,25 @@ pub(crate) fn push_fraction(out: &mut String, nanos: u32) {
     if nanos == 0 {
         return;
     }
+    out.push('.');
     if nanos.is_multiple_of(1_000_000) {
-        out.push_str(&format!(".{:03}", nanos / 1_000_000));
+        push_padded(out, nanos / 1_000_000, 3);
     } else if nanos.is_multiple_of(1_000) {
-        out.push_str(&format!(".{:06}", nanos / 1_000));
+        push_padded(out, nanos / 1_000, 6);
     } else {
-        out.push_str(&format!(".{nanos:09}"));
+        push_padded(out, nanos, 9);
     }
+}
+
+/// Appends `value`'s last `width` digits (at most 10), zero-padded: the sink and the
+/// source format a date or time per value, and the formatter showed in their profiles.
+fn push_padded(out: &mut String, mut value: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits[..width]).expect("ASCII digits"));
 }
 
 #[cfg(test)]

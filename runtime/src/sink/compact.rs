@@ -98,7 +98,7 @@ pub fn compact(batch: &ChangeBatch, include: Option<&[bool]>) -> Result<Vec<Segm
         return Ok(segments);
     }
     let keys = keys(batch)?;
-    let mut latest: HashMap<&[u8], Action> = HashMap::new();
+    let mut latest: HashMap<&[u8], Action> = HashMap::with_capacity(batch.num_rows());
     let mut truncate_first = false;
     let close = |latest: &mut HashMap<&[u8], Action>,
                  truncate_first: bool,

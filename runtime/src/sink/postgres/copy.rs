@@ -108,15 +108,22 @@ pub(super) fn copy_value(out: &mut Vec<u8>, array: &dyn Array, row: usize) {
 
 /// Appends `value` escaped for COPY's text format.
 fn escape(out: &mut Vec<u8>, value: &[u8]) {
-    for &b in value {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.push(b),
-        }
+    // The runs between escapes are copied whole (most values have no escape at all):
+    // a push per byte showed in the copy's profile.
+    let mut start = 0;
+    for (i, &b) in value.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&value[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
     }
+    out.extend_from_slice(&value[start..]);
 }
 
 pub(super) fn float_text(value: f64, shortest: impl FnOnce() -> String) -> String {
@@ -333,8 +340,10 @@ mod tests {
 
     #[test]
     fn copy_text_escapes_and_encodes() {
-        let s = StringArray::from(vec![Some("a\tb\nc\\d"), None]);
-        assert_eq!(copied(&s, 0), "a\\tb\\nc\\\\d");
+        let s = StringArray::from(vec![Some("a\tb\nc\\d\re"), None, Some("\t"), Some("plain")]);
+        assert_eq!(copied(&s, 0), "a\\tb\\nc\\\\d\\re");
+        assert_eq!(copied(&s, 2), "\\t");
+        assert_eq!(copied(&s, 3), "plain");
         assert_eq!(copied(&s, 1), "\\N");
         let b = BinaryArray::from(vec![&[0x01u8, 0xff][..]]);
         assert_eq!(copied(&b, 0), "\\\\x01ff");

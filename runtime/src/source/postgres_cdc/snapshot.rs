@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use postgres::{Client, SimpleQueryMessage};
+use postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use super::catalog::{SourceTable, describe_error};
 use super::events::{Relation, SourceInfo, Value};
@@ -101,7 +101,8 @@ pub struct Snapshot {
     current: Option<Plan>,
     /// Rows fetched and not yet emitted; one is kept back until the next fetch says
     /// whether it is the table's last.
-    rows: VecDeque<Vec<Option<String>>>,
+    /// Kept as the server sent them: a value is read in place, not copied out.
+    rows: VecDeque<SimpleQueryRow>,
     exhausted: bool,
     ordinal: i64,
     chunk_rows: usize,
@@ -400,11 +401,7 @@ impl Snapshot {
         for message in messages {
             if let SimpleQueryMessage::Row(row) = message {
                 fetched += 1;
-                self.rows.push_back(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                );
+                self.rows.push_back(row);
             }
         }
         if fetched < self.chunk_rows {
@@ -419,15 +416,17 @@ impl Snapshot {
     fn emit(
         &mut self,
         batch: &mut RawBatch,
-        row: Vec<Option<String>>,
+        row: SimpleQueryRow,
         last: bool,
         context: &Context<'_>,
     ) -> Result<(), String> {
         let plan = self.current.as_ref().expect("a table is open");
-        let values: Vec<Value<'_>> = row
-            .iter()
-            .map(|v| v.as_deref().map_or(Value::Null, Value::Text))
-            .collect();
+        let values = (0..row.len())
+            .map(|i| match row.try_get(i) {
+                Ok(value) => Ok(value.map_or(Value::Null, Value::Text)),
+                Err(e) => Err(format!("a row of {}: {e}", plan.table.name())),
+            })
+            .collect::<Result<Vec<Value<'_>>, String>>()?;
         let source = self.source_info(context);
         plan.relation.write_event(
             context.native,
@@ -441,10 +440,12 @@ impl Snapshot {
         self.ordinal += 1;
         self.copied += 1;
         let at = match plan.key {
-            Some(i) => row[i]
-                .as_deref()
-                .and_then(|v| v.parse::<i64>().ok())
-                .ok_or_else(|| format!("a row of {} without its key", plan.table.name()))?,
+            Some(i) => match values.get(i) {
+                Some(Value::Text(key)) => Some(*key),
+                _ => None,
+            }
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| format!("a row of {} without its key", plan.table.name()))?,
             None => self.ordinal,
         };
         let resume = if last {

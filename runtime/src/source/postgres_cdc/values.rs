@@ -204,7 +204,7 @@ impl Kind {
                     .unwrap_or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d"))
                     .map_err(|_| format!("`{}` is not a date Debezium can carry", clip(text)))?;
                 let days = date.signed_duration_since(NaiveDate::default()).num_days();
-                let _ = write!(out, "{days}");
+                out.push_str(itoa::Buffer::new().format(days));
             }
             Kind::Time { millis } => {
                 let micros = if text == "24:00:00" {
@@ -215,7 +215,11 @@ impl Kind {
                     time.num_seconds_from_midnight() as i64 * 1_000_000
                         + (time.nanosecond() / 1000) as i64
                 };
-                let _ = write!(out, "{}", if *millis { micros / 1000 } else { micros });
+                out.push_str(itoa::Buffer::new().format(if *millis {
+                    micros / 1000
+                } else {
+                    micros
+                }));
             }
             Kind::Timestamp { millis } => {
                 let at = match datetime::date_time(text) {
@@ -230,7 +234,7 @@ impl Kind {
                 } else {
                     at.timestamp_micros()
                 };
-                let _ = write!(out, "{value}");
+                out.push_str(itoa::Buffer::new().format(value));
             }
             Kind::ZonedTimestamp => {
                 if let Some(at) = datetime::zoned(text) {

@@ -199,18 +199,8 @@ pub fn format_timestamp_nanos(nanos: i128, utc: bool) -> String {
     let sub = nanos.rem_euclid(1_000_000_000) as u32;
     match DateTime::from_timestamp(secs, sub) {
         Some(dt) => {
-            let naive = dt.naive_utc();
             let mut out = String::with_capacity(32);
-            write_date(&mut out, naive.date());
-            for (separator, value) in [
-                ('T', naive.hour()),
-                (':', naive.minute()),
-                (':', naive.second()),
-            ] {
-                out.push(separator);
-                push_padded(&mut out, value, 2);
-            }
-            push_fraction(&mut out, sub);
+            write_date_time(&mut out, dt.naive_utc());
             if utc {
                 out.push('Z');
             }
@@ -218,6 +208,17 @@ pub fn format_timestamp_nanos(nanos: i128, utc: bool) -> String {
         }
         None => nanos.to_string(),
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]`, as chrono's `%Y-%m-%dT%H:%M:%S%.f`
+/// writes it.
+pub(crate) fn write_date_time(out: &mut String, at: NaiveDateTime) {
+    write_date(out, at.date());
+    for (separator, value) in [('T', at.hour()), (':', at.minute()), (':', at.second())] {
+        out.push(separator);
+        push_padded(out, value, 2);
+    }
+    push_fraction(out, at.nanosecond());
 }
 
 pub fn format_time_nanos(nanos: i64) -> String {

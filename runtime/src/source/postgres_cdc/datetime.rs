@@ -7,9 +7,7 @@
 //! return `None` for anything else (years past 9999, BC, infinity), which the caller then
 //! reads the slow way. The tests hold them to chrono's results.
 
-use std::fmt::Write as _;
-
-use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Timelike};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 
 fn digits(bytes: &[u8]) -> Option<u32> {
     let mut value = 0u32;
@@ -97,17 +95,7 @@ pub fn write_utc(out: &mut String, at: NaiveDateTime) -> bool {
     if !(0..=9999).contains(&at.year()) {
         return false;
     }
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        at.year(),
-        at.month(),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    );
-    crate::decode::temporal::push_fraction(out, at.nanosecond());
+    crate::decode::temporal::write_date_time(out, at);
     out.push('Z');
     true
 }

@@ -300,12 +300,16 @@ fn image(part: &[u8]) -> Option<Option<&[u8]>> {
 
 /// The values of an image, in column order.
 fn cells(image: &[u8]) -> impl Iterator<Item = &[u8]> {
-    // Each value runs from just after its ␟ to the next ␟ (or the end).
-    let starts = memchr::memchr_iter(FIELD, image).map(|at| at + 1);
-    let ends = memchr::memchr_iter(FIELD, image)
-        .skip(1)
-        .chain(std::iter::once(image.len()));
-    starts.zip(ends).map(move |(start, end)| &image[start..end])
+    // Each value runs from just after its ␟ to the next ␟ (or the end); a non-empty
+    // image begins with a ␟ ([`image`] checks it). One pass over the bytes.
+    let mut start = (!image.is_empty()).then_some(1);
+    let mut ends = memchr::memchr_iter(FIELD, image).skip(1);
+    std::iter::from_fn(move || {
+        let from = start?;
+        let end = ends.next();
+        start = end.map(|end| end + 1);
+        Some(&image[from..end.unwrap_or(image.len())])
+    })
 }
 
 impl Decoder {

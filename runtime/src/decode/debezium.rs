@@ -322,10 +322,7 @@ impl Decoder {
         which: Which,
         sources: Option<&Vec<Option<ColumnType>>>,
     ) -> Result<(), DecodeError> {
-        let row = match which {
-            Which::Before => self.before.rows(),
-            Which::After => self.after.rows(),
-        };
+        let row = self.image_mut(which).rows();
         let mut hint = 0;
         // Keys are matched as raw bytes; columns arrive in the same order in most events,
         // so the next column is tried first.
@@ -337,10 +334,7 @@ impl Decoder {
             }
             key = j.object_next()?;
         }
-        match which {
-            Which::Before => self.before.end_row(),
-            Which::After => self.after.end_row(),
-        }
+        self.image_mut(which).end_row();
         Ok(())
     }
 
@@ -403,11 +397,7 @@ impl Decoder {
         row: usize,
         sources: Option<&Vec<Option<ColumnType>>>,
     ) -> Result<(), DecodeError> {
-        let image = match which {
-            Which::Before => &mut self.before,
-            Which::After => &mut self.after,
-        };
-        if image.columns[index].len() > row {
+        if self.image_mut(which).columns[index].len() > row {
             return Err(reject(format!(
                 "column `{}` appears twice in the same row",
                 self.table.columns[index].name

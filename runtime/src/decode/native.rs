@@ -403,10 +403,7 @@ impl Decoder {
         which: Which,
         sources: Option<&Vec<Option<ColumnType>>>,
     ) -> Result<(), DecodeError> {
-        let row = match which {
-            Which::Before => self.before.rows(),
-            Which::After => self.after.rows(),
-        };
+        let row = self.image_mut(which).rows();
         let mut hint = 0;
         let mut values = cells(values);
         for key in keys {
@@ -425,10 +422,7 @@ impl Decoder {
                 "a change event from weir's own source has more values than columns",
             ));
         }
-        match which {
-            Which::Before => self.before.end_row(),
-            Which::After => self.after.end_row(),
-        }
+        self.image_mut(which).end_row();
         Ok(())
     }
 }

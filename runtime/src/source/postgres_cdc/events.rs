@@ -278,25 +278,36 @@ mod tests {
         }
     }
 
+    /// `relation`'s event, as the source writes it: its native value and its key.
+    fn written(
+        relation: &Relation,
+        tables: &NativeTables,
+        op: &str,
+        before: Option<&[Value<'_>]>,
+        after: Option<&[Value<'_>]>,
+        source: SourceInfo<'_>,
+    ) -> Result<(String, String), String> {
+        let (mut value, mut key) = (String::new(), String::new());
+        relation.write_event(tables, &mut value, &mut key, op, before, after, &source)?;
+        Ok((value, key))
+    }
+
     #[test]
     fn an_event_renders_as_a_debezium_envelope_with_its_schema() {
         let tables = NativeTables::default();
         let relation = orders();
-        let (mut value, mut key) = (String::new(), String::new());
         let mut after = [Value::Null; 9];
         after[0] = Value::Text("1");
         after[1] = Value::Text("9.50");
-        relation
-            .write_event(
-                &tables,
-                &mut value,
-                &mut key,
-                "c",
-                None,
-                Some(&after),
-                &source(Some(7), "false"),
-            )
-            .unwrap();
+        let (value, key) = written(
+            &relation,
+            &tables,
+            "c",
+            None,
+            Some(&after),
+            source(Some(7), "false"),
+        )
+        .unwrap();
         assert!(crate::decode::native::is_native(value.as_bytes()));
         let document = tables.render(value.as_bytes()).unwrap();
         let text = String::from_utf8(document).unwrap();
@@ -317,17 +328,15 @@ mod tests {
         assert_eq!(fields[1]["parameters"]["scale"], "2");
         // No exact form: written as text, which the decoder refuses with its reason.
         after[1] = Value::Text("NaN");
-        relation
-            .write_event(
-                &tables,
-                &mut value,
-                &mut key,
-                "c",
-                None,
-                Some(&after),
-                &source(Some(7), "false"),
-            )
-            .unwrap();
+        let (value, _) = written(
+            &relation,
+            &tables,
+            "c",
+            None,
+            Some(&after),
+            source(Some(7), "false"),
+        )
+        .unwrap();
         let text = String::from_utf8(tables.render(value.as_bytes()).unwrap()).unwrap();
         assert!(text.contains(r#""price":"NaN","#), "{text}");
     }
@@ -415,21 +424,18 @@ mod tests {
         ];
         let (mut native, mut rendered) = (Vec::new(), Vec::new());
         for (op, before, after, tx_id, snapshot) in events {
-            let (mut value, mut key) = (String::new(), String::new());
-            let written = relation.write_event(
+            let Ok((value, key)) = written(
+                &relation,
                 &tables,
-                &mut value,
-                &mut key,
                 op,
                 before,
                 after,
-                &source(tx_id, snapshot),
-            );
-            if written.is_err() {
+                source(tx_id, snapshot),
+            ) else {
                 // A row of the wrong width is the source's own error, before any event.
                 assert_eq!(after.map(<[_]>::len), Some(3));
                 continue;
-            }
+            };
             let key = (!key.is_empty()).then_some(key);
             rendered.push((key.clone(), tables.render(value.as_bytes()).unwrap()));
             native.push((key, value.into_bytes()));
@@ -459,21 +465,18 @@ mod tests {
     #[test]
     fn a_table_described_again_unchanged_keeps_its_id() {
         let tables = NativeTables::default();
-        let (mut value, mut key) = (String::new(), String::new());
         let after = [Value::Text("1"); 9];
         let mut ids = Vec::new();
         for relation in [orders(), orders()] {
-            relation
-                .write_event(
-                    &tables,
-                    &mut value,
-                    &mut key,
-                    "c",
-                    None,
-                    Some(&after),
-                    &source(None, "false"),
-                )
-                .unwrap();
+            let (value, _) = written(
+                &relation,
+                &tables,
+                "c",
+                None,
+                Some(&after),
+                source(None, "false"),
+            )
+            .unwrap();
             ids.push(crate::decode::native::table_id(value.as_bytes()).unwrap());
         }
         assert_eq!(ids[0], ids[1]);
@@ -481,17 +484,15 @@ mod tests {
         let mut columns = orders().columns;
         columns.pop();
         let narrower = Relation::new("shop", "public".into(), "orders".into(), columns);
-        narrower
-            .write_event(
-                &tables,
-                &mut value,
-                &mut key,
-                "c",
-                None,
-                Some(&after[..8]),
-                &source(None, "false"),
-            )
-            .unwrap();
+        let (value, _) = written(
+            &narrower,
+            &tables,
+            "c",
+            None,
+            Some(&after[..8]),
+            source(None, "false"),
+        )
+        .unwrap();
         assert_ne!(
             crate::decode::native::table_id(value.as_bytes()),
             Some(ids[0])
@@ -504,18 +505,15 @@ mod tests {
     #[test]
     fn a_native_header_is_read_only_for_weir_s_own_source() {
         let tables = NativeTables::default();
-        let (mut value, mut key) = (String::new(), String::new());
-        orders()
-            .write_event(
-                &tables,
-                &mut value,
-                &mut key,
-                "d",
-                Some(&[Value::Text("1"); 9]),
-                None,
-                &source(None, "false"),
-            )
-            .unwrap();
+        let (value, _) = written(
+            &orders(),
+            &tables,
+            "d",
+            Some(&[Value::Text("1"); 9]),
+            None,
+            source(None, "false"),
+        )
+        .unwrap();
         let read = |native| {
             crate::decode::route::Fields::read(value.as_bytes(), Format::DebeziumJson, native)
                 .map(|f| f.table.map(|t| t.into_owned()))
@@ -527,20 +525,15 @@ mod tests {
     #[test]
     fn a_malformed_native_event_is_refused_without_a_panic() {
         let tables = Arc::new(NativeTables::default());
-        let relation = orders();
-        let (mut value, mut key) = (String::new(), String::new());
-        let after = full_row();
-        relation
-            .write_event(
-                &tables,
-                &mut value,
-                &mut key,
-                "c",
-                None,
-                Some(&after),
-                &source(None, "false"),
-            )
-            .unwrap();
+        let (value, _) = written(
+            &orders(),
+            &tables,
+            "c",
+            None,
+            Some(&full_row()),
+            source(None, "false"),
+        )
+        .unwrap();
         let whole = value.into_bytes();
         let (outcomes, _) = decoded(Some(tables.clone()), &[(None, whole.clone())]);
         assert_eq!(outcomes, ["Ok(Row)"], "the whole event decodes");

@@ -179,6 +179,10 @@ pub(super) struct PreparedSegment {
     /// Whether it is COPYed into staging tables (`rows`, `keys`), else sent as arrays
     /// (`text`, `cells`).
     pub(super) staged: bool,
+    /// Whether `rows` and `keys` are COPY's binary tuples (`binary.rs`), else its text
+    /// lines. Either way without the binary header and trailer, so that any run of
+    /// actions can be sent on its own.
+    pub(super) binary: bool,
     pub(super) rows: Vec<u8>,
     pub(super) keys: Vec<u8>,
     text: String,
@@ -212,6 +216,34 @@ impl PreparedSegment {
 /// An upsert batch compacted and encoded as text ahead of its turn.
 pub(super) struct PreparedUpsert {
     pub(super) segments: Vec<PreparedSegment>,
+    /// The binary encoders its staged segments were prepared for, if any.
+    pub(super) layout: Option<Layout>,
+}
+
+/// The binary encoders of a batch's row columns and of its key columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Layout {
+    rows: Vec<Encoder>,
+    keys: Vec<Encoder>,
+}
+
+/// The encoders for `batch`'s columns given each target column's declared type
+/// (`declared`, or the type weir creates when it has none); None when a column has no
+/// exact binary form, and the batch's staged segments are COPY text.
+pub(super) fn layout(
+    batch: &ChangeBatch,
+    declared: impl Fn(&str) -> Option<String>,
+) -> Option<Layout> {
+    let fields = batch.row_fields();
+    let rows = encoders(fields.iter().map(|f| f.as_ref()), &declared)?;
+    let key_fields = batch
+        .table
+        .primary_key
+        .iter()
+        .map(|k| fields.iter().find(|f| f.name() == k).map(|f| f.as_ref()))
+        .collect::<Option<Vec<&Field>>>()?;
+    let keys = encoders(key_fields, &declared)?;
+    Some(Layout { rows, keys })
 }
 
 /// The before image's primary key columns, in key order: what a deleted key is sent as.
@@ -237,6 +269,7 @@ pub(super) fn key_columns(batch: &ChangeBatch) -> Result<Vec<&dyn Array>, String
 pub(super) fn prepare_upsert(
     batch: &ChangeBatch,
     include: Option<&[bool]>,
+    layout: Option<&Layout>,
 ) -> Result<Vec<PreparedSegment>, String> {
     let after = batch.after();
     let key_columns = key_columns(batch)?;
@@ -254,31 +287,25 @@ pub(super) fn prepare_upsert(
             truncate_first: segment.truncate_first,
             actions: Vec::with_capacity(order.len()),
             staged: order.len() >= STAGED_ACTIONS,
+            binary: false,
             rows: Vec::new(),
             keys: Vec::new(),
             text: String::new(),
             cells: Vec::new(),
         };
+        if out.staged {
+            let columns = (&row_columns[..], &key_columns[..]);
+            if let Some(layout) = layout {
+                out.binary = stage(&mut out, &order, columns, Some(layout));
+            }
+            if !out.binary {
+                stage(&mut out, &order, columns, None);
+            }
+            prepared.push(out);
+            continue;
+        }
         for (row, upsert) in order {
             let columns = if upsert { &row_columns } else { &key_columns };
-            if out.staged {
-                let buffer = if upsert { &mut out.rows } else { &mut out.keys };
-                let start = buffer.len();
-                for (i, column) in columns.iter().enumerate() {
-                    if i > 0 {
-                        buffer.push(b'\t');
-                    }
-                    copy_value(buffer, *column, row);
-                }
-                buffer.push(b'\n');
-                out.actions.push(Action {
-                    row,
-                    upsert,
-                    line: start..buffer.len(),
-                    cells: 0..0,
-                });
-                continue;
-            }
             let first = out.cells.len();
             for column in columns {
                 if column.is_null(row) || sent_directly(column.data_type()) {
@@ -307,6 +334,52 @@ pub(super) fn prepare_upsert(
         prepared.push(out);
     }
     Ok(prepared)
+}
+
+/// Writes the staged segment's rows and deleted keys (`order`) as COPY lines of
+/// `columns` (rows', keys'): binary tuples with `layout`, else text. False, with nothing
+/// written, when a value has no exact binary form.
+fn stage(
+    out: &mut PreparedSegment,
+    order: &[(usize, bool)],
+    (row_columns, key_columns): (&[&dyn Array], &[&dyn Array]),
+    layout: Option<&Layout>,
+) -> bool {
+    out.actions.clear();
+    out.rows.clear();
+    out.keys.clear();
+    for &(row, upsert) in order {
+        let columns = if upsert { row_columns } else { key_columns };
+        let buffer = if upsert { &mut out.rows } else { &mut out.keys };
+        let start = buffer.len();
+        match layout {
+            Some(layout) => {
+                let encoders = if upsert { &layout.rows } else { &layout.keys };
+                if !write_tuple(buffer, columns, encoders, row) {
+                    out.actions.clear();
+                    out.rows.clear();
+                    out.keys.clear();
+                    return false;
+                }
+            }
+            None => {
+                for (i, column) in columns.iter().enumerate() {
+                    if i > 0 {
+                        buffer.push(b'\t');
+                    }
+                    copy_value(buffer, *column, row);
+                }
+                buffer.push(b'\n');
+            }
+        }
+        out.actions.push(Action {
+            row,
+            upsert,
+            line: start..buffer.len(),
+            cells: 0..0,
+        });
+    }
+    true
 }
 
 #[cfg(test)]
@@ -369,7 +442,7 @@ mod tests {
             r#"{"op":"c","after":{"id":3,"v":null}}"#,
             r#"{"op":"d","before":{"id":4,"v":"x"}}"#,
         ]);
-        let segments = prepare_upsert(&batch, None).unwrap();
+        let segments = prepare_upsert(&batch, None, None).unwrap();
         assert_eq!(segments.len(), 1);
         assert!(!segments[0].truncate_first);
         assert_eq!(
@@ -378,7 +451,7 @@ mod tests {
         );
         // Skipping rows prepares the rest only.
         let include = [true, true, false, false, true, true];
-        let segments = prepare_upsert(&batch, Some(&include)).unwrap();
+        let segments = prepare_upsert(&batch, Some(&include), None).unwrap();
         assert_eq!(
             lines(&segments[0]),
             vec![(0, true, 2), (1, true, 2), (4, true, 2), (5, false, 1),]
@@ -389,7 +462,7 @@ mod tests {
             r#"{"op":"t","source":{"table":"t"}}"#,
             r#"{"op":"c","after":{"id":2,"v":"b"}}"#,
         ]);
-        let segments = prepare_upsert(&batch, None).unwrap();
+        let segments = prepare_upsert(&batch, None, None).unwrap();
         assert_eq!(segments.len(), 1);
         assert!(segments[0].truncate_first);
         assert_eq!(lines(&segments[0]), vec![(2, true, 2)]);
@@ -402,7 +475,7 @@ mod tests {
             .collect();
         let events: Vec<&str> = events.iter().map(String::as_str).collect();
         let batch = crate::sink::compact::tests::batch(&events);
-        let segments = prepare_upsert(&batch, None).unwrap();
+        let segments = prepare_upsert(&batch, None, None).unwrap();
         assert!(segments[0].staged);
         let last = segments[0].actions.last().unwrap();
         assert_eq!(
@@ -411,7 +484,7 @@ mod tests {
         );
         // One fewer is sent as arrays.
         let batch = crate::sink::compact::tests::batch(&events[1..]);
-        let segments = prepare_upsert(&batch, None).unwrap();
+        let segments = prepare_upsert(&batch, None, None).unwrap();
         assert!(!segments[0].staged);
         assert!(segments[0].rows.is_empty());
     }

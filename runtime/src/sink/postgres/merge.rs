@@ -94,11 +94,19 @@ impl PostgresSink {
     ) -> Result<(), SinkError> {
         // Prepared ahead (on another thread) assuming every row is new; rows to skip mean
         // preparing again without them.
+        // Staged segments go as COPY binary when every column has an exact binary form
+        // for the target's declared type (`binary.rs`).
+        let layout = layout(batch, |name| self.columns.get(name).cloned());
         let owned;
         let segments = match (include, prepared) {
-            (None, Some(prepared)) => &prepared.segments,
+            (None, Some(prepared))
+                if prepared.layout == layout || prepared.segments.iter().all(|s| !s.staged) =>
+            {
+                &prepared.segments
+            }
             _ => {
-                owned = prepare_upsert(batch, include).map_err(|e| self.error(e))?;
+                owned =
+                    prepare_upsert(batch, include, layout.as_ref()).map_err(|e| self.error(e))?;
                 &owned
             }
         };
@@ -190,7 +198,7 @@ impl PostgresSink {
         if present.is_none() && self.copies_directly(batch, actions) {
             let first = actions.first().map_or(0, |a| a.line.start);
             let last = actions.last().map_or(0, |a| a.line.end);
-            if self.copy_direct(tx, &names, &segment.rows[first..last])? {
+            if self.copy_direct(tx, &names, segment, first..last)? {
                 return Ok(Applied {
                     upserts: actions.len() as u64,
                     ..Applied::default()
@@ -218,12 +226,12 @@ impl PostgresSink {
         let mut pending: Vec<String> = Vec::new();
         if let Some(span) = span(false) {
             done.deletes = actions.iter().filter(|a| !a.upsert).count() as u64;
-            let mut writer = tx.copy_in(&format!(
-                "COPY {stage_keys} ({}) FROM STDIN",
-                key_names.join(", ")
-            ))?;
-            writer.write_all(&segment.keys[span])?;
-            writer.finish()?;
+            copy_lines(
+                tx,
+                &format!("{stage_keys} ({})", key_names.join(", ")),
+                segment,
+                &segment.keys[span],
+            )?;
             let on: Vec<String> = key_names.iter().map(|k| format!("t.{k} = k.{k}")).collect();
             // The staging table has no statistics, so the planner may pick a hash join,
             // which reads the whole target for every batch. A nested loop over the few
@@ -249,12 +257,12 @@ impl PostgresSink {
         }
         if let Some(span) = span(true) {
             done.upserts = actions.iter().filter(|a| a.upsert).count() as u64;
-            let mut writer = tx.copy_in(&format!(
-                "COPY {stage_rows} ({}) FROM STDIN",
-                names.join(", ")
-            ))?;
-            writer.write_all(&segment.rows[span])?;
-            writer.finish()?;
+            copy_lines(
+                tx,
+                &format!("{stage_rows} ({})", names.join(", ")),
+                segment,
+                &segment.rows[span],
+            )?;
             let action = conflict_action(&fields, key);
             let insert = format!(
                 "INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO {action}",
@@ -299,7 +307,8 @@ impl PostgresSink {
             .all(|a| a.upsert && matches!(Op::parse(ops.value(a.row)), Some(Op::Create | Op::Read)))
     }
 
-    /// COPYs `rows` (staging lines, in the target's column order `names`) into the target.
+    /// COPYs the segment's `rows` (staging lines, in the target's column order `names`)
+    /// into the target.
     /// A refusal (a key already there, or any other) is undone, the table's rows go
     /// through staging from then on, and false says to merge them that way: the merge
     /// then updates, or isolates the row at fault. Without savepoints (`optimistic`), the
@@ -308,23 +317,16 @@ impl PostgresSink {
         &self,
         tx: &mut Transaction<'_>,
         names: &[String],
-        rows: &[u8],
+        segment: &PreparedSegment,
+        rows: std::ops::Range<usize>,
     ) -> Result<bool, MergeError> {
         const SAVEPOINT: &str = "weir_direct_copy";
         let optimistic = self.optimistic.get();
         if !optimistic {
             tx.batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))?;
         }
-        let copied = (|| -> Result<(), MergeError> {
-            let mut writer = tx.copy_in(&format!(
-                "COPY {} ({}) FROM STDIN",
-                self.target(),
-                names.join(", ")
-            ))?;
-            writer.write_all(rows)?;
-            writer.finish()?;
-            Ok(())
-        })();
+        let into = format!("{} ({})", self.target(), names.join(", "));
+        let copied = copy_lines(tx, &into, segment, &segment.rows[rows]);
         let Err(refusal) = copied else {
             if !optimistic {
                 tx.batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))?;
@@ -476,6 +478,31 @@ pub(super) fn check_inserted(
              again"
         )));
     }
+    Ok(())
+}
+
+/// COPYs `lines` of `segment` (text lines, or binary tuples between the binary format's
+/// header and trailer) into `into` (a table and its columns).
+fn copy_lines(
+    tx: &mut Transaction<'_>,
+    into: &str,
+    segment: &PreparedSegment,
+    lines: &[u8],
+) -> Result<(), MergeError> {
+    let format = if segment.binary {
+        " WITH (FORMAT binary)"
+    } else {
+        ""
+    };
+    let mut writer = tx.copy_in(&format!("COPY {into} FROM STDIN{format}"))?;
+    if segment.binary {
+        writer.write_all(super::binary::HEADER)?;
+    }
+    writer.write_all(lines)?;
+    if segment.binary {
+        writer.write_all(super::binary::TRAILER)?;
+    }
+    writer.finish()?;
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod arrays;
+mod binary;
 mod bisect;
 mod checkpoint;
 mod config;
@@ -58,6 +59,7 @@ pub(in crate::sink) use checkpoint::checkpoint_of;
 pub use config::{PostgresMode, PostgresSinkConfig};
 pub use types::{from_pg_declaration, pg_type, quote};
 
+use binary::{Encoder, encoders, write_tuple};
 use config::APPEND_COLUMNS;
 use copy::*;
 use merge::*;
@@ -358,8 +360,11 @@ impl Sink for PostgresSink {
             Arc::new(|batch: &ChangeBatch| {
                 // A batch that cannot be prepared is prepared again, and fails with its
                 // error, when it is applied.
-                let segments = prepare_upsert(batch, None).ok()?;
-                Some(Box::new(PreparedUpsert { segments }) as Prepared)
+                // The target's types are not known here: the segments are prepared for
+                // the types weir creates, and prepared again if the target's differ.
+                let layout = layout(batch, |_| None);
+                let segments = prepare_upsert(batch, None, layout.as_ref()).ok()?;
+                Some(Box::new(PreparedUpsert { segments, layout }) as Prepared)
             })
         })
     }

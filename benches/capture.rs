@@ -11,6 +11,9 @@
 //! `COPY … TO STDOUT` into `COPY … FROM STDIN`, the fastest a client can move the rows.
 //! weir's time runs from process start until the target holds every row (it then keeps
 //! streaming and is stopped); beside it, its CPU time per row.
+//!
+//! `WEIR_COMPARE=<path to another weir binary>` copies a third time in each run with
+//! that build: a before-and-after of a change measured in one run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -52,23 +55,45 @@ fn copy_baseline(pg: &Postgres, target: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Whether every table of `target` holds `rows_per_table` rows. Tables found full are
-/// not counted again (`full`), so the polling costs the server little beside the copy.
+/// Whether every table of `target` holds its last row (`rows_per_table`). Asked of the
+/// key's index, so the polling costs the server next to nothing beside the copy (a
+/// `count(*)` of a table of 1M rows ten times a second took a good part of a core, which
+/// the baseline, timed by its own client, never paid). weir copies each table in key
+/// order and applies its batches one after another, so the last row's commit means every
+/// row; `assert_all_copied` counts them once the timer has stopped. Tables found full
+/// are not asked again (`full`).
 fn all_copied(client: &mut postgres::Client, full: &mut [bool], rows_per_table: i64) -> bool {
     for (t, done) in full.iter_mut().enumerate() {
         if !*done {
             *done = client
-                .query_one(&format!("SELECT count(*) FROM t{t}"), &[])
-                .map(|r| r.get::<_, i64>(0) >= rows_per_table)
+                .query_one(&format!("SELECT max(id) FROM t{t}"), &[])
+                .map(|r| r.get::<_, Option<i64>>(0) >= Some(rows_per_table))
                 .unwrap_or(false);
         }
     }
     full.iter().all(|done| *done)
 }
 
+/// Every table of `target` holds exactly `rows_per_table` rows.
+fn assert_all_copied(client: &mut postgres::Client, rows_per_table: i64) {
+    for t in 0..TABLES {
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM t{t}"), &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(count, rows_per_table, "table t{t} holds every row");
+    }
+}
+
 /// weir's copy into `target`: seconds until the target holds every row, and CPU seconds.
-fn weir_copy(pg: &Postgres, ws: &Workspace, target: &str, run: usize, rows: i64) -> (f64, f64) {
-    let name = format!("capture{run}");
+fn weir_copy(
+    pg: &Postgres,
+    ws: &Workspace,
+    target: &str,
+    (run, binary): (usize, Option<&str>),
+    rows: i64,
+) -> (f64, f64) {
+    let name = format!("capture{run}{}", if binary.is_some() { "b" } else { "" });
     let yaml = format!(
         "name: {name}\nsource:\n  type: postgres-cdc\n  url: {}\n  publication: weir_bench\n\
          \x20 slot: {name}\n\
@@ -80,7 +105,11 @@ fn weir_copy(pg: &Postgres, ws: &Workspace, target: &str, run: usize, rows: i64)
     );
     let file = ws.write(&format!("{name}.yaml"), &yaml);
     let started = Instant::now();
-    let mut child = common::weir()
+    let mut command = match binary {
+        Some(path) => std::process::Command::new(path),
+        None => common::weir(),
+    };
+    let mut child = command
         .args(["run", "--quiet"])
         .arg(&file)
         .stdout(Stdio::null())
@@ -103,6 +132,7 @@ fn weir_copy(pg: &Postgres, ws: &Workspace, target: &str, run: usize, rows: i64)
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = support::process_cpu_seconds(pid);
+    assert_all_copied(&mut client, rows / TABLES as i64);
     let _ = child.kill();
     let _ = child.wait();
     pg.client("source")
@@ -138,15 +168,12 @@ fn main() {
     }
     let ws = Workspace::new();
     let (mut copy_times, mut weir_times, mut weir_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut other_times = Vec::new();
     for run in 0..args.repeat {
         let baseline = format!("copy{run}");
         pg.create_database(&baseline);
         let seconds = copy_baseline(&pg, &baseline);
-        assert!(all_copied(
-            &mut pg.client(&baseline),
-            &mut [false; TABLES],
-            rows / TABLES as i64
-        ));
+        assert_all_copied(&mut pg.client(&baseline), rows / TABLES as i64);
         println!(
             "  COPY TO | COPY FROM  {seconds:7.2} s  {:>9.0} rows/s",
             rows as f64 / seconds
@@ -155,7 +182,7 @@ fn main() {
 
         let target = format!("weir{run}");
         pg.create_database(&target);
-        let (seconds, cpu) = weir_copy(&pg, &ws, &target, run, rows);
+        let (seconds, cpu) = weir_copy(&pg, &ws, &target, (run, None), rows);
         println!(
             "  weir postgres-cdc    {seconds:7.2} s  {:>9.0} rows/s  {:.2} µs CPU/row  ({:.2}× COPY)",
             rows as f64 / seconds,
@@ -164,6 +191,22 @@ fn main() {
         );
         weir_times.push(seconds);
         weir_cpu.push(cpu);
+        // Another build of weir, copied in the same run (a same-run A/B of a change).
+        if let Ok(other) = std::env::var("WEIR_COMPARE") {
+            let target = format!("other{run}");
+            pg.create_database(&target);
+            let (seconds, cpu) = weir_copy(&pg, &ws, &target, (run, Some(&other)), rows);
+            println!(
+                "  WEIR_COMPARE         {seconds:7.2} s  {:>9.0} rows/s  {:.2} µs CPU/row  ({:.2}× COPY)",
+                rows as f64 / seconds,
+                cpu / rows as f64 * 1e6,
+                copy_times[run] / seconds
+            );
+            other_times.push(seconds);
+        }
+    }
+    if let Some(other) = median(&mut other_times) {
+        println!("median of WEIR_COMPARE: {:.0} rows/s", rows as f64 / other);
     }
     let (copy, weir) = (
         median(&mut copy_times).unwrap(),

@@ -1,6 +1,7 @@
 //! The replication stream: pgoutput messages read through `pg_walstream`, turned into
 //! Debezium change events with their positions.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -442,7 +443,7 @@ impl Stream {
     }
 
     /// A tuple's values as text; `None` for a null, `Some(None)`… see [`Image`].
-    fn image(&self, relation_id: u32, tuple: &TupleData) -> Result<Vec<Cell>, String> {
+    fn image<'t>(&self, relation_id: u32, tuple: &'t TupleData) -> Result<Vec<Cell<'t>>, String> {
         let table = self
             .tables
             .get(&relation_id)
@@ -463,7 +464,8 @@ impl Stream {
                 b'n' => Ok(Cell::Null),
                 b'u' => Ok(Cell::Unchanged),
                 _ => match std::str::from_utf8(data.as_bytes()) {
-                    Ok(text) => Ok(Cell::Text(text.to_string())),
+                    // Borrowed from the message: a value is not copied out.
+                    Ok(text) => Ok(Cell::Text(Cow::Borrowed(text))),
                     Err(_) => Err(format!(
                         "column {} of {} is not UTF-8 text",
                         column.name,
@@ -479,11 +481,11 @@ impl Stream {
     /// source row as it is now. The row read now may be newer than this change, but every
     /// change after this one follows in the stream, so the target still ends where the
     /// source is; a row deleted since has its delete following too.
-    fn fill_unchanged(
+    fn fill_unchanged<'t>(
         &mut self,
         relation_id: u32,
-        before: Option<&[Cell]>,
-        after: &mut [Cell],
+        before: Option<&[Cell<'t>]>,
+        after: &mut [Cell<'t>],
         meta: Option<&mut Client>,
     ) -> Result<(), String> {
         if !after.contains(&Cell::Unchanged) {
@@ -551,7 +553,7 @@ impl Stream {
             let Cell::Text(text) = &after[i] else {
                 return Err(format!("key column {} is null in an update", column.name));
             };
-            params.push(text.clone());
+            params.push(text.to_string());
             conditions.push(format!(
                 "{} = ${}::text::{}",
                 quote(&column.name),
@@ -581,7 +583,7 @@ impl Stream {
         for (n, &i) in missing.iter().enumerate() {
             after[i] = match &row {
                 Some(row) => match row.get::<_, Option<String>>(n) {
-                    Some(text) => Cell::Text(text),
+                    Some(text) => Cell::Text(Cow::Owned(text)),
                     None => Cell::Null,
                 },
                 // Deleted since: its delete follows in the stream.
@@ -672,14 +674,14 @@ impl Stream {
 
 /// A column of a row image as pgoutput sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cell {
+pub enum Cell<'t> {
     Null,
-    Text(String),
+    Text(Cow<'t, str>),
     /// A TOASTed value the update did not change, which pgoutput does not send.
     Unchanged,
 }
 
-fn as_value(cell: &Cell) -> Value<'_> {
+fn as_value<'a>(cell: &'a Cell<'_>) -> Value<'a> {
     match cell {
         Cell::Text(text) => Value::Text(text),
         Cell::Null | Cell::Unchanged => Value::Null,

@@ -27,12 +27,16 @@ pub(super) const TRAILER: &[u8] = &[0xff, 0xff];
 const EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days from 1970-01-01 to 2000-01-01.
 const EPOCH_DAYS: i64 = 10_957;
-/// PostgreSQL's valid timestamps, in microseconds from its epoch: `MIN_TIMESTAMP` up to
-/// (not including) `END_TIMESTAMP`.
-const TIMESTAMPS: std::ops::Range<i64> = -211_813_488_000_000_000..9_223_371_331_200_000_000;
-/// PostgreSQL's valid dates, in days from its epoch (`IS_VALID_DATE`).
-const DATES: std::ops::Range<i64> = -2_451_545..2_145_031_949;
+/// The dates and timestamps (from 1970-01-01) that COPY text carries: the years 1 to
+/// 9999, which it writes as `YYYY-MM-DD`. PostgreSQL holds more (BC, and years past
+/// 9999), but the text of those is refused, so outside this range a segment is COPY
+/// text too: a value lands, or is refused, the same whatever the size of its batch.
+const DATES: std::ops::RangeInclusive<i64> = -719_162..=2_932_896;
+const TIMESTAMPS: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
 const DAY_MICROS: i64 = 86_400_000_000;
+/// The largest `bytea` whose COPY text (`\\x` and two hex digits a byte) fits the
+/// server's 1 GB limit on a value: a larger one is refused as text, so it goes as text.
+const MAX_BYTEA: usize = (0x3fff_ffff - 2) / 2;
 
 /// How one column's values are written: the receive function its bytes are for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +62,11 @@ pub(super) enum Encoder {
 /// The encoder for a column of `field`'s type into a target column declared as
 /// `declaration` (`format_type`'s spelling), if there is an exact one.
 pub(super) fn encoder(field: &Field, declaration: &str) -> Option<Encoder> {
+    // An array's binary form is another thing altogether (`numeric(10,2)[]` begins
+    // like `numeric(10,2)`).
+    if declaration.contains('[') {
+        return None;
+    }
     let integer = |arrow_bytes: u8| {
         let bytes = match declaration {
             "smallint" => 2,
@@ -67,10 +76,9 @@ pub(super) fn encoder(field: &Field, declaration: &str) -> Option<Encoder> {
         };
         (bytes >= arrow_bytes).then_some(Encoder::Integer { bytes })
     };
-    let text_like = !declaration.contains('[')
-        && (declaration == "text"
-            || declaration.starts_with("character varying")
-            || declaration.starts_with("character("));
+    let text_like = declaration == "text"
+        || declaration.starts_with("character varying")
+        || declaration.starts_with("character(");
     match field.data_type() {
         DataType::Boolean if declaration == "boolean" => Some(Encoder::Boolean),
         DataType::Int8 | DataType::Int16 => integer(2),
@@ -187,8 +195,15 @@ fn write_field(out: &mut Vec<u8>, array: &dyn Array, encoder: Encoder, row: usiz
             out,
             &array.as_primitive::<Float64Type>().value(row).to_be_bytes(),
         ),
-        Encoder::Text => sized(out, array.as_string::<i32>().value(row).as_bytes()),
-        Encoder::Bytea => sized(out, array.as_binary::<i32>().value(row)),
+        Encoder::Text => {
+            // A NUL byte: COPY text and binary treat it differently, so it goes as text.
+            let text = array.as_string::<i32>().value(row).as_bytes();
+            !text.contains(&0) && sized(out, text)
+        }
+        Encoder::Bytea => {
+            let bytes = array.as_binary::<i32>().value(row);
+            bytes.len() <= MAX_BYTEA && sized(out, bytes)
+        }
         Encoder::Numeric => {
             let DataType::Decimal128(_, scale) = array.data_type() else {
                 return false;
@@ -205,8 +220,8 @@ fn write_field(out: &mut Vec<u8>, array: &dyn Array, encoder: Encoder, row: usiz
             true
         }
         Encoder::Date => {
-            let days = array.as_primitive::<Date32Type>().value(row) as i64 - EPOCH_DAYS;
-            DATES.contains(&days) && sized(out, &(days as i32).to_be_bytes())
+            let days = array.as_primitive::<Date32Type>().value(row) as i64;
+            DATES.contains(&days) && sized(out, &((days - EPOCH_DAYS) as i32).to_be_bytes())
         }
         Encoder::Time => {
             let micros = array.as_primitive::<Time64MicrosecondType>().value(row);
@@ -214,10 +229,7 @@ fn write_field(out: &mut Vec<u8>, array: &dyn Array, encoder: Encoder, row: usiz
         }
         Encoder::Timestamp => {
             let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
-            match micros.checked_sub(EPOCH_MICROS) {
-                Some(at) if TIMESTAMPS.contains(&at) => sized(out, &at.to_be_bytes()),
-                _ => false,
-            }
+            TIMESTAMPS.contains(&micros) && sized(out, &(micros - EPOCH_MICROS).to_be_bytes())
         }
         Encoder::Interval => {
             let micros = array.as_primitive::<DurationMicrosecondType>().value(row);
@@ -294,7 +306,7 @@ fn write_numeric(out: &mut Vec<u8>, value: i128, scale: i8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Decimal128Array, TimestampMicrosecondArray};
+    use arrow::array::{Date32Array, Decimal128Array, StringArray, TimestampMicrosecondArray};
 
     /// (digit count, weight, sign, display scale, digits).
     fn numeric(value: i128, scale: i8) -> (i16, i16, u16, i16, Vec<u16>) {
@@ -354,6 +366,9 @@ mod tests {
         assert_eq!(encoder(&field(DataType::Float32), "double precision"), None);
         assert_eq!(encoder(&field(DataType::Utf8), "jsonb"), None);
         assert_eq!(encoder(&field(DataType::Utf8), "text[]"), None);
+        let decimal = field(DataType::Decimal128(10, 2));
+        assert_eq!(encoder(&decimal, "numeric(10,2)[]"), None);
+        assert_eq!(encoder(&decimal, "numeric(12,4)"), Some(Encoder::Numeric));
         assert_eq!(
             encoder(&field(DataType::Utf8), "character varying(20)"),
             Some(Encoder::Text)
@@ -374,8 +389,9 @@ mod tests {
 
     #[test]
     fn a_value_out_of_the_server_s_range_leaves_the_tuple_unwritten() {
-        // The epoch; before the subtraction from 2000 can be made; before 4713 BC.
-        let at = TimestampMicrosecondArray::from(vec![0, i64::MIN, -300_000_000_000_000_000]);
+        // The epoch; i64::MIN; a year past 9999, which PostgreSQL holds but COPY text
+        // cannot say.
+        let at = TimestampMicrosecondArray::from(vec![0, i64::MIN, 253_402_300_800_000_000]);
         let mut out = vec![7];
         assert!(write_tuple(&mut out, &[&at], &[Encoder::Timestamp], 0));
         assert_eq!(out.len(), 1 + 2 + 4 + 8);
@@ -384,6 +400,14 @@ mod tests {
         assert_eq!(out.len(), 15, "nothing of the refused tuple is left");
         assert!(!write_tuple(&mut out, &[&at], &[Encoder::Timestamp], 2));
         assert_eq!(out.len(), 15);
+        // The first day COPY text can say, and the day before it.
+        let day = Date32Array::from(vec![-719_162, -719_163]);
+        let mut out = Vec::new();
+        assert!(write_tuple(&mut out, &[&day], &[Encoder::Date], 0));
+        assert!(!write_tuple(&mut out, &[&day], &[Encoder::Date], 1));
+        // Text with a NUL byte.
+        let text = StringArray::from(vec!["a\0b"]);
+        assert!(!write_tuple(&mut out, &[&text], &[Encoder::Text], 0));
         let d = Decimal128Array::from(vec![Some(5), None])
             .with_precision_and_scale(5, 1)
             .unwrap();

@@ -321,6 +321,17 @@ impl PostgresSink {
         rows: std::ops::Range<usize>,
     ) -> Result<bool, MergeError> {
         const SAVEPOINT: &str = "weir_direct_copy";
+        if segment.binary && !self.declared_types_hold(tx)? {
+            // Binary tuples straight into a table whose column types changed under weir
+            // would be read as the new types; staging (the types weir knows) and the
+            // merge's casts apply or refuse them as COPY text would.
+            self.direct_refused.borrow_mut().insert(self.table.clone());
+            tracing::warn!(
+                table = %self.table,
+                "the target table's column types changed while weir ran; merging through staging"
+            );
+            return Ok(false);
+        }
         let optimistic = self.optimistic.get();
         if !optimistic {
             tx.batch_execute(&format!("SAVEPOINT {SAVEPOINT}"))?;
@@ -479,6 +490,26 @@ pub(super) fn check_inserted(
         )));
     }
     Ok(())
+}
+
+impl PostgresSink {
+    /// Whether the target's columns still have the types weir read (`columns`), checked
+    /// under a lock that keeps them so until the transaction ends: an `ALTER TABLE` by
+    /// someone else since weir read them is seen here, one after waits for the commit.
+    fn declared_types_hold(&self, tx: &mut Transaction<'_>) -> Result<bool, MergeError> {
+        let target = self.target();
+        tx.batch_execute(&format!("LOCK TABLE {target} IN ROW EXCLUSIVE MODE"))?;
+        let rows = tx.query(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&target],
+        )?;
+        let now: BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        Ok(now == self.columns)
+    }
 }
 
 /// COPYs `lines` of `segment` (text lines, or binary tuples between the binary format's

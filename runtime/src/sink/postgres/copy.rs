@@ -337,8 +337,9 @@ pub(super) fn prepare_upsert(
 }
 
 /// Writes the staged segment's rows and deleted keys (`order`) as COPY lines of
-/// `columns` (rows', keys'): binary tuples with `layout`, else text. False, with nothing
-/// written, when a value has no exact binary form.
+/// `columns` (rows', keys'): binary tuples with `layout`, else text, in place of what
+/// `out` held. False when a value has no exact binary form: the caller then stages the
+/// segment again as text.
 fn stage(
     out: &mut PreparedSegment,
     order: &[(usize, bool)],
@@ -356,9 +357,6 @@ fn stage(
             Some(layout) => {
                 let encoders = if upsert { &layout.rows } else { &layout.keys };
                 if !write_tuple(buffer, columns, encoders, row) {
-                    out.actions.clear();
-                    out.rows.clear();
-                    out.keys.clear();
                     return false;
                 }
             }
@@ -482,6 +480,21 @@ mod tests {
             &segments[0].rows[last.line.clone()],
             format!("{}\ta\\tb\n", STAGED_ACTIONS - 1).as_bytes()
         );
+        // With a layout, binary; a value without an exact binary form (text with a NUL,
+        // in the last row) stages the whole segment again as text, nothing of the
+        // binary attempt left in it.
+        let layout = layout(&batch, |_| None);
+        let binary = prepare_upsert(&batch, None, layout.as_ref()).unwrap();
+        assert!(binary[0].binary);
+        let mut with_nul = events.clone();
+        let last = format!(r#"{{"op":"c","after":{{"id":{STAGED_ACTIONS},"v":"a\u0000"}}}}"#);
+        with_nul.push(&last);
+        let batch = crate::sink::compact::tests::batch(&with_nul);
+        let text = prepare_upsert(&batch, None, layout.as_ref()).unwrap();
+        assert!(!text[0].binary);
+        assert!(text[0].rows.starts_with(b"0\ta\\tb\n"));
+        assert_eq!(text[0].actions.len(), STAGED_ACTIONS + 1);
+        assert_eq!(text[0].actions[1].line.start, "0\ta\\tb\n".len());
         // One fewer is sent as arrays.
         let batch = crate::sink::compact::tests::batch(&events[1..]);
         let segments = prepare_upsert(&batch, None, None).unwrap();

@@ -216,6 +216,83 @@ fn refused_rows_are_dead_lettered(count: i64, bad: &[(i64, &str)]) {
     }
 }
 
+/// Dates and timestamps outside the years 1-9999 (which weir writes no text for that
+/// PostgreSQL reads) are refused with the reason, whether the batch sends its values as
+/// arrays (binary for the temporal and numeric columns) or COPYs them: a row lands or not
+/// whatever the size of its batch. The others land with their exact values.
+#[test]
+fn out_of_range_dates_are_refused_alike_in_small_and_staged_batches() {
+    for count in [40, 6000] {
+        let pg = Postgres::start();
+        pg.create_database("dates");
+        // Years 12017 and 1 BC; the rest between 1970 and 2024.
+        let bad = [(7, 3_700_000, 0), (31, 0, -62_200_000_000_000_000i64)];
+        let lines: Vec<String> = (1..=count)
+            .map(|id: i64| {
+                let (day, micros) = bad
+                    .iter()
+                    .find(|(b, _, _)| *b == id)
+                    .map_or((id % 20_000, id * 1_000_003), |(_, d, m)| (*d, *m));
+                format!(
+                    r#"{{"op":"c","after":{{"id":{id},"day":{day},"at":{micros},"price":{id}.25,"took":{}}}}}"#,
+                    id * 1_000
+                )
+            })
+            .collect();
+        let ws = Workspace::new();
+        ws.append_lines("events.jsonl", &lines);
+        let yaml = format!(
+            "name: dates\n\
+             source:\n  type: file\n  path: events.jsonl\n\
+             table:\n  name: dates\n  primary_key: [id]\n  \
+             columns: {{id: int64, day: date, at: timestamp, price: 'decimal(12,2)', took: io.debezium.time.MicroDuration}}\n\
+             sink:\n  type: postgres\n  url: {}\n  table: public.dates\n  create: true\n\
+             batch:\n  max_events: 8192\n\
+             dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+            pg.url("dates")
+        );
+        let summary = ws.run_ok(&ws.write("pipeline.yaml", &yaml));
+        assert_eq!(summary["dead_letters"], 2, "{count} rows: {summary}");
+        let letters = ws.dead_letters();
+        let refused: Vec<i64> = letters
+            .iter()
+            .map(|l| l["source"]["line"].as_i64().unwrap())
+            .collect();
+        assert_eq!(refused, vec![7, 31], "{count} rows");
+        for letter in &letters {
+            let error = letter["error"].as_str().unwrap();
+            assert!(
+                error.contains("out of range") || error.contains("invalid input"),
+                "{error}"
+            );
+        }
+        let landed = rows(
+            &pg,
+            "dates",
+            "SELECT id::text, day::text, (extract(epoch from at) * 1000000)::bigint::text,              price::text, (extract(epoch from took) * 1000000)::bigint::text FROM dates ORDER BY dates.id",
+        );
+        let expected: Vec<Vec<Option<String>>> = (1..=count)
+            .filter(|id| *id != 7 && *id != 31)
+            .map(|id| {
+                let day = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                    + chrono::Duration::days(id % 20_000);
+                [
+                    id.to_string(),
+                    day.to_string(),
+                    (id * 1_000_003).to_string(),
+                    format!("{id}.25"),
+                    (id * 1_000).to_string(),
+                ]
+                .into_iter()
+                .map(Some)
+                .collect()
+            })
+            .collect();
+        assert_eq!(landed.len(), expected.len(), "{count} rows");
+        assert_eq!(landed, expected, "{count} rows");
+    }
+}
+
 /// A value too long for a column's `varchar(n)`, `char(n)`, a domain over one or an
 /// array of that domain is refused, as the column's own input would refuse it, never cut
 /// short to fit; keys of a type with a modifier still delete.

@@ -13,6 +13,25 @@ impl PostgresSink {
         &self,
         batch: &ChangeBatch,
     ) -> Result<MergeStatements, SinkError> {
+        let mut statements = self.merge_statements_as(batch, true)?;
+        let binary = |encodings: &[Encoding]| {
+            encodings
+                .iter()
+                .any(|e| matches!(e, Encoding::Binary { .. }))
+        };
+        if binary(&statements.row_encodings) || binary(&statements.key_encodings) {
+            statements.text = Some(Box::new(self.merge_statements_as(batch, false)?));
+        }
+        Ok(statements)
+    }
+
+    /// The statements with each column's values sent as `Encoding::of` says, in binary
+    /// where it can when `binary`.
+    fn merge_statements_as(
+        &self,
+        batch: &ChangeBatch,
+        binary: bool,
+    ) -> Result<MergeStatements, SinkError> {
         let fields = batch.row_fields();
         let key = &batch.table.primary_key;
         // Cast to the type without its modifier: an explicit cast to `varchar(5)` would cut
@@ -39,15 +58,24 @@ impl PostgresSink {
         };
         let names: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
         let key_names: Vec<String> = key.iter().map(|k| quote(k)).collect();
+        let declared = |name: &str| binary.then(|| self.columns.get(name)).flatten();
         let row_encodings = fields
             .iter()
-            .map(|f| Ok(Encoding::of(f.data_type(), cast(f.name())?)))
+            .map(|f| Ok(Encoding::of(f, cast(f.name())?, declared(f.name()))))
             .collect::<Result<Vec<_>, SinkError>>()?;
-        let key_encodings = key_columns(batch)
-            .map_err(|e| self.error(e))?
+        let before = batch.before();
+        let key_encodings = key
             .iter()
-            .zip(key)
-            .map(|(column, k)| Ok(Encoding::of(column.data_type(), cast(k)?)))
+            .map(|k| {
+                let field = before
+                    .fields()
+                    .iter()
+                    .find(|f| f.name() == k)
+                    .ok_or_else(|| {
+                        self.error(format!("primary key column `{k}` is not in the rows"))
+                    })?;
+                Ok(Encoding::of(field, cast(k)?, declared(k)))
+            })
             .collect::<Result<Vec<_>, SinkError>>()?;
         let values = fields
             .iter()
@@ -108,6 +136,7 @@ impl PostgresSink {
             counted_upsert,
             key_encodings,
             row_encodings,
+            text: None,
         })
     }
 
@@ -125,11 +154,12 @@ impl PostgresSink {
         let deletes: Vec<&Action> = actions.iter().filter(|a| !a.upsert).collect();
         if !deletes.is_empty() {
             done.deletes = deletes.len() as u64;
-            let statement = self.statement(tx, &statements.delete)?;
             let mut deleted = 0;
             let arrays = key_columns(batch).expect("checked by merge_statements");
             for chunk in chunks(segment, &arrays, &deletes) {
-                let columns = columns(&statements.key_encodings, segment, &arrays, chunk);
+                let (statements, columns) =
+                    statements.with_columns(|s| &s.key_encodings, segment, &arrays, chunk);
+                let statement = self.statement(tx, &statements.delete)?;
                 deleted += tx.execute(&statement, &parameters(&columns))?;
             }
             if let Some(present) = present {
@@ -139,16 +169,17 @@ impl PostgresSink {
         let upserts: Vec<&Action> = actions.iter().filter(|a| a.upsert).collect();
         if !upserts.is_empty() {
             done.upserts = upserts.len() as u64;
-            let sql = match present {
-                None => &statements.upsert,
-                Some(_) => &statements.counted_upsert,
-            };
-            let statement = self.statement(tx, sql)?;
             let mut inserted = 0;
             let after = batch.after();
             let arrays: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
             for chunk in chunks(segment, &arrays, &upserts) {
-                let columns = columns(&statements.row_encodings, segment, &arrays, chunk);
+                let (statements, columns) =
+                    statements.with_columns(|s| &s.row_encodings, segment, &arrays, chunk);
+                let sql = match present {
+                    None => &statements.upsert,
+                    Some(_) => &statements.counted_upsert,
+                };
+                let statement = self.statement(tx, sql)?;
                 match present {
                     None => {
                         tx.execute(&statement, &parameters(&columns))?;
@@ -202,6 +233,33 @@ pub(super) struct MergeStatements {
     counted_upsert: String,
     key_encodings: Vec<Encoding>,
     row_encodings: Vec<Encoding>,
+    /// The same with every column that `Encoding::Binary` sends as text instead: for a
+    /// run holding a value the binary form does not carry exactly (a date outside the
+    /// years 1-9999), which then lands, or is refused, as it would in any other batch.
+    text: Option<Box<MergeStatements>>,
+}
+
+impl MergeStatements {
+    /// The statements for `actions` with their parameters: these, or the text ones when
+    /// some value has no exact binary form.
+    fn with_columns<'s, 'a>(
+        &'s self,
+        encodings: impl Fn(&MergeStatements) -> &Vec<Encoding>,
+        segment: &'a PreparedSegment,
+        arrays: &[&'a dyn Array],
+        actions: &[&Action],
+    ) -> (&'s MergeStatements, Vec<Column<'a>>) {
+        if let Some(columns) = columns(encodings(self), segment, arrays, actions) {
+            return (self, columns);
+        }
+        let text = self
+            .text
+            .as_deref()
+            .expect("statements with a binary column have a text form");
+        let columns =
+            columns(encodings(text), segment, arrays, actions).expect("text carries every value");
+        (text, columns)
+    }
 }
 
 /// How a column's values travel: as typed arrays straight from the Arrow values when the
@@ -221,10 +279,34 @@ enum Encoding {
     Float32,
     Float64,
     Boolean,
+    /// An array of the element type `element` in binary (`binary.rs`), when the target
+    /// column is declared as the type whose receive function reads it.
+    Binary {
+        encoder: Encoder,
+        element: &'static str,
+    },
 }
 
 impl Encoding {
-    fn of(data_type: &DataType, cast: &str) -> Encoding {
+    /// How a column of `field` goes into a target column cast as `cast` (its type without
+    /// a modifier) and, when binary is wanted, declared as `declared`.
+    fn of(field: &Field, cast: &str, declared: Option<&String>) -> Encoding {
+        let data_type = field.data_type();
+        let binary = declared.and_then(|d| binary::encoder(field, d));
+        let element = match (binary, data_type) {
+            (Some(Encoder::Numeric), _) => Some("numeric[]"),
+            (Some(Encoder::Date), _) => Some("date[]"),
+            (Some(Encoder::Time), _) => Some("time[]"),
+            (Some(Encoder::Timestamp), DataType::Timestamp(_, Some(_))) => Some("timestamptz[]"),
+            (Some(Encoder::Timestamp), _) => Some("timestamp[]"),
+            (Some(Encoder::Interval), _) => Some("interval[]"),
+            (Some(Encoder::Bytea), _) => Some("bytea[]"),
+            // The rest is sent typed below, or as a string column's own values.
+            _ => None,
+        };
+        if let (Some(encoder), Some(element)) = (binary, element) {
+            return Encoding::Binary { encoder, element };
+        }
         match (data_type, cast) {
             (DataType::Int8 | DataType::Int16, "smallint") => Encoding::Int16,
             (DataType::Int32, "integer") => Encoding::Int32,
@@ -247,6 +329,7 @@ impl Encoding {
             Encoding::Float32 => "float4[]",
             Encoding::Float64 => "float8[]",
             Encoding::Boolean => "bool[]",
+            Encoding::Binary { element, .. } => element,
         }
     }
 }
@@ -261,15 +344,74 @@ enum Column<'a> {
     Float32(Vec<Option<f32>>),
     Float64(Vec<Option<f64>>),
     Boolean(Vec<Option<bool>>),
+    Binary(BinaryArray),
 }
 
-/// The parameters for `actions`: each column's values, encoded as `encodings` say.
+/// A one-dimensional array parameter whose elements are already in binary: its header
+/// is written when the element type's OID is known (the statement's parameter type).
+#[derive(Debug)]
+struct BinaryArray {
+    count: i32,
+    has_null: bool,
+    /// Each element's length (-1 for a null), then its bytes.
+    elements: Vec<u8>,
+}
+
+impl BinaryArray {
+    /// `array`'s values at `actions`' rows, or None when one has no exact binary form.
+    fn of(array: &dyn Array, encoder: Encoder, actions: &[&Action]) -> Option<BinaryArray> {
+        let count = i32::try_from(actions.len()).ok()?;
+        let mut elements = Vec::with_capacity(actions.len() * 12);
+        let mut has_null = false;
+        for action in actions {
+            has_null |= array.is_null(action.row);
+            if !binary::write_field(&mut elements, array, encoder, action.row) {
+                return None;
+            }
+        }
+        Some(BinaryArray {
+            count,
+            has_null,
+            elements,
+        })
+    }
+}
+
+impl postgres::types::ToSql for BinaryArray {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let postgres::types::Kind::Array(element) = ty.kind() else {
+            return Err(format!("a binary array sent as {ty}").into());
+        };
+        // array_recv's header: dimensions, whether any element is null, the element
+        // type, then each dimension's length and lower bound.
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&(self.has_null as i32).to_be_bytes());
+        out.extend_from_slice(&element.oid().to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&self.elements);
+        Ok(postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        matches!(ty.kind(), postgres::types::Kind::Array(_))
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// The parameters for `actions`: each column's values, encoded as `encodings` say. None
+/// when a binary column holds a value its binary form does not carry exactly.
 fn columns<'a>(
     encodings: &[Encoding],
     segment: &'a PreparedSegment,
     arrays: &[&'a dyn Array],
     actions: &[&Action],
-) -> Vec<Column<'a>> {
+) -> Option<Vec<Column<'a>>> {
     fn values<T>(
         actions: &[&Action],
         array: &dyn Array,
@@ -286,7 +428,10 @@ fn columns<'a>(
         .enumerate()
         .map(|(i, (encoding, array))| {
             let array = *array;
-            match encoding {
+            Some(match encoding {
+                Encoding::Binary { encoder, .. } => {
+                    Column::Binary(BinaryArray::of(array, *encoder, actions)?)
+                }
                 Encoding::Prepared => Column::Text(segment.column(actions, i)),
                 Encoding::Strings => {
                     let strings = array.as_string::<i32>();
@@ -327,7 +472,7 @@ fn columns<'a>(
                     let bools = array.as_boolean();
                     Column::Boolean(values(actions, array, |row| bools.value(row)))
                 }
-            }
+            })
         })
         .collect()
 }
@@ -375,6 +520,7 @@ fn parameters<'a>(columns: &'a [Column<'_>]) -> Vec<&'a (dyn postgres::types::To
                 Column::Float32(v) => v,
                 Column::Float64(v) => v,
                 Column::Boolean(v) => v,
+                Column::Binary(v) => v,
             }
         })
         .collect()

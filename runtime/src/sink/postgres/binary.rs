@@ -161,7 +161,14 @@ pub(super) fn write_tuple(
     true
 }
 
-fn write_field(out: &mut Vec<u8>, array: &dyn Array, encoder: Encoder, row: usize) -> bool {
+/// Appends one value as COPY binary and array elements both have it: its length (-1 for
+/// a null), then its bytes. False when the encoder does not carry the value exactly.
+pub(super) fn write_field(
+    out: &mut Vec<u8>,
+    array: &dyn Array,
+    encoder: Encoder,
+    row: usize,
+) -> bool {
     if array.is_null(row) {
         out.extend_from_slice(&(-1i32).to_be_bytes());
         return true;

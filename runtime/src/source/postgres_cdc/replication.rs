@@ -27,6 +27,15 @@ pub enum Frame {
     Data { wal_start: u64, data: Vec<u8> },
 }
 
+enum Received {
+    Data(Frame),
+    /// A keepalive; `reply` when the server asks for a status update now.
+    Keepalive {
+        reply: bool,
+    },
+    Unreadable,
+}
+
 pub struct ReplicationConnection {
     conn: *mut PGconn,
     /// The end of the WAL the server has sent us (from data and keepalives).
@@ -187,27 +196,25 @@ impl ReplicationConnection {
             let mut buffer: *mut std::os::raw::c_char = std::ptr::null_mut();
             let n = unsafe { PQgetCopyData(self.conn, &mut buffer, 1) };
             if n > 0 {
-                let message =
-                    unsafe { std::slice::from_raw_parts(buffer as *const u8, n as usize) }.to_vec();
-                unsafe { PQfreemem(buffer.cast()) };
-                match message.first() {
-                    Some(b'w') if message.len() >= 25 => {
-                        let wal_start = u64::from_be_bytes(message[1..9].try_into().expect("8"));
-                        let wal_end = u64::from_be_bytes(message[9..17].try_into().expect("8"));
-                        self.received = self.received.max(wal_end).max(wal_start);
-                        return Ok(Some(Frame::Data {
-                            wal_start,
-                            data: message[25..].to_vec(),
-                        }));
-                    }
-                    Some(b'k') if message.len() >= 18 => {
-                        let wal_end = u64::from_be_bytes(message[1..9].try_into().expect("8"));
-                        self.received = self.received.max(wal_end);
-                        if message[17] != 0 {
+                // Read in libpq's buffer, and freed before anything can return: a change's
+                // bytes are copied out once.
+                let frame = {
+                    let message =
+                        unsafe { std::slice::from_raw_parts(buffer as *const u8, n as usize) };
+                    let frame = self.frame(message);
+                    unsafe { PQfreemem(buffer.cast()) };
+                    frame
+                };
+                match frame {
+                    Received::Data(frame) => return Ok(Some(frame)),
+                    Received::Keepalive { reply } => {
+                        if reply {
                             self.maybe_send_status(flushed, true)?;
                         }
                     }
-                    _ => return Err("an unreadable replication message".into()),
+                    Received::Unreadable => {
+                        return Err("an unreadable replication message".into());
+                    }
                 }
                 continue;
             }
@@ -245,6 +252,29 @@ impl ReplicationConnection {
 
     /// Sends a standby status update when one is due (every second) or the server asked:
     /// `flushed` is what the sink has durably applied, the point the slot may move to.
+    /// What one CopyData message of the replication stream holds.
+    fn frame(&mut self, message: &[u8]) -> Received {
+        match message.first() {
+            Some(b'w') if message.len() >= 25 => {
+                let wal_start = u64::from_be_bytes(message[1..9].try_into().expect("8"));
+                let wal_end = u64::from_be_bytes(message[9..17].try_into().expect("8"));
+                self.received = self.received.max(wal_end).max(wal_start);
+                Received::Data(Frame::Data {
+                    wal_start,
+                    data: message[25..].to_vec(),
+                })
+            }
+            Some(b'k') if message.len() >= 18 => {
+                let wal_end = u64::from_be_bytes(message[1..9].try_into().expect("8"));
+                self.received = self.received.max(wal_end);
+                Received::Keepalive {
+                    reply: message[17] != 0,
+                }
+            }
+            _ => Received::Unreadable,
+        }
+    }
+
     fn maybe_send_status(&mut self, flushed: u64, asked: bool) -> Result<(), String> {
         let due = self
             .last_status

@@ -293,6 +293,107 @@ fn out_of_range_dates_are_refused_alike_in_small_and_staged_batches() {
     }
 }
 
+/// Small batches (array parameters) of the binary-array types with nulls, then updates
+/// and deletes by a `timestamptz` key and by a composite `(date, bigint)` key: the rows
+/// deleted go, the others hold exactly the values sent.
+#[test]
+fn small_batches_of_binary_array_types_upsert_and_delete_by_key() {
+    fn base64(bytes: &[u8; 3]) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let n = (bytes[0] as u32) << 16 | (bytes[1] as u32) << 8 | bytes[2] as u32;
+        (0..4)
+            .map(|i| ABC[(n >> (18 - 6 * i) & 63) as usize] as char)
+            .collect()
+    }
+    const BASE: i64 = 1_704_067_200_000_000; // 2024-01-01T00:00:00Z
+    // One row's values: (at, day, id, t, b, p, d); `version` 0 as created, 1 as updated.
+    let row = |id: i64, version: i64| -> String {
+        let at = chrono::DateTime::from_timestamp_micros(BASE + id * 1_000_001)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let nulls = version == 0 && id % 5 == 0;
+        let value = |v: String| if nulls { "null".to_string() } else { v };
+        format!(
+            r#"{{"at":"{at}","day":{},"id":{id},"t":{},"b":{},"p":{},"d":{}}}"#,
+            id * 7,
+            value(((id * 1_000_003 + version) % 86_400_000_000).to_string()),
+            value(format!("\"{}\"", base64(&[id as u8, version as u8, 255]))),
+            value(format!("{id}.{}", 5 + version * 2)),
+            value((id * 1_000 + version).to_string()),
+        )
+    };
+    let expected = |id: i64, version: i64| -> Vec<Option<String>> {
+        let nulls = version == 0 && id % 5 == 0;
+        let value = |v: String| (!nulls).then_some(v);
+        let day =
+            chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(id * 7);
+        let t = (id * 1_000_003 + version) % 86_400_000_000;
+        vec![
+            Some((BASE + id * 1_000_001).to_string()),
+            Some(day.to_string()),
+            Some(id.to_string()),
+            value(t.to_string()),
+            value(format!("{:02x}{:02x}ff", id as u8, version as u8)),
+            value(format!("{id}.{}", 5 + version * 2)),
+            value((id * 1_000 + version).to_string()),
+        ]
+    };
+    for key in ["[at]", "[day, id]"] {
+        let pg = Postgres::start();
+        pg.create_database("binkeys");
+        let ws = Workspace::new();
+        let yaml = format!(
+            "name: binkeys\n\
+             source:\n  type: file\n  path: events.jsonl\n\
+             table:\n  name: binkeys\n  primary_key: {key}\n  \
+             columns: {{at: timestamptz, day: date, id: int64, t: time, b: bytes, p: 'decimal(10,1)', d: io.debezium.time.MicroDuration}}\n\
+             sink:\n  type: postgres\n  url: {}\n  table: public.binkeys\n  create: true\n\
+             batch:\n  max_events: 8192\n\
+             dead_letter:\n  type: file\n  path: dead-letters.jsonl\n",
+            pg.url("binkeys")
+        );
+        let file = ws.write("pipeline.yaml", &yaml);
+        let created: Vec<String> = (1..=60)
+            .map(|id| format!(r#"{{"op":"c","after":{}}}"#, row(id, 0)))
+            .collect();
+        ws.append_lines("events.jsonl", &created);
+        let first = ws.run_ok(&file);
+        assert_eq!(first["upserts"], 60, "{key}: {first}");
+        // Then, in a batch of their own: every fourth row deleted, every third updated.
+        let changed: Vec<String> = (1..=60)
+            .filter_map(|id| {
+                if id % 4 == 0 {
+                    Some(format!(r#"{{"op":"d","before":{}}}"#, row(id, 0)))
+                } else if id % 3 == 0 {
+                    Some(format!(
+                        r#"{{"op":"u","before":{},"after":{}}}"#,
+                        row(id, 0),
+                        row(id, 1)
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        ws.append_lines("events.jsonl", &changed);
+        let second = ws.run_ok(&file);
+        assert_eq!(second["dead_letters"], 0, "{key}: {second}");
+        assert_eq!(second["deletes"], 15, "{key}: {second}");
+        let landed = rows(
+            &pg,
+            "binkeys",
+            "SELECT (extract(epoch from at) * 1000000)::bigint::text, day::text, id::text, \
+             (extract(epoch from t) * 1000000)::bigint::text, encode(b, 'hex'), p::text, \
+             (extract(epoch from d) * 1000000)::bigint::text FROM binkeys ORDER BY binkeys.id",
+        );
+        let wanted: Vec<Vec<Option<String>>> = (1..=60)
+            .filter(|id| id % 4 != 0)
+            .map(|id| expected(id, (id % 3 == 0) as i64))
+            .collect();
+        assert_eq!(landed, wanted, "{key}");
+    }
+}
+
 /// A value too long for a column's `varchar(n)`, `char(n)`, a domain over one or an
 /// array of that domain is refused, as the column's own input would refuse it, never cut
 /// short to fit; keys of a type with a modifier still delete.

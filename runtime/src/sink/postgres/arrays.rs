@@ -157,9 +157,9 @@ impl PostgresSink {
             let mut deleted = 0;
             let arrays = key_columns(batch).expect("checked by merge_statements");
             for chunk in chunks(segment, &arrays, &deletes) {
-                let (statements, columns) =
+                let (used, columns) =
                     statements.with_columns(|s| &s.key_encodings, segment, &arrays, chunk);
-                let statement = self.statement(tx, &statements.delete)?;
+                let statement = self.statement(tx, &used.delete, std::ptr::eq(used, statements))?;
                 deleted += tx.execute(&statement, &parameters(&columns))?;
             }
             if let Some(present) = present {
@@ -173,13 +173,13 @@ impl PostgresSink {
             let after = batch.after();
             let arrays: Vec<&dyn Array> = after.columns().iter().map(|c| c.as_ref()).collect();
             for chunk in chunks(segment, &arrays, &upserts) {
-                let (statements, columns) =
+                let (used, columns) =
                     statements.with_columns(|s| &s.row_encodings, segment, &arrays, chunk);
                 let sql = match present {
-                    None => &statements.upsert,
-                    Some(_) => &statements.counted_upsert,
+                    None => &used.upsert,
+                    Some(_) => &used.counted_upsert,
                 };
-                let statement = self.statement(tx, sql)?;
+                let statement = self.statement(tx, sql, std::ptr::eq(used, statements))?;
                 match present {
                     None => {
                         tx.execute(&statement, &parameters(&columns))?;
@@ -197,17 +197,23 @@ impl PostgresSink {
         Ok(done)
     }
 
-    /// `sql` prepared on this connection: kept for the next batch, up to
-    /// `STATEMENTS_KEPT` statements, so it is parsed and planned once.
+    /// `sql` prepared on this connection: when `keep`, kept for the next batch, up to
+    /// `STATEMENTS_KEPT` statements, so it is parsed and planned once. (The text form of
+    /// statements with binary columns is not kept: it serves only a rare run holding a
+    /// value with no binary form, and kept first come it would hold a slot for good.)
     fn statement(
         &self,
         tx: &mut Transaction<'_>,
         sql: &str,
+        keep: bool,
     ) -> Result<postgres::Statement, postgres::Error> {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
         let statement = tx.prepare(sql)?;
+        if !keep {
+            return Ok(statement);
+        }
         let mut kept = self.statements.borrow_mut();
         // Kept first come: a pipeline of more tables than that prepares the rest per
         // batch, as an unkept statement costs, rather than evicting in a cycle.
@@ -219,7 +225,7 @@ impl PostgresSink {
 }
 
 /// How many prepared statements a connection keeps: two per table (three under a conflict
-/// strategy) for a few hundred tables (the server holds each one's plan in its memory).
+/// strategy; their text forms, for a table with binary columns, are not kept) for a few hundred tables (the server holds each one's plan in its memory).
 pub(super) const STATEMENTS_KEPT: usize = 512;
 
 /// A statement's parameters are sent in one message, which PostgreSQL caps at 1 GiB; a
@@ -284,6 +290,8 @@ enum Encoding {
     Binary {
         encoder: Encoder,
         element: &'static str,
+        /// The element type the bytes are for, checked against the statement's.
+        oid: u32,
     },
 }
 
@@ -293,19 +301,26 @@ impl Encoding {
     fn of(field: &Field, cast: &str, declared: Option<&String>) -> Encoding {
         let data_type = field.data_type();
         let binary = declared.and_then(|d| binary::encoder(field, d));
+        use postgres::types::Type;
         let element = match (binary, data_type) {
-            (Some(Encoder::Numeric), _) => Some("numeric[]"),
-            (Some(Encoder::Date), _) => Some("date[]"),
-            (Some(Encoder::Time), _) => Some("time[]"),
-            (Some(Encoder::Timestamp), DataType::Timestamp(_, Some(_))) => Some("timestamptz[]"),
-            (Some(Encoder::Timestamp), _) => Some("timestamp[]"),
-            (Some(Encoder::Interval), _) => Some("interval[]"),
-            (Some(Encoder::Bytea), _) => Some("bytea[]"),
+            (Some(Encoder::Numeric), _) => Some(("numeric[]", Type::NUMERIC)),
+            (Some(Encoder::Date), _) => Some(("date[]", Type::DATE)),
+            (Some(Encoder::Time), _) => Some(("time[]", Type::TIME)),
+            (Some(Encoder::Timestamp), DataType::Timestamp(_, Some(_))) => {
+                Some(("timestamptz[]", Type::TIMESTAMPTZ))
+            }
+            (Some(Encoder::Timestamp), _) => Some(("timestamp[]", Type::TIMESTAMP)),
+            (Some(Encoder::Interval), _) => Some(("interval[]", Type::INTERVAL)),
+            (Some(Encoder::Bytea), _) => Some(("bytea[]", Type::BYTEA)),
             // The rest is sent typed below, or as a string column's own values.
             _ => None,
         };
-        if let (Some(encoder), Some(element)) = (binary, element) {
-            return Encoding::Binary { encoder, element };
+        if let (Some(encoder), Some((element, ty))) = (binary, element) {
+            return Encoding::Binary {
+                encoder,
+                element,
+                oid: ty.oid(),
+            };
         }
         match (data_type, cast) {
             (DataType::Int8 | DataType::Int16, "smallint") => Encoding::Int16,
@@ -351,6 +366,8 @@ enum Column<'a> {
 /// is written when the element type's OID is known (the statement's parameter type).
 #[derive(Debug)]
 struct BinaryArray {
+    /// The element type the bytes are for.
+    oid: u32,
     count: i32,
     has_null: bool,
     /// Each element's length (-1 for a null), then its bytes.
@@ -359,7 +376,12 @@ struct BinaryArray {
 
 impl BinaryArray {
     /// `array`'s values at `actions`' rows, or None when one has no exact binary form.
-    fn of(array: &dyn Array, encoder: Encoder, actions: &[&Action]) -> Option<BinaryArray> {
+    fn of(
+        array: &dyn Array,
+        encoder: Encoder,
+        oid: u32,
+        actions: &[&Action],
+    ) -> Option<BinaryArray> {
         let count = i32::try_from(actions.len()).ok()?;
         let mut elements = Vec::with_capacity(actions.len() * 12);
         let mut has_null = false;
@@ -370,6 +392,7 @@ impl BinaryArray {
             }
         }
         Some(BinaryArray {
+            oid,
             count,
             has_null,
             elements,
@@ -383,9 +406,14 @@ impl postgres::types::ToSql for BinaryArray {
         ty: &postgres::types::Type,
         out: &mut bytes::BytesMut,
     ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // The statement names the element type; bytes for another type must never reach
+        // its receive function (array_recv checks only the OID written here).
         let postgres::types::Kind::Array(element) = ty.kind() else {
             return Err(format!("a binary array sent as {ty}").into());
         };
+        if element.oid() != self.oid {
+            return Err(format!("binary {} elements sent as {ty}", self.oid).into());
+        }
         // array_recv's header: dimensions, whether any element is null, the element
         // type, then each dimension's length and lower bound.
         out.extend_from_slice(&1i32.to_be_bytes());
@@ -429,8 +457,8 @@ fn columns<'a>(
         .map(|(i, (encoding, array))| {
             let array = *array;
             Some(match encoding {
-                Encoding::Binary { encoder, .. } => {
-                    Column::Binary(BinaryArray::of(array, *encoder, actions)?)
+                Encoding::Binary { encoder, oid, .. } => {
+                    Column::Binary(BinaryArray::of(array, *encoder, *oid, actions)?)
                 }
                 Encoding::Prepared => Column::Text(segment.column(actions, i)),
                 Encoding::Strings => {

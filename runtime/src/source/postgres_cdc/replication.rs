@@ -250,8 +250,6 @@ impl ReplicationConnection {
         }
     }
 
-    /// Sends a standby status update when one is due (every second) or the server asked:
-    /// `flushed` is what the sink has durably applied, the point the slot may move to.
     /// What one CopyData message of the replication stream holds.
     fn frame(&mut self, message: &[u8]) -> Received {
         match message.first() {
@@ -275,6 +273,8 @@ impl ReplicationConnection {
         }
     }
 
+    /// Sends a standby status update when one is due (every second) or the server asked:
+    /// `flushed` is what the sink has durably applied, the point the slot may move to.
     fn maybe_send_status(&mut self, flushed: u64, asked: bool) -> Result<(), String> {
         let due = self
             .last_status

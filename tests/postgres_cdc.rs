@@ -1052,3 +1052,40 @@ fn tables_added_to_the_publication_mid_run_are_copied_while_streaming() {
     assert!(!log.contains("was added to the publication"), "{log}");
     kill(run);
 }
+
+/// A new slot waits for every transaction open on the source to end. weir names the one
+/// holding it (a session idle in a transaction) in its log while it waits, and goes on
+/// when it ends: nothing is lost, the held transaction's row included.
+#[test]
+fn a_slot_held_by_an_open_transaction_names_it_and_goes_on_when_it_ends() {
+    let pg = server();
+    let ws = Workspace::new();
+    pg.client("source")
+        .batch_execute(
+            "CREATE TABLE held (id int PRIMARY KEY, v int); INSERT INTO held VALUES (1, 1);",
+        )
+        .unwrap();
+    let mut holder = pg.client("source");
+    holder
+        .batch_execute("SET application_name = 'held-open'; BEGIN; INSERT INTO held VALUES (2, 2);")
+        .unwrap();
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let file = pipeline(&ws, &pg, "held", "");
+    let _child = start(&ws, &file);
+    let named = format!("process {pid} (idle in transaction, open ");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+        if log.contains(&named) && log.contains("held-open") && log.contains("weir_held") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no word of {named}:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    holder.batch_execute("COMMIT").unwrap();
+    wait_until_same(&pg, &ws, &["held"], Duration::from_secs(60));
+    assert_eq!(table_rows(&pg, "target", "held").len(), 2);
+}

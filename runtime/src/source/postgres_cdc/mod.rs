@@ -21,6 +21,7 @@ pub mod cutover;
 mod datetime;
 mod events;
 mod replication;
+mod slot_wait;
 mod snapshot;
 mod stream;
 mod values;
@@ -307,7 +308,10 @@ impl PostgresCdcSource {
         // imported its snapshot; closing it then drops the slot.
         let mut exporter = self.open_stream()?;
         let name = temporary_slot_name(&self.config.slot);
-        let (until, exported) = exporter.create_temporary_slot(&name)?;
+        let (until, exported) = {
+            let _watch = slot_wait::SlotWait::start(self.config.url.clone(), name.clone());
+            exporter.create_temporary_slot(&name)?
+        };
         let snapshot = Snapshot::start(
             &self.config,
             &self.server,
@@ -626,7 +630,11 @@ impl Source for PostgresCdcSource {
         let mut stream = self.open_stream().map_err(|e| self.error(e, true))?;
         let created = match slot_exists {
             Some(_) => None,
-            None => Some(stream.create_slot().map_err(|e| self.error(e, true))?),
+            None => {
+                let _watch =
+                    slot_wait::SlotWait::start(self.config.url.clone(), self.config.slot.clone());
+                Some(stream.create_slot().map_err(|e| self.error(e, true))?)
+            }
         };
         // A resync copies every table again as of the new slot's start; each copy is named
         // for that position, so a resync interrupted by a restart resumes it.

@@ -1089,3 +1089,71 @@ fn a_slot_held_by_an_open_transaction_names_it_and_goes_on_when_it_ends() {
     wait_until_same(&pg, &ws, &["held"], Duration::from_secs(60));
     assert_eq!(table_rows(&pg, "target", "held").len(), 2);
 }
+
+/// A SQL_ASCII database holds whatever bytes its clients wrote. A streamed value that is
+/// not UTF-8 makes its change a dead letter with the reason (it used to stop the stream
+/// and reconnect to the same change forever); the changes after it are applied.
+#[test]
+fn a_streamed_value_that_is_not_utf8_is_a_dead_letter_and_the_stream_goes_on() {
+    let pg = server();
+    let ws = Workspace::new();
+    pg.client("postgres")
+        .batch_execute(
+            "CREATE DATABASE ascii_source ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TEMPLATE template0",
+        )
+        .unwrap();
+    let mut source = pg.client("ascii_source");
+    source
+        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, note text); INSERT INTO notes VALUES (1, 'plain');")
+        .unwrap();
+    let yaml = std::fs::read_to_string(pipeline(&ws, &pg, "ascii", ""))
+        .unwrap()
+        .replace(&pg.url("source"), &pg.url("ascii_source"));
+    let file = ws.write("ascii.yaml", &yaml);
+    let weir_run = start(&ws, &file);
+    let has = |id: i32| {
+        pg.client("target")
+            .query_opt("SELECT 1 FROM notes WHERE id = $1", &[&id])
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has(1) {
+        assert!(Instant::now() < deadline, "the copy of row 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Latin-1 bytes in a text column, as a SQL_ASCII database takes them.
+    source
+        .batch_execute(
+            "INSERT INTO notes VALUES (2, E'na\\xefve');
+             INSERT INTO notes VALUES (3, 'after');",
+        )
+        .unwrap();
+    while !has(3) {
+        let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "the change after the unreadable one:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(weir_run);
+    assert!(!has(2), "the unreadable row is not applied");
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(ws.path("dead-letters.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("`note`") && error.contains("not UTF-8"),
+        "{error}"
+    );
+    let event: serde_json::Value =
+        serde_json::from_str(letters[0]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(event["payload"]["after"]["id"], 2);
+    assert_eq!(event["payload"]["after"]["note"], "na\u{fffd}ve");
+}

@@ -35,6 +35,10 @@ pub const MARK: &[u8] = b"\x1eweir1";
 pub const FIELD: u8 = 0x1f;
 /// Precedes each image.
 pub const IMAGE: u8 = 0x1e;
+/// Marks a value the source could not read as text (not UTF-8), followed by what it
+/// reads as (a JSON string, invalid bytes replaced): the decoder refuses the event with
+/// the reason; a dead letter shows the string. No JSON value begins with it.
+pub const UNREADABLE: u8 = b'!';
 
 /// A table's Debezium form, registered once by the source.
 #[derive(Debug)]
@@ -165,7 +169,8 @@ fn render_image(out: &mut Vec<u8>, table: &NativeTable, image: Option<&[u8]>) ->
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        out.extend_from_slice(values.next()?);
+        let value = values.next()?;
+        out.extend_from_slice(value.strip_prefix(&[UNREADABLE]).unwrap_or(value));
     }
     if values.next().is_some() {
         return None;
@@ -410,6 +415,12 @@ impl Decoder {
             let value = values
                 .next()
                 .ok_or_else(|| reject("a change event from weir's own source lacks a value"))?;
+            if value.first() == Some(&UNREADABLE) {
+                return Err(reject(format!(
+                    "the value of column `{key}` is not UTF-8 (the source database's encoding \
+                     may be SQL_ASCII, holding bytes of another); weir reads text as UTF-8 only"
+                )));
+            }
             let mut j = Json::new(value);
             if let Some(i) = self.column_of_key(key.as_bytes(), hint, &mut j)? {
                 self.decode_value(&mut j, which, i, row, sources)?;

@@ -41,6 +41,9 @@ pub struct Relation {
 pub enum Value<'a> {
     Null,
     Text(&'a str),
+    /// A value that is not UTF-8 (invalid bytes replaced): written so the decoder refuses
+    /// the event, which becomes a dead letter (`decode::native::UNREADABLE`).
+    Unreadable(&'a str),
 }
 
 /// What the `source` block says besides the table.
@@ -216,6 +219,11 @@ impl Relation {
         match v {
             Value::Null => {
                 out.push_str("null");
+                Ok(())
+            }
+            Value::Unreadable(text) => {
+                out.push(crate::decode::native::UNREADABLE as char);
+                write_json_string(out, text);
                 Ok(())
             }
             Value::Text(text) => {

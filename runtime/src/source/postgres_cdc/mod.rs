@@ -157,6 +157,10 @@ const LAG_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Reconnections in a row before the run fails: about a minute and a half of back-off.
 const MAX_RECONNECTS: u32 = 12;
 
+/// Losses of the stream in a row, each with the same error and nothing read between,
+/// before the run fails: the same change failing again after each reconnection.
+const MAX_REPEATED_LOSSES: u32 = 5;
+
 pub struct PostgresCdcSource {
     config: PostgresCdcSourceConfig,
     server: String,
@@ -180,6 +184,10 @@ pub struct PostgresCdcSource {
     /// Tables added to the publication since their copy would have run, to copy while
     /// streaming ([`LateCopy`]).
     late_queue: Vec<String>,
+    /// The last loss of the stream and how many times in a row it recurred with nothing
+    /// read between: a change the stream cannot read fails the same way after every
+    /// reconnection, and must stop the run rather than loop.
+    repeated_loss: (String, u32),
     /// The copy of such tables under way.
     late: Option<LateCopy>,
     /// The tables the events are written for ([`crate::decode::native`]).
@@ -235,6 +243,7 @@ impl PostgresCdcSource {
             resync_auto: pipeline.config.lifecycle.resync == crate::config::ResyncMode::Auto,
             selected: Default::default(),
             late_queue: Vec::new(),
+            repeated_loss: (String::new(), 0),
             late: None,
             native: Arc::new(NativeTables::default()),
         })
@@ -727,6 +736,9 @@ impl Source for PostgresCdcSource {
                 let meta = self.meta.as_mut();
                 match stream.poll(batch, limits, meta, &mut self.domains) {
                     Ok(status) => {
+                        if status == PollStatus::Records {
+                            self.repeated_loss = (String::new(), 0);
+                        }
                         for table in stream.take_relations_seen() {
                             if self.selected.insert(table.clone()) {
                                 match self.config.snapshot {
@@ -754,6 +766,22 @@ impl Source for PostgresCdcSource {
                         // is kept; the server sends again everything after the slot's
                         // confirmed position, and the sink skips what it holds.
                         let error = crate::redact::redact(&error).into_owned();
+                        if batch.is_empty() && self.repeated_loss.0 == error {
+                            self.repeated_loss.1 += 1;
+                        } else {
+                            self.repeated_loss = (error.clone(), 1);
+                        }
+                        if self.repeated_loss.1 >= MAX_REPEATED_LOSSES {
+                            return Err(self.error(
+                                format!(
+                                    "{error} (the stream failed this way {} times in a row \
+                                     after reconnecting, with nothing read between: the \
+                                     change at the slot's position cannot be read)",
+                                    self.repeated_loss.1
+                                ),
+                                false,
+                            ));
+                        }
                         tracing::warn!(%error, "replication stream lost; reconnecting");
                         self.metrics
                             .health

@@ -459,17 +459,16 @@ impl Stream {
         tuple
             .columns
             .iter()
-            .zip(&table.relation.columns)
-            .map(|(data, column)| match data.data_type {
+            .map(|data| match data.data_type {
                 b'n' => Ok(Cell::Null),
                 b'u' => Ok(Cell::Unchanged),
                 _ => match std::str::from_utf8(data.as_bytes()) {
                     // Borrowed from the message: a value is not copied out.
                     Ok(text) => Ok(Cell::Text(Cow::Borrowed(text))),
-                    Err(_) => Err(format!(
-                        "column {} of {} is not UTF-8 text",
-                        column.name,
-                        table.relation.name()
+                    // Bytes of another encoding (a SQL_ASCII database): the change becomes
+                    // a dead letter with the reason, and the stream goes on.
+                    Err(_) => Ok(Cell::Unreadable(
+                        String::from_utf8_lossy(data.as_bytes()).into_owned(),
                     )),
                 },
             })
@@ -679,11 +678,14 @@ pub enum Cell<'t> {
     Text(Cow<'t, str>),
     /// A TOASTed value the update did not change, which pgoutput does not send.
     Unchanged,
+    /// A value that is not UTF-8, as far as it reads (invalid bytes replaced).
+    Unreadable(String),
 }
 
 fn as_value<'a>(cell: &'a Cell<'_>) -> Value<'a> {
     match cell {
         Cell::Text(text) => Value::Text(text),
+        Cell::Unreadable(text) => Value::Unreadable(text),
         Cell::Null | Cell::Unchanged => Value::Null,
     }
 }

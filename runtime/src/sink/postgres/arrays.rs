@@ -61,21 +61,19 @@ impl PostgresSink {
         let declared = |name: &str| binary.then(|| self.columns.get(name)).flatten();
         let row_encodings = fields
             .iter()
-            .map(|f| Ok(Encoding::of(f, cast(f.name())?, declared(f.name()))))
-            .collect::<Result<Vec<_>, SinkError>>()?;
-        let before = batch.before();
-        let key_encodings = key
-            .iter()
-            .map(|k| {
-                let field = before
-                    .fields()
-                    .iter()
-                    .find(|f| f.name() == k)
-                    .ok_or_else(|| {
-                        self.error(format!("primary key column `{k}` is not in the rows"))
-                    })?;
-                Ok(Encoding::of(field, cast(k)?, declared(k)))
+            .map(|f| {
+                Ok(Encoding::of(
+                    f.data_type(),
+                    cast(f.name())?,
+                    declared(f.name()),
+                ))
             })
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        let key_encodings = key_columns(batch)
+            .map_err(|e| self.error(e))?
+            .iter()
+            .zip(key)
+            .map(|(column, k)| Ok(Encoding::of(column.data_type(), cast(k)?, declared(k))))
             .collect::<Result<Vec<_>, SinkError>>()?;
         let values = fields
             .iter()
@@ -225,7 +223,8 @@ impl PostgresSink {
 }
 
 /// How many prepared statements a connection keeps: two per table (three under a conflict
-/// strategy; their text forms, for a table with binary columns, are not kept) for a few hundred tables (the server holds each one's plan in its memory).
+/// strategy; their text forms, for a table with binary columns, are not kept) for a few
+/// hundred tables (the server holds each one's plan in its memory).
 pub(super) const STATEMENTS_KEPT: usize = 512;
 
 /// A statement's parameters are sent in one message, which PostgreSQL caps at 1 GiB; a
@@ -296,11 +295,10 @@ enum Encoding {
 }
 
 impl Encoding {
-    /// How a column of `field` goes into a target column cast as `cast` (its type without
-    /// a modifier) and, when binary is wanted, declared as `declared`.
-    fn of(field: &Field, cast: &str, declared: Option<&String>) -> Encoding {
-        let data_type = field.data_type();
-        let binary = declared.and_then(|d| binary::encoder(field, d));
+    /// How a column of `data_type` goes into a target column cast as `cast` (its type
+    /// without a modifier) and, when binary is wanted, declared as `declared`.
+    fn of(data_type: &DataType, cast: &str, declared: Option<&String>) -> Encoding {
+        let binary = declared.and_then(|d| binary::encoder(data_type, d));
         use postgres::types::Type;
         let element = match (binary, data_type) {
             (Some(Encoder::Numeric), _) => Some(("numeric[]", Type::NUMERIC)),

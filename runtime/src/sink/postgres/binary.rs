@@ -59,9 +59,9 @@ pub(super) enum Encoder {
     Interval,
 }
 
-/// The encoder for a column of `field`'s type into a target column declared as
+/// The encoder for a column of `data_type` into a target column declared as
 /// `declaration` (`format_type`'s spelling), if there is an exact one.
-pub(super) fn encoder(field: &Field, declaration: &str) -> Option<Encoder> {
+pub(super) fn encoder(data_type: &DataType, declaration: &str) -> Option<Encoder> {
     // An array's binary form is another thing altogether (`numeric(10,2)[]` begins
     // like `numeric(10,2)`).
     if declaration.contains('[') {
@@ -79,7 +79,7 @@ pub(super) fn encoder(field: &Field, declaration: &str) -> Option<Encoder> {
     let text_like = declaration == "text"
         || declaration.starts_with("character varying")
         || declaration.starts_with("character(");
-    match field.data_type() {
+    match data_type {
         DataType::Boolean if declaration == "boolean" => Some(Encoder::Boolean),
         DataType::Int8 | DataType::Int16 => integer(2),
         DataType::Int32 => integer(4),
@@ -134,7 +134,7 @@ pub(super) fn encoders<'f>(
         .into_iter()
         .map(|f| {
             let declaration = declared(f.name()).unwrap_or_else(|| created_declaration(f));
-            encoder(f, &declaration)
+            encoder(f.data_type(), &declaration)
         })
         .collect()
 }
@@ -366,18 +366,21 @@ mod tests {
     fn encoders_match_only_the_declared_type_their_bytes_are_for() {
         let field = |t: DataType| Field::new("c", t, true);
         assert_eq!(
-            encoder(&field(DataType::Int32), "bigint"),
+            encoder(&(DataType::Int32), "bigint"),
             Some(Encoder::Integer { bytes: 8 })
         );
-        assert_eq!(encoder(&field(DataType::Int64), "integer"), None);
-        assert_eq!(encoder(&field(DataType::Float32), "double precision"), None);
-        assert_eq!(encoder(&field(DataType::Utf8), "jsonb"), None);
-        assert_eq!(encoder(&field(DataType::Utf8), "text[]"), None);
+        assert_eq!(encoder(&(DataType::Int64), "integer"), None);
+        assert_eq!(encoder(&(DataType::Float32), "double precision"), None);
+        assert_eq!(encoder(&(DataType::Utf8), "jsonb"), None);
+        assert_eq!(encoder(&(DataType::Utf8), "text[]"), None);
         let decimal = field(DataType::Decimal128(10, 2));
-        assert_eq!(encoder(&decimal, "numeric(10,2)[]"), None);
-        assert_eq!(encoder(&decimal, "numeric(12,4)"), Some(Encoder::Numeric));
+        assert_eq!(encoder(decimal.data_type(), "numeric(10,2)[]"), None);
         assert_eq!(
-            encoder(&field(DataType::Utf8), "character varying(20)"),
+            encoder(decimal.data_type(), "numeric(12,4)"),
+            Some(Encoder::Numeric)
+        );
+        assert_eq!(
+            encoder(&(DataType::Utf8), "character varying(20)"),
             Some(Encoder::Text)
         );
         let zoned = field(DataType::Timestamp(
@@ -385,10 +388,13 @@ mod tests {
             Some("UTC".into()),
         ));
         assert_eq!(
-            encoder(&zoned, "timestamp with time zone"),
+            encoder(zoned.data_type(), "timestamp with time zone"),
             Some(Encoder::Timestamp)
         );
-        assert_eq!(encoder(&zoned, "timestamp without time zone"), None);
+        assert_eq!(
+            encoder(zoned.data_type(), "timestamp without time zone"),
+            None
+        );
         assert_eq!(encoders([&zoned], |_| None), Some(vec![Encoder::Timestamp]));
         let nanos = field(DataType::Timestamp(TimeUnit::Nanosecond, None));
         assert_eq!(encoders([&nanos], |_| None), None);

@@ -135,9 +135,7 @@ fn weir_copy(
     assert_all_copied(&mut client, rows / TABLES as i64);
     let _ = child.kill();
     let _ = child.wait();
-    pg.client("source")
-        .execute("SELECT pg_drop_replication_slot($1)", &[&name])
-        .unwrap();
+    support::drop_slot(&mut pg.client("source"), &name);
     (seconds, cpu)
 }
 

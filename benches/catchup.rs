@@ -218,9 +218,7 @@ fn catch_up(pg: &Postgres, ws: &Workspace, rows: usize, changes: usize, run: usi
         .unwrap();
     assert!(status.success(), "pg_recvlogical failed");
     let walsender = started.elapsed().as_secs_f64();
-    pg.client("source")
-        .execute("SELECT pg_drop_replication_slot($1)", &[&recv_slot])
-        .unwrap();
+    support::drop_slot(&mut pg.client("source"), &recv_slot);
 
     // PostgreSQL's own: a subscription on the same publication, from its slot.
     let mut sub = pg.client(&sub_db);
@@ -247,9 +245,7 @@ fn catch_up(pg: &Postgres, ws: &Workspace, rows: usize, changes: usize, run: usi
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(digests(pg, &weir_db), source, "weir's tables");
-    pg.client("source")
-        .execute("SELECT pg_drop_replication_slot($1)", &[&weir_slot])
-        .unwrap();
+    support::drop_slot(&mut pg.client("source"), &weir_slot);
     Run {
         walsender,
         subscription,
@@ -336,9 +332,7 @@ fn steady_lag(
     let achieved = written.load(Ordering::Relaxed) as f64 / (seconds as f64 + 5.0);
     let _ = child.kill();
     let _ = child.wait();
-    pg.client("source")
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .unwrap();
+    support::drop_slot(&mut pg.client("source"), &slot);
     (samples, achieved)
 }
 

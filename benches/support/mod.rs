@@ -84,3 +84,22 @@ pub fn copy_table(src: &mut postgres::Client, dst: &mut postgres::Client, table:
     }
     writer.finish().unwrap();
 }
+
+/// Drops a replication slot whose reader was just killed: its walsender may still hold
+/// the slot for a moment after the client is gone (PostgreSQL then refuses the drop as
+/// "active for PID …"), so the drop is retried for up to 30 s.
+pub fn drop_slot(client: &mut postgres::Client, slot: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]) {
+            Ok(_) => return,
+            Err(e)
+                if e.code() == Some(&postgres::error::SqlState::OBJECT_IN_USE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("dropping replication slot {slot}: {e}"),
+        }
+    }
+}

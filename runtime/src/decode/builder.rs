@@ -251,7 +251,53 @@ impl ColumnBuilder {
         Ok(())
     }
 
-    fn push_i32(&mut self, value: i32) {
+    /// An integer into an integer column of any width, refused when it does not fit.
+    pub(super) fn push_integer(&mut self, i: i64) -> Result<(), ValueError> {
+        let out_of_range = || ValueError(format!("{i} does not fit {}", self.def.ty.name()));
+        match &mut self.data {
+            Data::I8(v) => v.push(i8::try_from(i).map_err(|_| out_of_range())?),
+            Data::I16(v) => v.push(i16::try_from(i).map_err(|_| out_of_range())?),
+            Data::I32(v) => v.push(i32::try_from(i).map_err(|_| out_of_range())?),
+            Data::I64(v) => v.push(i),
+            _ => unreachable!("push_integer on a non-integer column"),
+        }
+        self.valid.push(true);
+        Ok(())
+    }
+
+    pub(super) fn push_bool(&mut self, value: bool) {
+        let Data::Bool(v) = &mut self.data else {
+            unreachable!("push_bool on a non-boolean column")
+        };
+        v.push(value);
+        self.valid.push(true);
+    }
+
+    /// A decimal's digits (`-12.50`, `3e-5`) into a decimal column of at most 38 digits:
+    /// the common case, without a big integer or an allocation.
+    pub(super) fn push_decimal_number(&mut self, raw: &[u8]) -> Result<(), ValueError> {
+        let ColumnType::Decimal { precision, scale } = self.def.ty else {
+            unreachable!("push_decimal_number on a non-decimal column")
+        };
+        let rescale_mode = if self.def.declared {
+            Rescale::RoundHalfUp
+        } else {
+            Rescale::Exact
+        };
+        let value = match decimal::from_text_fast(raw, scale) {
+            Some(v) => v,
+            None => decimal::from_text(raw, scale, rescale_mode)?.as_i128(),
+        };
+        decimal::check_precision_i128(value, precision, decimal::POW10[precision as usize])?;
+        let Data::I128(v) = &mut self.data else {
+            unreachable!("push_decimal_number on a wide decimal column")
+        };
+        v.push(value);
+        self.valid.push(true);
+        Ok(())
+    }
+
+    pub(super) fn push_i32(&mut self, value: i32) {
         match &mut self.data {
             Data::I32(v) => v.push(value),
             _ => unreachable!("push_i32 on a non-i32 column"),
@@ -302,15 +348,7 @@ impl ColumnBuilder {
                     return Err(wrong("an integer", peek));
                 }
                 let i = read_i64(j, peek)?;
-                let out_of_range = || ValueError(format!("{i} does not fit {}", ty.name()));
-                match &mut self.data {
-                    Data::I8(v) => v.push(i8::try_from(i).map_err(|_| out_of_range())?),
-                    Data::I16(v) => v.push(i16::try_from(i).map_err(|_| out_of_range())?),
-                    Data::I32(v) => v.push(i32::try_from(i).map_err(|_| out_of_range())?),
-                    Data::I64(v) => v.push(i),
-                    _ => unreachable!(),
-                }
-                self.valid.push(true);
+                self.push_integer(i)?;
             }
             ColumnType::Float32 | ColumnType::Float64 => {
                 let f = if peek == Token::Number {
@@ -380,23 +418,7 @@ impl ColumnBuilder {
                     Rescale::Exact
                 };
                 if (peek == Token::Number) && precision <= 38 {
-                    // The common case, without a big integer or an allocation.
-                    let raw = j.number()?;
-                    let value = match decimal::from_text_fast(raw, scale) {
-                        Some(v) => v,
-                        None => decimal::from_text(raw, scale, rescale_mode)?.as_i128(),
-                    };
-                    decimal::check_precision_i128(
-                        value,
-                        precision,
-                        decimal::POW10[precision as usize],
-                    )?;
-                    let Data::I128(v) = &mut self.data else {
-                        unreachable!()
-                    };
-                    v.push(value);
-                    self.valid.push(true);
-                    return Ok(());
+                    return self.push_decimal_number(j.number()?);
                 }
                 let value = if peek == Token::String {
                     let raw = decimal::from_base64(&j.str_bytes()?)?;
@@ -793,7 +815,7 @@ fn raw_values<T: arrow::datatypes::ArrowNativeType>(array: &ArrayRef) -> Vec<T> 
     data.buffer::<T>(0)[..array.len()].to_vec()
 }
 
-fn unit_of(ty: &ColumnType) -> Option<Unit> {
+pub(super) fn unit_of(ty: &ColumnType) -> Option<Unit> {
     match ty {
         ColumnType::Time(u)
         | ColumnType::Timestamp { unit: u, .. }
@@ -805,7 +827,7 @@ fn unit_of(ty: &ColumnType) -> Option<Unit> {
 }
 
 /// Converts an integer between units; refuses to drop precision.
-fn convert_unit(value: i64, from: Unit, to: Unit) -> Result<i64, ValueError> {
+pub(super) fn convert_unit(value: i64, from: Unit, to: Unit) -> Result<i64, ValueError> {
     let (f, t) = (from.per_second(), to.per_second());
     if f == t {
         Ok(value)
@@ -822,7 +844,7 @@ fn convert_unit(value: i64, from: Unit, to: Unit) -> Result<i64, ValueError> {
     }
 }
 
-fn nanos_to_unit(nanos: i128, unit: Unit) -> Result<i64, ValueError> {
+pub(super) fn nanos_to_unit(nanos: i128, unit: Unit) -> Result<i64, ValueError> {
     let divisor = 1_000_000_000 / unit.per_second() as i128;
     if nanos % divisor != 0 {
         return Err(ValueError(

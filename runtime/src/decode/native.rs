@@ -8,13 +8,21 @@
 //! the batches are the same; what it drops is the framing. The table's schema block and
 //! column names are registered once ([`NativeTables`]), not repeated per event.
 //!
-//! An event is UTF-8 text: [`MARK`], then each header field preceded by `FIELD` (0x1f):
-//! the table's id, `op`, then the `source` block's `name`, `db`, `schema`, `table`,
-//! `ts_ms`, `snapshot`, `txId` and `lsn`, then the event's `ts_ms`, all as JSON values.
+//! An event begins with [`MARK`], then each header field preceded by `FIELD` (0x1f): the
+//! table's id, `op`, then the `source` block's `name`, `db`, `schema`, `table`, `ts_ms`,
+//! `snapshot`, `txId` and `lsn`, then the event's `ts_ms`, all as JSON values (JSON text
+//! never holds a raw 0x1e or 0x1f, so a header field cannot be confused with the framing).
 //! Then the `before` and the `after` image, each preceded by `IMAGE` (0x1e): `n` when
-//! absent, else `r` and one `FIELD`-prefixed JSON value per column, in the registered
-//! order. JSON text never holds a raw 0x1e or 0x1f (control characters are escaped in
-//! strings and allowed nowhere else), so the framing cannot be confused by a value.
+//! absent, else `r` and one value per column, in the registered order.
+//!
+//! A value is a tag byte: [`VALUE_NULL`]; or [`VALUE_TEXT`] or [`VALUE_UNREADABLE`], then
+//! the length of the value's bytes (4 bytes, little-endian) and the bytes. A value is
+//! PostgreSQL's text output of the column, as the source read it: not its JSON form. The
+//! decoder converts the common pairs of a column's kind and type ([`append_text`])
+//! straight into the column; any other value is written as the JSON text the Debezium
+//! document would hold ([`Kind::write_value`]) and read by the same code as that document,
+//! so both give the same batch. Writing every value as JSON, and reading it back, was most
+//! of the copy's CPU after the framing went (docs/benchmarks.md).
 //!
 //! Only a decoder given the source's registry reads native events; to any other, the
 //! text is not JSON and the record is refused like any malformed event. Where an event
@@ -25,20 +33,36 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use super::builder::ColumnBuilder;
 use super::json::Json;
 use super::route::Fields;
 use super::*;
+use crate::source::postgres_cdc::values::{Kind, write_json_string};
 
 /// How every native event begins: a byte no JSON document begins with, and a version.
-pub const MARK: &[u8] = b"\x1eweir1";
-/// Precedes each header field and each value of an image.
+pub const MARK: &[u8] = b"\x1eweir2";
+/// Precedes each header field.
 pub const FIELD: u8 = 0x1f;
 /// Precedes each image.
 pub const IMAGE: u8 = 0x1e;
-/// Marks a value the source could not read as text (not UTF-8), followed by what it
-/// reads as (a JSON string, invalid bytes replaced): the decoder refuses the event with
-/// the reason; a dead letter shows the string. No JSON value begins with it.
-pub const UNREADABLE: u8 = b'!';
+/// A value that is SQL NULL.
+pub const VALUE_NULL: u8 = b'n';
+/// A value in PostgreSQL's text output, followed by its length and its bytes.
+pub const VALUE_TEXT: u8 = b't';
+/// A value the source could not read as text (not UTF-8), followed by its length and
+/// what it reads as (invalid bytes replaced): the decoder refuses the event with the
+/// reason; a dead letter shows the text.
+pub const VALUE_UNREADABLE: u8 = b'!';
+
+/// Appends a value of text or unreadable (`tag`) to a native event.
+pub fn write_value(out: &mut Vec<u8>, tag: u8, text: &str) -> Result<(), String> {
+    let len = u32::try_from(text.len())
+        .map_err(|_| format!("a value of {} bytes (at most 4 GiB)", text.len()))?;
+    out.push(tag);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
 
 /// A table's Debezium form, registered once by the source.
 #[derive(Debug)]
@@ -48,16 +72,20 @@ pub struct NativeTable {
     /// The column names as JSON string contents (escaped, without quotes), in the order
     /// of an image's values.
     keys: Vec<String>,
+    /// How each column's text becomes its JSON value, in the same order.
+    kinds: Vec<Kind>,
 }
 
 const HEAD_START: &str = r#"{"schema":"#;
 const HEAD_END: &str = r#","payload":"#;
 
 impl NativeTable {
-    /// `head` must be `{"schema":<block>,"payload":`.
-    pub fn new(head: String, keys: Vec<String>) -> NativeTable {
+    /// `head` must be `{"schema":<block>,"payload":`; `keys` and `kinds` are the
+    /// columns', in an image's order.
+    pub fn new(head: String, keys: Vec<String>, kinds: Vec<Kind>) -> NativeTable {
         debug_assert!(head.starts_with(HEAD_START) && head.ends_with(HEAD_END));
-        NativeTable { head, keys }
+        debug_assert_eq!(keys.len(), kinds.len());
+        NativeTable { head, keys, kinds }
     }
 
     /// The `schema` block.
@@ -90,14 +118,14 @@ impl NativeTables {
     pub fn register(&self, table: NativeTable) -> u32 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&table.head, &table.keys).hash(&mut hasher);
+        (&table.head, &table.keys, &table.kinds).hash(&mut hasher);
         let form = hasher.finish();
         let mut registry = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let Registry { tables, by_form } = &mut *registry;
         let ids = by_form.entry(form).or_default();
         if let Some(&id) = ids.iter().find(|&&id| {
             let known = &tables[id as usize];
-            known.head == table.head && known.keys == table.keys
+            known.head == table.head && known.keys == table.keys && known.kinds == table.kinds
         }) {
             return id;
         }
@@ -161,22 +189,115 @@ fn render_image(out: &mut Vec<u8>, table: &NativeTable, image: Option<&[u8]>) ->
         return Some(());
     };
     out.push(b'{');
-    let mut values = cells(image);
-    for (i, key) in table.keys.iter().enumerate() {
+    let mut values = Values::new(image);
+    let mut json = String::new();
+    for (i, (key, kind)) in table.keys.iter().zip(&table.kinds).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        let value = values.next()?;
-        out.extend_from_slice(value.strip_prefix(&[UNREADABLE]).unwrap_or(value));
+        json.clear();
+        values.next()?.ok()?.write_json(*kind, &mut json);
+        out.extend_from_slice(json.as_bytes());
     }
     if values.next().is_some() {
         return None;
     }
     out.push(b'}');
     Some(())
+}
+
+/// One value of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NativeValue<'a> {
+    Null,
+    Text(&'a str),
+    Unreadable(&'a str),
+}
+
+impl NativeValue<'_> {
+    /// The value's JSON form in the Debezium document. A value without an exact form of
+    /// its kind (a `NaN` numeric, an infinite date) is written as a JSON string, which the
+    /// decoder refuses with the reason, so its event becomes a dead letter instead of
+    /// stopping the source at it for good.
+    fn write_json(self, kind: Kind, out: &mut String) {
+        match self {
+            NativeValue::Null => out.push_str("null"),
+            NativeValue::Unreadable(text) => write_json_string(out, text),
+            NativeValue::Text(text) => {
+                let start = out.len();
+                if kind.write_value(out, text).is_err() {
+                    out.truncate(start);
+                    write_json_string(out, text);
+                }
+            }
+        }
+    }
+}
+
+/// The values of an image, in column order; an item is `Err` where the bytes are not a
+/// well-formed value (after which the iterator ends).
+struct Values<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Values<'a> {
+    fn new(image: &'a [u8]) -> Self {
+        Values { rest: image }
+    }
+
+    /// The value at the start of `rest`, and what follows it.
+    fn split(rest: &'a [u8]) -> Option<(NativeValue<'a>, &'a [u8])> {
+        let (&tag, rest) = rest.split_first()?;
+        if tag == VALUE_NULL {
+            return Some((NativeValue::Null, rest));
+        }
+        if tag != VALUE_TEXT && tag != VALUE_UNREADABLE {
+            return None;
+        }
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let bytes = rest.get(4..4usize.checked_add(len)?)?;
+        let text = std::str::from_utf8(bytes).ok()?;
+        let value = if tag == VALUE_TEXT {
+            NativeValue::Text(text)
+        } else {
+            NativeValue::Unreadable(text)
+        };
+        Some((value, &rest[4 + len..]))
+    }
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = Result<NativeValue<'a>, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match Self::split(self.rest) {
+            Some((value, rest)) => {
+                self.rest = rest;
+                Some(Ok(value))
+            }
+            None => {
+                self.rest = &[];
+                Some(Err(()))
+            }
+        }
+    }
+}
+
+/// The values of an image at the start of `part`: up to the ␞ that begins the next
+/// image, or the end. `None` when a value is malformed.
+fn image_values(part: &[u8]) -> Option<&[u8]> {
+    let mut rest = part;
+    // A tag is never ␞, so a ␞ where a value would begin ends the image.
+    while rest.first().is_some_and(|&b| b != IMAGE) {
+        rest = Values::split(rest)?.1;
+    }
+    Some(&part[..part.len() - rest.len()])
 }
 
 /// The contents of a JSON string literal without escapes (`None` for anything else).
@@ -221,14 +342,15 @@ pub(crate) struct NativeEvent<'a> {
 impl<'a> NativeEvent<'a> {
     pub fn parse(value: &'a [u8]) -> Option<NativeEvent<'a>> {
         let (mut event, images) = Self::parse_header(value)?;
-        // `images` is `<before>␞<after>`, and neither holds a ␞.
-        let split = memchr::memchr(IMAGE, images)?;
-        let after = &images[split + 1..];
-        if memchr::memchr(IMAGE, after).is_some() {
+        // `images` is `<before>␞<after>`; a value may hold any byte, so each image is
+        // read value by value to find where it ends.
+        let (before, rest) = image(images)?;
+        let (after, rest) = image(rest.strip_prefix(&[IMAGE])?)?;
+        if !rest.is_empty() {
             return None;
         }
-        event.before = image(&images[..split])?;
-        event.after = image(after)?;
+        event.before = before;
+        event.after = after;
         Some(event)
     }
 
@@ -292,29 +414,17 @@ impl<'a> NativeEvent<'a> {
     }
 }
 
-/// An image's part: `None` for `n` (no image), its values for `r`; `Some(None)` is
-/// returned as the outer `Option` of a malformed part.
-fn image(part: &[u8]) -> Option<Option<&[u8]>> {
+/// An image at the start of `part`: `None` for `n` (no image), its values for `r`; and
+/// the bytes after it. `None` for a malformed image.
+fn image(part: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
     match part.split_first()? {
-        (b'n', []) => Some(None),
-        // Nothing before the first value's ␟ (an image of no columns is empty).
-        (b'r', values) if values.first().is_none_or(|&b| b == FIELD) => Some(Some(values)),
+        (b'n', rest) => Some((None, rest)),
+        (b'r', rest) => {
+            let values = image_values(rest)?;
+            Some((Some(values), &rest[values.len()..]))
+        }
         _ => None,
     }
-}
-
-/// The values of an image, in column order.
-fn cells(image: &[u8]) -> impl Iterator<Item = &[u8]> {
-    // Each value runs from just after its ␟ to the next ␟ (or the end); a non-empty
-    // image begins with a ␟ ([`image`] checks it). One pass over the bytes.
-    let mut start = (!image.is_empty()).then_some(1);
-    let mut ends = memchr::memchr_iter(FIELD, image).skip(1);
-    std::iter::from_fn(move || {
-        let from = start?;
-        let end = ends.next();
-        start = end.map(|end| end + 1);
-        Some(&image[from..end.unwrap_or(image.len())])
-    })
 }
 
 impl Decoder {
@@ -348,7 +458,7 @@ impl Decoder {
                 None => false,
                 Some(values) => {
                     let sources = self.source_types(Some(schema))?;
-                    self.decode_native_row(values, &table.keys, which, sources.as_deref())?;
+                    self.decode_native_row(values, &table, which, sources.as_deref())?;
                     true
                 }
             };
@@ -400,34 +510,53 @@ impl Decoder {
     }
 
     /// An image's values, as [`Self::decode_row`] reads an image object whose keys are
-    /// the registered column names.
+    /// the registered column names: each straight into its column where
+    /// [`append_text`] knows the pair of kind and type, else through its JSON form.
     fn decode_native_row(
         &mut self,
         values: &[u8],
-        keys: &[String],
+        table: &NativeTable,
         which: Which,
         sources: Option<&Vec<Option<ColumnType>>>,
     ) -> Result<(), DecodeError> {
         let row = self.image_mut(which).rows();
         let mut hint = 0;
-        let mut values = cells(values);
-        for key in keys {
-            let value = values
-                .next()
-                .ok_or_else(|| reject("a change event from weir's own source lacks a value"))?;
-            if value.first() == Some(&UNREADABLE) {
+        let mut values = Values::new(values);
+        let mut json = std::mem::take(&mut self.scratch);
+        for (key, &kind) in table.keys.iter().zip(&table.kinds) {
+            let value = match values.next() {
+                Some(Ok(value)) => value,
+                Some(Err(())) => {
+                    return Err(reject("a malformed change event from weir's own source"));
+                }
+                None => {
+                    return Err(reject(
+                        "a change event from weir's own source lacks a value",
+                    ));
+                }
+            };
+            if let NativeValue::Unreadable(_) = value {
                 return Err(reject(format!(
                     "the value of column `{key}` is not UTF-8 (the source database's encoding \
                      may be SQL_ASCII, holding bytes of another); weir reads text as UTF-8 only"
                 )));
             }
-            let mut j = Json::new(value);
+            if let Some(i) = self.table.find_bytes(key.as_bytes(), hint)
+                && self.append_native(which, i, row, kind, value, sources)?
+            {
+                hint = i + 1;
+                continue;
+            }
+            json.clear();
+            value.write_json(kind, &mut json);
+            let mut j = Json::new(json.as_bytes());
             if let Some(i) = self.column_of_key(key.as_bytes(), hint, &mut j)? {
                 self.decode_value(&mut j, which, i, row, sources)?;
                 hint = i + 1;
             }
             j.finish()?;
         }
+        self.scratch = json;
         if values.next().is_some() {
             return Err(reject(
                 "a change event from weir's own source has more values than columns",
@@ -436,4 +565,124 @@ impl Decoder {
         self.image_mut(which).end_row();
         Ok(())
     }
+
+    /// Appends `value` to column `index` without its JSON form, as
+    /// [`Self::decode_value`] would append that form; false (nothing appended) where
+    /// the value needs the JSON path: an inferred column, a value seen twice in the row,
+    /// or a pair of kind and type [`append_text`] does not know.
+    fn append_native(
+        &mut self,
+        which: Which,
+        index: usize,
+        row: usize,
+        kind: Kind,
+        value: NativeValue<'_>,
+        sources: Option<&Vec<Option<ColumnType>>>,
+    ) -> Result<bool, DecodeError> {
+        if self.table.inferred[index] {
+            return Ok(false);
+        }
+        let column_type = &self.table.columns[index].ty;
+        let source = sources
+            .and_then(|s| s.get(index))
+            .and_then(Option::as_ref)
+            .unwrap_or(column_type);
+        let builder = match which {
+            Which::Before => &mut self.before.columns[index],
+            Which::After => &mut self.after.columns[index],
+        };
+        if builder.len() > row {
+            return Ok(false);
+        }
+        match value {
+            NativeValue::Null => {
+                builder.append_null();
+                Ok(true)
+            }
+            NativeValue::Text(text) => append_text(builder, kind, text, source).map_err(|e| {
+                reject(format!(
+                    "column `{}`: {}",
+                    self.table.columns[index].name, e.0
+                ))
+            }),
+            NativeValue::Unreadable(_) => Ok(false),
+        }
+    }
+}
+
+/// Appends `text`, a value of `kind` in PostgreSQL's text output, to `builder` as
+/// [`ColumnBuilder::append_json`] appends its JSON form ([`Kind::write_value`]), for the
+/// pairs of kind and column type a copy or a stream meets most; false (nothing
+/// appended) for any other pair or form, which then goes through the JSON form. A test
+/// holds both paths to the same columns.
+pub(super) fn append_text(
+    builder: &mut ColumnBuilder,
+    kind: Kind,
+    text: &str,
+    source: &ColumnType,
+) -> Result<bool, super::builder::ValueError> {
+    use super::builder::{convert_unit, nanos_to_unit, unit_of};
+    use crate::source::postgres_cdc::{datetime, values};
+    use chrono::{Datelike, NaiveDate, Timelike};
+    match (kind, &builder.def.ty) {
+        (
+            Kind::Integer(_),
+            ColumnType::Int8 | ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64,
+        ) if values::is_integer(text) => {
+            let Ok(i) = text.parse::<i64>() else {
+                return Ok(false);
+            };
+            builder.push_integer(i)?;
+        }
+        (Kind::Text | Kind::Named(_), ColumnType::String) => builder.push_str(text)?,
+        (Kind::Boolean, ColumnType::Boolean) => match text {
+            "t" => builder.push_bool(true),
+            "f" => builder.push_bool(false),
+            _ => return Ok(false),
+        },
+        (Kind::Decimal { .. }, ColumnType::Decimal { precision, .. })
+            if *precision <= 38 && values::is_number(text) =>
+        {
+            builder.push_decimal_number(text.as_bytes())?;
+        }
+        (Kind::Date, ColumnType::Date) => {
+            let Some(date) = datetime::date(text) else {
+                return Ok(false);
+            };
+            let days = date.signed_duration_since(NaiveDate::default()).num_days();
+            let Ok(days) = i32::try_from(days) else {
+                return Ok(false);
+            };
+            builder.push_i32(days);
+        }
+        (
+            Kind::ZonedTimestamp,
+            &ColumnType::ZonedTimestamp { unit } | &ColumnType::Timestamp { unit, .. },
+        ) => {
+            let Some(at) = datetime::zoned(text) else {
+                return Ok(false);
+            };
+            if !(0..=9999).contains(&at.year()) || at.nanosecond() >= 1_000_000_000 {
+                return Ok(false);
+            }
+            let at = at.and_utc();
+            let nanos = i128::from(at.timestamp()) * 1_000_000_000
+                + i128::from(at.timestamp_subsec_nanos());
+            builder.push_i64(nanos_to_unit(nanos, unit)?);
+        }
+        (Kind::Timestamp { millis }, &ColumnType::Timestamp { unit, .. }) => {
+            let Some((at, "")) = datetime::date_time(text) else {
+                return Ok(false);
+            };
+            let at = at.and_utc();
+            let value = if millis {
+                at.timestamp_millis()
+            } else {
+                at.timestamp_micros()
+            };
+            builder.push_i64(convert_unit(value, unit_of(source).unwrap_or(unit), unit)?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }

@@ -7,13 +7,11 @@
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use crate::decode::native::{MARK, NativeTable, NativeTables};
+use crate::decode::native::{
+    FIELD, IMAGE, MARK, NativeTable, NativeTables, VALUE_NULL, VALUE_TEXT, VALUE_UNREADABLE,
+};
 
 use super::values::{Kind, write_json_string};
-
-/// The framing bytes of a native event, as characters.
-const FIELD: char = crate::decode::native::FIELD as char;
-const IMAGE: char = crate::decode::native::IMAGE as char;
 
 /// One column of a table, as the source describes it.
 #[derive(Debug, Clone)]
@@ -42,7 +40,7 @@ pub enum Value<'a> {
     Null,
     Text(&'a str),
     /// A value that is not UTF-8 (invalid bytes replaced): written so the decoder refuses
-    /// the event, which becomes a dead letter (`decode::native::UNREADABLE`).
+    /// the event, which becomes a dead letter (`decode::native::VALUE_UNREADABLE`).
     Unreadable(&'a str),
 }
 
@@ -114,20 +112,20 @@ impl Relation {
                     quoted[1..quoted.len() - 1].to_string()
                 })
                 .collect();
-            tables.register(NativeTable::new(self.head.clone(), keys))
+            let kinds = self.columns.iter().map(|c| c.kind).collect();
+            tables.register(NativeTable::new(self.head.clone(), keys, kinds))
         })
     }
 
     /// Writes the change event for `op` (`r`, `c`, `u`, `d`, `t`) into `value` as a
     /// native event of `tables` (`crate::decode::native`: the Debezium event's values
     /// without its document), and its record key (`{"id":1}`, schemaless) into `key`.
-    /// An image's values are in column order. A value with no exact JSON form is written
-    /// as its text, which the decoder refuses with the reason.
+    /// An image's values are in column order, each as the text PostgreSQL gave.
     #[allow(clippy::too_many_arguments)]
     pub fn write_event(
         &self,
         tables: &NativeTables,
-        value: &mut String,
+        value: &mut Vec<u8>,
         key: &mut String,
         op: &str,
         before: Option<&[Value<'_>]>,
@@ -137,36 +135,36 @@ impl Relation {
         value.clear();
         key.clear();
         let id = self.native_id(tables);
-        // SAFETY of the framing: every field is a JSON value, and JSON text holds no raw
-        // 0x1e or 0x1f.
-        value.push_str(std::str::from_utf8(MARK).expect("ASCII"));
+        // The header: every field is a JSON value, and JSON text holds no raw 0x1e or
+        // 0x1f, so the framing cannot be confused by a field. Written as text into the
+        // value's own buffer (empty here, so nothing to check).
+        let mut header = String::from_utf8(std::mem::take(value)).unwrap_or_default();
+        header.push_str(std::str::from_utf8(MARK).expect("ASCII"));
+        let raw = |header: &mut String, text: &str| {
+            header.push(FIELD as char);
+            header.push_str(text);
+        };
+        let json = |header: &mut String, text: &str| {
+            header.push(FIELD as char);
+            write_json_string(header, text);
+        };
         // Written without the formatter: it showed in the copy's profile.
         let mut digits = itoa::Buffer::new();
-        value.push(FIELD);
-        value.push_str(digits.format(id));
-        value.push(FIELD);
-        value.push_str(op);
-        value.push(FIELD);
-        write_json_string(value, source.server);
-        value.push(FIELD);
-        write_json_string(value, source.db);
-        value.push(FIELD);
-        write_json_string(value, &self.schema);
-        value.push(FIELD);
-        write_json_string(value, &self.table);
-        value.push(FIELD);
-        value.push_str(digits.format(source.ts_ms));
-        value.push(FIELD);
-        write_json_string(value, source.snapshot);
-        value.push(FIELD);
+        raw(&mut header, digits.format(id));
+        raw(&mut header, op);
+        json(&mut header, source.server);
+        json(&mut header, source.db);
+        json(&mut header, &self.schema);
+        json(&mut header, &self.table);
+        raw(&mut header, digits.format(source.ts_ms));
+        json(&mut header, source.snapshot);
         match source.tx_id {
-            Some(tx) => value.push_str(digits.format(tx)),
-            None => value.push_str("null"),
+            Some(tx) => raw(&mut header, digits.format(tx)),
+            None => raw(&mut header, "null"),
         }
-        value.push(FIELD);
-        value.push_str(digits.format(source.lsn));
-        value.push(FIELD);
-        value.push_str(digits.format(source.now_ms));
+        raw(&mut header, digits.format(source.lsn));
+        raw(&mut header, digits.format(source.now_ms));
+        *value = header.into_bytes();
         self.write_image(value, before)?;
         self.write_image(value, after)?;
         // The key comes from the image that has it: the row after, or before a delete.
@@ -193,10 +191,10 @@ impl Relation {
         Ok(())
     }
 
-    fn write_image(&self, out: &mut String, image: Option<&[Value<'_>]>) -> Result<(), String> {
+    fn write_image(&self, out: &mut Vec<u8>, image: Option<&[Value<'_>]>) -> Result<(), String> {
         out.push(IMAGE);
         let Some(image) = image else {
-            out.push('n');
+            out.push(b'n');
             return Ok(());
         };
         if image.len() != self.columns.len() {
@@ -207,10 +205,15 @@ impl Relation {
                 self.columns.len()
             ));
         }
-        out.push('r');
-        for (column, v) in self.columns.iter().zip(image) {
-            out.push(FIELD);
-            self.write_value(out, column, *v)?;
+        out.push(b'r');
+        for v in image {
+            match *v {
+                Value::Null => out.push(VALUE_NULL),
+                Value::Text(text) => crate::decode::native::write_value(out, VALUE_TEXT, text)?,
+                Value::Unreadable(text) => {
+                    crate::decode::native::write_value(out, VALUE_UNREADABLE, text)?
+                }
+            }
         }
         Ok(())
     }
@@ -222,7 +225,6 @@ impl Relation {
                 Ok(())
             }
             Value::Unreadable(text) => {
-                out.push(crate::decode::native::UNREADABLE as char);
                 write_json_string(out, text);
                 Ok(())
             }
@@ -294,8 +296,8 @@ mod tests {
         before: Option<&[Value<'_>]>,
         after: Option<&[Value<'_>]>,
         source: SourceInfo<'_>,
-    ) -> Result<(String, String), String> {
-        let (mut value, mut key) = (String::new(), String::new());
+    ) -> Result<(Vec<u8>, String), String> {
+        let (mut value, mut key) = (Vec::new(), String::new());
         relation.write_event(tables, &mut value, &mut key, op, before, after, &source)?;
         Ok((value, key))
     }
@@ -316,8 +318,8 @@ mod tests {
             source(Some(7), "false"),
         )
         .unwrap();
-        assert!(crate::decode::native::is_native(value.as_bytes()));
-        let document = tables.render(value.as_bytes()).unwrap();
+        assert!(crate::decode::native::is_native(&value[..]));
+        let document = tables.render(&value[..]).unwrap();
         let text = String::from_utf8(document).unwrap();
         let event: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(key, r#"{"id":1}"#);
@@ -345,7 +347,7 @@ mod tests {
             source(Some(7), "false"),
         )
         .unwrap();
-        let text = String::from_utf8(tables.render(value.as_bytes()).unwrap()).unwrap();
+        let text = String::from_utf8(tables.render(&value[..]).unwrap()).unwrap();
         assert!(text.contains(r#""price":"NaN","#), "{text}");
     }
 
@@ -445,8 +447,8 @@ mod tests {
                 continue;
             };
             let key = (!key.is_empty()).then_some(key);
-            rendered.push((key.clone(), tables.render(value.as_bytes()).unwrap()));
-            native.push((key, value.into_bytes()));
+            rendered.push((key.clone(), tables.render(&value[..]).unwrap()));
+            native.push((key, value));
         }
         assert_eq!(native.len(), 7);
         let (native_outcomes, native_batch) = decoded(Some(tables.clone()), &native);
@@ -468,6 +470,177 @@ mod tests {
         assert_eq!(batch.num_rows(), 0);
     }
 
+    /// Each value goes into its column without its JSON form where the decoder knows the
+    /// pair of kind and column type: the batch must be the one the Debezium documents
+    /// make, for every form PostgreSQL prints, with or without a target's own types.
+    #[test]
+    fn values_read_straight_into_columns_decode_as_their_documents() {
+        use crate::decode::types::{ColumnType, Unit};
+        let column = |name: &str, oid: u32, typmod: i32| Column {
+            name: name.into(),
+            kind: Kind::of(oid, typmod),
+            key: name == "id",
+        };
+        let relation = Relation::new(
+            "shop",
+            "public".into(),
+            "orders".into(),
+            vec![
+                column("id", oid::INT8, -1),
+                column("small", oid::INT2, -1),
+                column("price", oid::NUMERIC, ((12 << 16) | 2) + 4),
+                column("note", 25, -1),
+                column("placed", oid::TIMESTAMPTZ, -1),
+                column("placed_ms", oid::TIMESTAMPTZ, 3),
+                column("local", oid::TIMESTAMP, -1),
+                column("local_ms", oid::TIMESTAMP, 3),
+                column("day", oid::DATE, -1),
+                column("ok", oid::BOOL, -1),
+                column("tag", oid::UUID, -1),
+            ],
+        );
+        let rows: &[[&str; 11]] = &[
+            [
+                "1",
+                "-32768",
+                "0.01",
+                "",
+                "1970-01-01 00:00:00+00",
+                "1969-12-31 23:59:59.999+00",
+                "1969-12-31 23:59:59.5",
+                "0001-01-01 00:00:00",
+                "1969-12-31",
+                "f",
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            ],
+            [
+                "2",
+                "32767",
+                "-9999999999.99",
+                "é \t \u{1e}\u{1f} \"q\"",
+                "2024-05-01 12:30:00.123456-03:30",
+                "0001-01-01 00:00:00+00",
+                "2262-04-11 23:47:16.854776",
+                "9999-12-31 23:59:59.999",
+                "0001-01-01",
+                "t",
+                "00000000-0000-0000-0000-000000000000",
+            ],
+            [
+                "3",
+                "0",
+                "12.5",
+                "x",
+                "9999-12-31 23:59:59.999999+00",
+                "1900-06-30 11:00:00.1+10:30:15",
+                "2024-02-29 00:00:00.000001",
+                "2000-01-01 00:00:00",
+                "9999-12-31",
+                "t",
+                "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            ],
+            [
+                "4",
+                "-1",
+                "7",
+                "y",
+                "infinity",
+                "12345-01-01 00:00:00+00",
+                "-infinity",
+                "0044-03-15 12:00:00 BC",
+                "infinity",
+                "t",
+                "not-a-uuid",
+            ],
+            [
+                "5",
+                "1",
+                "NaN",
+                "z",
+                "2024-05-01 12:30:00+00",
+                "2024-05-01 12:30:00+00",
+                "2024-05-01 12:30:00",
+                "2024-05-01 12:30:00",
+                "2024-05-01",
+                "f",
+                "0e0",
+            ],
+        ];
+        let targets: [Vec<(String, ColumnType)>; 2] = [
+            Vec::new(),
+            vec![
+                ("small".into(), ColumnType::Int64),
+                (
+                    "price".into(),
+                    ColumnType::Decimal {
+                        precision: 20,
+                        scale: 4,
+                    },
+                ),
+                (
+                    "local".into(),
+                    ColumnType::Timestamp {
+                        unit: Unit::Nanos,
+                        utc: false,
+                    },
+                ),
+                (
+                    "local_ms".into(),
+                    ColumnType::Timestamp {
+                        unit: Unit::Micros,
+                        utc: false,
+                    },
+                ),
+            ],
+        ];
+        let tables = Arc::new(NativeTables::default());
+        let (mut native, mut rendered) = (Vec::new(), Vec::new());
+        for (i, row) in rows.iter().enumerate() {
+            let values = row.map(Value::Text);
+            let op = if i % 2 == 0 { "r" } else { "c" };
+            let (value, key) = written(
+                &relation,
+                &tables,
+                op,
+                None,
+                Some(&values),
+                source(None, "true"),
+            )
+            .unwrap();
+            rendered.push((Some(key.clone()), tables.render(&value).unwrap()));
+            native.push((Some(key), value));
+        }
+        for target in targets {
+            let decode = |tables: Option<Arc<NativeTables>>,
+                          records: &[(Option<String>, Vec<u8>)]| {
+                let mut spec = TableSpec::new("public.orders", &["id"]);
+                spec.target_types = target.clone();
+                let mut decoder = Decoder::new(spec, Format::DebeziumJson);
+                decoder.set_native(tables);
+                let outcomes: Vec<String> = records
+                    .iter()
+                    .map(|(key, value)| {
+                        let record = RawRecord {
+                            key: key.as_deref().map(str::as_bytes),
+                            value: Some(value),
+                            ..RawRecord::default()
+                        };
+                        format!("{:?}", decoder.decode(record, &position()))
+                    })
+                    .collect();
+                (outcomes, decoder.finish(Default::default()).data)
+            };
+            let (native_outcomes, native_batch) = decode(Some(tables.clone()), &native);
+            let (document_outcomes, document_batch) = decode(None, &rendered);
+            assert_eq!(
+                native_outcomes, document_outcomes,
+                "target types {target:?}"
+            );
+            assert_eq!(native_batch, document_batch, "target types {target:?}");
+            assert!(native_batch.num_rows() >= 2, "{native_outcomes:?}");
+        }
+    }
+
     /// PostgreSQL describes a table again on every replication session: an unchanged
     /// description keeps its id, a changed one gets a new id.
     #[test]
@@ -485,7 +658,7 @@ mod tests {
                 source(None, "false"),
             )
             .unwrap();
-            ids.push(crate::decode::native::table_id(value.as_bytes()).unwrap());
+            ids.push(crate::decode::native::table_id(&value[..]).unwrap());
         }
         assert_eq!(ids[0], ids[1]);
         assert_eq!(tables.len(), 1);
@@ -501,10 +674,7 @@ mod tests {
             source(None, "false"),
         )
         .unwrap();
-        assert_ne!(
-            crate::decode::native::table_id(value.as_bytes()),
-            Some(ids[0])
-        );
+        assert_ne!(crate::decode::native::table_id(&value[..]), Some(ids[0]));
         assert_eq!(tables.len(), 2);
     }
 
@@ -523,7 +693,7 @@ mod tests {
         )
         .unwrap();
         let read = |native| {
-            crate::decode::route::Fields::read(value.as_bytes(), Format::DebeziumJson, native)
+            crate::decode::route::Fields::read(&value[..], Format::DebeziumJson, native)
                 .map(|f| f.table.map(|t| t.into_owned()))
         };
         assert_eq!(read(true), Some(Some("orders".to_string())));
@@ -542,7 +712,7 @@ mod tests {
             source(None, "false"),
         )
         .unwrap();
-        let whole = value.into_bytes();
+        let whole = value;
         let (outcomes, _) = decoded(Some(tables.clone()), &[(None, whole.clone())]);
         assert_eq!(outcomes, ["Ok(Row)"], "the whole event decodes");
         let mut cases: Vec<Vec<u8>> = (1..whole.len()).map(|n| whole[..n].to_vec()).collect();
@@ -553,7 +723,7 @@ mod tests {
         extra.extend_from_slice(b"\x1f1");
         cases.push(extra);
         // Bytes before an image's first value.
-        let after = whole.iter().rposition(|&b| b == IMAGE as u8).unwrap();
+        let after = whole.iter().rposition(|&b| b == IMAGE).unwrap();
         let mut stray = whole.clone();
         stray.insert(after + 2, b'x');
         cases.push(stray);

@@ -18,13 +18,13 @@
 
 mod catalog;
 pub mod cutover;
-mod datetime;
+pub(crate) mod datetime;
 mod events;
 mod replication;
 mod slot_wait;
 mod snapshot;
 mod stream;
-mod values;
+pub(crate) mod values;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -111,7 +111,7 @@ pub struct Snapshot {
     /// The copy's `txId`: the first transaction its snapshot does not see (every row it
     /// reads was written before it). Debezium's snapshot events carry one too.
     tx_id: Option<u32>,
-    value: String,
+    value: Vec<u8>,
     key: String,
     /// Every table of the copy, those finished by an earlier run included.
     names: Vec<String>,
@@ -269,7 +269,7 @@ impl Snapshot {
             lsn,
             ts_ms: chrono::Utc::now().timestamp_millis(),
             tx_id,
-            value: String::new(),
+            value: Vec::new(),
             key: String::new(),
             names,
             copied: 0,
@@ -465,7 +465,7 @@ impl Snapshot {
         };
         batch.push(
             (!self.key.is_empty()).then_some(self.key.as_bytes()),
-            Some(self.value.as_bytes()),
+            Some(&self.value),
             position,
         );
         Ok(())
@@ -512,7 +512,7 @@ impl Snapshot {
             },
             lsn: self.lsn,
         };
-        batch.push(None, Some(self.value.as_bytes()), position);
+        batch.push(None, Some(&self.value), position);
         Ok(())
     }
 

@@ -35,7 +35,7 @@ struct Transaction {
 /// A change held back until the next message says whether it ends its transaction.
 struct Pending {
     key: Option<String>,
-    value: String,
+    value: Vec<u8>,
     at: u64,
     seq: u64,
     lsn: u64,
@@ -64,7 +64,7 @@ pub struct Stream {
     relations_seen: Vec<String>,
     transaction: Option<Transaction>,
     pending: Option<Pending>,
-    value: String,
+    value: Vec<u8>,
     key: String,
     /// Changes (not heartbeats) added by the current poll.
     changes: usize,
@@ -125,7 +125,7 @@ impl Stream {
             relations_seen: Vec::new(),
             transaction: None,
             pending: None,
-            value: String::new(),
+            value: Vec::new(),
             key: String::new(),
             changes: 0,
             skip_origins: super::origin_patterns(&config.skip_origins)?,
@@ -660,7 +660,7 @@ impl Stream {
         };
         batch.push(
             pending.key.as_deref().map(str::as_bytes),
-            Some(pending.value.as_bytes()),
+            Some(&pending.value),
             position,
         );
         // Its buffers are written into next, instead of growing new ones per change.

@@ -19,7 +19,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 const MAX_VARIABLE_DECIMAL_DIGITS: usize = 1000;
 
 /// How a column's text values become JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Boolean,
     /// `int2`, `int4`, `int8`, `oid`: the text is the JSON number.
@@ -277,13 +277,13 @@ fn clip(text: &str) -> &str {
     }
 }
 
-fn is_integer(text: &str) -> bool {
+pub(crate) fn is_integer(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A plain decimal number (`-12.50`, `3e-5`), as PostgreSQL prints numbers.
-fn is_number(text: &str) -> bool {
+pub(crate) fn is_number(text: &str) -> bool {
     let body = text.strip_prefix('-').unwrap_or(text);
     let (mantissa, exponent) = match body.find(['e', 'E']) {
         Some(i) => (&body[..i], Some(&body[i + 1..])),

@@ -332,7 +332,7 @@ fn steady_lag(
     let achieved = written.load(Ordering::Relaxed) as f64 / (seconds as f64 + 5.0);
     let _ = child.kill();
     let _ = child.wait();
-    support::drop_slot(&mut pg.client("source"), &slot);
+    support::drop_slot(&mut pg.client("source"), slot);
     (samples, achieved)
 }
 

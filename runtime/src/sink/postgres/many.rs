@@ -12,7 +12,7 @@ use postgres::Client;
 
 use super::{PostgresSink, PreparedUpsert, describe_error, from_pg_declaration};
 use crate::envelope::ChangeBatch;
-use crate::position::Checkpoint;
+use crate::position::{Checkpoint, Position};
 use crate::sink::{Applied, Prepared, PreparedTables, Rejects, SinkError};
 use crate::tables::TargetTable;
 
@@ -172,6 +172,7 @@ impl PostgresSink {
             }
         };
         self.begin_transaction();
+        let copy_only = copy_only(batches);
         let result = (|| {
             // Each table's strategy, once per batch. Tombstone tables and triggers are made
             // before the batch's transaction, as for one table.
@@ -199,6 +200,16 @@ impl PostgresSink {
                 .transaction()
                 .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
             let stored = self.lock_checkpoint(&mut tx, checkpoint)?;
+            self.check_unflushed(&stored, checkpoint)?;
+            if copy_only {
+                // Rows of a copy only: the commit need not wait for the WAL flush
+                // (docs/decisions.md). Losing it in a crash of the target's server loses
+                // its checkpoint with it, so the copy resumes before it; and no
+                // acknowledgement to the source depends on it, since a copy does not move
+                // the replication stream. A later transaction that waits flushes it too.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+            }
             for (i, batch) in batches.iter().enumerate() {
                 if batch.num_rows() == 0 {
                     continue;
@@ -225,8 +236,37 @@ impl PostgresSink {
             self.client = Some(client);
         }
         result?;
+        self.unflushed = copy_only.then(|| checkpoint.clone());
         applied.durable = Some(checkpoint.clone());
         Ok(applied)
+    }
+
+    /// Refuses to go on when the target no longer holds a transaction committed without
+    /// waiting for its flush: its server restarted and lost it. Applying the next batch
+    /// over that would skip the lost rows for good; stopping lets the next run resume
+    /// from the checkpoint the target does hold.
+    fn check_unflushed(&self, stored: &Checkpoint, current: &Checkpoint) -> Result<(), SinkError> {
+        let Some(committed) = &self.unflushed else {
+            return Ok(());
+        };
+        for (stream, resume) in &committed.streams {
+            if !current.streams.contains_key(stream) {
+                continue;
+            }
+            let held = stored.streams.get(stream);
+            if held.is_none_or(|held| (held.next, held.line) < (resume.next, resume.line)) {
+                return Err(self.error(format!(
+                    "the target no longer holds rows weir copied into it: its checkpoint of \
+                     `{stream}` is at {}, and weir had committed up to {}. A copy commits \
+                     without waiting for the target's WAL flush, so a restart of the \
+                     target's server can lose its last transactions; run weir again, and \
+                     the copy resumes from the target's checkpoint",
+                    held.map_or("the start".to_string(), |h| h.next.to_string()),
+                    resume.next
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The schema's tables, with their primary keys and column types.
@@ -270,4 +310,18 @@ impl PostgresSink {
             })
             .collect())
     }
+}
+
+/// Whether every row of `batches` comes from a copy of weir's own PostgreSQL source (and
+/// none from its replication stream, whose acknowledgement waits for the commit).
+fn copy_only(batches: &[ChangeBatch]) -> bool {
+    let mut rows = 0;
+    let copied = batches.iter().all(|batch| {
+        rows += batch.positions.len();
+        batch.positions.iter().all(|position| {
+            matches!(position, Position::Postgres { stream, .. }
+                if crate::source::postgres_cdc::is_copy_stream(stream))
+        })
+    });
+    copied && rows > 0
 }

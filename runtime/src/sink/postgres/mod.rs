@@ -167,6 +167,9 @@ pub struct PostgresSink {
     /// Target tables where a COPY of new rows straight into the table was refused (a key
     /// was there already): their rows go through staging from then on (`merge.rs`).
     direct_refused: RefCell<std::collections::HashSet<String>>,
+    /// The checkpoint of the last transaction committed without waiting for its WAL
+    /// flush (a copy's, `many.rs`), until a transaction that waits makes it durable.
+    unflushed: Option<Checkpoint>,
 }
 
 impl PostgresSink {
@@ -232,6 +235,7 @@ impl PostgresSink {
             parked: Default::default(),
             optimistic: Cell::new(false),
             refused_optimistically: Cell::new(false),
+            unflushed: None,
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;

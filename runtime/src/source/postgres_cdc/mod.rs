@@ -127,6 +127,8 @@ pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
+pub use self::snapshot::is_copy_stream;
+
 /// The checkpoint key of the replication stream.
 pub fn stream_key(slot: &str) -> String {
     format!("postgres:{slot}")

@@ -28,9 +28,17 @@ use crate::position::{Checkpoint, Position, ResumePoint};
 use crate::sink::postgres::quote;
 use crate::source::{PollLimits, RawBatch};
 
+/// How the checkpoint stream of every table's copy begins.
+const COPY_STREAM: &str = "postgres-snapshot:";
+
 /// The checkpoint stream of a table's copy, without a copy suffix.
 pub fn table_stream(table: &str) -> String {
-    format!("postgres-snapshot:{table}")
+    format!("{COPY_STREAM}{table}")
+}
+
+/// Whether a checkpoint stream is a table's copy (not the replication stream).
+pub fn is_copy_stream(stream: &str) -> bool {
+    stream.starts_with(COPY_STREAM)
 }
 
 /// Resume point of a table whose copy is finished.

@@ -207,6 +207,17 @@ impl ColumnBuilder {
         std::str::from_utf8(values.get(start..end)?).ok()
     }
 
+    /// The value of row `row` of a column of 64-bit integers (times included), unless null.
+    pub fn i64_at(&self, row: usize) -> Option<i64> {
+        let Data::I64(values) = &self.data else {
+            return None;
+        };
+        if !*self.valid.get(row)? {
+            return None;
+        }
+        values.get(row).copied()
+    }
+
     pub fn last_is_valid(&self) -> bool {
         self.valid.last().copied().unwrap_or(false)
     }
@@ -374,16 +385,8 @@ impl ColumnBuilder {
                 match peek {
                     Token::String => {
                         let s = j.str()?;
-                        let s: &str = &s;
                         // `s` borrows the parser; copy before the next call.
-                        let Data::Bytes { offsets, values } = &mut self.data else {
-                            unreachable!()
-                        };
-                        values.extend_from_slice(s.as_bytes());
-                        offsets.push(i32::try_from(values.len()).map_err(|_| {
-                            ValueError("more than 2 GiB of text in one batch".into())
-                        })?);
-                        self.valid.push(true);
+                        self.push_bytes(s.as_bytes())?;
                     }
                     _ => {
                         // Numbers, booleans and JSON documents are kept as their JSON text.

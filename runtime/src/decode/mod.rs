@@ -423,6 +423,9 @@ pub struct Decoder {
     finished_schema: Option<(u64, Fields, SchemaRef)>,
     /// The tables of weir's own source, whose native events this decoder reads.
     native: Option<Arc<native::NativeTables>>,
+    /// The `source` block of the last native event read, repeated by the next events
+    /// that carry the same one.
+    native_source: Option<native::NativeSource>,
     pub stats: DecodeStats,
 }
 
@@ -462,6 +465,7 @@ impl Decoder {
             table_info_version: None,
             finished_schema: None,
             native: None,
+            native_source: None,
             stats: DecodeStats::default(),
         }
     }

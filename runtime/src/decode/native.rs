@@ -3,10 +3,10 @@
 //!
 //! Writing every change as a Debezium JSON document (its schema block, its keys, its
 //! `source` block) and reading it back was most of weir's CPU per change in a copy or a
-//! catch-up (docs/benchmarks.md). A native event carries the same values, each as the
-//! JSON text the document would hold, so the decoder reads them with the same code and
-//! the batches are the same; what it drops is the framing. The table's schema block and
-//! column names are registered once ([`NativeTables`]), not repeated per event.
+//! catch-up (docs/benchmarks.md). A native event carries the same values, as PostgreSQL
+//! printed them, and the decoder makes the same batches of them as of the document (see
+//! below); what it drops is the framing. The table's schema block, column names and
+//! column kinds are registered once ([`NativeTables`]), not repeated per event.
 //!
 //! An event begins with [`MARK`], then each header field preceded by `FIELD` (0x1f): the
 //! table's id, `op`, then the `source` block's `name`, `db`, `schema`, `table`, `ts_ms`,
@@ -219,9 +219,9 @@ pub(crate) enum NativeValue<'a> {
 
 impl NativeValue<'_> {
     /// The value's JSON form in the Debezium document. A value without an exact form of
-    /// its kind (a `NaN` numeric, an infinite date) is written as a JSON string, which the
-    /// decoder refuses with the reason, so its event becomes a dead letter instead of
-    /// stopping the source at it for good.
+    /// its kind (a `NaN` numeric, an infinite date) is written as a JSON string, which a
+    /// column of the kind's type refuses (a text column takes it as it is), so its event
+    /// becomes a dead letter instead of stopping the source at it for good.
     fn write_json(self, kind: Kind, out: &mut String) {
         match self {
             NativeValue::Null => out.push_str("null"),
@@ -321,7 +321,8 @@ pub fn is_native(value: &[u8]) -> bool {
     value.starts_with(MARK)
 }
 
-/// A native event's parts, each a JSON value (the images: their `FIELD`-prefixed values).
+/// A native event's parts: the header's, each a JSON value; the images', their values
+/// (read with [`Values`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NativeEvent<'a> {
     pub id: u32,
@@ -337,6 +338,19 @@ pub(crate) struct NativeEvent<'a> {
     pub event_ts_ms: &'a [u8],
     pub before: Option<&'a [u8]>,
     pub after: Option<&'a [u8]>,
+    /// The header's bytes from `server` to `lsn`: the fields of the `source` block.
+    pub source_span: &'a [u8],
+}
+
+/// A `source` block as the decoder last read it from a native event: its bytes, and the
+/// values it gave the envelope's columns.
+#[derive(Debug, Default)]
+pub struct NativeSource {
+    span: Vec<u8>,
+    /// Whether the values below are those of `span`.
+    filled: bool,
+    texts: Vec<Option<String>>,
+    time: Option<i64>,
 }
 
 impl<'a> NativeEvent<'a> {
@@ -362,7 +376,7 @@ impl<'a> NativeEvent<'a> {
         let mut fields = rest[..end].strip_prefix(&[FIELD])?.split(|&b| b == FIELD);
         let mut next = || fields.next();
         let id = std::str::from_utf8(next()?).ok()?.parse().ok()?;
-        let event = NativeEvent {
+        let mut event = NativeEvent {
             id,
             op: next()?,
             server: next()?,
@@ -376,8 +390,15 @@ impl<'a> NativeEvent<'a> {
             event_ts_ms: next()?,
             before: None,
             after: None,
+            source_span: &[],
         };
-        next().is_none().then_some((event, &rest[end + 1..]))
+        if next().is_some() {
+            return None;
+        }
+        // `server` to `lsn` are one run of the header's bytes.
+        let offset = |field: &[u8]| field.as_ptr() as usize - value.as_ptr() as usize;
+        event.source_span = &value[offset(event.server)..offset(event.lsn) + event.lsn.len()];
+        Some((event, &rest[end + 1..]))
     }
 
     /// The event's `source` block, field by field in Debezium's order: each name and
@@ -468,6 +489,43 @@ impl Decoder {
             }
         }
         let row = self.rows();
+        match self.native_source.take() {
+            // Each event of a copy, and of one transaction of the stream, repeats the
+            // `source` block of the one before: its values are those of the row before.
+            // (A streamed change carries its own `lsn`, so there the block differs each
+            // time: a miss keeps only the bytes, and the values are kept at a second
+            // event with the same bytes.)
+            Some(known) if known.span == event.source_span && known.filled => {
+                self.repeat_source(&known, row)?;
+                self.native_source = Some(known);
+            }
+            Some(known) if known.span == event.source_span => {
+                self.read_source(&event, row)?;
+                self.native_source = Some(self.source_of(row, known));
+            }
+            known => {
+                self.read_source(&event, row)?;
+                let mut known = known.unwrap_or_default();
+                known.span.clear();
+                known.span.extend_from_slice(event.source_span);
+                known.filled = false;
+                self.native_source = Some(known);
+            }
+        }
+        let op = std::str::from_utf8(event.op).map_err(|_| malformed())?;
+        state.op = Some(Op::parse(op).ok_or_else(|| {
+            reject(format!(
+                "unknown operation `{op}`; Debezium uses c, u, d, r and t"
+            ))
+        })?);
+        let mut j = Json::new(event.event_ts_ms);
+        state.event_time = debezium::read_epoch_micros(&mut j, Key::TsMs)?;
+        j.finish()?;
+        self.finish_event(state, key)
+    }
+
+    /// Reads the `source` block of `event` into row `row`'s envelope columns.
+    fn read_source(&mut self, event: &NativeEvent<'_>, row: usize) -> Result<(), DecodeError> {
         self.scratch.clear();
         let mut source_time = None;
         for (name, value) in event.source_block() {
@@ -484,17 +542,46 @@ impl Decoder {
             self.source_field(key, &mut j, row, &mut source_time)?;
             j.finish()?;
         }
-        self.end_source(row, source_time)?;
-        let op = std::str::from_utf8(event.op).map_err(|_| malformed())?;
-        state.op = Some(Op::parse(op).ok_or_else(|| {
-            reject(format!(
-                "unknown operation `{op}`; Debezium uses c, u, d, r and t"
-            ))
-        })?);
-        let mut j = Json::new(event.event_ts_ms);
-        state.event_time = debezium::read_epoch_micros(&mut j, Key::TsMs)?;
-        j.finish()?;
-        self.finish_event(state, key)
+        self.end_source(row, source_time)
+    }
+
+    /// What [`Self::read_source`] wrote into row `row` from `source`'s bytes, kept to
+    /// repeat for the next events whose `source` block is the same.
+    fn source_of(&self, row: usize, mut source: NativeSource) -> NativeSource {
+        source.filled = true;
+        source.texts.resize(self.envelope.texts.len(), None);
+        for (kept, builder) in source.texts.iter_mut().zip(&self.envelope.texts) {
+            let text = (builder.len() > row)
+                .then(|| builder.text_at(row))
+                .flatten();
+            match (kept, text) {
+                (Some(kept), Some(text)) => {
+                    kept.clear();
+                    kept.push_str(text);
+                }
+                (kept, text) => *kept = text.map(str::to_string),
+            }
+        }
+        let time = &self.envelope.source_time;
+        source.time = (time.len() > row).then(|| time.i64_at(row)).flatten();
+        source
+    }
+
+    /// Writes a kept `source` block into row `row`, as [`Self::read_source`] wrote it.
+    fn repeat_source(&mut self, source: &NativeSource, row: usize) -> Result<(), DecodeError> {
+        for (text, builder) in source.texts.iter().zip(&mut self.envelope.texts) {
+            if let Some(text) = text
+                && builder.len() == row
+            {
+                builder.push_str(text)?;
+            }
+        }
+        if let Some(time) = source.time
+            && self.envelope.source_time.len() == row
+        {
+            self.envelope.source_time.push_i64(time);
+        }
+        Ok(())
     }
 
     /// The cache index of a native table's schema block, parsed once per id.
@@ -625,10 +712,12 @@ pub(super) fn append_text(
     use crate::source::postgres_cdc::{datetime, values};
     use chrono::{Datelike, NaiveDate, Timelike};
     match (kind, &builder.def.ty) {
+        // A leading zero is no JSON number; PostgreSQL prints none, but the JSON path
+        // would refuse one, so it goes there.
         (
             Kind::Integer(_),
             ColumnType::Int8 | ColumnType::Int16 | ColumnType::Int32 | ColumnType::Int64,
-        ) if values::is_integer(text) => {
+        ) if values::is_integer(text) && !leading_zero(text) => {
             let Ok(i) = text.parse::<i64>() else {
                 return Ok(false);
             };
@@ -641,7 +730,7 @@ pub(super) fn append_text(
             _ => return Ok(false),
         },
         (Kind::Decimal { .. }, ColumnType::Decimal { precision, .. })
-            if *precision <= 38 && values::is_number(text) =>
+            if *precision <= 38 && values::is_number(text) && !leading_zero(text) =>
         {
             builder.push_decimal_number(text.as_bytes())?;
         }
@@ -685,4 +774,11 @@ pub(super) fn append_text(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// Whether a number's integer part has a leading zero (`007`, `-01.5`), which JSON's
+/// grammar does not allow.
+fn leading_zero(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    digits.len() > 1 && digits[0] == b'0' && digits[1].is_ascii_digit()
 }

@@ -41,27 +41,37 @@ impl PostgresSink {
         Ok(stored)
     }
 
+    /// Stores every stream's resume point, in one statement: a many-table pipeline's
+    /// checkpoint holds a stream per table copied, and a statement each was a round trip
+    /// each, in every transaction.
     pub(super) fn store_checkpoint(
         &self,
         tx: &mut Transaction<'_>,
         checkpoint: &Checkpoint,
     ) -> Result<(), SinkError> {
+        let mut streams = Vec::with_capacity(checkpoint.streams.len());
+        let mut nexts = Vec::with_capacity(checkpoint.streams.len());
+        let mut lines = Vec::with_capacity(checkpoint.streams.len());
         for (stream, resume) in &checkpoint.streams {
-            tx.execute(
-                "INSERT INTO weir.checkpoints (pipeline, stream, next, line, updated_at)
-                 VALUES ($1, $2, $3, $4, now())
-                 ON CONFLICT (pipeline, stream) DO UPDATE SET
-                     next = CASE WHEN (excluded.next, excluded.line)
-                                      > (weir.checkpoints.next, weir.checkpoints.line)
-                                 THEN excluded.next ELSE weir.checkpoints.next END,
-                     line = CASE WHEN (excluded.next, excluded.line)
-                                      > (weir.checkpoints.next, weir.checkpoints.line)
-                                 THEN excluded.line ELSE weir.checkpoints.line END,
-                     updated_at = now()",
-                &[&self.pipeline, stream, &resume.next, &(resume.line as i64)],
-            )
-            .map_err(|e| self.pg_error("cannot store the checkpoint", &e))?;
+            streams.push(stream.as_str());
+            nexts.push(resume.next);
+            lines.push(resume.line as i64);
         }
+        tx.execute(
+            "INSERT INTO weir.checkpoints (pipeline, stream, next, line, updated_at)
+             SELECT $1, s.stream, s.next, s.line, now()
+             FROM unnest($2::text[], $3::int8[], $4::int8[]) AS s(stream, next, line)
+             ON CONFLICT (pipeline, stream) DO UPDATE SET
+                 next = CASE WHEN (excluded.next, excluded.line)
+                                  > (weir.checkpoints.next, weir.checkpoints.line)
+                             THEN excluded.next ELSE weir.checkpoints.next END,
+                 line = CASE WHEN (excluded.next, excluded.line)
+                                  > (weir.checkpoints.next, weir.checkpoints.line)
+                             THEN excluded.line ELSE weir.checkpoints.line END,
+                 updated_at = now()",
+            &[&self.pipeline, &streams, &nexts, &lines],
+        )
+        .map_err(|e| self.pg_error("cannot store the checkpoint", &e))?;
         Ok(())
     }
 }

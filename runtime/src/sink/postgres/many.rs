@@ -173,6 +173,7 @@ impl PostgresSink {
         };
         self.begin_transaction();
         let copy_only = copy_only(batches);
+        let mut unflushed = false;
         let result = (|| {
             // Each table's strategy, once per batch. Tombstone tables and triggers are made
             // before the batch's transaction, as for one table.
@@ -201,14 +202,17 @@ impl PostgresSink {
                 .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
             let stored = self.lock_checkpoint(&mut tx, checkpoint)?;
             self.check_unflushed(&stored, checkpoint)?;
-            if copy_only {
-                // Rows of a copy only: the commit need not wait for the WAL flush
+            if copy_only && moves_copies_only(checkpoint, &stored) {
+                // Rows of a copy only, and no other stream moved (a heartbeat read
+                // between two copied rows moves the replication stream, which the
+                // source is told of): the commit need not wait for the WAL flush
                 // (docs/decisions.md). Losing it in a crash of the target's server loses
                 // its checkpoint with it, so the copy resumes before it; and no
-                // acknowledgement to the source depends on it, since a copy does not move
-                // the replication stream. A later transaction that waits flushes it too.
+                // acknowledgement to the source depends on it. A later transaction that
+                // waits flushes it too.
                 tx.batch_execute("SET LOCAL synchronous_commit = off")
-                    .map_err(|e| self.pg_error("cannot begin a transaction", &e))?;
+                    .map_err(|e| self.pg_error("cannot turn synchronous_commit off", &e))?;
+                unflushed = true;
             }
             for (i, batch) in batches.iter().enumerate() {
                 if batch.num_rows() == 0 {
@@ -236,7 +240,7 @@ impl PostgresSink {
             self.client = Some(client);
         }
         result?;
-        self.unflushed = copy_only.then(|| checkpoint.clone());
+        self.unflushed = unflushed.then(|| checkpoint.clone());
         applied.durable = Some(checkpoint.clone());
         Ok(applied)
     }
@@ -250,7 +254,9 @@ impl PostgresSink {
             return Ok(());
         };
         for (stream, resume) in &committed.streams {
-            if !current.streams.contains_key(stream) {
+            // A negative resume point (a negative key, a resync's start) is never
+            // stored: the table's placeholder (-1) compares above it.
+            if resume.next < 0 || !current.streams.contains_key(stream) {
                 continue;
             }
             let held = stored.streams.get(stream);
@@ -324,4 +330,13 @@ fn copy_only(batches: &[ChangeBatch]) -> bool {
         })
     });
     copied && rows > 0
+}
+
+/// Whether `checkpoint` moves no stream but copies' past what the target holds
+/// (`stored`): a stream the target does not hold yet counts as moved.
+fn moves_copies_only(checkpoint: &Checkpoint, stored: &Checkpoint) -> bool {
+    checkpoint.streams.iter().all(|(stream, resume)| {
+        crate::source::postgres_cdc::is_copy_stream(stream)
+            || stored.streams.get(stream) == Some(resume)
+    })
 }

@@ -58,6 +58,10 @@ enum Command {
         /// `lifecycle.resync: auto` does, for this run.
         #[arg(long)]
         resync: bool,
+        /// Serve `/metrics`, `/health` and `/ready` on this address (e.g.
+        /// `127.0.0.1:9187`), as the pipeline's `server.listen` does.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Check pipeline files without running them; every problem is reported with its
     /// file, line and column.
@@ -411,7 +415,8 @@ fn main() -> ExitCode {
             json,
             quiet,
             resync,
-        } => run(pipeline, stop_when_idle, json, quiet, resync),
+            listen,
+        } => run(pipeline, stop_when_idle, json, quiet, resync, listen),
         Command::Validate { pipelines } => validate(&pipelines),
         Command::Status { pipeline, json } => status::status(&pipeline, json),
         Command::Cutover(args) => cutover::cutover(&args),
@@ -555,6 +560,7 @@ fn run(
     json: bool,
     quiet: bool,
     resync: bool,
+    listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let mut pipeline = match config::load(&path) {
         Ok(p) => p,
@@ -570,6 +576,23 @@ fn run(
         let _ = signal_hook::flag::register(signal, stop.clone());
     }
     let metrics = Arc::new(Metrics::default());
+    let listen = listen.or(pipeline.config.server.as_ref().map(|s| s.listen));
+    let _server = match listen {
+        Some(address) => {
+            match weir_runtime::server::Server::start(
+                address,
+                &pipeline.config.name,
+                metrics.clone(),
+            ) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    eprintln!("error: pipeline `{}`: {e}", pipeline.config.name);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
     let display =
         (!quiet && !json).then(|| progress::Display::start(&pipeline.config.name, metrics.clone()));
     if resync {

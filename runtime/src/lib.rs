@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod position;
 pub mod redact;
+pub mod server;
 pub mod sink;
 pub mod source;
 pub mod tables;

@@ -74,6 +74,10 @@ pub struct PipelineConfig {
     /// How the pipeline's state (`weir status`) is worked out.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// An HTTP listener serving `/metrics` (Prometheus), `/health` and `/ready` while the
+    /// pipeline runs (docs/operations.md). `weir run --listen` sets it too.
+    #[serde(default)]
+    pub server: Option<crate::server::ServerConfig>,
 }
 
 /// How the pipeline's lifecycle state is worked out (docs/status.md).

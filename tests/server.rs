@@ -1,0 +1,123 @@
+//! The pipeline's HTTP listener with the real binary: `/metrics`, `/health` and `/ready`
+//! answer while a pipeline runs, and the counters they show are the run's.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::services::free_port;
+use common::{STREAM_COLUMNS, Workspace, change_stream, weir};
+
+/// `GET path` on `port`: the status code and the body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// The value of the series `series` (its name and labels, as exposed) in `metrics`.
+fn value(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
+    let ws = Workspace::new();
+    let events = 3_000;
+    let stream = change_stream(events, 200, 9);
+    ws.append_lines("events.jsonl", &stream.lines);
+    let port = free_port();
+    let pipeline = ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: served\n\
+             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
+             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+             sink:\n  type: sqlite\n  path: target.db\n  create: true\n\
+             server:\n  listen: 127.0.0.1:{port}\n"
+        ),
+    );
+    let mut child = weir()
+        .args(["run", "--json", "-q", "--stop-when-idle", "4s"])
+        .arg(&pipeline)
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    // Scrape until every event is counted as read, while the run waits for more.
+    let started = Instant::now();
+    let metrics = loop {
+        if let Some((200, body)) = get(port, "/metrics")
+            && value(&body, "weir_events_received_total{pipeline=\"served\"}")
+                == Some(events as u64)
+        {
+            break body;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60),
+            "weir served no metrics counting {events} events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let health = get(port, "/health").expect("/health answers");
+    assert_eq!(health, (200, "ok\n".to_string()));
+    let ready = get(port, "/ready").expect("/ready answers");
+    assert_eq!(ready, (200, "streaming\n".to_string()));
+    assert_eq!(get(port, "/nothing").map(|r| r.0), Some(404));
+    assert!(
+        metrics.contains("weir_pipeline_state{pipeline=\"served\",state=\"streaming\"} 1"),
+        "{metrics}"
+    );
+    // The counters are the run's: what its summary says once it ends.
+    let mut last = metrics;
+    while child.try_wait().unwrap().is_none() {
+        if let Some((200, body)) = get(port, "/metrics") {
+            last = body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "weir stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let applied = |op: &str| {
+        value(
+            &last,
+            &format!("weir_rows_applied_total{{pipeline=\"served\",op=\"{op}\"}}"),
+        )
+    };
+    assert_eq!(applied("upsert"), summary["upserts"].as_u64(), "{last}");
+    assert_eq!(applied("delete"), summary["deletes"].as_u64(), "{last}");
+    assert!(applied("upsert") > Some(0));
+    assert_eq!(
+        value(&last, "weir_events_received_total{pipeline=\"served\"}"),
+        summary["events_read"].as_u64()
+    );
+    // The listener is gone with the run.
+    assert!(
+        get(port, "/health").is_none(),
+        "nothing listens after the run"
+    );
+}

@@ -111,6 +111,21 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
     assert_eq!(applied("upsert"), summary["upserts"].as_u64(), "{last}");
     assert_eq!(applied("delete"), summary["deletes"].as_u64(), "{last}");
     assert!(applied("upsert") > Some(0));
+    let durable = last
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("weir_last_checkpoint_timestamp_seconds{pipeline=\"served\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the time of the last checkpoint");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        durable <= now && durable > now - 120.0,
+        "the last checkpoint was made during the run ({durable}, now {now})"
+    );
     assert_eq!(
         value(&last, "weir_events_received_total{pipeline=\"served\"}"),
         summary["events_read"].as_u64()

@@ -240,6 +240,42 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         "Row changes of each source table in batches the sink applied",
         per_table,
     );
+    let readings = metrics.lifecycle.readings();
+    let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+        // A reading not taken (no lag measured yet, no heartbeat) is left out rather
+        // than shown as 0, which would read as "no lag".
+        if let Some(value) = value {
+            let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            family.get_or_create(&labels(&[])).set(value);
+            registry.register(name, help, family);
+        }
+    };
+    gauge(
+        "weir_source_lag_seconds",
+        "Seconds between the last change or heartbeat applied being written at the source and being applied",
+        readings.lag_seconds,
+    );
+    gauge(
+        "weir_source_lag_events",
+        "Changes the source holds that are not applied yet, or rows still to copy",
+        readings.lag_events.map(|v| v as f64),
+    );
+    gauge(
+        "weir_source_lag_wal_bytes",
+        "WAL written at the source past what the sink applied (postgres-cdc)",
+        readings.lag_wal_bytes.map(|v| v as f64),
+    );
+    let epoch = |at: chrono::DateTime<chrono::Utc>| at.timestamp_millis() as f64 / 1000.0;
+    gauge(
+        "weir_last_heartbeat_timestamp_seconds",
+        "Source time of the last heartbeat seen, in seconds since the epoch",
+        readings.last_heartbeat.map(epoch),
+    );
+    gauge(
+        "weir_last_checkpoint_timestamp_seconds",
+        "When the sink last made a checkpoint durable, in seconds since the epoch",
+        readings.durable_at.map(epoch),
+    );
     let state = metrics.lifecycle.refresh(&metrics.health);
     let states = Family::<Labels, Gauge>::default();
     for each in STATES {
@@ -285,6 +321,35 @@ mod tests {
             text.contains("weir_pipeline_state{pipeline=\"shop \\\"eu\\\"\",state=\"starting\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lag_and_times_are_shown_once_measured_and_not_before() {
+        let metrics = Metrics::default();
+        let text = exposition("p", &metrics);
+        assert!(!text.contains("weir_source_lag"), "{text}");
+        assert!(!text.contains("weir_last_checkpoint_timestamp"), "{text}");
+        metrics.lifecycle.lag_events(Some(42));
+        metrics.lifecycle.lag_wal_bytes(Some(8192));
+        metrics
+            .lifecycle
+            .durable(&crate::position::Checkpoint::default());
+        let text = exposition("p", &metrics);
+        assert!(
+            text.contains("weir_source_lag_events{pipeline=\"p\"} 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_source_lag_wal_bytes{pipeline=\"p\"} 8192"),
+            "{text}"
+        );
+        let durable: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_last_checkpoint_timestamp_seconds{pipeline=\"p\"} "))
+            .and_then(|v| v.parse().ok())
+            .expect("the checkpoint's time");
+        let now = chrono::Utc::now().timestamp() as f64;
+        assert!((now - durable).abs() < 60.0, "{durable} is now ({now})");
     }
 
     #[test]

@@ -158,6 +158,16 @@ pub struct Status {
     pub transitions: Vec<Transition>,
 }
 
+/// What [`Lifecycle::readings`] returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readings {
+    pub lag_seconds: Option<f64>,
+    pub lag_events: Option<u64>,
+    pub lag_wal_bytes: Option<u64>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub durable_at: Option<DateTime<Utc>>,
+}
+
 /// The live lifecycle of a running pipeline, shared by its stages (in [`crate::metrics::Metrics`]).
 #[derive(Debug, Default)]
 pub struct Lifecycle {
@@ -174,6 +184,8 @@ struct Inner {
     positions: Option<Checkpoint>,
     lag: Lag,
     last_heartbeat: Option<DateTime<Utc>>,
+    /// When the sink last made a checkpoint durable.
+    durable_at: Option<DateTime<Utc>>,
     last_error: Option<Error>,
     transitions: VecDeque<Transition>,
     catch_up_lag: Option<Duration>,
@@ -294,6 +306,19 @@ impl Lifecycle {
         update(self.lock().tables.entry(table.to_string()).or_default());
     }
 
+    /// The lag as last measured, the source time of the last heartbeat seen, and when the
+    /// sink last made a checkpoint durable: what `/metrics` shows.
+    pub fn readings(&self) -> Readings {
+        let inner = self.lock();
+        Readings {
+            lag_seconds: inner.lag.seconds,
+            lag_events: inner.lag.events,
+            lag_wal_bytes: inner.lag.wal_bytes,
+            last_heartbeat: inner.last_heartbeat,
+            durable_at: inner.durable_at,
+        }
+    }
+
     /// A heartbeat written at the source at `sent` was applied now.
     pub fn heartbeat_applied(&self, sent: DateTime<Utc>) {
         let now = Utc::now();
@@ -364,6 +389,7 @@ impl Lifecycle {
     pub fn durable(&self, checkpoint: &Checkpoint) {
         let mut inner = self.lock();
         inner.positions = Some(checkpoint.clone());
+        inner.durable_at = Some(Utc::now());
         let applied: Vec<String> = inner
             .copies
             .iter()

@@ -42,6 +42,8 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
     let events = 3_000;
     let stream = change_stream(events, 200, 9);
     ws.append_lines("events.jsonl", &stream.lines);
+    // One record the decoder refuses: a dead letter of the `decode` stage.
+    ws.append_lines("events.jsonl", &["{\"payload\": 1}".to_string()]);
     let port = free_port();
     let pipeline = ws.write(
         "pipeline.yaml",
@@ -66,7 +68,7 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
     let metrics = loop {
         if let Some((200, body)) = get(port, "/metrics")
             && value(&body, "weir_events_received_total{pipeline=\"served\"}")
-                == Some(events as u64)
+                == Some(events as u64 + 1)
         {
             break body;
         }
@@ -111,6 +113,20 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
     assert_eq!(applied("upsert"), summary["upserts"].as_u64(), "{last}");
     assert_eq!(applied("delete"), summary["deletes"].as_u64(), "{last}");
     assert!(applied("upsert") > Some(0));
+    assert_eq!(summary["dead_letters"], 1);
+    assert_eq!(
+        value(
+            &last,
+            "weir_dead_letters_total{pipeline=\"served\",stage=\"decode\"}"
+        ),
+        Some(1),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "weir_batch_apply_seconds_count{pipeline=\"served\"}"),
+        summary["batches"].as_u64(),
+        "one apply time per batch: {last}"
+    );
     let durable = last
         .lines()
         .find_map(|l| {

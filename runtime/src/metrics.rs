@@ -56,6 +56,20 @@ impl Health {
     }
 }
 
+/// The time each batch took to apply, as a Prometheus histogram.
+#[derive(Debug, Clone)]
+pub struct ApplySeconds(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for ApplySeconds {
+    fn default() -> Self {
+        // From 1 ms to about 16 s, doubling: a small batch into SQLite to a large one
+        // into a slow remote server.
+        ApplySeconds(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        ))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub health: Health,
@@ -84,6 +98,12 @@ pub struct Metrics {
     pub schema_changes: AtomicU64,
     pub ignored: AtomicU64,
     pub batches: AtomicU64,
+    /// Dead letters by the stage that refused the record (`dead_letter::Stage`).
+    pub dead_letters_by_stage: Mutex<BTreeMap<&'static str, u64>>,
+    /// Attempts to apply a batch the sink failed and that were made again.
+    pub sink_retries: AtomicU64,
+    /// How long each batch took to apply, retries included (`/metrics`).
+    pub apply_seconds: ApplySeconds,
     /// Counts by source table, for many-table pipelines (`tables:`).
     pub tables: Mutex<BTreeMap<String, TableCounts>>,
 }

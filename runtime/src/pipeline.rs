@@ -222,6 +222,13 @@ impl Letters {
     fn write(&self, letter: &DeadLetter<'_>) -> Result<(), PipelineError> {
         tracing::debug!(stage = letter.stage.as_str(), error = %letter.error, "record sent to the dead-letter output");
         Metrics::add(&self.metrics.dead_letters, 1);
+        *self
+            .metrics
+            .dead_letters_by_stage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(letter.stage.as_str())
+            .or_default() += 1;
         let rendered = match (&self.native, letter.raw) {
             (Some(native), Some(raw)) if crate::decode::native::is_native(raw) => {
                 native.render(raw)
@@ -566,7 +573,12 @@ impl Applier<'_> {
                     return Err(e);
                 }
             };
+            let applying = Instant::now();
             let applied = self.apply_with_retry(&work, prepared.as_ref())?;
+            self.metrics
+                .apply_seconds
+                .0
+                .observe(applying.elapsed().as_secs_f64());
             let rows: usize = work.batches.iter().map(ChangeBatch::num_rows).sum();
             Metrics::add(&self.metrics.rows_applied, rows as u64);
             if work.many && rows > 0 {
@@ -647,6 +659,7 @@ impl Applier<'_> {
                 }
                 Err(e) if e.retryable && !self.stop.load(Ordering::Relaxed) => {
                     self.metrics.health.failing(component, &e.to_string());
+                    Metrics::add(&self.metrics.sink_retries, 1);
                     std::thread::sleep(backoff(attempt));
                     attempt += 1;
                 }

@@ -201,10 +201,26 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         "Batches the sink applied",
         &[(&[], read(&metrics.batches))],
     );
+    let by_stage = metrics
+        .dead_letters_by_stage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let stages: Vec<([(&str, &str); 1], u64)> = by_stage
+        .iter()
+        .map(|(stage, count)| ([("stage", *stage)], *count))
+        .collect();
+    let stages: Vec<(&[(&str, &str)], u64)> =
+        stages.iter().map(|(l, c)| (l.as_slice(), *c)).collect();
     counter(
         "weir_dead_letters",
-        "Records sent to the dead-letter output",
-        &[(&[], read(&metrics.dead_letters))],
+        "Records sent to the dead-letter output, by the stage that refused them",
+        &stages,
+    );
+    counter(
+        "weir_sink_retries",
+        "Attempts to apply a batch that failed and were made again",
+        &[(&[], read(&metrics.sink_retries))],
     );
     counter(
         "weir_conflicts",
@@ -240,6 +256,13 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         "Row changes of each source table in batches the sink applied",
         per_table,
     );
+    registry
+        .sub_registry_with_label(("pipeline".into(), pipeline.to_string().into()))
+        .register(
+            "weir_batch_apply_seconds",
+            "Seconds each batch took to apply, retries included",
+            metrics.apply_seconds.0.clone(),
+        );
     let readings = metrics.lifecycle.readings();
     let mut gauge = |name: &str, help: &str, value: Option<f64>| {
         // A reading not taken (no lag measured yet, no heartbeat) is left out rather
@@ -321,6 +344,28 @@ mod tests {
             text.contains("weir_pipeline_state{pipeline=\"shop \\\"eu\\\"\",state=\"starting\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn dead_letters_by_stage_retries_and_apply_times_are_exposed() {
+        let metrics = Metrics::default();
+        metrics
+            .dead_letters_by_stage
+            .lock()
+            .unwrap()
+            .insert("decode", 3);
+        metrics.sink_retries.store(2, Ordering::Relaxed);
+        metrics.apply_seconds.0.observe(0.003);
+        metrics.apply_seconds.0.observe(0.2);
+        let text = exposition("p", &metrics);
+        for series in [
+            "weir_dead_letters_total{pipeline=\"p\",stage=\"decode\"} 3",
+            "weir_sink_retries_total{pipeline=\"p\"} 2",
+            "weir_batch_apply_seconds_count{pipeline=\"p\"} 2",
+            "weir_batch_apply_seconds_bucket{pipeline=\"p\",le=\"0.004\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} in:\n{text}");
+        }
     }
 
     #[test]

@@ -1,0 +1,139 @@
+//! The cost of `server:` (docs/operations.md): file → Parquet with the listener off, and
+//! with it on and `/metrics` scraped every second, in interleaved rounds of one run.
+//!
+//! ```text
+//! cargo bench --bench server                       # 4M events, 5 rounds
+//! cargo bench --bench server -- --events 1000000 --repeat 7
+//! ```
+//!
+//! The target is at most 2% slower with the listener on. Both runs read the same file
+//! into a fresh Parquet directory; the rate counts from process start to the end of the
+//! run, and beside it the CPU time per event of the weir process.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::services::free_port;
+use common::{STREAM_COLUMNS, Workspace, change_stream, weir};
+use support::{cpu_seconds, median, number_args};
+
+struct Measured {
+    seconds: f64,
+    cpu_per_event: f64,
+}
+
+/// One run of the pipeline file; with `scrape`, `/metrics` on that port every second.
+fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measured, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let scraper = scrape.map(|port| {
+        let (stop, scrapes) = (stop.clone(), scrapes.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // Until the listener is up, try again soon; then once a second.
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                {
+                    let _ = write!(
+                        stream,
+                        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                    );
+                    let mut body = String::new();
+                    if stream.read_to_string(&mut body).is_ok() && body.contains(" 200 ") {
+                        scrapes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    });
+    let before = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let mut command: Command = weir();
+    command.args(["run", "--json", "-q"]);
+    if let Some(port) = scrape {
+        command.args(["--listen", &format!("127.0.0.1:{port}")]);
+    }
+    let output = command.arg(pipeline).output().expect("run weir");
+    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - before;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        scraper.join().expect("the scraper");
+    }
+    assert!(
+        output.status.success(),
+        "weir failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(summary["events_read"], events as u64, "{summary}");
+    (
+        Measured {
+            seconds: summary["elapsed_seconds"].as_f64().expect("elapsed"),
+            cpu_per_event: cpu / events as f64,
+        },
+        scrapes.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    let values = number_args(&[("--events", 4_000_000), ("--repeat", 5)]);
+    let (events, repeat) = (values[0], values[1].max(1));
+    println!("weir server benchmark: file -> parquet, {events} events, {repeat} rounds");
+    let ws = Workspace::new();
+    let stream = change_stream(events, 50_000, 11);
+    ws.append_lines("events.jsonl", &stream.lines);
+    let pipeline = |name: &str| {
+        ws.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\n\
+                 source:\n  type: file\n  path: {}\n\
+                 table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+                 sink:\n  type: parquet\n  path: {}\n",
+                ws.path("events.jsonl").display(),
+                ws.path(name).display()
+            ),
+        )
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..repeat {
+        // A fresh output directory each time, so both write the whole file.
+        for name in ["off", "on"] {
+            let _ = std::fs::remove_dir_all(ws.path(name));
+        }
+        let (quiet, _) = run(&pipeline("off"), events, None);
+        let (served, scrapes) = run(&pipeline("on"), events, Some(free_port()));
+        println!(
+            "  round {round}: listener off {:6.2} s ({:.0} events/s, {:.2} µs CPU/event); \
+             on, {scrapes} scrapes, {:6.2} s ({:.0} events/s, {:.2} µs CPU/event): {:.3}×",
+            quiet.seconds,
+            events as f64 / quiet.seconds,
+            quiet.cpu_per_event * 1e6,
+            served.seconds,
+            events as f64 / served.seconds,
+            served.cpu_per_event * 1e6,
+            quiet.seconds / served.seconds
+        );
+        off.push(quiet.seconds);
+        on.push(served.seconds);
+    }
+    let (off, on) = (median(&mut off).unwrap(), median(&mut on).unwrap());
+    println!(
+        "median: listener off {:.0} events/s, on and scraped {:.0} events/s: {:.3}× \
+         (target: at least 0.98×)",
+        events as f64 / off,
+        events as f64 / on,
+        off / on
+    );
+}

@@ -60,7 +60,7 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
         .arg(&pipeline)
         .current_dir(ws.dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
         .spawn()
         .expect("start weir");
     // Scrape until every event is counted as read, while the run waits for more.
@@ -72,10 +72,10 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
         {
             break body;
         }
-        assert!(
-            child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60),
-            "weir served no metrics counting {events} events"
-        );
+        if child.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+            panic!("weir served no metrics counting {events} events; its log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let health = get(port, "/health").expect("/health answers");

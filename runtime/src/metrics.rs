@@ -43,7 +43,8 @@ impl Health {
 
     /// One line per degraded component, e.g. `kafka: broker unavailable for 12s (…)`.
     pub fn describe(&self) -> Vec<String> {
-        let problems = self.problems.lock().expect("health lock");
+        // Read by the HTTP listener too, which must not die of another thread's panic.
+        let problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         problems
             .iter()
             .map(|(component, (since, problem))| {

@@ -3,12 +3,16 @@
 //!
 //! It runs on a thread of its own with a small blocking server, like weir's stages, and
 //! reads the same counters the progress line and the summary read ([`Metrics`]): a scrape
-//! builds its registry from them, so counting costs the pipeline nothing more than it did.
-//! Nothing it serves holds a secret: names, counts and states only.
+//! builds its registry from them. Nothing it serves holds a secret: names, counts and
+//! states only.
+//!
+//! One thread answers, and a client that stops reading a large answer holds it (tiny_http
+//! has no write timeout): the listener is for a private interface and a scraper, not the
+//! open network (docs/operations.md).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -32,7 +36,8 @@ pub struct ServerConfig {
 
 /// The listener, serving until dropped.
 pub struct Server {
-    server: Arc<tiny_http::Server>,
+    /// The listening server; `None` while it is made again after a failure.
+    server: Arc<Mutex<Option<Arc<tiny_http::Server>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     address: SocketAddr,
@@ -70,13 +75,13 @@ impl Server {
             reason: e.to_string(),
         })?;
         let address = server.server_addr().to_ip().unwrap_or(address);
-        let server = Arc::new(server);
+        let server = Arc::new(Mutex::new(Some(Arc::new(server))));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (server, stop, pipeline) = (server.clone(), stop.clone(), pipeline.to_string());
             std::thread::Builder::new()
                 .name("weir-server".into())
-                .spawn(move || serve(&server, &stop, &pipeline, &metrics))
+                .spawn(move || serve(&server, address, &stop, &pipeline, &metrics))
                 .map_err(|e| ServerError {
                     address,
                     reason: e.to_string(),
@@ -100,20 +105,51 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.server.unblock();
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            server.unblock();
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn serve(server: &tiny_http::Server, stop: &AtomicBool, pipeline: &str, metrics: &Metrics) {
+fn serve(
+    current: &Mutex<Option<Arc<tiny_http::Server>>>,
+    address: SocketAddr,
+    stop: &AtomicBool,
+    pipeline: &str,
+    metrics: &Metrics,
+) {
+    let lock = || current.lock().unwrap_or_else(|e| e.into_inner());
     while !stop.load(Ordering::Relaxed) {
+        let Some(server) = lock().clone() else {
+            // Listen again: `/health` unreachable would have a probe restart a
+            // pipeline that works.
+            match tiny_http::Server::http(address) {
+                Ok(server) => {
+                    tracing::info!(%address, "listening again");
+                    *lock() = Some(Arc::new(server));
+                }
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+            continue;
+        };
         let request = match server.recv_timeout(Duration::from_millis(500)) {
             Ok(Some(request)) => request,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "the HTTP listener failed to accept a request");
+                // tiny_http's accepting thread has ended with this error (too many open
+                // files, say): drop the server, which frees the address, and listen again.
+                tracing::warn!(error = %e, "the HTTP listener stopped accepting; listening again");
+                drop(server);
+                *lock() = None;
+                std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
         };
@@ -206,9 +242,16 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let stages: Vec<([(&str, &str); 1], u64)> = by_stage
+    // Every stage from 0, so the first dead letter of one is an increase.
+    let stages: Vec<([(&str, &str); 1], u64)> = crate::dead_letter::Stage::ALL
         .iter()
-        .map(|(stage, count)| ([("stage", *stage)], *count))
+        .map(|stage| {
+            let stage = stage.as_str();
+            (
+                [("stage", stage)],
+                by_stage.get(stage).copied().unwrap_or(0),
+            )
+        })
         .collect();
     let stages: Vec<(&[(&str, &str)], u64)> =
         stages.iter().map(|(l, c)| (l.as_slice(), *c)).collect();
@@ -360,6 +403,7 @@ mod tests {
         let text = exposition("p", &metrics);
         for series in [
             "weir_dead_letters_total{pipeline=\"p\",stage=\"decode\"} 3",
+            "weir_dead_letters_total{pipeline=\"p\",stage=\"sink\"} 0",
             "weir_sink_retries_total{pipeline=\"p\"} 2",
             "weir_batch_apply_seconds_count{pipeline=\"p\"} 2",
             "weir_batch_apply_seconds_bucket{pipeline=\"p\",le=\"0.004\"} 1",

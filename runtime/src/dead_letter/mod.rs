@@ -58,6 +58,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Source,
+        Stage::Route,
+        Stage::Decode,
+        Stage::Transform,
+        Stage::Sink,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Source => "source",

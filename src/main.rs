@@ -58,8 +58,8 @@ enum Command {
         /// `lifecycle.resync: auto` does, for this run.
         #[arg(long)]
         resync: bool,
-        /// Serve `/metrics`, `/health` and `/ready` on this address (e.g.
-        /// `127.0.0.1:9187`), as the pipeline's `server.listen` does.
+        /// Serve the status page (`/`), `/metrics`, `/health` and `/ready` on this address
+        /// (e.g. `127.0.0.1:9187`), as the pipeline's `server.listen` does.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },

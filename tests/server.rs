@@ -117,7 +117,7 @@ fn metrics_health_and_readiness_are_served_while_a_pipeline_runs() {
     assert_eq!(
         value(
             &last,
-            "weir_dead_letters_total{pipeline=\"served\",stage=\"decode\"}"
+            "weir_dead_letters_total{pipeline=\"served\",stage=\"decode\",reason=\"invalid_event\"}"
         ),
         Some(1),
         "{last}"

@@ -1,10 +1,26 @@
 //! Pipeline counters and component health, shared between the stages and whoever reports
 //! progress.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::dead_letter::{DeadLetter, Stage};
+use crate::plugin::stats::{PluginReading, PluginStats};
+
+/// Dead letters the status page shows, the latest first.
+pub const RECENT_DEAD_LETTERS: usize = 10;
+
+/// The longest text of a dead letter the status page keeps (its error, its record), in
+/// bytes.
+const PREVIEW_BYTES: usize = 300;
+
+/// Locks `mutex`, going on with its data if a panic elsewhere poisoned it: these are
+/// counters, read by the HTTP listener too, which must not die of another thread's panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Components that are degraded but retrying (a broker that is down, a lost database
 /// connection), for the status line and logs.
@@ -99,14 +115,49 @@ pub struct Metrics {
     pub schema_changes: AtomicU64,
     pub ignored: AtomicU64,
     pub batches: AtomicU64,
-    /// Dead letters by the stage that refused the record (`dead_letter::Stage`).
-    pub dead_letters_by_stage: Mutex<BTreeMap<&'static str, u64>>,
+    /// Dead letters by the stage that refused the record and the class of its reason
+    /// ([`Stage::reason_class`]).
+    pub dead_letters_by_reason: Mutex<BTreeMap<(Stage, &'static str), u64>>,
+    /// The latest dead letters, newest last, their texts cut and secrets masked.
+    pub recent_dead_letters: Mutex<VecDeque<RecentDeadLetter>>,
+    /// The plugins the pipeline runs, each counting its calls.
+    pub plugins: Mutex<Vec<Arc<PluginStats>>>,
+    /// Each Kafka partition's lag in events (the broker's end less the committed offset),
+    /// over the partitions this process owns.
+    pub partition_lag: Mutex<BTreeMap<(String, i32), u64>>,
     /// Attempts to apply a batch the sink failed and that were made again.
     pub sink_retries: AtomicU64,
     /// How long each batch took to apply, retries included (`/metrics`).
     pub apply_seconds: ApplySeconds,
     /// Counts by source table, for many-table pipelines (`tables:`).
     pub tables: Mutex<BTreeMap<String, TableCounts>>,
+}
+
+/// A dead letter as the status page shows it: no more than [`PREVIEW_BYTES`] of its error
+/// and record, with credentials masked ([`crate::redact::redact_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentDeadLetter {
+    pub at: String,
+    pub stage: Stage,
+    pub reason: &'static str,
+    pub table: Option<String>,
+    pub position: Option<String>,
+    pub error: String,
+    pub record: Option<String>,
+}
+
+/// The start of `bytes` as text, no more than [`PREVIEW_BYTES`], credentials masked by
+/// `mask`.
+fn preview(bytes: &[u8], mask: fn(&str) -> std::borrow::Cow<'_, str>) -> String {
+    let end = bytes.len().min(PREVIEW_BYTES * 4);
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    // Masked before it is cut, so a cut cannot split a secret from its name.
+    let mut text = mask(&text).into_owned();
+    if text.len() > PREVIEW_BYTES || end < bytes.len() {
+        text.truncate(text.floor_char_boundary(PREVIEW_BYTES));
+        text.push('…');
+    }
+    text
 }
 
 /// What a many-table pipeline did with one source table.
@@ -165,15 +216,111 @@ impl Metrics {
 
     /// Adds counts by source table (the reader and the applier publish theirs per batch).
     pub fn add_table_counts(&self, counts: BTreeMap<String, TableCounts>) {
-        let mut tables = self.tables.lock().expect("table counts");
+        let mut tables = lock(&self.tables);
         for (table, counts) in counts {
             tables.entry(table).or_default().add(&counts);
         }
     }
 
+    /// Counts a dead letter by stage and reason, and keeps a preview of it for the
+    /// status page.
+    pub fn dead_letter(&self, letter: &DeadLetter<'_>) {
+        Metrics::add(&self.dead_letters, 1);
+        let reason = letter.stage.reason_class(letter.error);
+        *lock(&self.dead_letters_by_reason)
+            .entry((letter.stage, reason))
+            .or_default() += 1;
+        let recent = RecentDeadLetter {
+            at: crate::lifecycle::timestamp(chrono::Utc::now()),
+            stage: letter.stage,
+            reason,
+            table: letter.table.map(str::to_string),
+            position: letter.position.map(ToString::to_string),
+            error: preview(letter.error.as_bytes(), crate::redact::redact_error),
+            record: letter
+                .raw
+                .map(|raw| preview(raw, crate::redact::redact_record)),
+        };
+        let mut letters = lock(&self.recent_dead_letters);
+        if letters.len() == RECENT_DEAD_LETTERS {
+            letters.pop_front();
+        }
+        letters.push_back(recent);
+    }
+
+    /// Dead letters so far by stage and reason class.
+    pub fn dead_letters_by_reason(&self) -> BTreeMap<(Stage, &'static str), u64> {
+        lock(&self.dead_letters_by_reason).clone()
+    }
+
+    /// The latest dead letters, newest first.
+    pub fn recent_dead_letters(&self) -> Vec<RecentDeadLetter> {
+        lock(&self.recent_dead_letters)
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    /// Adds plugins whose calls `/metrics` and the status page show.
+    pub fn watch_plugins(&self, plugins: impl IntoIterator<Item = Arc<PluginStats>>) {
+        lock(&self.plugins).extend(plugins);
+    }
+
+    /// Each plugin's calls so far, one reading per plugin name (a resolver runs once per
+    /// sink lane: their calls are added up).
+    pub fn plugin_readings(&self) -> Vec<PluginReading> {
+        let mut readings: Vec<PluginReading> = Vec::new();
+        for plugin in lock(&self.plugins).iter() {
+            let reading = plugin.read();
+            match readings
+                .iter_mut()
+                .find(|r| r.name == reading.name && r.kind == reading.kind)
+            {
+                Some(sum) => {
+                    for (total, (_, n)) in sum.calls.iter_mut().zip(reading.calls) {
+                        total.1 += n;
+                    }
+                    sum.seconds += reading.seconds;
+                }
+                None => readings.push(reading),
+            }
+        }
+        readings
+    }
+
+    /// Replaces the lag of the Kafka partitions this process owns.
+    pub fn set_partition_lag(&self, lag: BTreeMap<(String, i32), u64>) {
+        *lock(&self.partition_lag) = lag;
+    }
+
+    pub fn partition_lag(&self) -> BTreeMap<(String, i32), u64> {
+        lock(&self.partition_lag).clone()
+    }
+
+    /// The pipeline's status as it stands, for the status page and the status store.
+    pub fn status(
+        &self,
+        pipeline: &str,
+        process: crate::lifecycle::Process,
+    ) -> crate::lifecycle::Status {
+        let snapshot = self.snapshot();
+        let counts = crate::lifecycle::Counts {
+            events_read: snapshot.events_read,
+            rows_applied: snapshot.rows_applied,
+            dead_letters: snapshot.dead_letters,
+            tables: self
+                .table_counts()
+                .into_iter()
+                .map(|(table, counts)| (table, counts.applied))
+                .collect(),
+        };
+        self.lifecycle.status(pipeline, process, counts)
+    }
+
     /// The counts by source table so far.
     pub fn table_counts(&self) -> BTreeMap<String, TableCounts> {
-        self.tables.lock().expect("table counts").clone()
+        lock(&self.tables).clone()
     }
 
     pub fn snapshot(&self) -> Snapshot {

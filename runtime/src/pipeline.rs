@@ -221,18 +221,9 @@ impl Letters {
 
     fn write(&self, letter: &DeadLetter<'_>) -> Result<(), PipelineError> {
         tracing::debug!(stage = letter.stage.as_str(), error = %letter.error, "record sent to the dead-letter output");
-        Metrics::add(&self.metrics.dead_letters, 1);
-        *self
-            .metrics
-            .dead_letters_by_stage
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(letter.stage.as_str())
-            .or_default() += 1;
+        let native = |raw| self.native.is_some() && crate::decode::native::is_native(raw);
         let rendered = match (&self.native, letter.raw) {
-            (Some(native), Some(raw)) if crate::decode::native::is_native(raw) => {
-                native.render(raw)
-            }
+            (Some(native_tables), Some(raw)) if native(raw) => native_tables.render(raw),
             _ => None,
         };
         let rendered_letter;
@@ -246,6 +237,15 @@ impl Letters {
             }
             None => letter,
         };
+        // The status page shows the record as the dead letter holds it, with its fields'
+        // names, which its masking needs: a native record not rendered is left out.
+        match letter.raw {
+            Some(raw) if native(raw) => self.metrics.dead_letter(&DeadLetter {
+                raw: None,
+                ..*letter
+            }),
+            _ => self.metrics.dead_letter(letter),
+        }
         self.sink
             .lock()
             .expect("dead letters")
@@ -335,6 +335,12 @@ fn run_stages(
     let started = Instant::now();
     let mut transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
     let mut sink = sink::build(pipeline, metrics.clone())?;
+    metrics.watch_plugins(
+        transforms
+            .iter()
+            .flat_map(TransformChain::stats)
+            .chain(sink.plugin_stats()),
+    );
     let resumed_from = sink.committed()?;
     // Started once the sink has prepared its own tables (the status is stored beside
     // them, and two sessions creating one schema at once make one of them fail).

@@ -78,7 +78,11 @@ fn redact_urls(text: &str) -> String {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
         let authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .find(|c: char| {
+                // A URL ends at its path, or where the text around it goes on (a JSON
+                // string's quote, markup).
+                matches!(c, '/' | '?' | '#' | '"' | '<' | '>' | '\\') || c.is_whitespace()
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..authority_end];
         match authority.rfind('@') {
@@ -121,9 +125,220 @@ fn redact_keyword(text: &str, keyword: &str) -> String {
     out
 }
 
+/// Names of fields whose values a record preview never shows.
+const SECRET_FIELDS: [&str; 6] = ["password", "passwd", "secret", "token", "api_key", "apikey"];
+
+/// A record (a JSON document, usually) as the status page may show it: [`redact`], and the
+/// value of every field whose name looks like a credential (`"password": "…"`,
+/// `"api_token": 42`, `"secrets": {…}`, and in JSON held in a string, as Debezium writes a
+/// `jsonb` column, `\"token\":\"…\"`) replaced by `***`.
+pub fn redact_record(text: &str) -> Cow<'_, str> {
+    if !names_a_secret(text) {
+        return redact(text);
+    }
+    let masked = mask_escaped_fields(&mask_secret_fields(text));
+    Cow::Owned(redact(&masked).into_owned())
+}
+
+/// An error message as the status page may show it: [`redact`], and when it names a
+/// column that looks like a credential (`` column `api_token`: `abc` is not a number ``),
+/// every other `` `quoted` `` part (the value) replaced by `***`.
+pub fn redact_error(text: &str) -> Cow<'_, str> {
+    let parts: Vec<&str> = text.split('`').collect();
+    // Odd parts are quoted.
+    let secret = parts
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .any(|quoted| names_a_secret(quoted));
+    if !secret || parts.len() < 3 {
+        return redact(text);
+    }
+    let masked: Vec<&str> = parts
+        .iter()
+        .enumerate()
+        .map(
+            |(i, part)| match i % 2 == 1 && i + 1 < parts.len() && !names_a_secret(part) {
+                true => "***",
+                false => part,
+            },
+        )
+        .collect();
+    Cow::Owned(redact(&masked.join("`")).into_owned())
+}
+
+fn names_a_secret(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    SECRET_FIELDS.iter().any(|f| lower.contains(f))
+}
+
+/// The end (exclusive) of the object or array starting at `start`, or the text's end.
+fn container_end(bytes: &[u8], start: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i = string_end(bytes, i);
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+/// `\"name\": \"value\"` inside a JSON string: the value of a secret-named field
+/// becomes `\"***\"` (a number or literal is masked up to the next `,` or `}`).
+fn mask_escaped_fields(text: &str) -> String {
+    const QUOTE: &str = "\\\"";
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied) = (0, 0);
+    while let Some(found) = text[i..].find(QUOTE) {
+        let start = i + found + QUOTE.len();
+        let Some(length) = text[start..].find(QUOTE) else {
+            break;
+        };
+        let name = &text[start..start + length];
+        let after = start + length + QUOTE.len();
+        let rest = text[after..].trim_start();
+        if !names_a_secret(name) || !rest.starts_with(':') {
+            i = start + length;
+            continue;
+        }
+        let value = after + (text[after..].len() - rest.len()) + 1;
+        let value = value + (text[value..].len() - text[value..].trim_start().len());
+        let end = match text[value..].strip_prefix(QUOTE) {
+            Some(quoted) => quoted
+                .find(QUOTE)
+                .map_or(text.len(), |k| value + QUOTE.len() + k + QUOTE.len()),
+            None => text[value..]
+                .find([',', '}', '"'])
+                .map_or(text.len(), |k| value + k),
+        };
+        out.push_str(&text[copied..value]);
+        out.push_str(QUOTE);
+        out.push_str("***");
+        out.push_str(QUOTE);
+        copied = end;
+        i = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The end (exclusive) of the JSON string starting at `start` (a `"`), or the text's end.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+fn mask_secret_fields(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = string_end(bytes, i);
+        let name = text[i..end].to_ascii_lowercase();
+        let mut j = end;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j >= bytes.len() || bytes[j] != b':' || !SECRET_FIELDS.iter().any(|f| name.contains(f)) {
+            i = end;
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let value_end = match bytes.get(j) {
+            Some(b'"') => string_end(bytes, j),
+            // A secret's object or array is masked whole: `"secrets": {...}`.
+            Some(b'{') | Some(b'[') => container_end(bytes, j),
+            None => break,
+            Some(_) => text[j..]
+                .find([',', '}', ']'])
+                .map_or(bytes.len(), |k| j + k),
+        };
+        out.push_str(&text[copied..j]);
+        out.push_str("\"***\"");
+        copied = value_end;
+        i = value_end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_show_no_credential_fields() {
+        assert_eq!(
+            redact_record(r#"{"id":1,"password":"hunter2","name":"a"}"#),
+            r#"{"id":1,"password":"***","name":"a"}"#
+        );
+        assert_eq!(
+            redact_record(r#"{"API_TOKEN" : 12345, "x": {"db_secret": "s\"q"}}"#),
+            r#"{"API_TOKEN" : "***", "x": {"db_secret": "***"}}"#
+        );
+        // A value cut short by a preview is masked to its end.
+        assert_eq!(
+            redact_record(r#"{"password":"hunt"#),
+            r#"{"password":"***""#
+        );
+        assert_eq!(
+            redact_record(r#"{"url":"postgres://u:pw@h/db","note":"password"}"#),
+            r#"{"url":"postgres://u:***@h/db","note":"password"}"#
+        );
+        assert_eq!(
+            redact_record(r#"{"api_keys":["sk-1",{"a":"]"}],"secret":{"v":"x"},"id":2}"#),
+            r#"{"api_keys":"***","secret":"***","id":2}"#
+        );
+        // JSON in a string, as a `jsonb` column comes.
+        assert_eq!(
+            redact_record(r#"{"cfg":"{\"token\": \"abc\",\"n\":1,\"pin_secret\":42}"}"#),
+            r#"{"cfg":"{\"token\": \"***\",\"n\":1,\"pin_secret\":\"***\"}"}"#
+        );
+        // A URL after another in compact JSON.
+        assert_eq!(
+            redact_record(r#"{"home":"https://example.com","dsn":"postgres://u:pw@h/db"}"#),
+            r#"{"home":"https://example.com","dsn":"postgres://u:***@h/db"}"#
+        );
+    }
+
+    #[test]
+    fn errors_naming_a_secret_column_show_no_value() {
+        assert_eq!(
+            redact_error("column `api_token`: `abc123` is not a number"),
+            "column `api_token`: `***` is not a number"
+        );
+        assert_eq!(
+            redact_error("column `price`: `abc` is not a number"),
+            "column `price`: `abc` is not a number"
+        );
+    }
 
     #[test]
     fn url_passwords_are_hidden() {

@@ -47,7 +47,7 @@ impl DeadLetterConfig {
 }
 
 /// The pipeline stage where a record failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
     Source,
     /// The event is a row change of another table than the pipeline's.
@@ -75,7 +75,92 @@ impl Stage {
             Stage::Sink => "sink",
         }
     }
+
+    /// The classes of reason a dead letter of this stage can have (`/metrics` shows each
+    /// from 0, so the first of a class is an increase an alert sees).
+    pub fn reason_classes(self) -> &'static [&'static str] {
+        match self {
+            Stage::Source => &["unreadable"],
+            Stage::Route => &["other_table", "unknown_table"],
+            Stage::Decode => &[
+                "too_large",
+                "invalid_json",
+                "invalid_key",
+                "invalid_value",
+                "invalid_event",
+            ],
+            Stage::Transform => &PLUGIN_REASONS[1..],
+            Stage::Sink => &PLUGIN_REASONS,
+        }
+    }
+
+    /// The class of a dead letter's reason, one of [`Stage::reason_classes`]: for a
+    /// plugin's (a transform's, or a conflict resolver's at the sink), the code its reason
+    /// starts with (`plugin_timeout: …` is `timeout`, a row the plugin refused is
+    /// `rejected`); for a decode, what was wrong with the record.
+    pub fn reason_class(self, error: &str) -> &'static str {
+        let classes = self.reason_classes();
+        let plugin_code = error
+            .split(':')
+            .next()
+            .and_then(|code| code.strip_prefix("plugin_"))
+            .map(|code| {
+                if code == "row_error" {
+                    "rejected"
+                } else {
+                    code
+                }
+            });
+        match self {
+            Stage::Transform | Stage::Sink if plugin_code.is_some() => {
+                let code = plugin_code.unwrap_or_default();
+                classes
+                    .iter()
+                    .find(|c| **c == code)
+                    .copied()
+                    .unwrap_or("error")
+            }
+            Stage::Transform => "error",
+            Stage::Decode => {
+                // By what the decoder's messages start with: a column's value may hold any
+                // of the words looked for.
+                if error.starts_with("column `") {
+                    "invalid_value"
+                } else if error.starts_with("invalid JSON") {
+                    "invalid_json"
+                } else if error.starts_with("the record has ") && error.contains("max_record_bytes")
+                {
+                    "too_large"
+                } else if error.starts_with("the record key") {
+                    if error.contains("not valid JSON") {
+                        "invalid_json"
+                    } else {
+                        "invalid_key"
+                    }
+                } else {
+                    "invalid_event"
+                }
+            }
+            // The router could not read the event's `source` block.
+            Stage::Route if error.contains("cannot read which table") => "unknown_table",
+            Stage::Source | Stage::Route | Stage::Sink => classes[0],
+        }
+    }
 }
+
+/// The reasons of the sink stage: the target refused the row, or a conflict resolver
+/// plugin refused it or failed (the transform stage's are the same without `refused`).
+const PLUGIN_REASONS: [&str; 9] = [
+    "refused",
+    "rejected",
+    "error",
+    "trap",
+    "timeout",
+    "oom",
+    "bad_output",
+    "init",
+    "host",
+];
 
 /// One rejected record.
 #[derive(Debug, Clone)]
@@ -111,5 +196,93 @@ pub fn build(
             &pipeline.config.name,
             metrics,
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_classed_by_their_stage_and_code() {
+        let cases = [
+            (
+                Stage::Transform,
+                "plugin_row_error: no email (plugin `mask`)",
+                "rejected",
+            ),
+            (
+                Stage::Transform,
+                "plugin_timeout: the call ran past its 100 ms deadline",
+                "timeout",
+            ),
+            (
+                Stage::Transform,
+                "plugin_oom: the plugin reached its memory cap",
+                "oom",
+            ),
+            (
+                Stage::Transform,
+                "plugin_trap: the call for this row's batch failed",
+                "trap",
+            ),
+            (Stage::Transform, "something else", "error"),
+            (
+                Stage::Decode,
+                "the record has 9 bytes, more than batch.max_record_bytes",
+                "too_large",
+            ),
+            (
+                Stage::Decode,
+                "invalid JSON: expected value at line 1",
+                "invalid_json",
+            ),
+            (
+                Stage::Decode,
+                "the record key is not valid JSON: eof",
+                "invalid_json",
+            ),
+            (
+                Stage::Decode,
+                "the record key is not a JSON object",
+                "invalid_key",
+            ),
+            (
+                Stage::Decode,
+                "column `price`: `x` is not a number",
+                "invalid_value",
+            ),
+            (
+                Stage::Decode,
+                "the event's `payload` has no `op` field",
+                "invalid_event",
+            ),
+            (
+                Stage::Route,
+                "a change of `public.b`, not `public.a`",
+                "other_table",
+            ),
+            (
+                Stage::Route,
+                "weir cannot read which table the event is for (its `source` block is not well-formed JSON)",
+                "unknown_table",
+            ),
+            (Stage::Sink, "violates check constraint", "refused"),
+            (
+                Stage::Sink,
+                "plugin_timeout: the call ran past its 5 ms deadline (resolver `lww`)",
+                "timeout",
+            ),
+            (
+                Stage::Sink,
+                "plugin_row_error: stale (resolver `lww`)",
+                "rejected",
+            ),
+            (Stage::Transform, "plugin_something_new: x", "error"),
+        ];
+        for (stage, error, class) in cases {
+            assert_eq!(stage.reason_class(error), class, "{error}");
+            assert!(stage.reason_classes().contains(&class));
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 
+use super::Process;
 use super::store::{self, StatusStore};
-use super::{Counts, Process};
 use crate::config::LoadedPipeline;
 use crate::envelope::{ChangeBatch, SOURCE_TIME};
 use crate::metrics::Metrics;
@@ -101,18 +101,7 @@ fn write(
     let Some(store) = store.as_mut() else {
         return;
     };
-    let snapshot = metrics.snapshot();
-    let counts = Counts {
-        events_read: snapshot.events_read,
-        rows_applied: snapshot.rows_applied,
-        dead_letters: snapshot.dead_letters,
-        tables: metrics
-            .table_counts()
-            .into_iter()
-            .map(|(table, counts)| (table, counts.applied))
-            .collect(),
-    };
-    let status = metrics.lifecycle.status(pipeline, process, counts);
+    let status = metrics.status(pipeline, process);
     match store.save(&status) {
         Ok(()) if *failing => {
             *failing = false;

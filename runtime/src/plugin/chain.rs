@@ -49,6 +49,14 @@ impl TransformChain {
         }))
     }
 
+    /// Each plugin's calls by outcome and their time.
+    pub fn stats(&self) -> Vec<std::sync::Arc<super::stats::PluginStats>> {
+        self.plugins
+            .iter()
+            .map(|(plugin, _)| plugin.stats())
+            .collect()
+    }
+
     /// Holds every plugin's output to the target's column types too (columns a plugin
     /// adds that the target already has).
     pub fn set_target_types(&mut self, target_types: Vec<(String, ColumnType)>) {

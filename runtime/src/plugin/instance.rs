@@ -5,6 +5,7 @@
 //! sandboxing, limits, failure classification and instance replacement are the same and
 //! live here. [`World`] is the small part `bindgen!` generates differently per world.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
@@ -12,6 +13,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use super::engine::{self, TICK};
 use super::sandbox::{HostState, PluginOutput};
+use super::stats::PluginStats;
 use super::{Failure, Limits, PluginSpec};
 
 /// The bindings of one WIT world.
@@ -74,6 +76,8 @@ pub struct Plugin<W: World> {
     instance: Option<(Store<HostState>, W)>,
     /// Instances started, including the first.
     pub instances: u64,
+    /// Its calls by outcome, and their time.
+    stats: Arc<PluginStats>,
 }
 
 impl<W: World> Plugin<W> {
@@ -105,12 +109,14 @@ impl<W: World> Plugin<W> {
             )
         })?;
         let output = PluginOutput::new(&spec.name);
+        let stats = Arc::new(PluginStats::new(&spec.name, W::NAME));
         let mut plugin = Plugin {
             spec,
             pre,
             output,
             instance: None,
             instances: 0,
+            stats,
         };
         if let Err(failure) = plugin.instance() {
             return Err(format!(
@@ -124,6 +130,18 @@ impl<W: World> Plugin<W> {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// A call the host could not make (it could not encode the batch), counted as one.
+    pub fn host_failure(&self, message: String) -> Failure {
+        let failure = Failure::Host(message);
+        self.stats.record(Some(&failure), Duration::ZERO);
+        failure
+    }
+
+    /// Its calls by outcome, and their time, counted as they end.
+    pub fn stats(&self) -> Arc<PluginStats> {
+        self.stats.clone()
     }
 
     /// The live instance, started (and `init` called) if there is none, under the
@@ -217,22 +235,28 @@ impl<W: World> Plugin<W> {
         let result = {
             let limits = self.spec.limits.clone();
             let output = self.output.clone();
-            let (store, bindings) = self.instance()?;
-            // The deadline counts from here, not from the instance's start.
-            output.new_call();
-            arm(&limits, store, limits.timeout);
-            let result = invoke(bindings, store);
-            store.data_mut().deadline = None;
-            result
+            match self.instance() {
+                Ok((store, bindings)) => {
+                    // The deadline counts from here, not from the instance's start.
+                    output.new_call();
+                    arm(&limits, store, limits.timeout);
+                    let result = invoke(bindings, store);
+                    store.data_mut().deadline = None;
+                    Ok(result)
+                }
+                Err(failure) => Err(failure),
+            }
         };
         let outcome = match result {
-            Ok(Ok(output)) => check(output),
-            Ok(Err(message)) => Err(Failure::Returned(message)),
-            Err(e) => {
+            Err(failure) => Err(failure),
+            Ok(Ok(Ok(output))) => check(output),
+            Ok(Ok(Err(message))) => Err(Failure::Returned(message)),
+            Ok(Err(e)) => {
                 let (store, _) = self.instance.as_ref().expect("the instance that failed");
                 Err(self.failure(store, e))
             }
         };
+        self.stats.record(outcome.as_ref().err(), started.elapsed());
         if let Err(failure) = &outcome {
             // The log gets the reason's start; the dead letters get it whole.
             let mut reason = failure.reason();

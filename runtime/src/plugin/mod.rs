@@ -7,6 +7,7 @@
 //! - [`chain`]: the pipeline stage running the configured transforms in order.
 //! - [`resolver`]: conflict resolver plugins, called by the sink with the current rows.
 //! - [`instance`]: what both kinds share: loading, limits, failures, fresh instances.
+//! - [`stats`]: each plugin's calls by outcome and their time (`/metrics`, the status page).
 //!
 //! A call that fails as a whole ([`Failure`]) sends its batch to the dead-letter output
 //! with the reason; the instance is replaced by a fresh one for the next batch.
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod instance;
 pub mod resolver;
 pub mod sandbox;
+pub mod stats;
 pub mod transform;
 
 use std::path::PathBuf;

@@ -69,6 +69,11 @@ impl ResolverPlugin {
         self.plugin.name()
     }
 
+    /// Its calls by outcome, and their time.
+    pub fn stats(&self) -> std::sync::Arc<super::stats::PluginStats> {
+        self.plugin.stats()
+    }
+
     /// Resolves `incoming` (change-envelope rows) against `current` (the target's row for
     /// each, null where absent). `key` is the table's primary key.
     pub fn call(
@@ -77,9 +82,10 @@ impl ResolverPlugin {
         current: StructArray,
         key: &[String],
     ) -> Result<Resolution, Failure> {
-        let incoming_bytes = ipc::write(incoming).map_err(Failure::Host)?;
-        let current = current_batch(current).map_err(Failure::Host)?;
-        let current_bytes = ipc::write(&current).map_err(Failure::Host)?;
+        let host = |e| self.plugin.host_failure(e);
+        let incoming_bytes = ipc::write(incoming).map_err(host)?;
+        let current = current_batch(current).map_err(host)?;
+        let current_bytes = ipc::write(&current).map_err(host)?;
         self.plugin.call(
             |bindings, store| bindings.call_resolve(store, &incoming_bytes, &current_bytes),
             |output| check_resolved(incoming, key, output),

@@ -65,6 +65,11 @@ impl TransformPlugin {
         self.plugin.name()
     }
 
+    /// Its calls by outcome, and their time.
+    pub fn stats(&self) -> std::sync::Arc<super::stats::PluginStats> {
+        self.plugin.stats()
+    }
+
     /// Instances started so far, including the first (a new one after each failure).
     pub fn instances(&self) -> u64 {
         self.plugin.instances
@@ -81,7 +86,7 @@ impl TransformPlugin {
         input: &ChangeBatch,
         rules: &TableRules,
     ) -> Result<Transformed, Failure> {
-        let bytes = ipc::write(&input.data).map_err(Failure::Host)?;
+        let bytes = ipc::write(&input.data).map_err(|e| self.plugin.host_failure(e))?;
         self.plugin.call(
             |bindings, store| bindings.call_transform(store, &bytes),
             |output| {

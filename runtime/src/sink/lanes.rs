@@ -22,6 +22,7 @@ use super::compact::keys;
 use super::{Applied, Rejects, Sink, SinkError};
 use crate::decode::types::ColumnType;
 use crate::envelope::{ChangeBatch, Op};
+use crate::plugin::stats::PluginStats;
 use crate::position::Checkpoint;
 
 pub struct Lanes {
@@ -240,6 +241,13 @@ impl Sink for Lanes {
 
     fn target_types(&mut self) -> Result<Vec<(String, ColumnType)>, SinkError> {
         self.lanes[0].target_types()
+    }
+
+    fn plugin_stats(&self) -> Vec<Arc<PluginStats>> {
+        self.lanes
+            .iter()
+            .flat_map(|lane| lane.plugin_stats())
+            .collect()
     }
 
     fn describe(&self) -> String {

@@ -225,6 +225,10 @@ pub trait Sink: Send {
     ) -> Result<std::collections::HashMap<String, crate::tables::TargetTable>, SinkError> {
         Ok(Default::default())
     }
+    /// The calls of the conflict resolver plugins it runs, by outcome, with their time.
+    fn plugin_stats(&self) -> Vec<Arc<crate::plugin::stats::PluginStats>> {
+        Vec::new()
+    }
     /// A short description for logs (never secrets).
     fn describe(&self) -> String;
 }

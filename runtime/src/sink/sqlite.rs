@@ -839,6 +839,10 @@ impl Sink for SqliteSink {
             .collect())
     }
 
+    fn plugin_stats(&self) -> Vec<std::sync::Arc<crate::plugin::stats::PluginStats>> {
+        self.resolver.iter().map(ResolverPlugin::stats).collect()
+    }
+
     fn describe(&self) -> String {
         format!("sqlite sink {} table {}", self.path.display(), self.table)
     }

@@ -469,6 +469,10 @@ impl Sink for PostgresSink {
             .collect())
     }
 
+    fn plugin_stats(&self) -> Vec<std::sync::Arc<crate::plugin::stats::PluginStats>> {
+        self.resolver.iter().map(ResolverPlugin::stats).collect()
+    }
+
     fn describe(&self) -> String {
         format!("postgres sink {}", self.target())
     }

@@ -132,19 +132,25 @@ impl rdkafka::client::ClientContext for SourceContext {
         self.base.error(error, reason);
     }
 
-    /// The lag in events: over the partitions this process owns, the broker's end less
-    /// the committed offset (none while no partition's lag is known).
+    /// The lag in events, each partition's and their sum: over the partitions this process
+    /// owns, the broker's end less the committed offset (none while no lag is known).
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lag = None;
+        let mut by_partition = std::collections::BTreeMap::new();
         for topic in statistics.topics.values() {
             for partition in topic.partitions.values() {
                 // Partition -1 is librdkafka's own; -1 lag means not known yet.
                 if partition.partition >= 0 && partition.desired && partition.consumer_lag >= 0 {
                     *lag.get_or_insert(0u64) += partition.consumer_lag as u64;
+                    by_partition.insert(
+                        (topic.topic.clone(), partition.partition),
+                        partition.consumer_lag as u64,
+                    );
                 }
             }
         }
         self.base.metrics.lifecycle.lag_events(lag);
+        self.base.metrics.set_partition_lag(by_partition);
     }
 }
 

@@ -1,54 +1,16 @@
-//! The pipeline's HTTP listener (`server:` in the pipeline, or `weir run --listen`):
-//! `/metrics` in the Prometheus text format, `/health` and `/ready` (docs/operations.md).
-//!
-//! It runs on a thread of its own with a small blocking server, like weir's stages, and
-//! reads the same counters the progress line and the summary read ([`Metrics`]): a scrape
-//! builds its registry from them. Nothing it serves holds a secret: names, counts and
-//! states only.
-//!
-//! One thread answers, and a client that stops reading a large answer holds it (tiny_http
-//! has no write timeout): the listener is for a private interface and a scraper, not the
-//! open network (docs/operations.md).
+//! `/metrics`: the pipeline's counters in the Prometheus text format (docs/operations.md),
+//! built into a registry at each scrape from the counters the stages keep ([`Metrics`]).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use schemars::JsonSchema;
-use serde::Deserialize;
 
+use crate::dead_letter::Stage;
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
-
-/// The pipeline's HTTP listener.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// The address and port to listen on, e.g. `127.0.0.1:9187`. It serves `/metrics`,
-    /// `/health` and `/ready` to anyone who can reach it: keep it on a private interface.
-    pub listen: SocketAddr,
-}
-
-/// The listener, serving until dropped.
-pub struct Server {
-    /// The listening server; `None` while it is made again after a failure.
-    server: Arc<Mutex<Option<Arc<tiny_http::Server>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    address: SocketAddr,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address}: {reason}")]
-pub struct ServerError {
-    address: SocketAddr,
-    reason: String,
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -62,134 +24,6 @@ const STATES: [State; 7] = [
     State::Degraded,
     State::ResyncRequired,
 ];
-
-impl Server {
-    /// Listens on `address` and serves `pipeline`'s `metrics` from a thread of its own.
-    pub fn start(
-        address: SocketAddr,
-        pipeline: &str,
-        metrics: Arc<Metrics>,
-    ) -> Result<Server, ServerError> {
-        let server = tiny_http::Server::http(address).map_err(|e| ServerError {
-            address,
-            reason: e.to_string(),
-        })?;
-        let address = server.server_addr().to_ip().unwrap_or(address);
-        let server = Arc::new(Mutex::new(Some(Arc::new(server))));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (server, stop, pipeline) = (server.clone(), stop.clone(), pipeline.to_string());
-            std::thread::Builder::new()
-                .name("weir-server".into())
-                .spawn(move || serve(&server, address, &stop, &pipeline, &metrics))
-                .map_err(|e| ServerError {
-                    address,
-                    reason: e.to_string(),
-                })?
-        };
-        tracing::info!(%address, "serving /metrics, /health and /ready");
-        Ok(Server {
-            server,
-            stop,
-            thread: Some(thread),
-            address,
-        })
-    }
-
-    /// Where it listens (the port the system chose, for port 0).
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(server) = self
-            .server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            server.unblock();
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(
-    current: &Mutex<Option<Arc<tiny_http::Server>>>,
-    address: SocketAddr,
-    stop: &AtomicBool,
-    pipeline: &str,
-    metrics: &Metrics,
-) {
-    let lock = || current.lock().unwrap_or_else(|e| e.into_inner());
-    while !stop.load(Ordering::Relaxed) {
-        let Some(server) = lock().clone() else {
-            // Listen again: `/health` unreachable would have a probe restart a
-            // pipeline that works.
-            match tiny_http::Server::http(address) {
-                Ok(server) => {
-                    tracing::info!(%address, "listening again");
-                    *lock() = Some(Arc::new(server));
-                }
-                Err(_) => std::thread::sleep(Duration::from_secs(1)),
-            }
-            continue;
-        };
-        let request = match server.recv_timeout(Duration::from_millis(500)) {
-            Ok(Some(request)) => request,
-            Ok(None) => continue,
-            Err(e) => {
-                // tiny_http's accepting thread has ended with this error (too many open
-                // files, say): drop the server, which frees the address, and listen again.
-                tracing::warn!(error = %e, "the HTTP listener stopped accepting; listening again");
-                drop(server);
-                *lock() = None;
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-        };
-        let (status, content_type, body) = respond(request.url(), pipeline, metrics);
-        let header =
-            tiny_http::Header::from_bytes("Content-Type", content_type).expect("a valid header");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
-        // A client that went away is its own business.
-        let _ = request.respond(response);
-    }
-}
-
-/// The status, content type and body for a request of `url`.
-fn respond(url: &str, pipeline: &str, metrics: &Metrics) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let path = url.split('?').next().unwrap_or(url);
-    match path {
-        "/metrics" => (
-            200,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            exposition(pipeline, metrics),
-        ),
-        "/health" => (200, TEXT, "ok\n".into()),
-        "/ready" => {
-            let state = metrics.lifecycle.refresh(&metrics.health);
-            let ready = matches!(
-                state,
-                State::Streaming | State::CatchingUp | State::Snapshotting
-            );
-            (if ready { 200 } else { 503 }, TEXT, format!("{state}\n"))
-        }
-        _ => (
-            404,
-            TEXT,
-            "not found: weir serves /metrics, /health and /ready\n".into(),
-        ),
-    }
-}
 
 /// The Prometheus text exposition of `metrics`, read as they stand.
 pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
@@ -237,28 +71,49 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         "Batches the sink applied",
         &[(&[], read(&metrics.batches))],
     );
-    let by_stage = metrics
-        .dead_letters_by_stage
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    // Every stage from 0, so the first dead letter of one is an increase.
-    let stages: Vec<([(&str, &str); 1], u64)> = crate::dead_letter::Stage::ALL
+    let by_reason = metrics.dead_letters_by_reason();
+    // Every stage and class from 0, so the first dead letter of one is an increase.
+    let reasons: Vec<([(&str, &str); 2], u64)> = Stage::ALL
         .iter()
-        .map(|stage| {
-            let stage = stage.as_str();
-            (
-                [("stage", stage)],
-                by_stage.get(stage).copied().unwrap_or(0),
-            )
+        .flat_map(|stage| {
+            let by_reason = &by_reason;
+            stage.reason_classes().iter().map(move |reason| {
+                (
+                    [("stage", stage.as_str()), ("reason", *reason)],
+                    by_reason.get(&(*stage, *reason)).copied().unwrap_or(0),
+                )
+            })
         })
         .collect();
-    let stages: Vec<(&[(&str, &str)], u64)> =
-        stages.iter().map(|(l, c)| (l.as_slice(), *c)).collect();
+    let reasons: Vec<(&[(&str, &str)], u64)> =
+        reasons.iter().map(|(l, c)| (l.as_slice(), *c)).collect();
     counter(
         "weir_dead_letters",
-        "Records sent to the dead-letter output, by the stage that refused them",
-        &stages,
+        "Records sent to the dead-letter output, by the stage that refused them and the class of the reason",
+        &reasons,
+    );
+    let plugins = metrics.plugin_readings();
+    let calls: Vec<([(&str, &str); 3], u64)> = plugins
+        .iter()
+        .flat_map(|plugin| {
+            plugin.calls.iter().map(|(outcome, n)| {
+                (
+                    [
+                        ("plugin", plugin.name.as_str()),
+                        ("kind", plugin.kind),
+                        ("outcome", *outcome),
+                    ],
+                    *n,
+                )
+            })
+        })
+        .collect();
+    let calls: Vec<(&[(&str, &str)], u64)> =
+        calls.iter().map(|(l, c)| (l.as_slice(), *c)).collect();
+    counter(
+        "weir_plugin_calls",
+        "Calls into each plugin, by how they ended (ok, or the failure's code)",
+        &calls,
     );
     counter(
         "weir_sink_retries",
@@ -306,6 +161,34 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
             "Seconds each batch took to apply, retries included",
             metrics.apply_seconds.0.clone(),
         );
+    let plugin_seconds = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for plugin in &plugins {
+        plugin_seconds
+            .get_or_create(&labels(&[
+                ("plugin", plugin.name.as_str()),
+                ("kind", plugin.kind),
+            ]))
+            .inc_by(plugin.seconds);
+    }
+    registry.register(
+        "weir_plugin_seconds",
+        "Seconds spent in each plugin's calls, failed ones included",
+        plugin_seconds,
+    );
+    let partition_lag = Family::<Labels, Gauge>::default();
+    for ((topic, partition), lag) in metrics.partition_lag() {
+        partition_lag
+            .get_or_create(&labels(&[
+                ("topic", topic.as_str()),
+                ("partition", partition.to_string().as_str()),
+            ]))
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "weir_source_partition_lag_events",
+        "Each Kafka partition's records not yet applied (its end less the committed offset), for the partitions this process owns",
+        partition_lag,
+    );
     let readings = metrics.lifecycle.readings();
     let mut gauge = |name: &str, help: &str, value: Option<f64>| {
         // A reading not taken (no lag measured yet, no heartbeat) is left out rather
@@ -393,17 +276,18 @@ mod tests {
     fn dead_letters_by_stage_retries_and_apply_times_are_exposed() {
         let metrics = Metrics::default();
         metrics
-            .dead_letters_by_stage
+            .dead_letters_by_reason
             .lock()
             .unwrap()
-            .insert("decode", 3);
+            .insert((Stage::Decode, "invalid_json"), 3);
         metrics.sink_retries.store(2, Ordering::Relaxed);
         metrics.apply_seconds.0.observe(0.003);
         metrics.apply_seconds.0.observe(0.2);
         let text = exposition("p", &metrics);
         for series in [
-            "weir_dead_letters_total{pipeline=\"p\",stage=\"decode\"} 3",
-            "weir_dead_letters_total{pipeline=\"p\",stage=\"sink\"} 0",
+            "weir_dead_letters_total{pipeline=\"p\",stage=\"decode\",reason=\"invalid_json\"} 3",
+            "weir_dead_letters_total{pipeline=\"p\",stage=\"decode\",reason=\"too_large\"} 0",
+            "weir_dead_letters_total{pipeline=\"p\",stage=\"sink\",reason=\"refused\"} 0",
             "weir_sink_retries_total{pipeline=\"p\"} 2",
             "weir_batch_apply_seconds_count{pipeline=\"p\"} 2",
             "weir_batch_apply_seconds_bucket{pipeline=\"p\",le=\"0.004\"} 1",
@@ -442,12 +326,26 @@ mod tests {
     }
 
     #[test]
-    fn health_answers_and_readiness_follows_the_state() {
+    fn plugin_calls_and_partition_lag_are_exposed() {
+        use crate::plugin::stats::PluginStats;
         let metrics = Metrics::default();
-        assert_eq!(respond("/health", "p", &metrics).0, 200);
-        assert_eq!(respond("/ready", "p", &metrics).0, 503, "starting");
-        metrics.lifecycle.phase(State::Streaming, "reading");
-        assert_eq!(respond("/ready", "p", &metrics).0, 200);
-        assert_eq!(respond("/nothing", "p", &metrics).0, 404);
+        let mask = std::sync::Arc::new(PluginStats::new("mask", "transform"));
+        mask.record(None, std::time::Duration::from_millis(250));
+        mask.record(
+            Some(&crate::plugin::Failure::Timeout { limit_ms: 1 }),
+            std::time::Duration::from_millis(250),
+        );
+        metrics.watch_plugins([mask]);
+        metrics.set_partition_lag([(("orders".to_string(), 3), 17)].into());
+        let text = exposition("p", &metrics);
+        for series in [
+            "weir_plugin_calls_total{pipeline=\"p\",plugin=\"mask\",kind=\"transform\",outcome=\"ok\"} 1",
+            "weir_plugin_calls_total{pipeline=\"p\",plugin=\"mask\",kind=\"transform\",outcome=\"timeout\"} 1",
+            "weir_plugin_calls_total{pipeline=\"p\",plugin=\"mask\",kind=\"transform\",outcome=\"trap\"} 0",
+            "weir_plugin_seconds_total{pipeline=\"p\",plugin=\"mask\",kind=\"transform\"} 0.5",
+            "weir_source_partition_lag_events{pipeline=\"p\",topic=\"orders\",partition=\"3\"} 17",
+        ] {
+            assert!(text.contains(series), "{series} in:\n{text}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The cost of `server:` (docs/operations.md): file → Parquet with the listener off, and
-//! with it on and `/metrics` scraped every second, in interleaved rounds of one run.
+//! with it on and both `/metrics` and the status page fetched every second, in
+//! interleaved rounds of one run.
 //!
 //! ```text
 //! cargo bench --bench server                       # 4M events, 5 rounds
@@ -32,7 +33,8 @@ struct Measured {
     cpu_per_event: f64,
 }
 
-/// One run of the pipeline file; with `scrape`, `/metrics` on that port every second.
+/// One run of the pipeline file; with `scrape`, `/metrics` and the status page on that
+/// port every second (a scrape counts when both answer).
 fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measured, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(AtomicU64::new(0));
@@ -41,20 +43,22 @@ fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measu
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Until the listener is up, try again soon; then once a second.
-                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                {
+                let answered = ["/metrics", "/"].iter().all(|path| {
+                    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                        return false;
+                    };
                     let _ = write!(
                         stream,
-                        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
                     );
                     let mut body = String::new();
-                    if stream.read_to_string(&mut body).is_ok() && body.contains(" 200 ") {
-                        scrapes.fetch_add(1, Ordering::Relaxed);
-                    }
+                    stream.read_to_string(&mut body).is_ok() && body.contains(" 200 ")
+                });
+                if !answered {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
                 }
+                scrapes.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_secs(1));
             }
         })

@@ -45,7 +45,7 @@ impl Browser {
         let profile = tempfile::tempdir().expect("a profile directory");
         let port = free_port();
         let log = profile.path().join("chromium.log");
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .args([
                 "--headless",
                 // Tests run as root in CI, where Chromium's sandbox cannot start.
@@ -69,12 +69,22 @@ impl Browser {
                 break url;
             }
             if started.elapsed() > Duration::from_secs(60) {
+                // Not left running: a Chromium left behind loads the machine for hours.
+                let _ = child.kill();
+                let _ = child.wait();
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("Chromium gave no page to attach to within 60 s; its log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let (socket, _) = tungstenite::connect(url.as_str()).expect("attach to the page");
+        let (socket, _) = match tungstenite::connect(url.as_str()) {
+            Ok(attached) => attached,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cannot attach to Chromium's page: {e}");
+            }
+        };
         if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
             stream
                 .set_read_timeout(Some(Duration::from_secs(30)))

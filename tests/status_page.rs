@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::browser::Browser;
-use common::services::free_port;
+use common::services::{free_port, http_get, series_value};
 use common::{STREAM_COLUMNS, Workspace, change_stream, plugin_wasm, weir};
 
 /// A record the decoder refuses (its key is not a number), holding a secret and markup.
@@ -20,20 +18,8 @@ const POISON: &str = r#"{"op":"c","after":{"id":"one","password":"hunter2","note
 
 /// `GET /metrics`: the value of series `series`.
 fn metric(port: u16, series: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    let (_, body) = http_get(port, "/metrics")?;
+    series_value(&body, series)
 }
 
 /// Waits until weir has received `events` events, by its `/metrics`.

@@ -1,6 +1,7 @@
 //! The `weir` command line.
 
 mod cutover;
+mod dlq;
 mod plugin_tool;
 mod progress;
 mod resync;
@@ -91,6 +92,11 @@ enum Command {
     /// a rollback. A dry run unless `--execute`. Exits 0 when ready, 1 when a table
     /// differs, 2 when the checks could not run.
     Cutover(cutover::CutoverArgs),
+    /// Work with the dead-letter output.
+    Dlq {
+        #[command(subcommand)]
+        dlq: DlqCommand,
+    },
     /// Print the JSON Schema of the pipeline format (for editor completion and checks).
     Schema,
     /// Work with WebAssembly plugins.
@@ -103,6 +109,16 @@ enum Command {
         #[command(subcommand)]
         bench: Bench,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Send the dead letters back through the pipeline (decode, transforms, sink) once
+    /// what refused them is fixed. Each letter is applied once, even if the replay is
+    /// killed and run again; one refused again goes back to the dead-letter output with
+    /// the new reason, for the next replay. Prints what each stage's pass did. Exits 0
+    /// when nothing was refused again, 1 when something was, 2 when the replay stopped.
+    Replay(dlq::ReplayArgs),
 }
 
 #[derive(Subcommand)]
@@ -421,6 +437,9 @@ fn main() -> ExitCode {
         Command::Status { pipeline, json } => status::status(&pipeline, json),
         Command::Cutover(args) => cutover::cutover(&args),
         Command::Reconcile(args) => reconcile(&args),
+        Command::Dlq {
+            dlq: DlqCommand::Replay(args),
+        } => dlq::replay(&args),
         Command::Schema => {
             println!(
                 "{}",
@@ -598,7 +617,10 @@ fn run(
     if resync {
         pipeline.config.lifecycle.resync = config::ResyncMode::Auto;
     }
-    let options = RunOptions { stop_when_idle };
+    let options = RunOptions {
+        stop_when_idle,
+        replay: None,
+    };
     let mut result = pipeline::run(&pipeline, &options, metrics.clone(), stop.clone());
     // A Kafka source that found a gap stopped in `resync-required`: with `resync: auto`,
     // repair the target from the reconcile source and run again (src/resync.rs). Once:

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::config::LoadedPipeline;
+use crate::dead_letter::replay::{Pass, PassCounts, ReplaySource, Transforms};
 use crate::dead_letter::{self, DeadLetter, DeadLetterSink, Stage};
 use crate::decode::native::NativeTables;
 use crate::decode::table::IncompatibleChange;
@@ -147,6 +148,18 @@ pub struct RunOptions {
     /// Exit once the source has delivered nothing for this long and everything read is
     /// applied (for streaming sources; a file source without `follow` ends at its end).
     pub stop_when_idle: Option<Duration>,
+    /// Read the dead-letter output instead of the source, for one pass of `weir dlq
+    /// replay` ([`crate::dead_letter::replay`]).
+    pub replay: Option<ReplayRun>,
+}
+
+/// One pass of a dead-letter replay.
+#[derive(Debug, Clone)]
+pub struct ReplayRun {
+    pub pass: Pass,
+    /// Letters written before this are passed over.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub counts: Arc<PassCounts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +347,13 @@ fn run_stages(
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let mut transforms = TransformChain::load(pipeline).map_err(PipelineError::Plugin)?;
+    if let Some(replay) = &options.replay {
+        transforms = match replay.pass.transforms() {
+            Transforms::All => transforms,
+            Transforms::From(name) => transforms.and_then(|chain| chain.starting_at(&name)),
+            Transforms::None => None,
+        };
+    }
     let mut sink = sink::build(pipeline, metrics.clone())?;
     metrics.watch_plugins(
         transforms
@@ -344,8 +364,20 @@ fn run_stages(
     let resumed_from = sink.committed()?;
     // Started once the sink has prepared its own tables (the status is stored beside
     // them, and two sessions creating one schema at once make one of them fail).
-    *status = Some(StatusWriter::start(pipeline, metrics.clone()));
+    // A replay leaves the pipeline's status (its state, its source's positions) as the
+    // pipeline's own runs left it.
+    if options.replay.is_none() {
+        *status = Some(StatusWriter::start(pipeline, metrics.clone()));
+    }
     let start = resumed_from.clone().unwrap_or_default();
+    let format = match &options.replay {
+        Some(replay) => replay.pass.format(pipeline.format()),
+        None => pipeline.format(),
+    };
+    let past_the_decoder = options
+        .replay
+        .as_ref()
+        .is_some_and(|replay| replay.pass.past_the_decoder());
     let mut decoding = match &pipeline.config.tables {
         None => {
             let mut table = pipeline.table_spec();
@@ -353,24 +385,37 @@ fn run_stages(
             if let Some(chain) = transforms.as_mut() {
                 chain.set_target_types(table.target_types.clone());
             }
-            Decoding::One(Box::new(Decoder::new(table, pipeline.format())))
+            if past_the_decoder {
+                table = table.with_declared_as_hints();
+            }
+            Decoding::One(Box::new(Decoder::new(table, format)))
         }
         Some(tables) => {
             let targets = sink.target_tables()?;
             let keys_required = pipeline.config.sink.capabilities().applies_by_key;
-            Decoding::Many(Box::new(
-                ManyTables::new(
-                    tables,
-                    pipeline.format(),
-                    targets,
-                    keys_required,
-                    pipeline.config.batch.max_tables,
-                )
-                .map_err(PipelineError::Setup)?,
-            ))
+            let mut many = ManyTables::new(
+                tables,
+                format,
+                targets,
+                keys_required,
+                pipeline.config.batch.max_tables,
+            )
+            .map_err(PipelineError::Setup)?;
+            if past_the_decoder {
+                many.set_declared_as_hints();
+            }
+            Decoding::Many(Box::new(many))
         }
     };
-    let mut source = source::build(pipeline, metrics.clone())?;
+    let mut source = match &options.replay {
+        Some(replay) => Box::new(ReplaySource::open(
+            pipeline,
+            replay.pass.clone(),
+            replay.since,
+            replay.counts.clone(),
+        )?),
+        None => source::build(pipeline, metrics.clone())?,
+    };
     let native = source.native_tables();
     decoding.set_native(native.clone());
     source.seek(&start)?;

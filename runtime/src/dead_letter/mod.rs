@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +75,11 @@ impl Stage {
             Stage::Transform => "transform",
             Stage::Sink => "sink",
         }
+    }
+
+    /// The stage [`Stage::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == name)
     }
 
     /// The classes of reason a dead letter of this stage can have (`/metrics` shows each

@@ -78,6 +78,20 @@ impl TableSpec {
         }
     }
 
+    /// For changes as a transform or the sink saw them (dead letters replayed past the
+    /// decoder): the plugins may have renamed, dropped or added columns, so the declared
+    /// columns only type the columns the changes carry, after the target's own types,
+    /// and do not add the others; a column the plugins added is taken.
+    pub fn with_declared_as_hints(mut self) -> TableSpec {
+        for column in std::mem::take(&mut self.declared) {
+            if self.target_type(&column.name).is_none() {
+                self.target_types.push((column.name, column.ty));
+            }
+        }
+        self.unknown_columns = UnknownColumns::Add;
+        self
+    }
+
     /// The target's type for `name`, if it reported one.
     pub fn target_type(&self, name: &str) -> Option<&ColumnType> {
         self.target_types

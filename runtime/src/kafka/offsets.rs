@@ -158,97 +158,178 @@ impl Offsets {
         until: Option<&BTreeMap<String, i64>>,
         mut each: impl FnMut(RawRecord<'_>, &Position) -> Result<(), String>,
     ) -> Result<u64, String> {
+        let mut read =
+            BoundedRead::start(self, topic, |_| None, until, |p| kafka_stream(topic, p))?;
+        let mut count = 0;
+        while let Some(result) = read.next(self, &mut each)? {
+            result?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+/// A read of some partitions of a topic, from chosen offsets up to the ends they had when
+/// it started, one record at a time (records produced later are not read).
+pub struct BoundedRead {
+    topic: Arc<str>,
+    /// The offset each partition still to be read ends at.
+    remaining: BTreeMap<i32, i64>,
+    /// The checkpoint stream key of each partition's positions.
+    streams: BTreeMap<i32, Arc<str>>,
+    /// Where each partition read ends.
+    ends: BTreeMap<i32, i64>,
+    /// Partitions [`BoundedRead::past_the_end`] warned about.
+    warned: std::collections::BTreeSet<i32>,
+    last_record: Instant,
+    header_bytes: Vec<u8>,
+    header_spans: Vec<(crate::decode::Span, Option<crate::decode::Span>)>,
+}
+
+impl BoundedRead {
+    /// Assigns `offsets`' consumer to every partition of `topic` that has records between
+    /// `start` (its offset, or the partition's first when `None` or below it) and its end
+    /// now, or `until`'s offset for the partitions it names. `stream` names each
+    /// partition's positions.
+    pub fn start(
+        offsets: &Offsets,
+        topic: &str,
+        start: impl Fn(i32) -> Option<i64>,
+        until: Option<&BTreeMap<String, i64>>,
+        stream: impl Fn(i32) -> String,
+    ) -> Result<BoundedRead, String> {
         let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
         let mut list = TopicPartitionList::new();
-        for (partition, (low, high)) in self.watermarks(topic)? {
+        for (partition, (low, high)) in offsets.watermarks(topic)? {
             let high = until
                 .and_then(|until| until.get(&kafka_stream(topic, partition)))
                 .map_or(high, |&end| end.min(high));
-            if high > low {
+            let from = start(partition).map_or(low, |from| from.max(low));
+            if high > from {
                 remaining.insert(partition, high);
-                list.add_partition_offset(topic, partition, Offset::Offset(low))
+                list.add_partition_offset(topic, partition, Offset::Offset(from))
                     .map_err(|e| e.to_string())?;
             }
         }
-        self.consumer
+        offsets
+            .consumer
             .assign(&list)
             .map_err(|e| format!("cannot read {topic}: {e}"))?;
-        let streams: BTreeMap<i32, Arc<str>> = remaining
-            .keys()
-            .map(|&p| (p, kafka_stream(topic, p).into()))
-            .collect();
-        let topic_name: Arc<str> = Arc::from(topic);
-        let mut read = 0;
-        let (mut header_bytes, mut header_spans) = (Vec::new(), Vec::new());
-        let mut last_record = Instant::now();
-        while !remaining.is_empty() {
-            let Some(result) = self.consumer.poll(Duration::from_millis(500)) else {
-                if last_record.elapsed() > PATIENCE {
+        let streams = remaining.keys().map(|&p| (p, stream(p).into())).collect();
+        Ok(BoundedRead {
+            topic: Arc::from(topic),
+            ends: remaining.clone(),
+            warned: Default::default(),
+            remaining,
+            streams,
+            last_record: Instant::now(),
+            header_bytes: Vec::new(),
+            header_spans: Vec::new(),
+        })
+    }
+
+    /// A record at or past the end the broker gave for its partition when the read
+    /// started: a broker that understates a partition's end (tansu 0.6 gives the base
+    /// offset of its last record batch plus one) would hide the records between, so say
+    /// so, once per partition.
+    fn past_the_end(&mut self, partition: i32, offset: i64) {
+        let Some(&end) = self.ends.get(&partition) else {
+            return;
+        };
+        if offset >= end && self.warned.insert(partition) {
+            tracing::warn!(
+                topic = %self.topic,
+                partition,
+                end,
+                offset,
+                "the broker returned a record past the end it gave for this partition when \
+                 the read began; if the record was in the topic then, the broker understated \
+                 the end, and records before it may not have been read"
+            );
+        }
+    }
+
+    /// Passes the next record to `each` and returns what it returned, or `None` once
+    /// every partition has reached its end (the consumer is then unassigned).
+    pub fn next<R>(
+        &mut self,
+        offsets: &Offsets,
+        mut each: impl FnMut(RawRecord<'_>, &Position) -> R,
+    ) -> Result<Option<R>, String> {
+        let topic = self.topic.clone();
+        while !self.remaining.is_empty() {
+            let Some(result) = offsets.consumer.poll(Duration::from_millis(500)) else {
+                if self.last_record.elapsed() > PATIENCE {
                     return Err(format!(
                         "no records from {} for {}s while partitions {:?} of {topic} still \
                          had records to read; is the broker reachable?",
-                        self.brokers,
+                        offsets.brokers,
                         PATIENCE.as_secs(),
-                        remaining.keys().collect::<Vec<_>>()
+                        self.remaining.keys().collect::<Vec<_>>()
                     ));
                 }
                 continue;
             };
-            last_record = Instant::now();
+            self.last_record = Instant::now();
             match result {
                 Ok(message) => {
                     let partition = message.partition();
-                    let Some(&end) = remaining.get(&partition) else {
+                    let Some(&end) = self.remaining.get(&partition) else {
+                        self.past_the_end(partition, message.offset());
                         continue;
                     };
                     if message.offset() >= end {
-                        remaining.remove(&partition);
+                        self.remaining.remove(&partition);
+                        self.past_the_end(partition, message.offset());
                         continue;
                     }
+                    if message.offset() + 1 >= end {
+                        self.remaining.remove(&partition);
+                    }
                     let position = Position::Kafka {
-                        stream: streams[&partition].clone(),
-                        topic: topic_name.clone(),
+                        stream: self.streams[&partition].clone(),
+                        topic: topic.clone(),
                         partition,
                         offset: message.offset(),
                     };
                     // The headers, as the decoder takes them: spans into one buffer.
-                    header_bytes.clear();
-                    header_spans.clear();
+                    self.header_bytes.clear();
+                    self.header_spans.clear();
                     for header in message.headers().iter().flat_map(|h| h.iter()) {
-                        let mut store = |bytes: &[u8]| {
-                            let start = header_bytes.len();
-                            header_bytes.extend_from_slice(bytes);
-                            (start, header_bytes.len())
+                        let bytes = &mut self.header_bytes;
+                        let mut store = |value: &[u8]| {
+                            let start = bytes.len();
+                            bytes.extend_from_slice(value);
+                            (start, bytes.len())
                         };
                         let name = store(header.key.as_bytes());
                         let value = header.value.map(&mut store);
-                        header_spans.push((name, value));
+                        self.header_spans.push((name, value));
                     }
                     let record = RawRecord {
                         key: message.key(),
                         value: message.payload(),
                         headers: Headers {
-                            buf: &header_bytes,
-                            items: &header_spans,
+                            buf: &self.header_bytes,
+                            items: &self.header_spans,
                         },
                     };
-                    each(record, &position)?;
-                    read += 1;
-                    if message.offset() + 1 >= end {
-                        remaining.remove(&partition);
-                    }
+                    return Ok(Some(each(record, &position)));
                 }
                 // The partition ends before its high watermark (the last offsets were
                 // transaction markers, or compacted away).
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    remaining.remove(&partition);
+                    self.remaining.remove(&partition);
                 }
                 Err(e) => {
-                    return Err(format!("reading {topic} from {} failed: {e}", self.brokers));
+                    return Err(format!(
+                        "reading {topic} from {} failed: {e}",
+                        offsets.brokers
+                    ));
                 }
             }
         }
-        let _ = self.consumer.unassign();
-        Ok(read)
+        let _ = offsets.consumer.unassign();
+        Ok(None)
     }
 }

@@ -13,6 +13,19 @@ pub trait RejectRow<E> {
     fn reject(&mut self, batch: &ChangeBatch, row: usize, reason: &str) -> Result<(), E>;
 }
 
+/// A transform dead letter's reason: the plugin's, naming the plugin at its end (where
+/// [`plugin_in_reason`] finds it, so a replay sends the row back to that plugin).
+fn naming_plugin(reason: &str, plugin: &str) -> String {
+    format!("{reason} (plugin `{plugin}`)")
+}
+
+/// The plugin a transform dead letter's reason names ([`naming_plugin`]).
+pub fn plugin_in_reason(reason: &str) -> Option<&str> {
+    const OPEN: &str = " (plugin `";
+    let rest = reason.strip_suffix("`)")?;
+    rest.rfind(OPEN).map(|start| &rest[start + OPEN.len()..])
+}
+
 /// The loaded transform plugins.
 pub struct TransformChain {
     /// Each plugin, with the tables it runs on.
@@ -47,6 +60,14 @@ impl TransformChain {
             plugins,
             rules: TableRules::default(),
         }))
+    }
+
+    /// Keeps the plugins from `name` on (`None` when there are none): a row plugin
+    /// `name` refused goes back into the chain there, past the plugins it went through.
+    pub fn starting_at(mut self, name: &str) -> Option<TransformChain> {
+        let first = self.plugins.iter().position(|(p, _)| p.name() == name)?;
+        self.plugins.drain(..first);
+        Some(self)
     }
 
     /// Each plugin's calls by outcome and their time.
@@ -85,13 +106,13 @@ impl TransformChain {
                     for (row, message) in &transformed.rejected {
                         let reason = crate::redact::redact(message);
                         let reason =
-                            format!("plugin_row_error: {reason} (plugin `{}`)", plugin.name());
+                            naming_plugin(&format!("plugin_row_error: {reason}"), plugin.name());
                         rejects.reject(&batch, *row, &reason)?;
                     }
                     batch = transformed.batch;
                 }
                 Err(failure) => {
-                    let reason = format!("{} (plugin `{}`)", failure.reason(), plugin.name());
+                    let reason = naming_plugin(&failure.reason(), plugin.name());
                     reject_all(
                         0..batch.num_rows(),
                         &reason,
@@ -108,5 +129,18 @@ impl TransformChain {
             }
         }
         Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_names_its_plugin_at_its_end() {
+        let reason = naming_plugin("plugin_row_error: no `email` (plugin `x`)", "mask");
+        assert_eq!(plugin_in_reason(&reason), Some("mask"));
+        assert_eq!(plugin_in_reason("plugin_trap: oops"), None);
+        assert_eq!(plugin_in_reason("stale (resolver `lww`)"), None);
     }
 }

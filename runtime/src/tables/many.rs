@@ -75,6 +75,9 @@ pub struct ManyTables {
     native: Option<Arc<NativeTables>>,
     /// The entry of each native table id met (a table's name never changes under its id).
     native_entries: HashMap<u32, usize>,
+    /// Declared columns only type the columns changes carry (dead letters replayed past
+    /// the decoder).
+    declared_as_hints: bool,
 }
 
 /// The batch limits a poll decoded grouped by table must stay within.
@@ -170,7 +173,14 @@ impl ManyTables {
             name: String::new(),
             native: None,
             native_entries: HashMap::new(),
+            declared_as_hints: false,
         })
+    }
+
+    /// Decodes changes as a transform or the sink saw them
+    /// ([`TableSpec::with_declared_as_hints`]).
+    pub fn set_declared_as_hints(&mut self) {
+        self.declared_as_hints = true;
     }
 
     /// Lets every table's decoder read native events of these tables.
@@ -640,6 +650,11 @@ impl ManyTables {
             // checks it before the event can change the table, as for one table.
             table_check: TableCheck::Exact,
             target: Some(target.clone()),
+        };
+        let spec = if self.declared_as_hints {
+            spec.with_declared_as_hints()
+        } else {
+            spec
         };
         tracing::info!(table = %name, target = %target, key = ?spec.primary_key, "new table");
         let mut decoder = Decoder::new(spec, self.format);

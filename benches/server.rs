@@ -17,14 +17,12 @@
 mod common;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::services::free_port;
+use common::services::{free_port, http_get};
 use common::{STREAM_COLUMNS, Workspace, change_stream, weir};
 use support::{cpu_seconds, median, number_args};
 
@@ -43,17 +41,9 @@ fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measu
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Until the listener is up, try again soon; then once a second.
-                let answered = ["/metrics", "/"].iter().all(|path| {
-                    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-                        return false;
-                    };
-                    let _ = write!(
-                        stream,
-                        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                    );
-                    let mut body = String::new();
-                    stream.read_to_string(&mut body).is_ok() && body.contains(" 200 ")
-                });
+                let answered = ["/metrics", "/"]
+                    .iter()
+                    .all(|path| matches!(http_get(port, path), Some((200, _))));
                 if !answered {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use weir_runtime::config::{self, LoadedPipeline};
 use weir_runtime::dead_letter::Stage;
-use weir_runtime::dead_letter::replay::{Pass, PassCounts, letters_per_pass};
+use weir_runtime::dead_letter::replay::{Pass, PassCounts, survey};
 use weir_runtime::metrics::Metrics;
 use weir_runtime::pipeline::{self, ReplayRun, RunOptions};
 
@@ -20,9 +20,10 @@ const SIGNALS: [i32; 2] = [signal_hook::consts::SIGINT, signal_hook::consts::SIG
 pub struct ReplayArgs {
     /// The pipeline file (its `dead_letter` output is read, its sink written).
     pipeline: PathBuf,
-    /// Replay only the letters of these stages (repeat, or separate with commas).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    stage: Vec<StageArg>,
+    /// Replay only the letters of these stages: source, route, decode, transform, sink
+    /// (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',', value_parser = stage)]
+    stage: Vec<Stage>,
     /// Replay only letters written at or after this time: an RFC 3339 time
     /// (`2026-12-06T09:00:00Z`) or a duration before now (`2h`). Older letters of a stage
     /// are passed over for good once a newer one of that stage is replayed.
@@ -33,25 +34,9 @@ pub struct ReplayArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum StageArg {
-    Source,
-    Route,
-    Decode,
-    Transform,
-    Sink,
-}
-
-impl StageArg {
-    fn stage(self) -> Stage {
-        match self {
-            StageArg::Source => Stage::Source,
-            StageArg::Route => Stage::Route,
-            StageArg::Decode => Stage::Decode,
-            StageArg::Transform => Stage::Transform,
-            StageArg::Sink => Stage::Sink,
-        }
-    }
+fn stage(name: &str) -> Result<Stage, String> {
+    Stage::from_name(name)
+        .ok_or_else(|| format!("`{name}` is not a stage: source, route, decode, transform or sink"))
 }
 
 /// What one pass did.
@@ -69,6 +54,8 @@ struct PassReport {
     /// Letters holding a record another letter already holds (a pipeline that crashed
     /// wrote them again): sent once.
     duplicates: u64,
+    /// Letters another pipeline wrote to the same output: left for its replay.
+    other_pipeline: u64,
     /// Refused again: written to the dead-letter output again, with the new reason.
     failed_again: u64,
     /// Older than `--since`.
@@ -122,14 +109,14 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, signalled.clone());
         let _ = signal_hook::flag::register(signal, signalled.clone());
     }
-    let stages: Vec<Stage> = args.stage.iter().map(|s| s.stage()).collect();
+    let stages = &args.stage;
     let output = pipeline.dead_letter().describe(&pipeline);
     let mut reports = Vec::new();
     let mut unreadable = 0;
     let mut failure = None;
-    let passes = Pass::plan(&pipeline, &stages);
-    let letters = match letters_per_pass(&pipeline, &passes) {
-        Ok(letters) => letters,
+    let passes = Pass::plan(&pipeline, stages);
+    let (end, letters) = match survey(&pipeline, &passes) {
+        Ok(surveyed) => surveyed,
         Err(e) => {
             eprintln!("error: pipeline `{}`: {e}", pipeline.config.name);
             return ExitCode::from(2);
@@ -151,16 +138,21 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
             replay: Some(ReplayRun {
                 pass: pass.clone(),
                 since,
+                end: end.clone(),
                 counts: counts.clone(),
             }),
         };
         tracing::info!(pass = %pass.describe(), %output, "replaying dead letters");
-        // Each run raises its stop flag when it ends: a flag per pass.
-        let stop = Arc::new(AtomicBool::new(signalled.load(Ordering::Relaxed)));
+        // Each run raises its stop flag when it ends: a flag per pass, raised by the
+        // signals (registered before the flag takes one that came first).
+        let stop = Arc::new(AtomicBool::new(false));
         let registered: Vec<_> = SIGNALS
             .iter()
             .filter_map(|&signal| signal_hook::flag::register(signal, stop.clone()).ok())
             .collect();
+        if signalled.load(Ordering::Relaxed) {
+            stop.store(true, Ordering::Relaxed);
+        }
         let result = pipeline::run(&pipeline, &options, metrics.clone(), stop);
         for id in registered {
             signal_hook::low_level::unregister(id);
@@ -173,6 +165,7 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
             rows_applied: applied.rows_applied,
             done_before: PassCounts::get(&counts.done_before),
             duplicates: PassCounts::get(&counts.duplicates),
+            other_pipeline: PassCounts::get(&counts.other_pipeline),
             failed_again: applied.dead_letters,
             older: PassCounts::get(&counts.older),
             not_replayable: PassCounts::get(&counts.not_replayable),
@@ -247,6 +240,12 @@ fn report_text(name: &str, output: &str, reports: &[PassReport], unreadable: u64
             r.not_replayable,
             r.done_before,
             r.duplicates
+        ));
+    }
+    let foreign: u64 = reports.iter().map(|r| r.other_pipeline).sum();
+    if foreign > 0 {
+        text.push_str(&format!(
+            "{foreign} letters of other pipelines sharing the output were left for their replays\n"
         ));
     }
     if unreadable > 0 {

@@ -117,7 +117,8 @@ enum DlqCommand {
     /// what refused them is fixed. Each letter is applied once, even if the replay is
     /// killed and run again; one refused again goes back to the dead-letter output with
     /// the new reason, for the next replay. Prints what each stage's pass did. Exits 0
-    /// when nothing was refused again, 1 when something was, 2 when the replay stopped.
+    /// when nothing was refused again, 1 when something was, 2 when the replay stopped
+    /// (an error, or a signal; a second signal exits at once with 130).
     Replay(dlq::ReplayArgs),
 }
 

@@ -190,10 +190,12 @@ fn kafka_dead_letters_replay_by_stage_and_since_and_what_fails_again_is_kept() {
     let broker = Broker::start();
     broker.create_topic("replay-dlq", 3);
     let ws = Workspace::new();
-    // A CHECK the first rows break: every tenth price is negative.
+    // A CHECK the first rows break: every tenth price is negative. The transform renames
+    // `price` to `amount` before the sink, so a row the sink refused has no `price` any
+    // more: sent through the transform again, it would fail.
     let conn = rusqlite::Connection::open(ws.path("target.db")).unwrap();
     conn.execute_batch(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, price INTEGER CHECK (price >= 0))",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, amount INTEGER CHECK (amount >= 0))",
     )
     .unwrap();
     drop(conn);
@@ -213,10 +215,12 @@ fn kafka_dead_letters_replay_by_stage_and_since_and_what_fails_again_is_kept() {
         "name: kafka-replayed\n\
          source:\n  type: file\n  path: events.jsonl\n\
          table:\n  name: orders\n  primary_key: [id]\n  columns: {{id: int64, price: int64}}\n\
+         transforms:\n  - name: rename\n    wasm: {}\n    config: {{columns: {{price: amount}}}}\n\
          sink:\n  type: sqlite\n  path: target.db\n\
          dead_letter:\n  type: kafka\n  brokers: {}\n  topic: replay-dlq\n\
          \x20 options: {{batch.num.messages: '1'}}\n\
          batch:\n  max_events: 30\n",
+        plugin_wasm("examples/rename").display(),
         broker.address()
     );
     // One dead letter per record batch: tansu 0.6 reports a partition's end as the base
@@ -234,7 +238,7 @@ fn kafka_dead_letters_replay_by_stage_and_since_and_what_fails_again_is_kept() {
     // The target is fixed: the table rebuilt without its CHECK.
     let conn = rusqlite::Connection::open(ws.path("target.db")).unwrap();
     conn.execute_batch(
-        "CREATE TABLE fixed (id INTEGER PRIMARY KEY, price INTEGER);
+        "CREATE TABLE fixed (id INTEGER PRIMARY KEY, amount INTEGER);
          INSERT INTO fixed SELECT * FROM orders; DROP TABLE orders;
          ALTER TABLE fixed RENAME TO orders;",
     )
@@ -272,7 +276,7 @@ fn kafka_dead_letters_replay_by_stage_and_since_and_what_fails_again_is_kept() {
     assert_eq!(count(), "195");
     let negative = sqlite_rows(
         &ws.path("target.db"),
-        "SELECT count(*) FROM orders WHERE price < 0",
+        "SELECT count(*) FROM orders WHERE amount < 0",
     );
     assert_eq!(negative, [["15"]]);
 
@@ -291,7 +295,12 @@ fn kafka_dead_letters_replay_by_stage_and_since_and_what_fails_again_is_kept() {
     let letters = broker.consume_all("replay-dlq", 25);
     let again: Vec<_> = letters
         .iter()
-        .filter(|l| l.header("weir.source.topic").as_deref() == Some("replay-dlq"))
+        .filter(|l| {
+            // The letter it came from: its partition and offset (as a line, offset + 1).
+            l.header("weir.source.file")
+                .is_some_and(|from| from.starts_with("dlq:kafka:replay-dlq/"))
+                && l.header("weir.source.line").is_some()
+        })
         .collect();
     assert_eq!(again.len(), 5);
     for letter in again {

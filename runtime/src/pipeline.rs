@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::config::LoadedPipeline;
-use crate::dead_letter::replay::{Pass, PassCounts, ReplaySource, Transforms};
+use crate::dead_letter::replay::{OutputEnd, Pass, PassCounts, ReplaySource, Transforms};
 use crate::dead_letter::{self, DeadLetter, DeadLetterSink, Stage};
 use crate::decode::native::NativeTables;
 use crate::decode::table::IncompatibleChange;
@@ -159,6 +159,8 @@ pub struct ReplayRun {
     pub pass: Pass,
     /// Letters written before this are passed over.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where the dead-letter output ended when the replay began.
+    pub end: OutputEnd,
     pub counts: Arc<PassCounts>,
 }
 
@@ -413,6 +415,7 @@ fn run_stages(
             replay.pass.clone(),
             replay.since,
             replay.counts.clone(),
+            &replay.end,
         )?),
         None => source::build(pipeline, metrics.clone())?,
     };

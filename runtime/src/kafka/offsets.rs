@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::{Headers as _, Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{Context, KafkaOptions, client_config};
@@ -158,8 +158,7 @@ impl Offsets {
         until: Option<&BTreeMap<String, i64>>,
         mut each: impl FnMut(RawRecord<'_>, &Position) -> Result<(), String>,
     ) -> Result<u64, String> {
-        let mut read =
-            BoundedRead::start(self, topic, |_| None, until, |p| kafka_stream(topic, p))?;
+        let mut read = BoundedRead::start(self, topic, until, |p| kafka_stream(topic, p))?;
         let mut count = 0;
         while let Some(result) = read.next(self, &mut each)? {
             result?;
@@ -179,6 +178,8 @@ pub struct BoundedRead {
     streams: BTreeMap<i32, Arc<str>>,
     /// Where each partition read ends.
     ends: BTreeMap<i32, i64>,
+    /// When the read began, in milliseconds since the epoch.
+    began_ms: i64,
     /// Partitions [`BoundedRead::past_the_end`] warned about.
     warned: std::collections::BTreeSet<i32>,
     last_record: Instant,
@@ -188,13 +189,11 @@ pub struct BoundedRead {
 
 impl BoundedRead {
     /// Assigns `offsets`' consumer to every partition of `topic` that has records between
-    /// `start` (its offset, or the partition's first when `None` or below it) and its end
-    /// now, or `until`'s offset for the partitions it names. `stream` names each
-    /// partition's positions.
+    /// its first and its end now, or `until`'s offset for the partitions it names.
+    /// `stream` names each partition's positions.
     pub fn start(
         offsets: &Offsets,
         topic: &str,
-        start: impl Fn(i32) -> Option<i64>,
         until: Option<&BTreeMap<String, i64>>,
         stream: impl Fn(i32) -> String,
     ) -> Result<BoundedRead, String> {
@@ -204,10 +203,9 @@ impl BoundedRead {
             let high = until
                 .and_then(|until| until.get(&kafka_stream(topic, partition)))
                 .map_or(high, |&end| end.min(high));
-            let from = start(partition).map_or(low, |from| from.max(low));
-            if high > from {
+            if high > low {
                 remaining.insert(partition, high);
-                list.add_partition_offset(topic, partition, Offset::Offset(from))
+                list.add_partition_offset(topic, partition, Offset::Offset(low))
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -219,6 +217,7 @@ impl BoundedRead {
         Ok(BoundedRead {
             topic: Arc::from(topic),
             ends: remaining.clone(),
+            began_ms: chrono::Utc::now().timestamp_millis(),
             warned: Default::default(),
             remaining,
             streams,
@@ -232,11 +231,16 @@ impl BoundedRead {
     /// started: a broker that understates a partition's end (tansu 0.6 gives the base
     /// offset of its last record batch plus one) would hide the records between, so say
     /// so, once per partition.
-    fn past_the_end(&mut self, partition: i32, offset: i64) {
+    fn past_the_end(&mut self, partition: i32, offset: i64, timestamp: Timestamp) {
         let Some(&end) = self.ends.get(&partition) else {
             return;
         };
-        if offset >= end && self.warned.insert(partition) {
+        // Records produced since the read began are past its end, as they should be:
+        // only one made at least a second before it began says the end was wrong.
+        let before_the_read = timestamp
+            .to_millis()
+            .is_some_and(|millis| millis < self.began_ms - 1000);
+        if offset >= end && before_the_read && self.warned.insert(partition) {
             tracing::warn!(
                 topic = %self.topic,
                 partition,
@@ -247,6 +251,12 @@ impl BoundedRead {
                  the end, and records before it may not have been read"
             );
         }
+    }
+
+    /// Says the ends were read at `millis` (since the epoch), earlier than the read began.
+    pub fn ends_read_at(mut self, millis: i64) -> BoundedRead {
+        self.began_ms = millis;
+        self
     }
 
     /// Passes the next record to `each` and returns what it returned, or `None` once
@@ -275,12 +285,12 @@ impl BoundedRead {
                 Ok(message) => {
                     let partition = message.partition();
                     let Some(&end) = self.remaining.get(&partition) else {
-                        self.past_the_end(partition, message.offset());
+                        self.past_the_end(partition, message.offset(), message.timestamp());
                         continue;
                     };
                     if message.offset() >= end {
                         self.remaining.remove(&partition);
-                        self.past_the_end(partition, message.offset());
+                        self.past_the_end(partition, message.offset(), message.timestamp());
                         continue;
                     }
                     if message.offset() + 1 >= end {

@@ -9,19 +9,21 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
-use super::{LetterReader, StoredLetter, file_origin, kafka_origin, parse_time, stream};
+use super::{LetterReader, OutputEnd, StoredLetter, file_origin, kafka_origin, parse_time, stream};
 use crate::dead_letter::Stage;
 use crate::position::{Checkpoint, Position};
 use crate::source::SourceError;
 
-/// Lines longer than this are refused rather than read into memory (the file source's
-/// limit; a dead letter holds at most one record of it, escaped).
-const MAX_LINE: u64 = 512 << 20;
+/// A line longer than this is not read into memory: it is passed over as not a letter
+/// (the file source's own limit on a line).
+const MAX_LINE: u64 = 256 << 20;
 
 /// One line as [`crate::dead_letter::file::FileDeadLetters`] writes it.
 #[derive(Deserialize)]
 struct Line {
     stage: String,
+    #[serde(default)]
+    pipeline: Option<String>,
     #[serde(default)]
     time: Option<String>,
     #[serde(default)]
@@ -43,28 +45,38 @@ pub struct FileLetters {
     stream: Arc<str>,
     /// `None` when there is no file: no dead letters.
     reader: Option<BufReader<File>>,
-    /// The file's length when opened: letters written later (by this replay) are not read.
+    /// The file's length when the replay began: letters written later (by this replay)
+    /// are not read.
     end: u64,
     offset: u64,
     line: u64,
     buf: Vec<u8>,
+    /// [`MAX_LINE`], smaller in tests.
+    max_line: u64,
 }
 
 impl FileLetters {
     /// `name` is the path as the pipeline spells it (the streams' names do not change
     /// with the directory weir runs in).
-    pub fn open(path: &Path, name: &str, pass_key: &str) -> Result<FileLetters, SourceError> {
-        let (reader, end) = match File::open(path) {
+    /// `end` is where the replay reads to, `None` for the file's length now.
+    pub fn open(
+        path: &Path,
+        name: &str,
+        pass_key: &str,
+        end: Option<u64>,
+    ) -> Result<FileLetters, SourceError> {
+        let (reader, length) = match File::open(path) {
             Ok(file) => {
-                let end = file
+                let length = file
                     .metadata()
                     .map_err(|e| error(path, format!("cannot stat: {e}")))?
                     .len();
-                (Some(BufReader::with_capacity(1 << 20, file)), end)
+                (Some(BufReader::with_capacity(1 << 20, file)), length)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
             Err(e) => return Err(error(path, format!("cannot open: {e}"))),
         };
+        let end = end.unwrap_or(length).min(length);
         Ok(FileLetters {
             path: path.to_path_buf(),
             stream: stream(&format!("file:{name}"), pass_key).into(),
@@ -73,6 +85,7 @@ impl FileLetters {
             offset: 0,
             line: 0,
             buf: Vec::new(),
+            max_line: MAX_LINE,
         })
     }
 }
@@ -111,6 +124,7 @@ fn parse(line: &[u8]) -> StoredLetter {
         key,
         raw,
         cut: false,
+        pipeline: line.pipeline,
         origin: line.source.as_ref().and_then(origin),
     }
 }
@@ -157,8 +171,9 @@ impl LetterReader for FileLetters {
             return Ok(None);
         }
         self.buf.clear();
-        let limit = (self.end - self.offset).min(MAX_LINE + 1);
+        let limit = (self.end - self.offset).min(self.max_line + 1);
         let n = reader
+            .by_ref()
             .take(limit)
             .read_until(b'\n', &mut self.buf)
             .map_err(|e| {
@@ -167,15 +182,32 @@ impl LetterReader for FileLetters {
                     format!("read failed at byte {}: {e}", self.offset),
                 )
             })? as u64;
-        if n > MAX_LINE {
-            return Err(error(
-                &self.path,
-                format!(
-                    "line {} is longer than {} MiB; is this weir's dead-letter file?",
-                    self.line + 1,
-                    MAX_LINE >> 20
-                ),
-            ));
+        let mut n = n;
+        if n > self.max_line {
+            // Not read into memory: the rest of the line is passed over in pieces.
+            self.buf.clear();
+            let mut piece = Vec::new();
+            loop {
+                piece.clear();
+                let read = reader
+                    .by_ref()
+                    .take((self.end - self.offset - n).min(1 << 20))
+                    .read_until(b'\n', &mut piece)
+                    .map_err(|e| error(&self.path, format!("read failed: {e}")))?
+                    as u64;
+                n += read;
+                if read == 0 || piece.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            tracing::warn!(
+                file = %self.path.display(),
+                line = self.line + 1,
+                bytes = n,
+                "a line longer than {} bytes is not a dead letter weir wrote; passed over",
+                self.max_line
+            );
+            self.buf.push(b'\n');
         }
         if self.buf.last() != Some(&b'\n') {
             // A letter being written when the replay opened the file: the next replay
@@ -192,6 +224,10 @@ impl LetterReader for FileLetters {
         };
         self.offset += n;
         Ok(Some((parse(&self.buf), position)))
+    }
+
+    fn end(&self) -> OutputEnd {
+        OutputEnd::File(self.end)
     }
 
     fn describe(&self) -> String {
@@ -233,7 +269,7 @@ mod tests {
             .unwrap();
         writer.write(&letter(Stage::Transform, None)).unwrap();
         writer.flush().unwrap();
-        let mut letters = FileLetters::open(&path, "dl.jsonl", "sink").unwrap();
+        let mut letters = FileLetters::open(&path, "dl.jsonl", "sink", None).unwrap();
         // Written after the replay opened the file: not read by it.
         writer.write(&letter(Stage::Sink, Some(b"later"))).unwrap();
         writer.flush().unwrap();
@@ -248,7 +284,7 @@ mod tests {
         assert_eq!(read[2].1.stream_key(), "dlq:file:dl.jsonl#sink");
 
         // A new replay reads from the start, up to the letter written later.
-        let mut again = FileLetters::open(&path, "dl.jsonl", "sink").unwrap();
+        let mut again = FileLetters::open(&path, "dl.jsonl", "sink", None).unwrap();
         let mut checkpoint = Checkpoint::default();
         checkpoint.advance(&read[1].1);
         again.check(&checkpoint).unwrap();
@@ -267,12 +303,28 @@ mod tests {
              {\"stage\":\"decode\",\"raw\":\"x\"}\n{\"stage\":\"dec",
         )
         .unwrap();
-        let mut letters = FileLetters::open(&path, "dl.jsonl", "decode").unwrap();
+        let mut letters = FileLetters::open(&path, "dl.jsonl", "decode", None).unwrap();
         let read = read_all(&mut letters);
         let stages: Vec<_> = read.iter().map(|(l, _)| l.stage).collect();
         assert_eq!(stages, [None, None, None, Some(Stage::Decode)]);
+
+        // A line over the limit is passed over without being read into memory whole.
+        let long = format!("{{\"stage\":\"decode\",\"raw\":\"{}\"}}", "x".repeat(3000));
+        std::fs::write(
+            &path,
+            format!("{long}\n{{\"stage\":\"sink\",\"raw\":\"y\"}}\n"),
+        )
+        .unwrap();
+        let mut letters = FileLetters::open(&path, "dl.jsonl", "decode", None).unwrap();
+        letters.max_line = 1000;
+        let read = read_all(&mut letters);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].0.stage, None);
+        assert!(letters.buf.capacity() < 2000, "{}", letters.buf.capacity());
+        assert_eq!(read[1].0.stage, Some(Stage::Sink));
+        assert_eq!(read[1].1.order(), (long.len() as i64 + 1, 1));
         assert!(
-            FileLetters::open(&dir.path().join("none"), "none", "decode")
+            FileLetters::open(&dir.path().join("none"), "none", "decode", None)
                 .unwrap()
                 .next()
                 .unwrap()
@@ -290,7 +342,7 @@ mod tests {
             "dlq:file:dl.jsonl#decode".into(),
             crate::position::ResumePoint { next: 999, line: 9 },
         );
-        let mut letters = FileLetters::open(&path, "dl.jsonl", "decode").unwrap();
+        let mut letters = FileLetters::open(&path, "dl.jsonl", "decode", None).unwrap();
         let e = letters.check(&checkpoint).unwrap_err();
         assert!(e.message.contains("replaced or truncated"), "{e}");
     }

@@ -164,6 +164,42 @@ pub struct StoredLetter {
     /// The record's position in the source, when it names one record (a file's line, a
     /// partition's offset; not a PostgreSQL commit's LSN, which several rows share).
     pub origin: Option<String>,
+    /// The pipeline that wrote it, when the output says.
+    pub pipeline: Option<String>,
+}
+
+impl StoredLetter {
+    /// Whether `pass` of pipeline `pipeline` takes this letter: its stage (and plugin),
+    /// and not another pipeline's that shares the output.
+    fn belongs(&self, pass: &Pass, pipeline: &str) -> Result<bool, Foreign> {
+        let Some(stage) = self.stage else {
+            return Ok(false);
+        };
+        if !pass.takes(stage, &self.error) {
+            return Ok(false);
+        }
+        match &self.pipeline {
+            Some(other) if other != pipeline => Err(Foreign),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// A letter another pipeline wrote to a shared output.
+struct Foreign;
+
+/// Where the output ended when the replay began: every pass reads to there, so letters
+/// written by the replay itself wait for the next replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEnd {
+    /// The file's length.
+    File(u64),
+    /// Each partition's end, by checkpoint stream key (`kafka:<topic>/<partition>`), and
+    /// when they were read (milliseconds since the epoch).
+    Kafka {
+        ends: std::collections::BTreeMap<String, i64>,
+        at_ms: i64,
+    },
 }
 
 /// Reads dead letters back from one output, from its start.
@@ -171,8 +207,10 @@ pub trait LetterReader: Send {
     /// Checks that the output still holds what `checkpoint` says was replayed from it.
     fn check(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError>;
     /// The next letter and its position in the output (in this pass's streams), or `None`
-    /// at the end the output had when it was opened.
+    /// at the end it reads to.
     fn next(&mut self) -> Result<Option<(StoredLetter, Position)>, SourceError>;
+    /// The end it reads to.
+    fn end(&self) -> OutputEnd;
     fn describe(&self) -> String;
 }
 
@@ -194,6 +232,8 @@ pub struct PassCounts {
     pub done_before: AtomicU64,
     /// A record another letter of the pass already holds (written again after a crash).
     pub duplicates: AtomicU64,
+    /// Written by another pipeline sharing the output: left to that pipeline's replay.
+    pub other_pipeline: AtomicU64,
 }
 
 impl PassCounts {
@@ -209,6 +249,7 @@ impl PassCounts {
 /// The source of a replay pass.
 pub struct ReplaySource {
     reader: Box<dyn LetterReader>,
+    pipeline: String,
     pass: Pass,
     since: Option<DateTime<Utc>>,
     counts: Arc<PassCounts>,
@@ -225,10 +266,12 @@ impl ReplaySource {
         pass: Pass,
         since: Option<DateTime<Utc>>,
         counts: Arc<PassCounts>,
+        end: &OutputEnd,
     ) -> Result<ReplaySource, SourceError> {
-        let reader = open_reader(pipeline, &pass.key())?;
+        let reader = open_reader(pipeline, &pass.key(), Some(end))?;
         Ok(ReplaySource {
             reader,
+            pipeline: pipeline.config.name.clone(),
             pass,
             since,
             counts,
@@ -238,38 +281,58 @@ impl ReplaySource {
     }
 }
 
-/// How many letters of the output each pass takes (what earlier replays sent included),
-/// from one read of it: a pass with none is not run.
-pub fn letters_per_pass(
+/// Where the output ends now, which the replay's passes read to, and how many of this
+/// pipeline's letters each pass takes (what earlier replays sent included), from one read
+/// of it: a pass with none is not run.
+pub fn survey(
     pipeline: &LoadedPipeline,
     passes: &[Pass],
-) -> Result<Vec<u64>, SourceError> {
-    let mut reader = open_reader(pipeline, "survey")?;
+) -> Result<(OutputEnd, Vec<u64>), SourceError> {
+    let mut reader = open_reader(pipeline, "survey", None)?;
     reader.check(&Checkpoint::default())?;
     let mut counts = vec![0; passes.len()];
     while let Some((letter, _)) = reader.next()? {
-        let Some(stage) = letter.stage else { continue };
-        if let Some(i) = passes.iter().position(|p| p.takes(stage, &letter.error)) {
+        let name = &pipeline.config.name;
+        if let Some(i) = passes
+            .iter()
+            .position(|p| letter.belongs(p, name).unwrap_or(false))
+        {
             counts[i] += 1;
         }
     }
-    Ok(counts)
+    Ok((reader.end(), counts))
 }
 
 fn open_reader(
     pipeline: &LoadedPipeline,
     pass_key: &str,
+    end: Option<&OutputEnd>,
 ) -> Result<Box<dyn LetterReader>, SourceError> {
+    let mismatch = || SourceError {
+        source_name: "dead-letter output".into(),
+        message: "the replay's end is not of this output's kind".into(),
+        retryable: false,
+    };
     Ok(match pipeline.dead_letter() {
         DeadLetterConfig::File(config) => Box::new(file::FileLetters::open(
             &pipeline.resolve(&config.path),
             &config.path.display().to_string(),
             pass_key,
+            match end {
+                Some(OutputEnd::File(end)) => Some(*end),
+                Some(_) => return Err(mismatch()),
+                None => None,
+            },
         )?),
         DeadLetterConfig::Kafka(config) => Box::new(kafka::KafkaLetters::open(
             &config,
             &pipeline.config.name,
             pass_key,
+            match end {
+                Some(OutputEnd::Kafka { ends, at_ms }) => Some((ends.clone(), *at_ms)),
+                Some(_) => return Err(mismatch()),
+                None => None,
+            },
         )?),
     })
 }
@@ -291,22 +354,27 @@ impl Source for ReplaySource {
                 break;
             };
             let counts = &*self.counts;
-            let Some(stage) = letter.stage else {
+            if letter.stage.is_none() {
                 PassCounts::add(&counts.unreadable);
                 continue;
-            };
-            if !self.pass.takes(stage, &letter.error) {
-                continue;
             }
-            let first = letter
-                .origin
-                .as_deref()
-                .is_none_or(|origin| self.seen.insert(origin_hash(origin)));
+            match letter.belongs(&self.pass, &self.pipeline) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(Foreign) => {
+                    PassCounts::add(&counts.other_pipeline);
+                    continue;
+                }
+            }
+            // A record is known once sent, by this replay or an earlier one (the sink's
+            // checkpoint covers the letter): another letter of it is a duplicate.
+            let origin = letter.origin.as_deref().map(origin_hash);
             if self.done.covers(&position) {
+                self.seen.extend(origin);
                 PassCounts::add(&counts.done_before);
                 continue;
             }
-            if !first {
+            if origin.is_some_and(|origin| self.seen.contains(&origin)) {
                 PassCounts::add(&counts.duplicates);
                 continue;
             }
@@ -320,6 +388,7 @@ impl Source for ReplaySource {
             }
             match &letter.raw {
                 Some(raw) if !letter.cut && self.pass.sends() => {
+                    self.seen.extend(origin);
                     batch.push(letter.key.as_deref(), Some(raw), position);
                     PassCounts::add(&counts.sent);
                 }
@@ -428,6 +497,9 @@ mod tests {
         fn next(&mut self) -> Result<Option<(StoredLetter, Position)>, SourceError> {
             Ok(self.0.next())
         }
+        fn end(&self) -> OutputEnd {
+            OutputEnd::File(0)
+        }
         fn describe(&self) -> String {
             "memory".into()
         }
@@ -442,6 +514,7 @@ mod tests {
             raw: Some(format!("record {line}").into_bytes()),
             cut: false,
             origin: origin.map(|at| file_origin("events.jsonl", &at.to_string())),
+            pipeline: Some(if line == 8 { "other" } else { "p" }.into()),
         };
         let position = Position::File {
             stream: "dlq:file:dl.jsonl#decode".into(),
@@ -460,6 +533,7 @@ mod tests {
         let counts = Arc::new(PassCounts::default());
         let mut source = ReplaySource {
             reader: Box::new(Letters(letters.into_iter())),
+            pipeline: "p".into(),
             pass: Pass::Stage(Stage::Decode),
             since: since.and_then(parse_time),
             counts: counts.clone(),
@@ -497,12 +571,15 @@ mod tests {
                 // No origin to tell by: sent.
                 letter(6, Stage::Decode, None, 10),
                 letter(7, Stage::Decode, Some(11), 10),
+                // Another pipeline's, in a shared output.
+                letter(8, Stage::Decode, Some(12), 10),
             ]
         };
         let (records, counts) = sent(letters(), &Checkpoint::default(), None);
         assert_eq!(records, ["record 1", "record 3", "record 6", "record 7"]);
         assert_eq!(PassCounts::get(&counts.duplicates), 2);
         assert_eq!(PassCounts::get(&counts.read), 4);
+        assert_eq!(PassCounts::get(&counts.other_pipeline), 1);
 
         // Killed after the third letter: the duplicates of what was sent are still known.
         let mut done = Checkpoint::default();
@@ -512,13 +589,15 @@ mod tests {
         assert_eq!(PassCounts::get(&counts.done_before), 2);
         assert_eq!(PassCounts::get(&counts.duplicates), 2);
 
+        // The first letter of record 7 is older than --since, its second is not: sent.
         let (records, counts) = sent(
             letters(),
             &Checkpoint::default(),
-            Some("2026-12-06T10:00:00Z"),
+            Some("2026-12-06T09:00:00Z"),
         );
-        assert_eq!(records, ["record 6", "record 7"]);
-        assert_eq!(PassCounts::get(&counts.older), 2);
+        assert_eq!(records, ["record 3", "record 4", "record 6", "record 7"]);
+        assert_eq!(PassCounts::get(&counts.older), 1);
+        assert_eq!(PassCounts::get(&counts.duplicates), 1);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::faults::Figures;
 use common::{STREAM_COLUMNS, Stream, Workspace, change_stream, sqlite_rows, weir};
 use weir_runtime::decode::decimal::{Rescale, from_text};
 
@@ -42,6 +44,30 @@ fn assert_sqlite_matches(ws: &Workspace, stream: &Stream) {
         );
         assert_eq!(row[3], version.to_string(), "id {id}");
     }
+}
+
+/// The SQLite target's rows against the oracle's, by id: name, price (an exact decimal)
+/// and version.
+fn sqlite_figures(ws: &Workspace, stream: &Stream) -> Figures {
+    let cents = |t: &str| from_text(t.as_bytes(), 2, Rescale::Exact).unwrap();
+    let actual: BTreeMap<_, _> = sqlite_rows(
+        &ws.path("target.db"),
+        "SELECT id, name, price, version FROM items",
+    )
+    .into_iter()
+    .map(|row| {
+        let id: i64 = row[0].parse().unwrap();
+        (id, (row[1].clone(), cents(&row[2]), row[3].clone()))
+    })
+    .collect();
+    let expected: BTreeMap<_, _> = stream
+        .final_rows
+        .iter()
+        .map(|(id, (name, price, version))| {
+            (*id, (name.clone(), cents(price), version.to_string()))
+        })
+        .collect();
+    Figures::compare(stream.lines.len() as u64, &expected, &actual)
 }
 
 fn spawn(path: &std::path::Path, extra: &[&str]) -> Child {
@@ -142,6 +168,10 @@ fn sigkill_at_random_moments_loses_nothing_in_sqlite() {
             })
             .map_or(0, |line| line as u64)
     });
+    sqlite_figures(&ws, &stream).report_and_check(
+        "delivery: file to SQLite",
+        "SIGKILL, 5 times at random moments",
+    );
     assert_sqlite_matches(&ws, &stream);
     let checkpoint = sqlite_rows(&ws.path("target.db"), "SELECT line FROM _weir_checkpoints");
     assert_eq!(checkpoint, [vec!["150000".to_string()]]);
@@ -167,6 +197,37 @@ fn sigkill_at_random_moments_writes_each_change_exactly_once_to_a_jsonl_log() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Each change is one (op, id, version): how many times the log holds each.
+    let change = |v: &serde_json::Value| {
+        let image = if v["op"] == "d" { "before" } else { "after" };
+        (
+            v["op"].to_string(),
+            v[image]["id"].as_i64().unwrap(),
+            v[image]["version"].as_i64().unwrap(),
+        )
+    };
+    let mut counts: BTreeMap<_, i64> = stream
+        .lines
+        .iter()
+        .map(|l| (change(&serde_json::from_str(l).unwrap()), 0))
+        .collect();
+    let mut unknown = 0;
+    for out in &written {
+        match counts.get_mut(&change(out)) {
+            Some(count) => *count += 1,
+            None => unknown += 1,
+        }
+    }
+    Figures {
+        events: stream.lines.len() as u64,
+        lost: counts.values().filter(|c| **c == 0).count() as u64,
+        stale: unknown,
+        duplicated: counts.values().map(|c| (c - 1).max(0) as u64).sum(),
+    }
+    .report_and_check(
+        "delivery: file to a JSON Lines change log",
+        "SIGKILL, 5 times at random moments",
+    );
     assert_eq!(
         written.len(),
         stream.lines.len(),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::faults::Figures;
 use common::services::{Broker, Postgres};
 use common::{
     FULL_TYPES_COLUMNS, STREAM_COLUMNS, Stream, Workspace, change_stream, compact_json, fixture,
@@ -132,10 +133,38 @@ fn wait_for_progress(pg: &Postgres, pipeline: &str, beyond: i64, child: &mut Chi
 /// Compares the target with the source's final state: every key's last version present,
 /// nothing stale, nothing that should be gone.
 fn check_final_state(pg: &Postgres, stream: &Stream) {
-    check_table(pg, "items", stream)
+    check_table(pg, "items", stream);
+}
+
+/// [`check_final_state`], after reporting the figures for `scripts/faults`.
+fn check_final_state_after(pg: &Postgres, stream: &Stream, test: &str, injected: &str) {
+    let (lost, stale, extra) = table_differences(pg, "items", stream);
+    Figures {
+        events: stream.lines.len() as u64,
+        lost: lost.len() as u64,
+        stale: (stale.len() + extra.len()) as u64,
+        duplicated: 0,
+    }
+    .report_and_check(test, injected);
 }
 
 fn check_table(pg: &Postgres, table: &str, stream: &Stream) {
+    let (lost, stale, extra) = table_differences(pg, table, stream);
+    assert!(
+        lost.is_empty() && stale.is_empty() && extra.is_empty(),
+        "{} lost {lost:?}, {} stale {stale:?}, {} extra {extra:?}",
+        lost.len(),
+        stale.len(),
+        extra.len()
+    );
+}
+
+/// The keys the target lacks, has stale and should not have.
+fn table_differences(
+    pg: &Postgres,
+    table: &str,
+    stream: &Stream,
+) -> (Vec<i64>, Vec<String>, Vec<i64>) {
     let rows = pg
         .client("target")
         .query(
@@ -162,14 +191,9 @@ fn check_table(pg: &Postgres, table: &str, stream: &Stream) {
     let extra: Vec<_> = actual
         .keys()
         .filter(|id| !stream.final_rows.contains_key(id))
+        .copied()
         .collect();
-    assert!(
-        lost.is_empty() && stale.is_empty() && extra.is_empty(),
-        "{} lost {lost:?}, {} stale {stale:?}, {} extra {extra:?}",
-        lost.len(),
-        stale.len(),
-        extra.len()
-    );
+    (lost, stale, extra)
 }
 
 fn decimal(text: &str) -> i128 {
@@ -332,7 +356,12 @@ fn a_paused_broker_is_waited_for() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    check_final_state(&pg, &stream);
+    check_final_state_after(
+        &pg,
+        &stream,
+        "kafka to PostgreSQL",
+        "broker frozen (SIGSTOP) for 10 s",
+    );
 }
 
 /// The group's committed offsets, read without joining the group.
@@ -384,7 +413,12 @@ fn a_postgres_outage_moves_no_offset_and_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    check_final_state(&pg, &stream);
+    check_final_state_after(
+        &pg,
+        &stream,
+        "kafka to PostgreSQL",
+        "PostgreSQL stopped for 10 s",
+    );
     let at_last = committed_offsets(&broker, "weir-items", "items", 2);
     assert_eq!(at_last.iter().sum::<i64>(), 40_000);
 }
@@ -456,7 +490,12 @@ fn poison_records_are_dead_lettered_and_the_rest_applied() {
         [25, 25, 25, 25],
         "{counts:?}"
     );
-    check_final_state(&pg, &stream);
+    check_final_state_after(
+        &pg,
+        &stream,
+        "kafka to PostgreSQL",
+        "1% poison records, four kinds",
+    );
 }
 
 /// The pipeline from the issue and docs, `pipelines/kafka-postgres.yaml`, runs as written:

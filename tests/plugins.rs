@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::faults::Figures;
 use common::{STREAM_COLUMNS, Workspace, change_stream, plugin_wasm, sqlite_rows};
 use sha2::{Digest, Sha256};
 
@@ -143,7 +144,7 @@ fn rename_gives_the_target_the_new_column_names() {
 
 /// Runs a probe plugin that misbehaves on the batch holding `id`, and checks that exactly
 /// that batch's rows are dead letters with `reason`, and every other row is applied.
-fn misbehaving_batch_is_dead_lettered(mode: &str, limits: &str, reason: &str) {
+fn misbehaving_batch_is_dead_lettered(mode: &str, limits: &str, reason: &str, injected: &str) {
     let ws = Workspace::new();
     // 40 inserts of distinct keys, in batches of 10: the probe fails on ids 10..19.
     let lines: Vec<String> = (0..40)
@@ -158,6 +159,32 @@ fn misbehaving_batch_is_dead_lettered(mode: &str, limits: &str, reason: &str) {
     );
     let summary = ws.run_ok(&pipeline(&ws, &probe, 10));
     let letters = ws.dead_letters();
+    // For scripts/faults: a row neither applied nor a dead letter is lost; one on the
+    // wrong side (a row of another batch refused, one of the failed batch applied) stale.
+    let refused: Vec<i64> = letters
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l["raw"].as_str()?).ok())
+        .filter_map(|raw| raw["after"]["id"].as_i64())
+        .collect();
+    let kept: Vec<i64> = items(&ws).into_keys().collect();
+    let failed_batch = 10..20;
+    Figures {
+        events: 40,
+        lost: (0..40)
+            .filter(|id| !kept.contains(id) && !refused.contains(id))
+            .count() as u64,
+        stale: (kept.iter().filter(|id| failed_batch.contains(*id)).count()
+            + refused
+                .iter()
+                .filter(|id| !failed_batch.contains(*id))
+                .count()) as u64,
+        duplicated: (refused.len()
+            - refused
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()) as u64,
+    }
+    .report_and_check("plugins: file to SQLite", injected);
     assert_eq!(letters.len(), 10, "{summary}\n{letters:?}");
     // The batch's first row carries the reason; a long reason is written once per batch,
     // and the other rows keep its code and point at that row (docs/plugins.md).
@@ -192,6 +219,7 @@ fn a_looping_plugin_is_stopped_at_its_deadline_and_the_next_batch_succeeds() {
         "loop",
         "{ timeout_ms: 100 }",
         "plugin_timeout: the call ran past its 100 ms deadline",
+        "a plugin that loops (100 ms deadline)",
     );
 }
 
@@ -201,6 +229,7 @@ fn a_plugin_past_its_memory_cap_fails_its_batch_only() {
         "alloc",
         "{ memory_mb: 64 }",
         "plugin_oom: the plugin reached its memory cap of 64 MiB",
+        "a plugin that exhausts its memory (64 MiB cap)",
     );
 }
 
@@ -210,6 +239,7 @@ fn a_trapping_plugin_fails_its_batch_with_the_panic_message() {
         "trap",
         "{}",
         "plugin_trap: wasm trap: wasm `unreachable` instruction executed (stderr: probe: trapping as asked)",
+        "a plugin that traps",
     );
 }
 
@@ -219,6 +249,7 @@ fn output_that_breaks_the_envelope_is_refused() {
         "bad-output",
         "{}",
         "plugin_bad_output: the batch has 1 columns, the change envelope has 15",
+        "a plugin whose output breaks the envelope",
     );
 }
 
@@ -269,7 +300,18 @@ fn the_sandbox_denies_files_environment_and_network() {
         "no connection reached the listener"
     );
     // Rows 1 and 2 went on.
-    assert_eq!(items(&ws).into_keys().collect::<Vec<_>>(), vec![1, 2]);
+    let kept: Vec<i64> = items(&ws).into_keys().collect();
+    Figures {
+        events: 3,
+        lost: (0..3).filter(|id| !kept.contains(id) && *id != 0).count() as u64,
+        stale: kept.contains(&0) as u64,
+        duplicated: 0,
+    }
+    .report_and_check(
+        "plugins: file to SQLite",
+        "a plugin that reaches for files, env and network",
+    );
+    assert_eq!(kept, vec![1, 2]);
 }
 
 #[test]

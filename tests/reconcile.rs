@@ -15,6 +15,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use common::Workspace;
+use common::faults::Figures;
 use common::services::{Broker, Postgres};
 
 /// One row of the test table. `a"b` and `select` are columns too.
@@ -487,6 +488,35 @@ fn postgres_against_postgres_names_every_injected_difference() {
             >= 1,
         "{:#}",
         resumed.report["checksum"]
+    );
+    // For scripts/faults: a difference the uninterrupted run found and the resumed one
+    // did not is lost; one only the resumed run found is stale.
+    let mut figures = Figures {
+        events: outcome.report["source"]["rows"].as_u64().unwrap_or(0),
+        ..Figures::default()
+    };
+    let mut compared = 0;
+    for part in ["missing", "extra", "mismatched"] {
+        // Each difference by its row, as the report prints it.
+        let rows = |report: &serde_json::Value| -> BTreeSet<String> {
+            report[part]["rows"]
+                .as_array()
+                .map(|rows| rows.iter().map(|r| r.to_string()).collect())
+                .unwrap_or_default()
+        };
+        let (found, after_kill) = (rows(&outcome.report), rows(&resumed.report));
+        compared += found.len();
+        figures.lost += found.difference(&after_kill).count() as u64;
+        figures.stale += after_kill.difference(&found).count() as u64;
+    }
+    assert!(
+        compared > 0,
+        "the reports list their rows: {:#}",
+        outcome.report
+    );
+    figures.report_and_check(
+        "reconcile: PostgreSQL, checksum mode",
+        "the reconcile killed after one key range",
     );
     for part in ["missing", "extra", "mismatched"] {
         assert_eq!(resumed.report[part], outcome.report[part], "{part}");

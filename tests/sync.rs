@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::faults::Figures;
 use common::services::Postgres;
 use common::{Workspace, plugin_wasm, sqlite_rows};
 use rand::rngs::StdRng;
@@ -237,6 +238,7 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
         (Strategy::FirstWriteWins, "lanes: 1", &sqlite),
         (Strategy::SourcePriority, "lanes: 1", &sqlite),
     ];
+    let mut figures = Figures::default();
     for seed in 0..6u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let writes = writes(&mut rng);
@@ -267,15 +269,23 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
                 "seed {seed} {strategy:?}: {:?}",
                 ws.dead_letters()
             );
+            let (rows, expected) = (final_rows(&ws, target, &table), oracle(*strategy, &writes));
+            let case_figures = Figures::compare(delivered.len() as u64, &expected, &rows);
+            figures.events += case_figures.events;
+            figures.lost += case_figures.lost;
+            figures.stale += case_figures.stale;
             assert_eq!(
-                final_rows(&ws, target, &table),
-                oracle(*strategy, &writes),
+                rows, expected,
                 "seed {seed}, {strategy:?} with {lanes} (case {case}), delivered {delivered:?}"
             );
             // Every duplicate, at least, lost to its first delivery.
             assert!(skipped as usize >= delivered.len() - writes.len());
         }
     }
+    figures.report_and_check(
+        "sync: three sites into one table, every strategy",
+        "shuffled delivery, a third of the writes twice",
+    );
 }
 
 /// A workspace and the pipeline that applies site b's changes (`b.jsonl`) to `table` in

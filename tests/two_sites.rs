@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::faults::Figures;
 use common::services::{Broker, Postgres};
 use common::{Workspace, weir};
 use rand::rngs::StdRng;
@@ -337,6 +338,20 @@ fn two_sites_written_at_once_converge_without_ping_pong() {
     let all: Vec<Write> = seeds.chain(writes.iter().cloned()).collect();
     let expected = oracle(&all);
     let (at_a, at_b) = (rows(&pg, "a"), rows(&pg, "b"));
+    let (a, b) = (
+        Figures::compare(all.len() as u64, &expected, &at_a),
+        Figures::compare(all.len() as u64, &expected, &at_b),
+    );
+    Figures {
+        events: all.len() as u64,
+        lost: a.lost + b.lost,
+        stale: a.stale + b.stale,
+        duplicated: 0,
+    }
+    .report_and_check(
+        "two sites, PostgreSQL through Kafka both ways",
+        "both sites written at once",
+    );
     let differing: Vec<_> = expected
         .keys()
         .chain(at_a.keys())

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod cdc;
+pub mod faults;
 pub mod services;
 
 use std::path::{Path, PathBuf};

@@ -33,14 +33,16 @@ struct Measured {
 
 /// One run of the pipeline file; with `scrape`, `/metrics` and the status page on that
 /// port every second (a scrape counts when both answer).
-fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measured, u64) {
+fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measured, u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(AtomicU64::new(0));
+    let scrape_micros = Arc::new(AtomicU64::new(0));
     let scraper = scrape.map(|port| {
-        let (stop, scrapes) = (stop.clone(), scrapes.clone());
+        let (stop, scrapes, scrape_micros) = (stop.clone(), scrapes.clone(), scrape_micros.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Until the listener is up, try again soon; then once a second.
+                let started = std::time::Instant::now();
                 let answered = ["/metrics", "/"]
                     .iter()
                     .all(|path| matches!(http_get(port, path), Some((200, _))));
@@ -48,6 +50,9 @@ fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measu
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
+                // How long the listener took to answer both: a bound on its work per
+                // scrape, which the noise between runs cannot hide.
+                scrape_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 scrapes.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -79,6 +84,9 @@ fn run(pipeline: &std::path::Path, events: usize, scrape: Option<u16>) -> (Measu
             cpu_per_event: cpu / events as f64,
         },
         scrapes.load(Ordering::Relaxed),
+        scrape_micros.load(Ordering::Relaxed) as f64
+            / 1000.0
+            / scrapes.load(Ordering::Relaxed).max(1) as f64,
     )
 }
 
@@ -102,24 +110,24 @@ fn main() {
             ),
         )
     };
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let (mut off, mut on, mut per_scrape) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..repeat {
         // A fresh output directory each time, so both write the whole file.
         for name in ["off", "on"] {
             let _ = std::fs::remove_dir_all(ws.path(name));
         }
-        let (quiet, served, scrapes) = if round % 2 == 0 {
-            let (quiet, _) = run(&pipeline("off"), events, None);
-            let (served, scrapes) = run(&pipeline("on"), events, Some(free_port()));
-            (quiet, served, scrapes)
+        let (quiet, (served, scrapes, scrape_ms)) = if round % 2 == 0 {
+            let (quiet, _, _) = run(&pipeline("off"), events, None);
+            (quiet, run(&pipeline("on"), events, Some(free_port())))
         } else {
-            let (served, scrapes) = run(&pipeline("on"), events, Some(free_port()));
-            let (quiet, _) = run(&pipeline("off"), events, None);
-            (quiet, served, scrapes)
+            let served = run(&pipeline("on"), events, Some(free_port()));
+            (run(&pipeline("off"), events, None).0, served)
         };
+        per_scrape.push(scrape_ms);
         println!(
             "  round {round}: listener off {:6.2} s ({:.0} events/s, {:.2} µs CPU/event); \
-             on, {scrapes} scrapes, {:6.2} s ({:.0} events/s, {:.2} µs CPU/event): {:.3}×",
+             on, {scrapes} scrapes of {scrape_ms:.1} ms, {:6.2} s ({:.0} events/s, {:.2} µs \
+             CPU/event): {:.3}×",
             quiet.seconds,
             events as f64 / quiet.seconds,
             quiet.cpu_per_event * 1e6,
@@ -138,5 +146,11 @@ fn main() {
         events as f64 / off,
         events as f64 / on,
         off / on
+    );
+    let scrape_ms = median(&mut per_scrape).unwrap();
+    println!(
+        "a scrape (/metrics and the status page) answered in {scrape_ms:.1} ms (median): at \
+         one a second, at most {:.2}% of one core",
+        scrape_ms / 10.0
     );
 }

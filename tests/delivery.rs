@@ -222,7 +222,7 @@ fn sigkill_at_random_moments_writes_each_change_exactly_once_to_a_jsonl_log() {
         events: stream.lines.len() as u64,
         lost: counts.values().filter(|c| **c == 0).count() as u64,
         stale: unknown,
-        duplicated: counts.values().map(|c| (c - 1).max(0) as u64).sum(),
+        duplicated: Some(counts.values().map(|c| (c - 1).max(0) as u64).sum()),
     }
     .report_and_check(
         "delivery: file to a JSON Lines change log",

@@ -143,7 +143,7 @@ fn check_final_state_after(pg: &Postgres, stream: &Stream, test: &str, injected:
         events: stream.lines.len() as u64,
         lost: lost.len() as u64,
         stale: (stale.len() + extra.len()) as u64,
-        duplicated: 0,
+        duplicated: None,
     }
     .report_and_check(test, injected);
 }
@@ -181,7 +181,7 @@ fn table_differences(
     for (id, (name, price, version)) in &stream.final_rows {
         match actual.get(id) {
             None => lost.push(*id),
-            Some((n, p, v)) if v < version || n != name || decimal(p) != decimal(price) => stale
+            Some((n, p, v)) if v != version || n != name || decimal(p) != decimal(price) => stale
                 .push(format!(
                     "id {id}: has ({n}, {p}, v{v}), expected ({name}, {price}, v{version})"
                 )),
@@ -212,7 +212,17 @@ fn setup(
     seed: u64,
     partitions: u32,
 ) -> (Broker, Postgres, Workspace, Stream) {
-    let broker = Broker::start();
+    setup_on(Broker::start(), events, keys, seed, partitions)
+}
+
+/// [`setup`] on a broker of one's own (one whose data survives a restart).
+fn setup_on(
+    broker: Broker,
+    events: usize,
+    keys: i64,
+    seed: u64,
+    partitions: u32,
+) -> (Broker, Postgres, Workspace, Stream) {
     let pg = Postgres::start();
     pg.create_database("target");
     broker.create_topic("items", partitions);
@@ -347,6 +357,10 @@ fn a_paused_broker_is_waited_for() {
     let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
     let mut child = command(&ws, &p, "15s").spawn().unwrap();
     wait_for_progress(&pg, "items-sync", 1_000, &mut child);
+    assert!(
+        progress(&pg, "items-sync") < 40_000,
+        "the broker froze mid-stream"
+    );
     broker.pause();
     std::thread::sleep(Duration::from_secs(10));
     broker.resume();
@@ -361,6 +375,33 @@ fn a_paused_broker_is_waited_for() {
         &stream,
         "kafka to PostgreSQL",
         "broker frozen (SIGSTOP) for 10 s",
+    );
+}
+
+#[test]
+fn a_killed_and_restarted_broker_is_waited_for() {
+    // A broker whose records and offsets survive its death (its SQLite storage).
+    let broker = Broker::start_with_storage("sqlite://tansu.db");
+    let (mut broker, pg, ws, stream) = setup_on(broker, 40_000, 1_000, 23, 2);
+    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
+    let mut child = command(&ws, &p, "20s").spawn().unwrap();
+    wait_for_progress(&pg, "items-sync", 1_000, &mut child);
+    assert!(
+        progress(&pg, "items-sync") < 40_000,
+        "the broker died mid-stream"
+    );
+    broker.restart_after(Duration::from_secs(5));
+    let output = wait(&mut child, Duration::from_secs(240));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    check_final_state_after(
+        &pg,
+        &stream,
+        "kafka to PostgreSQL",
+        "broker killed (SIGKILL), restarted after 5 s",
     );
 }
 

@@ -239,6 +239,7 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
         (Strategy::SourcePriority, "lanes: 1", &sqlite),
     ];
     let mut figures = Figures::default();
+    let mut wrong = Vec::new();
     for seed in 0..6u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let writes = writes(&mut rng);
@@ -274,10 +275,12 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
             figures.events += case_figures.events;
             figures.lost += case_figures.lost;
             figures.stale += case_figures.stale;
-            assert_eq!(
-                rows, expected,
-                "seed {seed}, {strategy:?} with {lanes} (case {case}), delivered {delivered:?}"
-            );
+            if rows != expected {
+                wrong.push(format!(
+                    "seed {seed}, {strategy:?} with {lanes} (case {case}): {rows:?} against \
+                     {expected:?}, delivered {delivered:?}"
+                ));
+            }
             // Every duplicate, at least, lost to its first delivery.
             assert!(skipped as usize >= delivered.len() - writes.len());
         }
@@ -286,6 +289,7 @@ fn every_strategy_converges_to_the_oracle_whatever_the_delivery() {
         "sync: three sites into one table, every strategy",
         "shuffled delivery, a third of the writes twice",
     );
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// A workspace and the pipeline that applies site b's changes (`b.jsonl`) to `table` in

@@ -346,7 +346,7 @@ fn two_sites_written_at_once_converge_without_ping_pong() {
         events: all.len() as u64,
         lost: a.lost + b.lost,
         stale: a.stale + b.stale,
-        duplicated: 0,
+        duplicated: None,
     }
     .report_and_check(
         "two sites, PostgreSQL through Kafka both ways",

@@ -351,57 +351,59 @@ fn sigkill_at_random_points_of_a_100k_stream_loses_nothing() {
     check_final_state(&pg, &stream);
 }
 
-#[test]
-fn a_paused_broker_is_waited_for() {
-    let (broker, pg, ws, stream) = setup(40_000, 1_000, 22, 2);
+/// Runs a 40,000-change stream through a pipeline (`--stop-when-idle idle`), does `fault`
+/// to the broker once weir is mid-stream, and checks that weir waits it out, ends within
+/// `limit`, and equal to the oracle.
+fn broker_fault_is_waited_for(
+    broker: Broker,
+    seed: u64,
+    (idle, limit): (&str, Duration),
+    injected: &str,
+    fault: impl FnOnce(&mut Broker),
+) {
+    let (mut broker, pg, ws, stream) = setup_on(broker, 40_000, 1_000, seed, 2);
     let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
-    let mut child = command(&ws, &p, "15s").spawn().unwrap();
+    let mut child = command(&ws, &p, idle).spawn().unwrap();
     wait_for_progress(&pg, "items-sync", 1_000, &mut child);
     assert!(
         progress(&pg, "items-sync") < 40_000,
-        "the broker froze mid-stream"
+        "the fault came mid-stream"
     );
-    broker.pause();
-    std::thread::sleep(Duration::from_secs(10));
-    broker.resume();
-    let output = wait(&mut child, Duration::from_secs(180));
+    fault(&mut broker);
+    let output = wait(&mut child, limit);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    check_final_state_after(
-        &pg,
-        &stream,
-        "kafka to PostgreSQL",
+    check_final_state_after(&pg, &stream, "kafka to PostgreSQL", injected);
+}
+
+#[test]
+fn a_paused_broker_is_waited_for() {
+    let bounds = ("15s", Duration::from_secs(180));
+    broker_fault_is_waited_for(
+        Broker::start(),
+        22,
+        bounds,
         "broker frozen (SIGSTOP) for 10 s",
+        |broker| {
+            broker.pause();
+            std::thread::sleep(Duration::from_secs(10));
+            broker.resume();
+        },
     );
 }
 
 #[test]
 fn a_killed_and_restarted_broker_is_waited_for() {
     // A broker whose records and offsets survive its death (its SQLite storage).
-    let broker = Broker::start_with_storage("sqlite://tansu.db");
-    let (mut broker, pg, ws, stream) = setup_on(broker, 40_000, 1_000, 23, 2);
-    let p = pipeline(&ws, &broker, &pg, "items", "id", STREAM_COLUMNS, 200);
-    let mut child = command(&ws, &p, "20s").spawn().unwrap();
-    wait_for_progress(&pg, "items-sync", 1_000, &mut child);
-    assert!(
-        progress(&pg, "items-sync") < 40_000,
-        "the broker died mid-stream"
-    );
-    broker.restart_after(Duration::from_secs(5));
-    let output = wait(&mut child, Duration::from_secs(240));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    check_final_state_after(
-        &pg,
-        &stream,
-        "kafka to PostgreSQL",
+    broker_fault_is_waited_for(
+        Broker::start_with_storage("sqlite://tansu.db"),
+        23,
+        ("20s", Duration::from_secs(240)),
         "broker killed (SIGKILL), restarted after 5 s",
+        |broker| broker.restart_after(Duration::from_secs(5)),
     );
 }
 

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::config::LoadedPipeline;
 use crate::metrics::Metrics;
+use crate::plugin::stats::OUTCOMES;
 use crate::position::Position;
 
 /// Where dead letters go.
@@ -155,18 +156,20 @@ impl Stage {
 }
 
 /// The reasons of the sink stage: the target refused the row, or a conflict resolver
-/// plugin refused it or failed (the transform stage's are the same without `refused`).
-const PLUGIN_REASONS: [&str; 9] = [
-    "refused",
-    "rejected",
-    "error",
-    "trap",
-    "timeout",
-    "oom",
-    "bad_output",
-    "init",
-    "host",
-];
+/// plugin refused it or failed, by the failure's outcome (the transform stage's are the
+/// same without `refused`). Made from the plugin outcomes, so a new one is a class here.
+const PLUGIN_REASONS: [&str; OUTCOMES.len() + 1] = {
+    let mut reasons = [""; OUTCOMES.len() + 1];
+    reasons[0] = "refused";
+    reasons[1] = "rejected";
+    // Every outcome but `ok`, which is no dead letter.
+    let mut i = 1;
+    while i < OUTCOMES.len() {
+        reasons[i + 1] = OUTCOMES[i];
+        i += 1;
+    }
+    reasons
+};
 
 /// One rejected record.
 #[derive(Debug, Clone)]

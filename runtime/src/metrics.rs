@@ -110,6 +110,8 @@ pub struct Metrics {
     /// Changes dropped because they came from the target's own site (loop prevention).
     pub echoes_dropped: AtomicU64,
     pub duplicates_skipped: AtomicU64,
+    /// Rows the sink skipped because the target held them by position already.
+    pub already_applied: AtomicU64,
     pub dead_letters: AtomicU64,
     pub tombstones: AtomicU64,
     pub schema_changes: AtomicU64,
@@ -127,6 +129,11 @@ pub struct Metrics {
     pub partition_lag: Mutex<BTreeMap<(String, i32), u64>>,
     /// Attempts to apply a batch the sink failed and that were made again.
     pub sink_retries: AtomicU64,
+    /// Events read under a consumer-group assignment that was revoked before they were
+    /// applied: left to the partitions' next owner, which starts at the sink's position.
+    pub events_abandoned: AtomicU64,
+    /// Rebalances that revoked this process's partitions.
+    pub revocations: AtomicU64,
     /// How long each batch took to apply, retries included (`/metrics`).
     pub apply_seconds: ApplySeconds,
     /// Counts by source table, for many-table pipelines (`tables:`).
@@ -202,6 +209,9 @@ pub struct Snapshot {
     pub conflicts_merged: u64,
     pub echoes_dropped: u64,
     pub duplicates_skipped: u64,
+    pub already_applied: u64,
+    pub events_abandoned: u64,
+    pub revocations: u64,
     pub dead_letters: u64,
     pub tombstones: u64,
     pub schema_changes: u64,
@@ -338,6 +348,9 @@ impl Metrics {
             conflicts_merged: get(&self.conflicts_merged),
             echoes_dropped: get(&self.echoes_dropped),
             duplicates_skipped: get(&self.duplicates_skipped),
+            already_applied: get(&self.already_applied),
+            events_abandoned: get(&self.events_abandoned),
+            revocations: get(&self.revocations),
             dead_letters: get(&self.dead_letters),
             tombstones: get(&self.tombstones),
             schema_changes: get(&self.schema_changes),

@@ -45,6 +45,8 @@ struct Work {
     checkpoint: Checkpoint,
     /// From a many-table pipeline (applied with [`Sink::apply_tables`]).
     many: bool,
+    /// The source's assignment its records were read under ([`RawBatch::assignment`]).
+    assignment: u64,
 }
 
 /// How the reader decodes: one table, or many (`tables:`), each with its own decoder.
@@ -124,17 +126,19 @@ impl Decoding {
         }
     }
 
-    fn finish(&mut self, checkpoint: Checkpoint, metrics: &Metrics) -> Work {
+    fn finish(&mut self, checkpoint: Checkpoint, assignment: u64, metrics: &Metrics) -> Work {
         match self {
             Decoding::One(decoder) => Work {
                 checkpoint: checkpoint.clone(),
                 batches: vec![decoder.finish(checkpoint)],
                 many: false,
+                assignment,
             },
             Decoding::Many(many) => Work {
                 batches: many.finish(&checkpoint, metrics),
                 checkpoint,
                 many: true,
+                assignment,
             },
         }
     }
@@ -421,6 +425,9 @@ fn run_stages(
     };
     let native = source.native_tables();
     decoding.set_native(native.clone());
+    if let Some(reader) = sink.stored_positions() {
+        source.read_stored_positions_with(reader);
+    }
     source.seek(&start)?;
     if metrics.lifecycle.current_phase().is_none() {
         // A source without phases of its own (a file, Kafka) streams from the start.
@@ -484,6 +491,7 @@ fn run_stages(
             spare,
             checkpoint: start.clone(),
             sent: start,
+            assignment: 0,
             letters: letters.clone(),
             letters_pending: false,
             metrics: metrics.clone(),
@@ -627,8 +635,13 @@ impl Applier<'_> {
                     return Err(e);
                 }
             };
+            if self.revoked(&work) {
+                continue;
+            }
             let applying = Instant::now();
-            let applied = self.apply_with_retry(&work, prepared.as_ref())?;
+            let Some(applied) = self.apply_with_retry(&work, prepared.as_ref())? else {
+                continue;
+            };
             self.metrics
                 .apply_seconds
                 .0
@@ -657,6 +670,7 @@ impl Applier<'_> {
             Metrics::add(&self.metrics.conflicts_merged, applied.merged);
             Metrics::add(&self.metrics.echoes_dropped, applied.echoes);
             Metrics::add(&self.metrics.duplicates_skipped, applied.duplicates);
+            Metrics::add(&self.metrics.already_applied, applied.already_applied);
             Metrics::add(&self.metrics.batches, 1);
             if let Some(newest) = work.batches.iter().filter_map(newest_source_time).max() {
                 self.metrics.lifecycle.changes_applied(newest);
@@ -671,6 +685,26 @@ impl Applier<'_> {
         }
         self.flush(&mut durable)?;
         Ok(durable)
+    }
+
+    /// Whether `work` was read under an assignment the source has lost since (a consumer
+    /// group revoked its partitions): it is abandoned, and its partitions' next owner
+    /// starts at the sink's stored position. Never half a stream: every later batch of
+    /// that assignment is abandoned too.
+    fn revoked(&self, work: &Work) -> bool {
+        let Some(committer) = &self.committer else {
+            return false;
+        };
+        if work.assignment == committer.assignment() {
+            return false;
+        }
+        let events: usize = work.batches.iter().map(ChangeBatch::num_rows).sum();
+        Metrics::add(&self.metrics.events_abandoned, events as u64);
+        tracing::debug!(
+            events,
+            "abandoning a batch read before the partitions were revoked"
+        );
+        true
     }
 
     fn flush(&mut self, durable: &mut Option<Checkpoint>) -> Result<(), PipelineError> {
@@ -689,11 +723,13 @@ impl Applier<'_> {
     /// Applies a batch, retrying while the sink reports a retryable error (a lost
     /// connection). Nothing is committed meanwhile, and the bounded channel stops the
     /// reader, so no position moves while the sink is down.
+    /// `None` when the batch was abandoned between attempts (its partitions were
+    /// revoked meanwhile).
     fn apply_with_retry(
         &mut self,
         work: &Work,
         prepared: Option<&Prepared>,
-    ) -> Result<sink::Applied, PipelineError> {
+    ) -> Result<Option<sink::Applied>, PipelineError> {
         let component = "sink";
         let mut attempt = 0;
         loop {
@@ -709,13 +745,16 @@ impl Applier<'_> {
             match applied {
                 Ok(applied) => {
                     self.metrics.health.ok(component);
-                    return Ok(applied);
+                    return Ok(Some(applied));
                 }
                 Err(e) if e.retryable && !self.stop.load(Ordering::Relaxed) => {
                     self.metrics.health.failing(component, &e.to_string());
                     Metrics::add(&self.metrics.sink_retries, 1);
                     std::thread::sleep(backoff(attempt));
                     attempt += 1;
+                    if self.revoked(work) {
+                        return Ok(None);
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -900,6 +939,8 @@ struct Reader {
     checkpoint: Checkpoint,
     /// The checkpoint of the last batch sent.
     sent: Checkpoint,
+    /// The source's assignment of the records decoded since the last batch sent.
+    assignment: u64,
     letters: Letters,
     letters_pending: bool,
     metrics: Arc<Metrics>,
@@ -918,18 +959,29 @@ impl Reader {
             self.letters.flush()?;
             self.letters_pending = false;
         }
-        let work = self.decoding.finish(self.checkpoint.clone(), &self.metrics);
+        let work = self
+            .decoding
+            .finish(self.checkpoint.clone(), self.assignment, &self.metrics);
         self.sent = self.checkpoint.clone();
         Ok(self.tx.send(Ok((work, None))).is_ok())
     }
 
     fn run(&mut self) -> Result<(), PipelineError> {
         let mut last_activity = Instant::now();
+        let mut last_fetched = Instant::now();
+        // Idle time is what the reader saw while it ran: across a long gap between two
+        // polls (the process was stopped, a VM paused) nothing was seen, so the source
+        // gets a fresh chance rather than a stop.
+        let stalled = (self.limits.max_wait * 10).max(Duration::from_secs(5));
         while !self.stop.load(Ordering::Relaxed) {
             // The fetcher only goes away after sending `End` or an error, or on a stop.
             let Ok(fetched) = self.fetched.recv() else {
                 break;
             };
+            if last_fetched.elapsed() > stalled {
+                last_activity = Instant::now();
+            }
+            last_fetched = Instant::now();
             let (raw, status) = fetched?;
             match status {
                 PollStatus::End => break,
@@ -959,6 +1011,9 @@ impl Reader {
                 PollStatus::Records => last_activity = Instant::now(),
                 PollStatus::Heartbeats => {}
             }
+            if raw.assignment != self.assignment && !self.reassigned(raw.assignment)? {
+                return Ok(());
+            }
             crate::fault::panic_if_injected("read");
             Metrics::add(&self.metrics.events_read, raw.len() as u64);
             Metrics::add(&self.metrics.bytes_read, raw.bytes() as u64);
@@ -983,6 +1038,21 @@ impl Reader {
         }
         self.send()?;
         Ok(())
+    }
+
+    /// The source lost its streams and was given some again (a consumer group
+    /// rebalanced): what was decoded before goes on in a batch of its own (which the
+    /// applier abandons), and the checkpoint starts afresh, so no later batch carries the
+    /// position of a partition another process may own now. Returns false when the
+    /// applier has gone.
+    fn reassigned(&mut self, assignment: u64) -> Result<bool, PipelineError> {
+        if !self.send()? {
+            return Ok(false);
+        }
+        self.assignment = assignment;
+        self.checkpoint = Checkpoint::default();
+        self.sent = Checkpoint::default();
+        Ok(true)
     }
 
     /// Decodes a poll of a many-table pipeline grouped by table ([`ManyTables::plan`]),

@@ -37,7 +37,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn signal(pid: u32, signal: &str) {
+pub fn signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status()
@@ -245,10 +245,35 @@ impl Broker {
         one_per_batch: bool,
         at_ms: Option<i64>,
     ) {
+        produce_with(
+            &self.address(),
+            topic,
+            records,
+            headers,
+            one_per_batch,
+            at_ms,
+        )
+    }
+}
+
+/// [`Broker::produce`] from another thread, to the broker at `address`.
+pub fn produce_to(address: &str, topic: &str, records: &[(Option<String>, Option<String>)]) {
+    produce_with(address, topic, records, &[], true, None)
+}
+
+fn produce_with(
+    address: &str,
+    topic: &str,
+    records: &[(Option<String>, Option<String>)],
+    headers: &[Vec<(&str, &str)>],
+    one_per_batch: bool,
+    at_ms: Option<i64>,
+) {
+    {
         use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
         let mut config = rdkafka::ClientConfig::new();
         config
-            .set("bootstrap.servers", self.address())
+            .set("bootstrap.servers", address)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             // Tests also produce oversized records, for weir to reject.

@@ -121,6 +121,23 @@ pub fn exposition(pipeline: &str, metrics: &Metrics) -> String {
         &[(&[], read(&metrics.sink_retries))],
     );
     counter(
+        "weir_rows_already_applied",
+        "Rows the sink skipped because the target held them by position already (a \
+         redelivery, or a batch the partition's new owner applied first)",
+        &[(&[], read(&metrics.already_applied))],
+    );
+    counter(
+        "weir_events_abandoned",
+        "Events read before this process's partitions were revoked, left unapplied to \
+         their next owner",
+        &[(&[], read(&metrics.events_abandoned))],
+    );
+    counter(
+        "weir_partitions_revoked",
+        "Rebalances of the consumer group that revoked this process's partitions",
+        &[(&[], read(&metrics.revocations))],
+    );
+    counter(
         "weir_conflicts",
         "Changes a conflict strategy skipped or replaced by a merged row",
         &[

@@ -227,6 +227,7 @@ impl Sink for Lanes {
             total.merged += applied.merged;
             total.echoes += applied.echoes;
             total.duplicates += applied.duplicates;
+            total.already_applied += applied.already_applied;
         }
         total.durable = Some(batch.checkpoint.clone());
         Ok(total)

@@ -143,6 +143,10 @@ pub struct Applied {
     /// Changes recognised as already applied by their identity (source, table, key and
     /// position), under a resolver plugin (docs/sync.md, "Once-only apply").
     pub duplicates: u64,
+    /// Rows the target already held by their position (at or before its stored
+    /// checkpoint): a batch delivered again after a crash, or applied first by the
+    /// process that owns the partition now.
+    pub already_applied: u64,
 }
 
 /// Where a sink sends rows it cannot apply (a value the target refuses). The pipeline
@@ -175,9 +179,18 @@ pub type PreparedTables = Vec<Option<Prepared>>;
 /// merging, say). `None` when there is nothing to prepare.
 pub type Preparer = Arc<dyn Fn(&ChangeBatch) -> Option<Prepared> + Send + Sync>;
 
+/// Reads the positions a sink has stored for some streams, on a connection of its own
+/// (it is called from the source's thread, while the sink applies).
+pub type StoredPositions = Box<dyn FnMut(&[String]) -> Result<Checkpoint, SinkError> + Send>;
+
 pub trait Sink: Send {
     /// The checkpoint stored with the data, if this sink keeps one.
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError>;
+    /// A reader of the stored positions of given streams, for sinks that several
+    /// processes can share (see [`StoredPositions`]).
+    fn stored_positions(&self) -> Option<StoredPositions> {
+        None
+    }
     fn apply(
         &mut self,
         batch: &ChangeBatch,

@@ -505,6 +505,9 @@ impl SqliteSink {
         // Rows this database already holds (a batch delivered twice) are skipped.
         let stored = self.stored(batch).map_err(|e| self.error(e.to_string()))?;
         let include = super::unapplied(batch, &stored);
+        if let Some(mask) = &include {
+            applied.already_applied += mask.iter().filter(|x| !**x).count() as u64;
+        }
         if self.resolver.is_some() {
             return self.apply_resolved(batch, include.as_deref(), applied, rejects);
         }

@@ -57,6 +57,9 @@ pub struct RawBatch {
     entries: Vec<Entry>,
     /// Header name and value ranges of every record, in order.
     headers: Vec<(Span, Option<Span>)>,
+    /// The source's assignment these records were read under (see
+    /// [`Committer::assignment`]); 0 for a source that never loses its streams.
+    pub assignment: u64,
 }
 
 #[derive(Debug)]
@@ -200,6 +203,12 @@ pub trait Source: Send {
     fn native_tables(&self) -> Option<Arc<crate::decode::native::NativeTables>> {
         None
     }
+    /// Gives the source a reader of the positions the sink has stored, so a stream it is
+    /// handed while running (a partition a consumer group assigns) starts where the
+    /// target is, not where this process last was.
+    fn read_stored_positions_with(&mut self, reader: crate::sink::StoredPositions) {
+        let _ = reader;
+    }
 }
 
 /// Receives the positions the sink has durably applied; called from the applier thread.
@@ -208,6 +217,12 @@ pub trait Committer: Send {
     /// Like `commit`, waiting for it to complete (when the pipeline stops).
     fn commit_sync(&self, checkpoint: &Checkpoint) {
         self.commit(checkpoint);
+    }
+    /// The source's current assignment: it counts the times the source lost its streams
+    /// (a consumer group revoked its partitions). A batch read under an earlier one is
+    /// abandoned, not applied: the streams restart at the sink's stored position.
+    fn assignment(&self) -> u64 {
+        0
     }
 }
 

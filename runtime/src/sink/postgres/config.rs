@@ -33,6 +33,17 @@ pub struct PostgresSinkConfig {
     #[serde(default)]
     #[schemars(length(min = 1))]
     pub origin: Option<String>,
+    /// How long a transaction of weir's may sit idle before PostgreSQL ends it (its
+    /// `idle_in_transaction_session_timeout`). A process stopped inside a transaction (a
+    /// paused VM, SIGSTOP) holds its partitions' checkpoint rows until then, so the
+    /// processes that took those partitions over wait at most this long. Default 60s;
+    /// `0s` turns the limit off.
+    #[serde(default = "default_idle_transaction_timeout")]
+    pub idle_transaction_timeout: crate::config::HumanDuration,
+}
+
+fn default_idle_transaction_timeout() -> crate::config::HumanDuration {
+    crate::config::HumanDuration(std::time::Duration::from_secs(60))
 }
 
 impl PostgresSinkConfig {

@@ -31,10 +31,9 @@ impl PostgresSink {
     ) -> Result<(), SinkError> {
         let include = unapplied(batch, stored);
         if let Some(mask) = &include {
-            tracing::debug!(
-                skipped = mask.iter().filter(|x| !**x).count(),
-                "skipping rows the table already holds"
-            );
+            let skipped = mask.iter().filter(|x| !**x).count();
+            tracing::debug!(skipped, "skipping rows the table already holds");
+            applied.already_applied += skipped as u64;
         }
         if batch.num_rows() > 0 && include.as_ref().is_none_or(|m| m.iter().any(|x| *x)) {
             self.ensure_table(tx, batch)?;

@@ -87,6 +87,32 @@ fn retryable(e: &postgres::Error) -> bool {
     }
 }
 
+/// Whether a DDL statement failed because another session ran the same one at the same
+/// moment: `CREATE … IF NOT EXISTS` and `ADD COLUMN IF NOT EXISTS` are not safe against
+/// each other (one fails on the catalog's unique index), and several processes of one
+/// pipeline start together. A second attempt finds the object made.
+fn concurrent_ddl(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::DUPLICATE_SCHEMA,
+            SqlState::DUPLICATE_COLUMN,
+            SqlState::DUPLICATE_OBJECT,
+        ]
+        .contains(code)
+    })
+}
+
+/// Runs DDL that another weir session may run at the same moment, once more if that
+/// session won the race ([`concurrent_ddl`]).
+fn run_ddl(client: &mut Client, sql: &str) -> Result<(), postgres::Error> {
+    match client.batch_execute(sql) {
+        Err(e) if concurrent_ddl(&e) => client.batch_execute(sql),
+        other => other,
+    }
+}
+
 /// Whether an error is about the data of some row (so bisecting finds the culprit).
 fn data_error(e: &postgres::Error) -> bool {
     e.code()
@@ -170,6 +196,8 @@ pub struct PostgresSink {
     /// The checkpoint of the last transaction committed without waiting for its WAL
     /// flush (a copy's, `many.rs`), until a transaction that waits makes it durable.
     unflushed: Option<Checkpoint>,
+    /// `idle_transaction_timeout`, set on every session.
+    idle_transaction_timeout: std::time::Duration,
 }
 
 impl PostgresSink {
@@ -236,6 +264,7 @@ impl PostgresSink {
             optimistic: Cell::new(false),
             refused_optimistically: Cell::new(false),
             unflushed: None,
+            idle_transaction_timeout: config.idle_transaction_timeout.0,
         };
         // Connect now, so a wrong URL or password fails the start, clearly.
         sink.client()?;
@@ -266,6 +295,15 @@ impl PostgresSink {
         SinkError::new(self.describe(), message)
     }
 
+    /// [`pg_error`](Self::pg_error) for DDL inside a batch's transaction: when another
+    /// session made the same object at the same moment, the batch is applied again.
+    fn ddl_error(&self, context: &str, e: &postgres::Error) -> SinkError {
+        SinkError {
+            retryable: retryable(e) || concurrent_ddl(e),
+            ..self.pg_error(context, e)
+        }
+    }
+
     fn pg_error(&self, context: &str, e: &postgres::Error) -> SinkError {
         SinkError {
             retryable: retryable(e),
@@ -293,9 +331,14 @@ impl PostgresSink {
                 retryable: retryable(&e) || e.as_db_error().is_none(),
                 ..self.error(format!("cannot connect: {}", describe_error(&e)))
             })?;
-            client
-                .batch_execute(
-                    "CREATE SCHEMA IF NOT EXISTS weir;
+            run_ddl(
+                &mut client,
+                &format!(
+                    // A process stopped inside a transaction (SIGSTOP, a VM paused) holds
+                    // its partitions' checkpoint rows; the processes that took its
+                    // partitions over wait for them at most this long.
+                    "SET idle_in_transaction_session_timeout = {};
+                     CREATE SCHEMA IF NOT EXISTS weir;
                      CREATE TABLE IF NOT EXISTS weir.checkpoints (
                          pipeline text NOT NULL,
                          stream text NOT NULL,
@@ -304,8 +347,10 @@ impl PostgresSink {
                          updated_at timestamptz NOT NULL DEFAULT now(),
                          PRIMARY KEY (pipeline, stream)
                      );",
-                )
-                .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
+                    self.idle_transaction_timeout.as_millis()
+                ),
+            )
+            .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
             if let Some(origin) = &self.origin {
                 mark_with_origin(&mut client, origin).map_err(|e| SinkError {
                     // Still held by this sink's previous session, which the server has
@@ -335,6 +380,42 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
+    fn stored_positions(&self) -> Option<crate::sink::StoredPositions> {
+        let url = self.url.clone();
+        let pipeline = self.pipeline.clone();
+        let describe = self.describe();
+        let mut client: Option<Client> = None;
+        Some(Box::new(move |streams: &[String]| {
+            let error = |context: &str, e: &postgres::Error| SinkError {
+                retryable: true,
+                ..SinkError::new(&describe, format!("{context}: {}", describe_error(e)))
+            };
+            if client.as_ref().is_none_or(Client::is_closed) {
+                let mut config: postgres::Config = url
+                    .expose()
+                    .parse()
+                    .map_err(|e| error("cannot read the stored positions", &e))?;
+                // Called while the consumer group waits for this process: never for long.
+                config.connect_timeout(std::time::Duration::from_secs(10));
+                client = Some(
+                    config
+                        .connect(NoTls)
+                        .map_err(|e| error("cannot read the stored positions", &e))?,
+                );
+            }
+            let rows = client
+                .as_mut()
+                .expect("connected above")
+                .query(
+                    "SELECT stream, next, line FROM weir.checkpoints
+                     WHERE pipeline = $1 AND stream = ANY($2) AND next >= 0",
+                    &[&pipeline, &streams],
+                )
+                .map_err(|e| error("cannot read the stored positions", &e))?;
+            Ok(checkpoint_of(&rows))
+        }))
+    }
+
     fn committed(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         let pipeline = self.pipeline.clone();
         let rows = self

@@ -128,7 +128,8 @@ impl PostgresSink {
     /// Creates `weir.applied`, which holds the identities of the changes a resolver
     /// decided, for every target of this database.
     pub(super) fn prepare_applied(client: &mut postgres::Client) -> Result<(), postgres::Error> {
-        client.batch_execute(
+        super::run_ddl(
+            client,
             "CREATE TABLE IF NOT EXISTS weir.applied (
                  target text NOT NULL,
                  identity text NOT NULL,

@@ -122,7 +122,7 @@ impl PostgresSink {
                 "CREATE TABLE IF NOT EXISTS {target} ({})",
                 columns.join(", ")
             ))
-            .map_err(|e| self.pg_error("cannot create the table", &e))?;
+            .map_err(|e| self.ddl_error("cannot create the table", &e))?;
             tracing::info!(table = %target, "created the table");
             self.checked = Some(fields.clone());
             return self.read_columns(tx);
@@ -135,7 +135,7 @@ impl PostgresSink {
                         "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {wanted}",
                         quote(field.name())
                     ))
-                    .map_err(|e| self.pg_error("cannot add a column", &e))?;
+                    .map_err(|e| self.ddl_error("cannot add a column", &e))?;
                     tracing::info!(table = %target, column = %field.name(), "added column");
                 }
                 None => {
@@ -150,7 +150,7 @@ impl PostgresSink {
                         "ALTER TABLE {target} ALTER COLUMN {} TYPE {wanted}",
                         quote(field.name())
                     ))
-                    .map_err(|e| self.pg_error("cannot widen a column", &e))?;
+                    .map_err(|e| self.ddl_error("cannot widen a column", &e))?;
                     tracing::info!(table = %target, column = %field.name(), from = %existing, to = %wanted, "widened column");
                 }
                 Some(_) => {}

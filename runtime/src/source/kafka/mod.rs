@@ -17,7 +17,7 @@
 //! says so, and reading resumes when the broker is back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,10 +87,14 @@ pub enum Start {
 
 /// Partition state shared by the consumer (rebalance callback), the source and the
 /// committer.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     /// Where each partition resumes: the sink's checkpoint, then what was applied since.
     resume: Mutex<Checkpoint>,
+    /// Reads the sink's stored positions when partitions are assigned, if the sink can.
+    stored: Mutex<Option<crate::sink::StoredPositions>>,
+    /// Counts revocations: records read under an earlier count are abandoned.
+    assignment: AtomicU64,
     /// Partitions currently assigned to this process.
     assigned: Mutex<BTreeMap<String, (String, i32)>>,
     /// The offset each partition was assigned at, until its first record arrives.
@@ -165,13 +169,13 @@ impl ConsumerContext for SourceContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let resume = self.shared.resume.lock().expect("resume lock").clone();
                 let mut assigned = self.shared.assigned.lock().expect("assigned lock");
                 assigned.clear();
                 for element in tpl.elements() {
                     let key = kafka_stream(element.topic(), element.partition());
                     assigned.insert(key, (element.topic().to_string(), element.partition()));
                 }
+                let resume = self.resume_points(assigned.keys().cloned().collect());
                 let mut starts = Vec::new();
                 let mut expected = self.shared.expected.lock().expect("expected lock");
                 expected.clear();
@@ -194,9 +198,17 @@ impl ConsumerContext for SourceContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Batches already read may still be applied; transactional sinks skip any
-                // row another process applied first, so nothing regresses.
+                // Batches read under this assignment and not yet applied are abandoned
+                // (the applier compares their assignment with this count): the
+                // partitions' next owner, this process or another, starts at the sink's
+                // stored position. A batch being applied at this moment finishes; the
+                // sink skips any row another process applied first, so nothing
+                // regresses and nothing is applied twice.
+                self.shared.assignment.fetch_add(1, Ordering::SeqCst);
+                Metrics::add(&self.base.metrics.revocations, 1);
                 self.shared.assigned.lock().expect("assigned lock").clear();
+                self.shared.expected.lock().expect("expected lock").clear();
+                self.shared.checking.store(false, Ordering::Relaxed);
                 tracing::info!("partitions revoked");
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(error = %e, "unassigning partitions failed");
@@ -204,6 +216,27 @@ impl ConsumerContext for SourceContext {
             }
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
+    }
+}
+
+impl SourceContext {
+    /// Where each of `streams` resumes: the sink's stored position, read now (another
+    /// process may have applied past where this one stopped), else what this process
+    /// last applied, else the group's committed offset.
+    fn resume_points(&self, streams: Vec<String>) -> Checkpoint {
+        let mut resume = self.shared.resume.lock().expect("resume lock");
+        if let Some(read) = self.shared.stored.lock().expect("stored lock").as_mut() {
+            match read(&streams) {
+                Ok(stored) => resume.merge(&stored),
+                // The sink still skips what it holds: starting earlier costs a re-read.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot read the sink's stored positions; the partitions start where \
+                     this process last applied, or at the group's offsets"
+                ),
+            }
+        }
+        resume.clone()
     }
 }
 
@@ -265,7 +298,14 @@ impl KafkaSource {
             retryable: false,
         };
         let client = consumer_config(config, &pipeline.config.name);
-        let shared = Arc::new(Shared::default());
+        // Assignments count from 1: the reader, at 0, then starts its checkpoint afresh
+        // with the first records, holding only the partitions this process reads (a
+        // batch's checkpoint rows are locked in the sink, so positions of partitions
+        // other processes own would make every process wait for the others).
+        let shared = Arc::new(Shared {
+            assignment: AtomicU64::new(1),
+            ..Shared::default()
+        });
         let heartbeat = config
             .heartbeat
             .as_ref()
@@ -480,6 +520,7 @@ impl Source for KafkaSource {
         let started = Instant::now();
         let consumer = self.consumer.clone();
         let mut elapsed = Duration::ZERO;
+        batch.assignment = self.shared.assignment.load(Ordering::SeqCst);
         loop {
             if limits.filled(batch) {
                 self.heartbeat_between_records();
@@ -512,7 +553,11 @@ impl Source for KafkaSource {
                     PollStatus::Waiting
                 });
             }
-            let Some(result) = consumer.poll(limits.max_wait - elapsed) else {
+            let polled = consumer.poll(limits.max_wait - elapsed);
+            // A rebalance runs inside `poll`: what was read before it is dropped here,
+            // before a record of the new assignment joins the batch.
+            self.abandon_if_revoked(batch);
+            let Some(result) = polled else {
                 elapsed = started.elapsed();
                 continue;
             };
@@ -564,6 +609,29 @@ impl Source for KafkaSource {
             shared: self.shared.clone(),
         }))
     }
+
+    fn read_stored_positions_with(&mut self, reader: crate::sink::StoredPositions) {
+        *self.shared.stored.lock().expect("stored lock") = Some(reader);
+    }
+}
+
+impl KafkaSource {
+    /// Drops the records of `batch` read before a revocation (the partitions restart at
+    /// the sink's position, wherever they are assigned next).
+    fn abandon_if_revoked(&self, batch: &mut RawBatch) {
+        let now = self.shared.assignment.load(Ordering::SeqCst);
+        if batch.assignment != now {
+            if !batch.is_empty() {
+                tracing::debug!(
+                    records = batch.len(),
+                    "abandoning records of revoked partitions"
+                );
+                Metrics::add(&self.metrics.events_abandoned, batch.len() as u64);
+                batch.clear();
+            }
+            batch.assignment = now;
+        }
+    }
 }
 
 /// Commits applied positions to the consumer group, for the partitions this process still
@@ -582,6 +650,10 @@ impl Committer for KafkaCommitter {
 
     fn commit_sync(&self, checkpoint: &Checkpoint) {
         self.commit_with(checkpoint, CommitMode::Sync);
+    }
+
+    fn assignment(&self) -> u64 {
+        self.shared.assignment.load(Ordering::SeqCst)
     }
 }
 

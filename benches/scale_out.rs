@@ -195,7 +195,10 @@ fn pause(
         })
     });
     if let Some(leaving) = leaving {
-        assert!(leaving.join().unwrap().success(), "the leaving process failed");
+        assert!(
+            leaving.join().unwrap().success(),
+            "the leaving process failed"
+        );
     }
     let mut rest = vec![second];
     rest.extend(joiner);

@@ -127,7 +127,10 @@ impl ParquetTables {
         }
         // A crash here leaves renamed files that no manifest commits (tests/many_tables.rs).
         crate::fault::panic_if_injected("parquet-roll");
-        self.manifest.checkpoint = checkpoint.clone();
+        // Merged, not replaced: a batch carries only the streams read under the source's
+        // current assignment (a consumer group may have moved the others), and a
+        // stream's position never moves back.
+        self.manifest.checkpoint.merge(checkpoint);
         let bytes = serde_json::to_vec(&self.manifest).expect("the manifest serialises");
         write_atomically(&self.dir.join(MANIFEST), &bytes)
             .map_err(|e| self.error(format!("cannot write {MANIFEST}: {e}")))

@@ -34,10 +34,11 @@ pub struct PostgresSinkConfig {
     #[schemars(length(min = 1))]
     pub origin: Option<String>,
     /// How long a transaction of weir's may sit idle before PostgreSQL ends it (its
-    /// `idle_in_transaction_session_timeout`). A process stopped inside a transaction (a
-    /// paused VM, SIGSTOP) holds its partitions' checkpoint rows until then, so the
-    /// processes that took those partitions over wait at most this long. Default 60s;
-    /// `0s` turns the limit off.
+    /// `idle_in_transaction_session_timeout`), and how long a statement waits for a row
+    /// lock (`lock_timeout`; the batch is then applied again). A process stopped inside a
+    /// transaction (a paused VM, SIGSTOP) holds its partitions' checkpoint rows until
+    /// then, so the processes that took those partitions over wait about this long, and
+    /// no process waits on another's locks longer. Default 60s; `0s` turns both off.
     #[serde(default = "default_idle_transaction_timeout")]
     pub idle_transaction_timeout: crate::config::HumanDuration,
 }

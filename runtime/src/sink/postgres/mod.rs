@@ -79,6 +79,12 @@ fn retryable(e: &postgres::Error) -> bool {
                 || c.starts_with("57P")
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
+                // `lock_timeout`: another session held the rows (a stopped process, see
+                // `idle_transaction_timeout`); the batch is applied again.
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                // A statement cancelled (`statement_timeout`, an operator's
+                // `pg_cancel_backend`): nothing was applied; the batch is applied again.
+                || *code == SqlState::QUERY_CANCELED
                 // A statement kept prepared was dropped under the connection (`DISCARD
                 // ALL`, a pooler): the batch fails, the kept statements are forgotten, and
                 // the retry prepares them again.
@@ -335,9 +341,11 @@ impl PostgresSink {
                 &mut client,
                 &format!(
                     // A process stopped inside a transaction (SIGSTOP, a VM paused) holds
-                    // its partitions' checkpoint rows; the processes that took its
-                    // partitions over wait for them at most this long.
-                    "SET idle_in_transaction_session_timeout = {};
+                    // its partitions' checkpoint rows until the server ends its idle
+                    // transaction; a session waiting for rows gives up after as long
+                    // (and its batch is applied again), so no wait holds another's.
+                    "SET idle_in_transaction_session_timeout = {0};
+                     SET lock_timeout = {0};
                      CREATE SCHEMA IF NOT EXISTS weir;
                      CREATE TABLE IF NOT EXISTS weir.checkpoints (
                          pipeline text NOT NULL,

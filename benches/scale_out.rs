@@ -52,6 +52,8 @@ source:
   options:
     session.timeout.ms: 6000
     heartbeat.interval.ms: 1000
+    # tansu answers a fetch only when its wait expires (docs/pipeline.md, "Tuning").
+    fetch.wait.max.ms: 5
 tables:
   include: ['inventory.*']
 sink:
@@ -72,7 +74,9 @@ fn start(broker: &Broker, pg: &Postgres, database: &str, pipeline: &std::path::P
     common::weir()
         .env("KAFKA_BROKERS", broker.address())
         .env("PG_URL", pg.url(database))
-        .args(["run", "-q", "--stop-when-idle", "3s"])
+        // Long enough that a process whose own partitions are done is still there when
+        // the group hands it a leaver's.
+        .args(["run", "-q", "--stop-when-idle", "10s"])
         .arg(pipeline)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -128,7 +132,7 @@ fn finish(children: Vec<Child>) {
 }
 
 /// One run of `processes` processes over the whole topic: seconds until every partition
-/// is applied to its end, and weir's CPU seconds.
+/// is applied to its end, weir's CPU seconds and the broker's.
 fn throughput(
     broker: &Broker,
     pg: &Postgres,
@@ -136,10 +140,11 @@ fn throughput(
     run: &str,
     processes: usize,
     ends: &BTreeMap<i32, i64>,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     pg.create_database(run);
     let pipeline = pipeline(ws, run);
     let cpu_before = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let broker_before = broker.cpu_seconds();
     let started = Instant::now();
     let children: Vec<Child> = (0..processes)
         .map(|_| start(broker, pg, run, &pipeline))
@@ -147,10 +152,12 @@ fn throughput(
     let applied = wait_for(pg, run, run, "applying the topic", |at| {
         ends.iter().all(|(p, end)| at.get(p) == Some(end))
     });
+    let broker_cpu = broker.cpu_seconds() - broker_before;
     finish(children);
     (
         applied.duration_since(started).as_secs_f64(),
         cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_before,
+        broker_cpu,
     )
 }
 
@@ -188,10 +195,19 @@ fn pause(
         signal(first.id(), "TERM");
         leaving = Some(std::thread::spawn(move || first.wait().unwrap()));
     }
+    // A leaver applies what it read before it goes: its partitions move on from where
+    // it left them, not from where they stood at the signal.
+    let mut from = at_signal;
+    while leaving.as_ref().is_some_and(|l| !l.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if leaving.is_some() {
+        from = positions(pg, run, run);
+    }
     let moved = wait_for(pg, run, run, "every partition applied again", |at| {
         ends.iter().all(|(p, end)| {
             let now = at.get(p).copied().unwrap_or(-1);
-            now >= *end || now > at_signal.get(p).copied().unwrap_or(-1)
+            now >= *end || now > from.get(p).copied().unwrap_or(-1)
         })
     });
     if let Some(leaving) = leaving {
@@ -252,12 +268,13 @@ fn main() {
         let mut rates = BTreeMap::new();
         for processes in order {
             let run = format!("r{round}p{processes}");
-            let (seconds, cpu) = throughput(&broker, &pg, &ws, &run, processes, &ends);
+            let (seconds, cpu, broker_cpu) = throughput(&broker, &pg, &ws, &run, processes, &ends);
             let rate = events as f64 / seconds;
             let micros = cpu * 1e6 / events as f64;
             eprintln!(
                 "round {round}: {processes} process(es): {rate:.0} events/s, weir CPU \
-                 {micros:.1} µs/event"
+                 {micros:.1} µs/event, broker CPU {:.1} µs/event",
+                broker_cpu * 1e6 / events as f64
             );
             rates.insert(processes, rate);
             per_event.entry(processes).or_default().push(micros);

@@ -231,20 +231,7 @@ fn main() {
     };
     let tables = tables();
     let capture = capture(&tables, events, 300, 0xbe7c);
-    let records: Vec<_> = {
-        // Interleaved across tables as Debezium's topic routing would.
-        let mut cursors = vec![0usize; tables.len()];
-        let mut rng = weir_runtime::bench::Rng::new(3);
-        let mut out = Vec::with_capacity(events);
-        while out.len() < events {
-            let t = rng.below(tables.len() as u64) as usize;
-            if let Some(record) = capture.records[t].get(cursors[t]) {
-                out.push(record.clone());
-                cursors[t] += 1;
-            }
-        }
-        out
-    };
+    let records = capture.interleaved(3);
     let broker = Broker::start();
     let pg = Postgres::start();
     broker.create_topic(TOPIC, PARTITIONS as u32);

@@ -18,21 +18,10 @@ use common::inventory::{Capture, Table, capture, tables, target_of};
 /// Every target table as `key text -> row text`, read the way the oracle writes it.
 fn target_rows(pg: &Postgres, table: &Table, target: &str) -> BTreeMap<String, String> {
     let mut client = pg.client("target");
-    let keys: Vec<String> = table
-        .key_fields()
-        .iter()
-        .map(|(name, _)| format!("{name}::text"))
-        .collect();
-    let note = if table.evolves {
-        ", coalesce(note, '-')"
-    } else {
-        ""
-    };
     let sql = format!(
-        "SELECT concat_ws('|', {keys}), concat_ws('|', {keys}, name, qty::text, price::text, \
-         active::text, (extract(epoch FROM updated_at) * 1000000)::bigint::text{note}) \
-         FROM public.\"{target}\"",
-        keys = keys.join(", ")
+        "SELECT {}, {} FROM public.\"{target}\"",
+        table.key_sql(),
+        table.row_sql()
     );
     client
         .query(&sql, &[])
@@ -409,17 +398,8 @@ fn the_same_tables_through_one_topic_equal_the_oracle() {
     // key's changes stay in one partition, in order).
     let topic = "dbserver1.inventory.all";
     broker.create_topic(topic, 3);
-    let mut interleaved = Vec::new();
-    let mut cursors = vec![0usize; tables.len()];
-    let mut rng = weir_runtime::bench::Rng::new(9);
-    let total: usize = capture.records.iter().map(Vec::len).sum();
-    while interleaved.len() < total {
-        let t = rng.below(tables.len() as u64) as usize;
-        if let Some(record) = capture.records[t].get(cursors[t]) {
-            interleaved.push(record.clone());
-            cursors[t] += 1;
-        }
-    }
+    let interleaved = capture.interleaved(9);
+    let total = interleaved.len();
     broker.produce(topic, &interleaved);
     let ws = Workspace::new();
     let pipeline = ws.write(

@@ -273,23 +273,12 @@ fn read_change_log(pg: &Postgres, tables: &[Table]) -> ChangeLog {
         {
             log.changes.push((row.get(0), row.get(1)));
         }
-        let keys: Vec<String> = table
-            .key_fields()
-            .iter()
-            .map(|(name, _)| format!("{name}::text"))
-            .collect();
-        let note = if table.evolves {
-            ", coalesce(note, '-')"
-        } else {
-            ""
-        };
         // A key's changes all travel in one partition, so its offsets order them.
         let sql = format!(
-            "SELECT DISTINCT ON (1) concat_ws('|', {keys}), _weir_op, concat_ws('|', {keys}, \
-             name, qty::text, price::text, active::text, \
-             (extract(epoch FROM updated_at) * 1000000)::bigint::text{note}) \
-             FROM public.\"{target}\" ORDER BY 1, _weir_offset DESC",
-            keys = keys.join(", ")
+            "SELECT DISTINCT ON (1) {}, _weir_op, {} FROM public.\"{target}\" \
+             ORDER BY 1, _weir_offset DESC",
+            table.key_sql(),
+            table.row_sql()
         );
         let finals = log.finals.entry(target.to_string()).or_default();
         for row in client
@@ -320,16 +309,7 @@ fn a_group_of_processes_survives_freezes_kills_and_rebalances_applying_each_chan
     broker.create_topic(TOPIC, PARTITIONS as u32);
     // Debezium's topic routing: every table in one topic, keyed by the record key (so a
     // key's changes stay in one partition, in order).
-    let mut interleaved = Vec::with_capacity(events);
-    let mut cursors = vec![0usize; tables.len()];
-    let mut rng = weir_runtime::bench::Rng::new(12);
-    while interleaved.len() < events {
-        let t = rng.below(tables.len() as u64) as usize;
-        if let Some(record) = capture.records[t].get(cursors[t]) {
-            interleaved.push(record.clone());
-            cursors[t] += 1;
-        }
-    }
+    let interleaved = capture.interleaved(12);
     let audit: usize = tables
         .iter()
         .zip(&capture.records)

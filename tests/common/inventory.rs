@@ -116,6 +116,36 @@ impl Table {
         text
     }
 
+    /// The key as SQL renders it, `concat_ws('|', …)` over the target's key columns:
+    /// what [`key_text`](Self::key_text) writes.
+    pub fn key_sql(&self) -> String {
+        let keys: Vec<String> = self
+            .key_fields()
+            .iter()
+            .map(|(name, _)| format!("{name}::text"))
+            .collect();
+        format!("concat_ws('|', {})", keys.join(", "))
+    }
+
+    /// The target row as SQL renders it: what [`row_text`](Self::row_text) writes.
+    pub fn row_sql(&self) -> String {
+        let keys: Vec<String> = self
+            .key_fields()
+            .iter()
+            .map(|(name, _)| format!("{name}::text"))
+            .collect();
+        let note = if self.evolves {
+            ", coalesce(note, '-')"
+        } else {
+            ""
+        };
+        format!(
+            "concat_ws('|', {}, name, qty::text, price::text, active::text, \
+             (extract(epoch FROM updated_at) * 1000000)::bigint::text{note})",
+            keys.join(", ")
+        )
+    }
+
     pub fn record_key(&self, n: i64) -> String {
         let schema: Vec<String> = self
             .key_fields()
@@ -174,6 +204,25 @@ pub struct Capture {
     /// By table index: (key, value) records in order.
     pub records: Vec<Vec<(Option<String>, Option<String>)>>,
     pub finals: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Capture {
+    /// Every table's records in one stream, as Debezium's topic routing writes them: each
+    /// table's in order, the tables interleaved at random (`seed`).
+    pub fn interleaved(&self, seed: u64) -> Vec<(Option<String>, Option<String>)> {
+        let total: usize = self.records.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut cursors = vec![0usize; self.records.len()];
+        let mut rng = weir_runtime::bench::Rng::new(seed);
+        while out.len() < total {
+            let t = rng.below(self.records.len() as u64) as usize;
+            if let Some(record) = self.records[t].get(cursors[t]) {
+                out.push(record.clone());
+                cursors[t] += 1;
+            }
+        }
+        out
+    }
 }
 
 pub fn target_of(table: &Table) -> Option<&str> {

@@ -227,6 +227,7 @@ pub fn summary_json(
         "already_applied": s.already_applied,
         "events_abandoned": s.events_abandoned,
         "partitions_revoked": s.revocations,
+        "sink_retries": s.sink_retries,
         "tombstones": s.tombstones,
         "schema_changes": s.schema_changes,
         "ignored": s.ignored,

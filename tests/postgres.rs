@@ -2,8 +2,14 @@
 
 mod common;
 
-use common::services::Postgres;
-use common::{FULL_TYPES_COLUMNS, Workspace, compact_json, fixture, json_lines};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::services::{Postgres, signal};
+use common::{
+    FULL_TYPES_COLUMNS, STREAM_COLUMNS, Workspace, change_stream, compact_json, fixture,
+    json_lines, weir,
+};
 
 fn pipeline(
     ws: &Workspace,
@@ -605,4 +611,128 @@ fn a_column_added_mid_stream_is_added_to_the_table() {
         vec![Some("6".into()), Some("6".into()), Some("n6".into())],
     ];
     assert_eq!(got, expected);
+}
+
+/// A process stopped inside a batch's transaction (SIGSTOP, a paused VM) past the sink's
+/// `idle_transaction_timeout` finds, when it resumes, that the server has ended its
+/// session (SQLSTATE 25P03). The batch is applied again on a new connection: the run goes
+/// on, and the target ends equal to the oracle's. The test holds the checkpoint row so
+/// the process is stopped at a known point: after the transaction began, before it
+/// commits.
+#[test]
+fn a_process_stopped_inside_a_transaction_past_the_idle_timeout_applies_the_batch_again() {
+    let pg = Postgres::start();
+    pg.create_database("paused");
+    let stream = change_stream(4_000, 300, 25);
+    let (first, rest) = stream.lines.split_at(1_000);
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", first);
+    let yaml = ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: paused\n\
+             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
+             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+             sink:\n  type: postgres\n  url: {}\n  table: public.items\n  create: true\n  \
+             idle_transaction_timeout: 3s\n",
+            pg.url("paused")
+        ),
+    );
+    let mut child = weir()
+        .args(["run", "--json", "-q", "--stop-when-idle", "8s"])
+        .arg(&yaml)
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
+        .spawn()
+        .expect("start weir");
+    let log = || std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+    let mut client = pg.client("paused");
+    let wait_for = |what: &str, client: &mut postgres::Client, sql: &str| -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(row)) = client.query_opt(sql, &[]) {
+                return row.get(0);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what} within 60 s: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(
+        "the first events applied",
+        &mut client,
+        "SELECT 0 FROM weir.checkpoints WHERE pipeline = 'paused' AND next >= 0",
+    );
+
+    // Hold the checkpoint row, so the next batch's transaction waits on it.
+    let mut holder = pg.client("paused");
+    let mut hold = holder.transaction().unwrap();
+    hold.execute(
+        "SELECT * FROM weir.checkpoints WHERE pipeline = 'paused' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    ws.append_lines("events.jsonl", rest);
+    let session = wait_for(
+        "the second batch waiting on the checkpoint row",
+        &mut client,
+        "SELECT pid FROM pg_stat_activity WHERE datname = 'paused' AND wait_event_type = 'Lock' \
+         AND query LIKE '%weir.checkpoints%FOR UPDATE%'",
+    )
+    .expect("a pid");
+    // Stop weir while its transaction waits, then let the wait end: its session turns
+    // idle inside the transaction, and the server ends it.
+    signal(child.id(), "STOP");
+    hold.commit().unwrap();
+    let started = Instant::now();
+    while client
+        .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&session])
+        .unwrap()
+        .is_some()
+    {
+        if started.elapsed() > Duration::from_secs(60) {
+            signal(child.id(), "CONT");
+            let _ = child.kill();
+            panic!("the server did not end weir's idle transaction: {}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(child.id(), "CONT");
+
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "weir failed: {}", log());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        summary["sink_retries"].as_u64().unwrap() >= 1,
+        "the batch was not applied again: {summary}"
+    );
+    let got = rows(
+        &pg,
+        "paused",
+        "SELECT id::text, name, price::text, version::text FROM items ORDER BY items.id",
+    );
+    let expected: Vec<Vec<Option<String>>> = stream
+        .final_rows
+        .iter()
+        .map(|(id, (name, price, version))| {
+            vec![
+                Some(id.to_string()),
+                Some(name.clone()),
+                Some(price.clone()),
+                Some(version.to_string()),
+            ]
+        })
+        .collect();
+    let differing: Vec<_> = got
+        .iter()
+        .zip(&expected)
+        .filter(|(got, expected)| got != expected)
+        .take(5)
+        .collect();
+    assert!(differing.is_empty(), "rows differ: {differing:?}");
+    assert_eq!(got.len(), expected.len());
 }

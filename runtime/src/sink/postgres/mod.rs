@@ -89,6 +89,13 @@ fn retryable(e: &postgres::Error) -> bool {
                 // ALL`, a pooler): the batch fails, the kept statements are forgotten, and
                 // the retry prepares them again.
                 || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+                // The server ended a session left idle inside its transaction
+                // (`idle_transaction_timeout`: a process stopped mid-batch, then resumed)
+                // or over `transaction_timeout` (PostgreSQL 17): the connection is gone,
+                // nothing of the batch was committed, and the batch is applied again on
+                // a new one.
+                || c == "25P03"
+                || c == "25P04"
         }
     }
 }

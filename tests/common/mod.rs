@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod cdc;
 pub mod faults;
+pub mod group;
 pub mod inventory;
 pub mod services;
 

@@ -225,6 +225,19 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// The changes a pipeline with [`target_of`]'s routing applies: all but the tables it
+    /// excludes (the audit tables).
+    pub fn routed_changes(&self, tables: &[Table]) -> usize {
+        tables
+            .iter()
+            .zip(&self.records)
+            .filter(|(table, _)| target_of(table).is_some())
+            .map(|(_, records)| records.len())
+            .sum()
+    }
+}
+
 pub fn target_of(table: &Table) -> Option<&str> {
     match table.name.as_str() {
         "audit_log" | "audit_trail" => None,

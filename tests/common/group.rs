@@ -85,7 +85,14 @@ impl Group<'_> {
         let port = free_port();
         let child = super::weir()
             .env("KAFKA_BROKERS", self.broker.address())
-            .env("PG_URL", self.pg.url(self.database))
+            // Named, so a test can find the process's sessions in `pg_stat_activity`.
+            .env(
+                "PG_URL",
+                format!(
+                    "{}?application_name=weir-{name}",
+                    self.pg.url(self.database)
+                ),
+            )
             .env("WEIR_PROCESS", name)
             .env("RUST_LOG", "info")
             .args(["run", "--json", "-q"])
@@ -228,9 +235,71 @@ impl Group<'_> {
         extra: &[&str],
         others: &mut [&mut Process],
     ) -> Process {
-        let limit = Duration::from_secs(120);
         let frozen_at = self.positions();
         frozen.signal("STOP");
+        self.take_over_and_thaw(frozen_at, frozen, joiner, extra, others)
+    }
+
+    /// As [`Group::freeze_past_the_session`], but `frozen` is stopped inside a batch's
+    /// transaction, at a known point, not wherever the signal finds it: the test holds
+    /// the pipeline's checkpoint rows, waits until `frozen`'s session waits on them
+    /// (each batch locks its partitions' rows first), stops it, and lets the rows go. The
+    /// process then holds a batch of partitions that will be revoked, and its session,
+    /// idle in its transaction, is ended by the server after `idle_transaction_timeout`
+    /// (which lets the new owners lock those rows). Returns the joiner, still running.
+    pub fn freeze_inside_a_batch(
+        &self,
+        frozen: &mut Process,
+        joiner: &'static str,
+        extra: &[&str],
+        others: &mut [&mut Process],
+    ) -> Process {
+        let mut holder = self.pg.client(self.database);
+        let mut hold = holder.transaction().expect("a transaction");
+        hold.execute(
+            "SELECT * FROM weir.checkpoints WHERE pipeline = $1 FOR UPDATE",
+            &[&self.name],
+        )
+        .expect("lock the checkpoint rows");
+        let mut watcher = self.pg.client(self.database);
+        let started = Instant::now();
+        while watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock' AND query LIKE '%weir.checkpoints%FOR UPDATE%'",
+                &[&format!("weir-{}", frozen.name)],
+            )
+            .expect("read pg_stat_activity")
+            .is_none()
+        {
+            frozen.check_alive("waiting on the checkpoint rows");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} did not wait on the checkpoint rows within 60 s: {}",
+                frozen.name,
+                frozen.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Where the held batch starts: nothing can be stored while the rows are held.
+        let frozen_at = self.positions();
+        frozen.signal("STOP");
+        hold.commit().expect("let the checkpoint rows go");
+        self.take_over_and_thaw(frozen_at, frozen, joiner, extra, others)
+    }
+
+    /// Waits past `frozen`'s session, starts `joiner`, waits until the others have
+    /// applied every partition past `frozen_at`, then thaws `frozen` and waits until they
+    /// all move again.
+    fn take_over_and_thaw(
+        &self,
+        frozen_at: BTreeMap<i32, i64>,
+        frozen: &mut Process,
+        joiner: &'static str,
+        extra: &[&str],
+        others: &mut [&mut Process],
+    ) -> Process {
+        let limit = Duration::from_secs(120);
         std::thread::sleep(PAST_THE_SESSION);
         let mut joiner = self.start(joiner, extra);
         let mut live: Vec<&mut Process> = others.iter_mut().map(|p| &mut **p).collect();

@@ -119,12 +119,16 @@ fn group<'a>(pg: &'a Postgres, broker: &'a Broker, pipeline: &'a Path) -> Group<
 /// a visitor joins for 20 s and leaves: see tests/common/group.rs and docs/decisions.md.
 fn rebalance_past_the_session(group: &Group<'_>, visitors: &mut u32) {
     std::thread::sleep(PAST_THE_SESSION);
-    *visitors += 1;
-    let name: &'static str = Box::leak(format!("visitor{visitors}").into_boxed_str());
-    let visitor = group.start(name, &[]);
+    let visitor = group.start(visitor_name(visitors), &[]);
     std::thread::sleep(Duration::from_secs(20));
     visitor.signal("TERM");
     visitor.finish(Duration::from_secs(120));
+}
+
+/// The next visitor's name (a process's name lives as long as the test).
+fn visitor_name(visitors: &mut u32) -> &'static str {
+    *visitors += 1;
+    Box::leak(format!("visitor{visitors}").into_boxed_str())
 }
 
 fn mib(kib: u64) -> f64 {
@@ -216,10 +220,6 @@ fn a_long_run_under_random_faults_loses_nothing_and_does_not_grow() {
         let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
         eprintln!("{:>6.0} s: {fault:?}", started.elapsed().as_secs_f64());
         *injected.entry(fault).or_default() += 1;
-        let visitor_name = |visitors: &mut u32| -> &'static str {
-            *visitors += 1;
-            Box::leak(format!("visitor{visitors}").into_boxed_str())
-        };
         match fault {
             Fault::BrokerFrozen => {
                 {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::faults::Figures;
 use super::inventory::{Capture, Table, target_of};
-use super::services::{Broker, Postgres, free_port, http_get, series_value, signal};
+use super::services::{Broker, Postgres, signal};
 
 /// Longer than the pipelines' `session.timeout.ms` (6 s), so the broker has expired a
 /// member that stopped answering.
@@ -82,7 +82,6 @@ impl Group<'_> {
     /// Starts a process of the group, with `extra` arguments to `weir run`.
     pub fn start(&self, name: &'static str, extra: &[&str]) -> Process {
         let log = self.pipeline.with_file_name(format!("{name}.log"));
-        let port = free_port();
         let child = super::weir()
             .env("KAFKA_BROKERS", self.broker.address())
             // Named, so a test can find the process's sessions in `pg_stat_activity`.
@@ -97,7 +96,6 @@ impl Group<'_> {
             .env("RUST_LOG", "info")
             .args(["run", "--json", "-q"])
             .args(extra)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg(self.pipeline)
             .current_dir(self.pipeline.parent().expect("a directory"))
             .stdout(Stdio::piped())
@@ -112,10 +110,9 @@ impl Group<'_> {
             .expect("start weir");
         Process {
             name,
-            pipeline: self.name,
+            stops_when_idle: extra.contains(&"--stop-when-idle"),
             child,
             log,
-            port,
         }
     }
 
@@ -191,7 +188,8 @@ impl Group<'_> {
     }
 
     /// Waits until every partition's stored position is at its end: everything written
-    /// is applied.
+    /// is applied. Fails if one of `live` exits (with `--stop-when-idle`, if it fails), or
+    /// after `limit`.
     pub fn wait_until_applied_to_the_end(&self, live: &mut [&mut Process], limit: Duration) {
         let started = Instant::now();
         loop {
@@ -210,15 +208,17 @@ impl Group<'_> {
                 return;
             }
             for process in live.iter_mut() {
-                process.check_alive("applying what is left");
+                process.check_running("applying what is left");
             }
             assert!(
                 started.elapsed() < limit,
-                "partitions (partition, at, end) {behind:?} not applied to their end: {}",
+                "partitions (partition, at, end) {behind:?} not applied to their end: {}\n\
+                 --- broker ---\n{}",
                 live.iter()
                     .map(|p| p.log_tail())
                     .collect::<Vec<_>>()
                     .join("\n"),
+                self.broker.log_tail()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -314,49 +314,24 @@ impl Group<'_> {
         let thawed_at = self.positions();
         live.push(frozen);
         self.wait_until_every_partition_moves(&thawed_at, "after the thaw", &mut live, limit);
-        // The thawed process finds out about the revoke at its next poll, and about its
-        // session's end at its next statement: give its counters a moment.
-        let started = Instant::now();
-        while live.last().unwrap().fenced() == 0 && started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        drop(live);
         joiner
     }
 }
 
-/// One weir process of a group, logging to a file beside the pipeline and serving its
-/// metrics on `port`. Killed if the test fails.
+/// One weir process of a group, logging to a file beside the pipeline. Killed if the
+/// test fails.
 pub struct Process {
     pub name: &'static str,
-    pipeline: &'static str,
+    /// Started with `--stop-when-idle`: it may exit on its own once it has read
+    /// everything.
+    stops_when_idle: bool,
     child: Child,
     log: PathBuf,
-    port: u16,
 }
 
 impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// A counter of the process's metrics, as it stands (0 if it does not answer).
-    pub fn counter(&self, name: &str) -> u64 {
-        let Some((200, metrics)) = http_get(self.port, "/metrics") else {
-            return 0;
-        };
-        series_value(
-            &metrics,
-            &format!("{name}{{pipeline=\"{}\"}}", self.pipeline),
-        )
-        .unwrap_or(0)
-    }
-
-    /// What the process found it must not apply, as its metrics stand: events it read
-    /// and abandoned on a revoke, and rows the sink found applied already.
-    pub fn fenced(&self) -> u64 {
-        self.counter("weir_events_abandoned_total")
-            + self.counter("weir_rows_already_applied_total")
     }
 
     pub fn signal(&self, name: &str) {
@@ -377,6 +352,22 @@ impl Process {
         )
     }
 
+    /// Fails the test if the process has exited, or, if it was started with
+    /// `--stop-when-idle`, if it has failed.
+    pub fn check_running(&mut self, what: &str) {
+        if !self.stops_when_idle {
+            return self.check_alive(what);
+        }
+        if let Some(status) = self.child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{} failed ({status}) {what}: {}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
     /// Fails the test if the process has exited.
     pub fn check_alive(&mut self, what: &str) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -386,6 +377,15 @@ impl Process {
                 self.log_tail()
             );
         }
+    }
+
+    /// Stops the process (SIGTERM: it applies what it has read and leaves the group) if it
+    /// has not stopped on its own; returns its summary.
+    pub fn stop(mut self, limit: Duration) -> serde_json::Value {
+        if self.child.try_wait().unwrap().is_none() {
+            self.signal("TERM");
+        }
+        self.finish(limit)
     }
 
     /// Waits for the process to exit on its own; returns its summary.

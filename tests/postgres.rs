@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::services::{Postgres, signal};
+use common::faults::Figures;
+use common::services::{NetworkCut, Postgres, free_port, http_get, series_value, signal};
 use common::{
     FULL_TYPES_COLUMNS, STREAM_COLUMNS, Workspace, change_stream, compact_json, fixture,
     json_lines, weir,
@@ -29,6 +31,22 @@ fn pipeline(
         pg.url(database)
     );
     ws.write("pipeline.yaml", &yaml)
+}
+
+/// The oracle's final `items` rows, as `SELECT id, name, price, version` reads them.
+fn item_rows(stream: &common::Stream) -> Vec<Vec<Option<String>>> {
+    stream
+        .final_rows
+        .iter()
+        .map(|(id, (name, price, version))| {
+            vec![
+                Some(id.to_string()),
+                Some(name.clone()),
+                Some(price.clone()),
+                Some(version.to_string()),
+            ]
+        })
+        .collect()
 }
 
 fn rows(pg: &Postgres, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
@@ -715,18 +733,7 @@ fn a_process_stopped_inside_a_transaction_past_the_idle_timeout_applies_the_batc
         "paused",
         "SELECT id::text, name, price::text, version::text FROM items ORDER BY items.id",
     );
-    let expected: Vec<Vec<Option<String>>> = stream
-        .final_rows
-        .iter()
-        .map(|(id, (name, price, version))| {
-            vec![
-                Some(id.to_string()),
-                Some(name.clone()),
-                Some(price.clone()),
-                Some(version.to_string()),
-            ]
-        })
-        .collect();
+    let expected = item_rows(&stream);
     let differing: Vec<_> = got
         .iter()
         .zip(&expected)
@@ -735,4 +742,126 @@ fn a_process_stopped_inside_a_transaction_past_the_idle_timeout_applies_the_batc
         .collect();
     assert!(differing.is_empty(), "rows differ: {differing:?}");
     assert_eq!(got.len(), expected.len());
+}
+
+/// PostgreSQL cut off by the network while weir applies a batch (a paused VM, a host that
+/// died, a partition): nothing sent to it is acknowledged, and nothing is refused. weir's
+/// connection defaults (`weir_runtime::postgres_client`) make the kernel give up on the
+/// connection after about a minute, so the statement fails and the sink retries; by the
+/// operating system's defaults it would wait about 15 minutes. Once the network is back
+/// the batch is applied on a new connection, and the target ends equal to the oracle's.
+#[test]
+fn a_server_cut_off_by_the_network_fails_the_statement_and_the_batch_is_applied_again() {
+    let pg = Postgres::start();
+    pg.create_database("cut");
+    let stream = change_stream(3_000, 300, 25);
+    let (first, rest) = stream.lines.split_at(1_000);
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", first);
+    let yaml = ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: cut\n\
+             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
+             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+             sink:\n  type: postgres\n  url: {}\n  table: public.items\n  create: true\n",
+            pg.url("cut")
+        ),
+    );
+    let port = free_port();
+    // Idle long enough that the rest, appended after the cut, is read before weir stops
+    // reading; it then applies what it read, however long the sink retries.
+    let mut child = weir()
+        .args(["run", "--json", "-q", "--stop-when-idle", "20s"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg(&yaml)
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
+        .spawn()
+        .expect("start weir");
+    let log = || std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+    let mut client = pg.client("cut");
+    let started = Instant::now();
+    while client
+        .query_opt(
+            "SELECT 1 FROM weir.checkpoints WHERE pipeline = 'cut' AND next >= 0",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first events were not applied within 60 s: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(client);
+    let retries = || {
+        http_get(port, "/metrics")
+            .and_then(|(_, body)| series_value(&body, "weir_sink_retries_total{pipeline=\"cut\"}"))
+    };
+    assert_eq!(retries(), Some(0), "{}", log());
+
+    // Cut the network with weir's connection open, then give it more to apply.
+    let cut = NetworkCut::to_port(pg.port);
+    ws.append_lines("events.jsonl", rest);
+    let started = Instant::now();
+    while retries().unwrap_or(0) == 0 {
+        // About two minutes in three runs; the operating system's defaults would take
+        // about 15.
+        if started.elapsed() > Duration::from_secs(300) {
+            drop(cut);
+            let _ = child.kill();
+            panic!(
+                "weir did not notice the cut within 300 s (no sink retry): {}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "the cut noticed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(cut);
+
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!(
+                "weir did not finish within 180 s of the network's return: {}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "weir failed: {}", log());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        summary["sink_retries"].as_u64().unwrap() >= 1,
+        "no sink retry: {summary}"
+    );
+    let got = rows(
+        &pg,
+        "cut",
+        "SELECT id::text, name, price::text, version::text FROM items ORDER BY items.id",
+    );
+    let by_id = |rows: Vec<Vec<Option<String>>>| -> BTreeMap<Option<String>, Vec<Option<String>>> {
+        rows.into_iter().map(|row| (row[0].clone(), row)).collect()
+    };
+    Figures::compare(
+        stream.lines.len() as u64,
+        &by_id(item_rows(&stream)),
+        &by_id(got),
+    )
+    .report_and_check(
+        "file to PostgreSQL",
+        "the network to PostgreSQL cut mid-batch (tc)",
+    );
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{LazyLock, Mutex};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 /// Most idle connections kept per server URL.
 const IDLE_PER_URL: usize = 16;
@@ -35,7 +35,7 @@ pub fn connect(url: &str) -> Result<Pooled, postgres::Error> {
         .and_then(Vec::pop);
     let client = match idle {
         Some(client) if !client.is_closed() => client,
-        _ => Client::connect(url, NoTls)?,
+        _ => weir_runtime::postgres_client::connect(url)?,
     };
     Ok(Pooled {
         client: Some(client),

@@ -262,7 +262,7 @@ pub fn apply(
                 })
         }
         SnapshotConfig::Postgres(config) => {
-            let mut client = postgres::Client::connect(config.url.expose(), postgres::NoTls)
+            let mut client = weir_runtime::postgres_client::connect(config.url.expose())
                 .map_err(|e| ReconcileError::new(format!("target: cannot connect: {e}")))?;
             client.batch_execute(&script.sql).map_err(|e| {
                 ReconcileError::new(format!("the repair failed (nothing applied): {e}"))

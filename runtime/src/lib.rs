@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod position;
+pub mod postgres_client;
 pub mod redact;
 pub mod server;
 pub mod sink;

@@ -426,6 +426,86 @@ impl Drop for Broker {
     }
 }
 
+/// The network to a loopback port cut, as a partition or a paused host would cut it:
+/// what is sent to or from the port is neither delivered nor refused, and the sender's
+/// kernel sees nothing wrong. Made with `tc` (so it needs root): an HTB root on `lo` puts
+/// the port's packets, both ways, in a class of 8 bit/s, which one large datagram sent
+/// first puts in debt for HTB's longest (60 s), so the packets behind it wait a minute
+/// each. (A class that drops them instead makes the kernel report local congestion, and
+/// TCP gives up in seconds whatever its settings: not what a real cut does. `netem`
+/// would be the usual tool, but this kernel has no module for it.) Undone on drop. Tests
+/// that cut the network must not run at the same time: there is one root qdisc per device.
+pub struct NetworkCut {
+    port: u16,
+}
+
+/// `tc`, which Debian keeps in `/usr/sbin` (not on every user's `PATH`).
+fn tc() -> Command {
+    let installed = Path::new("/usr/sbin/tc");
+    Command::new(if installed.exists() {
+        installed
+    } else {
+        Path::new("tc")
+    })
+}
+
+impl NetworkCut {
+    pub fn to_port(port: u16) -> NetworkCut {
+        // A root qdisc left by a killed run would make `add` fail.
+        let _ = tc().args(["qdisc", "del", "dev", "lo", "root"]).output();
+        let port = port.to_string();
+        let cut = NetworkCut {
+            port: port.parse().expect("a port"),
+        };
+        let steps: [&[&str]; 5] = [
+            &[
+                "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10",
+            ],
+            &[
+                "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+                "100gbit",
+            ],
+            &[
+                "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate",
+                "8bit", "ceil", "8bit", "burst", "1", "cburst", "1",
+            ],
+            &[
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                "match", "ip", "dport", &port, "0xffff", "flowid", "1:20",
+            ],
+            &[
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "2", "u32",
+                "match", "ip", "sport", &port, "0xffff", "flowid", "1:20",
+            ],
+        ];
+        for step in steps {
+            let output = tc().args(step).output().unwrap_or_else(|e| {
+                panic!("cannot run tc ({e}); install it with: apt-get install iproute2")
+            });
+            assert!(
+                output.status.success(),
+                "tc {} failed (cutting the network needs root): {}",
+                step.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // The datagram that spends the class's allowance (nothing listens for it).
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.send_to(&[0; 60_000], format!("127.0.0.1:{port}")))
+            .expect("send the datagram that stalls the class");
+        cut
+    }
+}
+
+impl Drop for NetworkCut {
+    fn drop(&mut self) {
+        let output = tc().args(["qdisc", "del", "dev", "lo", "root"]).output();
+        if !output.is_ok_and(|o| o.status.success()) {
+            eprintln!("the network cut to port {} could not be undone", self.port);
+        }
+    }
+}
+
 /// A PostgreSQL server on loopback, run as the unprivileged `postgres` user when the
 /// tests run as root (PostgreSQL refuses to run as root).
 pub struct Postgres {

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::Status;
@@ -75,7 +75,7 @@ struct PostgresStore {
 impl PostgresStore {
     fn client(&mut self) -> Result<&mut Client, String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = Client::connect(self.url.expose(), NoTls)
+            let client = crate::postgres_client::connect(self.url.expose())
                 .map_err(|e| format!("cannot connect: {}", pg_error(&e)))?;
             self.client = Some(client);
         }

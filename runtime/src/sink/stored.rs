@@ -4,7 +4,6 @@
 //! its tables, which must not race the running pipeline.
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls};
 use rusqlite::{Connection, OpenFlags};
 
 use super::{SinkConfig, SinkError, lanes};
@@ -52,7 +51,7 @@ fn sqlite(path: &std::path::Path, pipeline: &str) -> Result<Checkpoint, SinkErro
 fn postgres(url: &str, names: &[String]) -> Result<Checkpoint, SinkError> {
     let error =
         |e: &postgres::Error| SinkError::new("postgres sink", super::postgres::describe_error(e));
-    let mut client = Client::connect(url, NoTls).map_err(|e| error(&e))?;
+    let mut client = crate::postgres_client::connect(url).map_err(|e| error(&e))?;
     let rows = match client.query(
         "SELECT stream, min(next), min(line) FROM weir.checkpoints
          WHERE pipeline = ANY($1) AND next >= 0

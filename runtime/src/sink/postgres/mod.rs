@@ -340,10 +340,11 @@ impl PostgresSink {
     fn client(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let mut client = Client::connect(self.url.expose(), NoTls).map_err(|e| SinkError {
-                retryable: retryable(&e) || e.as_db_error().is_none(),
-                ..self.error(format!("cannot connect: {}", describe_error(&e)))
-            })?;
+            let mut client =
+                crate::postgres_client::connect(self.url.expose()).map_err(|e| SinkError {
+                    retryable: retryable(&e) || e.as_db_error().is_none(),
+                    ..self.error(format!("cannot connect: {}", describe_error(&e)))
+                })?;
             run_ddl(
                 &mut client,
                 &format!(
@@ -351,8 +352,16 @@ impl PostgresSink {
                     // its partitions' checkpoint rows until the server ends its idle
                     // transaction; a session waiting for rows gives up after as long
                     // (and its batch is applied again), so no wait holds another's.
+                    // The server's side of weir's network defaults: a session whose
+                    // client vanished mid-batch, holding its rows, is ended within about
+                    // a minute rather than the server's two hours of keepalive silence
+                    // (on TCP; ignored on a Unix socket).
                     "SET idle_in_transaction_session_timeout = {0};
                      SET lock_timeout = {0};
+                     SET tcp_keepalives_idle = {1};
+                     SET tcp_keepalives_interval = {2};
+                     SET tcp_keepalives_count = {3};
+                     SET tcp_user_timeout = {4};
                      CREATE SCHEMA IF NOT EXISTS weir;
                      CREATE TABLE IF NOT EXISTS weir.checkpoints (
                          pipeline text NOT NULL,
@@ -362,7 +371,11 @@ impl PostgresSink {
                          updated_at timestamptz NOT NULL DEFAULT now(),
                          PRIMARY KEY (pipeline, stream)
                      );",
-                    self.idle_transaction_timeout.as_millis()
+                    self.idle_transaction_timeout.as_millis(),
+                    crate::postgres_client::KEEPALIVES_IDLE.as_secs(),
+                    crate::postgres_client::KEEPALIVES_INTERVAL.as_secs(),
+                    crate::postgres_client::KEEPALIVES_RETRIES,
+                    crate::postgres_client::TCP_USER_TIMEOUT.as_millis(),
                 ),
             )
             .map_err(|e| self.pg_error("cannot prepare weir.checkpoints", &e))?;
@@ -406,9 +419,7 @@ impl Sink for PostgresSink {
                 ..SinkError::new(&describe, format!("{context}: {}", describe_error(e)))
             };
             if client.as_ref().is_none_or(Client::is_closed) {
-                let mut config: postgres::Config = url
-                    .expose()
-                    .parse()
+                let mut config = crate::postgres_client::config(url.expose())
                     .map_err(|e| error("cannot read the stored positions", &e))?;
                 // Called while the consumer group waits for this process: never for long.
                 config.connect_timeout(std::time::Duration::from_secs(10));

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -501,7 +501,8 @@ fn temporary_slot_name(slot: &str) -> String {
 /// A plain connection with the session settings both the copy and pgoutput's text
 /// values assume.
 fn connect(url: &str) -> Result<Client, String> {
-    let mut client = Client::connect(url, NoTls).map_err(|e| catalog::describe_error(&e))?;
+    let mut client =
+        crate::postgres_client::connect(url).map_err(|e| catalog::describe_error(&e))?;
     client
         .batch_execute(SESSION_SETTINGS_SQL)
         .map_err(|e| catalog::describe_error(&e))?;

@@ -81,8 +81,14 @@ pub struct Stream {
     now_ms: i64,
 }
 
-/// The URL (or key-value conninfo) with the replication and session options added.
+/// The URL (or key-value conninfo) with the replication and session options added, and
+/// weir's network defaults where it sets none (libpq's names and units:
+/// [`crate::postgres_client::libpq_defaults`]).
 fn replication_conninfo(url: &str) -> String {
+    let defaults: Vec<(&str, String)> = crate::postgres_client::libpq_defaults()
+        .into_iter()
+        .filter(|(key, _)| !url.contains(key))
+        .collect();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options: String = SESSION_OPTIONS
             .bytes()
@@ -94,9 +100,17 @@ fn replication_conninfo(url: &str) -> String {
             })
             .collect();
         let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}replication=database&options={options}")
+        let defaults: String = defaults
+            .iter()
+            .map(|(key, value)| format!("&{key}={value}"))
+            .collect();
+        format!("{url}{separator}replication=database&options={options}{defaults}")
     } else {
-        format!("{url} replication=database options='{SESSION_OPTIONS}'")
+        let defaults: String = defaults
+            .iter()
+            .map(|(key, value)| format!(" {key}={value}"))
+            .collect();
+        format!("{url} replication=database options='{SESSION_OPTIONS}'{defaults}")
     }
 }
 
@@ -714,7 +728,21 @@ mod tests {
             replication_conninfo("postgres://u@h/db?sslmode=disable")
                 .contains("disable&replication")
         );
-        assert!(replication_conninfo("host=h dbname=db").ends_with("IntervalStyle=postgres'"));
+        assert!(
+            replication_conninfo("host=h dbname=db")
+                .contains("IntervalStyle=postgres' connect_timeout=30 tcp_user_timeout=60000")
+        );
+    }
+
+    #[test]
+    fn the_network_defaults_join_unless_the_url_sets_them() {
+        let url = replication_conninfo("postgres://u@h/db?keepalives_idle=60");
+        assert!(url.contains("&tcp_user_timeout=60000&keepalives_interval=5"));
+        assert!(url.contains("&keepalives_count=3"));
+        assert_eq!(url.matches("keepalives_idle").count(), 1);
+        let conninfo = replication_conninfo("host=h tcp_user_timeout=5000");
+        assert_eq!(conninfo.matches("tcp_user_timeout").count(), 1);
+        assert!(conninfo.ends_with(" keepalives_idle=15 keepalives_interval=5 keepalives_count=3"));
     }
 
     #[test]

@@ -811,8 +811,9 @@ fn a_server_cut_off_by_the_network_fails_the_statement_and_the_batch_is_applied_
     ws.append_lines("events.jsonl", rest);
     let started = Instant::now();
     while retries().unwrap_or(0) == 0 {
-        // About two minutes in three runs; the operating system's defaults would take
-        // about 15.
+        // About two minutes in three runs: this cut lets a packet out each minute, which
+        // seems to restart TCP's clock (docs/operations.md). The operating system's
+        // defaults would take about 15.
         if started.elapsed() > Duration::from_secs(300) {
             drop(cut);
             let _ = child.kill();

@@ -33,6 +33,64 @@ fn pipeline(
     ws.write("pipeline.yaml", &yaml)
 }
 
+/// weir following `events.jsonl`, which starts as `first`, into `public.items` of the
+/// database `name` (also the pipeline's name), run with `--json -q` and `args` (`sink`
+/// adds to the sink's settings); returned once `first` is applied. Its log is
+/// [`weir_log`].
+fn follow_into_items(
+    pg: &Postgres,
+    name: &str,
+    first: &[String],
+    sink: &str,
+    args: &[&str],
+) -> (Workspace, std::process::Child) {
+    let ws = Workspace::new();
+    ws.append_lines("events.jsonl", first);
+    let yaml = ws.write(
+        "pipeline.yaml",
+        &format!(
+            "name: {name}\n\
+             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
+             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
+             sink:\n  type: postgres\n  url: {}\n  table: public.items\n  create: true\n{sink}",
+            pg.url(name)
+        ),
+    );
+    let child = weir()
+        .args(["run", "--json", "-q"])
+        .args(args)
+        .arg(&yaml)
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
+        .spawn()
+        .expect("start weir");
+    let mut client = pg.client(name);
+    let started = Instant::now();
+    while client
+        .query_opt(
+            "SELECT 1 FROM weir.checkpoints WHERE pipeline = $1 AND next >= 0",
+            &[&name],
+        )
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first events were not applied within 60 s: {}",
+            weir_log(&ws)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (ws, child)
+}
+
+/// What weir started by [`follow_into_items`] has logged.
+fn weir_log(ws: &Workspace) -> String {
+    std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default()
+}
+
 /// The oracle's final `items` rows, as `SELECT id, name, price, version` reads them.
 fn item_rows(stream: &common::Stream) -> Vec<Vec<Option<String>>> {
     stream
@@ -643,28 +701,14 @@ fn a_process_stopped_inside_a_transaction_past_the_idle_timeout_applies_the_batc
     pg.create_database("paused");
     let stream = change_stream(4_000, 300, 25);
     let (first, rest) = stream.lines.split_at(1_000);
-    let ws = Workspace::new();
-    ws.append_lines("events.jsonl", first);
-    let yaml = ws.write(
-        "pipeline.yaml",
-        &format!(
-            "name: paused\n\
-             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
-             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
-             sink:\n  type: postgres\n  url: {}\n  table: public.items\n  create: true\n  \
-             idle_transaction_timeout: 3s\n",
-            pg.url("paused")
-        ),
+    let (ws, mut child) = follow_into_items(
+        &pg,
+        "paused",
+        first,
+        "  idle_transaction_timeout: 3s\n",
+        &["--stop-when-idle", "8s"],
     );
-    let mut child = weir()
-        .args(["run", "--json", "-q", "--stop-when-idle", "8s"])
-        .arg(&yaml)
-        .current_dir(ws.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
-        .spawn()
-        .expect("start weir");
-    let log = || std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
+    let log = || weir_log(&ws);
     let mut client = pg.client("paused");
     let wait_for = |what: &str, client: &mut postgres::Client, sql: &str| -> Option<i32> {
         let started = Instant::now();
@@ -680,11 +724,6 @@ fn a_process_stopped_inside_a_transaction_past_the_idle_timeout_applies_the_batc
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    wait_for(
-        "the first events applied",
-        &mut client,
-        "SELECT 0 FROM weir.checkpoints WHERE pipeline = 'paused' AND next >= 0",
-    );
 
     // Hold the checkpoint row, so the next batch's transaction waits on it.
     let mut holder = pg.client("paused");
@@ -756,50 +795,18 @@ fn a_server_cut_off_by_the_network_fails_the_statement_and_the_batch_is_applied_
     pg.create_database("cut");
     let stream = change_stream(3_000, 300, 25);
     let (first, rest) = stream.lines.split_at(1_000);
-    let ws = Workspace::new();
-    ws.append_lines("events.jsonl", first);
-    let yaml = ws.write(
-        "pipeline.yaml",
-        &format!(
-            "name: cut\n\
-             source:\n  type: file\n  path: events.jsonl\n  follow: true\n\
-             table:\n  name: items\n  primary_key: [id]\n{STREAM_COLUMNS}\
-             sink:\n  type: postgres\n  url: {}\n  table: public.items\n  create: true\n",
-            pg.url("cut")
-        ),
-    );
     let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     // Idle long enough that the rest, appended after the cut, is read before weir stops
     // reading; it then applies what it read, however long the sink retries.
-    let mut child = weir()
-        .args(["run", "--json", "-q", "--stop-when-idle", "20s"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg(&yaml)
-        .current_dir(ws.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(ws.path("weir.log")).unwrap())
-        .spawn()
-        .expect("start weir");
-    let log = || std::fs::read_to_string(ws.path("weir.log")).unwrap_or_default();
-    let mut client = pg.client("cut");
-    let started = Instant::now();
-    while client
-        .query_opt(
-            "SELECT 1 FROM weir.checkpoints WHERE pipeline = 'cut' AND next >= 0",
-            &[],
-        )
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the first events were not applied within 60 s: {}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(client);
+    let (ws, mut child) = follow_into_items(
+        &pg,
+        "cut",
+        first,
+        "",
+        &["--stop-when-idle", "20s", "--listen", &listen],
+    );
+    let log = || weir_log(&ws);
     let retries = || {
         http_get(port, "/metrics")
             .and_then(|(_, body)| series_value(&body, "weir_sink_retries_total{pipeline=\"cut\"}"))
